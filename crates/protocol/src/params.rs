@@ -1,0 +1,322 @@
+//! Round parameters, their safety conditions, and the SecAgg+ neighbour graph.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::ids::{PartyId, SessionId};
+use crate::prg::SeededStream;
+
+/// Most parties one round may have.
+pub const MAX_PARTIES: usize = 10_000;
+/// Most elements an input vector may have (256 MiB of `u64`).
+pub const MAX_VECTOR_LEN: usize = 1 << 25;
+
+/// A round's parameters as a caller writes them; [`RoundConfig::validate`] turns them into
+/// [`RoundParams`] or says which condition they break.
+#[derive(Clone, Debug)]
+pub struct RoundConfig {
+    /// The round's identifier, fresh for every round.
+    pub session: SessionId,
+    /// The parties invited to the round.
+    pub parties: Vec<PartyId>,
+    /// Shamir reconstruction threshold `t` within each party's share holders.
+    pub threshold: usize,
+    /// Neighbours per party, `k`. `parties.len() − 1` gives the original all-pairs protocol;
+    /// fewer gives the SecAgg+ sparse graph.
+    pub neighbours: usize,
+    /// The largest number of parties that may collude with the coordinator, `c`.
+    pub max_corrupt: usize,
+    /// The fewest survivors whose sum a party agrees to help release.
+    pub min_cohort: usize,
+    /// Elements of every input vector.
+    pub vector_len: usize,
+    /// How long the coordinator waits for each stage before treating the silent as dropped.
+    pub stage_timeout: Duration,
+}
+
+impl RoundConfig {
+    /// The all-pairs configuration with the smallest safe threshold for `n` parties and no
+    /// colluding party: `t = ⌊n/2⌋ + 1`, tolerating `n − t` dropouts.
+    pub fn all_pairs(session: SessionId, parties: Vec<PartyId>, vector_len: usize) -> Self {
+        let n = parties.len();
+        Self {
+            session,
+            parties,
+            threshold: n / 2 + 1,
+            neighbours: n.saturating_sub(1),
+            max_corrupt: 0,
+            min_cohort: n.min(2),
+            vector_len,
+            stage_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// A sparse SecAgg+ configuration with `k` = the smallest even number at least
+    /// `2⌈log₂ n⌉` (or all pairs when that is not smaller) and the smallest safe threshold.
+    pub fn sparse(session: SessionId, parties: Vec<PartyId>, vector_len: usize) -> Self {
+        let n = parties.len();
+        let k = min_sparse_neighbours(n);
+        let mut c = Self::all_pairs(session, parties, vector_len);
+        if k < n.saturating_sub(1) {
+            c.neighbours = k;
+            // k + 1 holders with k even: a strict majority is k/2 + 1.
+            c.threshold = k / 2 + 1;
+        }
+        c
+    }
+
+    /// Checks every condition and builds the neighbour graph.
+    pub fn validate(self) -> Result<RoundParams> {
+        let bad = |m: String| Err(Error::InvalidParameters(m));
+        let mut parties = self.parties;
+        parties.sort_unstable();
+        let n_given = parties.len();
+        parties.dedup();
+        let n = parties.len();
+        if n != n_given {
+            return bad("the party list names a party twice".into());
+        }
+        if n == 0 || n > MAX_PARTIES {
+            return bad(format!("a round needs between 1 and {MAX_PARTIES} parties, got {n}"));
+        }
+        if self.vector_len == 0 || self.vector_len > MAX_VECTOR_LEN {
+            return bad(format!(
+                "vector length must be between 1 and {MAX_VECTOR_LEN}, got {}",
+                self.vector_len
+            ));
+        }
+        let k = self.neighbours;
+        if k > n - 1 {
+            return bad(format!("{k} neighbours requested but only {} other parties", n - 1));
+        }
+        if k < n - 1 {
+            if k % 2 != 0 {
+                return bad(format!("a sparse neighbour graph needs an even k, got {k}"));
+            }
+            let floor = min_sparse_neighbours(n);
+            if k < floor {
+                return bad(format!(
+                    "k = {k} neighbours is below the floor of {floor} (2⌈log₂ n⌉) for n = {n}; \
+                     sparse graphs that thin lose the SecAgg+ guarantees"
+                ));
+            }
+        }
+        // Each party's secrets are shared among itself and its k neighbours.
+        let holders = k + 1;
+        let t = self.threshold;
+        let c = self.max_corrupt;
+        if t == 0 || t > holders {
+            return bad(format!(
+                "threshold t = {t} must be between 1 and the {holders} share holders"
+            ));
+        }
+        if t <= c {
+            return bad(format!("threshold t = {t} must exceed the {c} parties that may collude"));
+        }
+        if 2 * t <= holders + c {
+            return bad(format!(
+                "threshold t = {t} must satisfy 2t > (k + 1) + c = {}: otherwise a coordinator \
+                 announcing different survivor sets could collect both shares of one party",
+                holders + c
+            ));
+        }
+        if self.min_cohort == 0 || self.min_cohort > n {
+            return bad(format!(
+                "minimum cohort must be between 1 and {n}, got {}",
+                self.min_cohort
+            ));
+        }
+        if self.stage_timeout.is_zero() {
+            return bad("stage timeout must be positive".into());
+        }
+        let graph = NeighbourGraph::harary(&self.session, &parties, k);
+        Ok(RoundParams {
+            session: self.session,
+            parties,
+            threshold: t,
+            neighbours: k,
+            max_corrupt: c,
+            min_cohort: self.min_cohort,
+            vector_len: self.vector_len,
+            stage_timeout: self.stage_timeout,
+            graph,
+        })
+    }
+}
+
+/// The smallest even `k ≥ 2⌈log₂ n⌉`, capped at `n − 1`.
+pub fn min_sparse_neighbours(n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    let log = usize::BITS - (n - 1).leading_zeros();
+    (2 * log as usize).min(n - 1)
+}
+
+/// Validated round parameters.
+#[derive(Clone, Debug)]
+pub struct RoundParams {
+    session: SessionId,
+    parties: Vec<PartyId>,
+    threshold: usize,
+    neighbours: usize,
+    max_corrupt: usize,
+    min_cohort: usize,
+    vector_len: usize,
+    stage_timeout: Duration,
+    graph: NeighbourGraph,
+}
+
+impl RoundParams {
+    /// The round's identifier.
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+    /// The invited parties, sorted.
+    pub fn parties(&self) -> &[PartyId] {
+        &self.parties
+    }
+    /// Shamir threshold `t`.
+    pub fn threshold(&self) -> usize {
+        self.threshold
+    }
+    /// Neighbours per party `k`.
+    pub fn neighbours(&self) -> usize {
+        self.neighbours
+    }
+    /// Colluding parties tolerated `c`.
+    pub fn max_corrupt(&self) -> usize {
+        self.max_corrupt
+    }
+    /// Minimum number of survivors.
+    pub fn min_cohort(&self) -> usize {
+        self.min_cohort
+    }
+    /// Elements per input vector.
+    pub fn vector_len(&self) -> usize {
+        self.vector_len
+    }
+    /// Per-stage deadline at the coordinator.
+    pub fn stage_timeout(&self) -> Duration {
+        self.stage_timeout
+    }
+    /// Position of a party in the sorted list.
+    pub fn index_of(&self, p: PartyId) -> Option<usize> {
+        self.parties.binary_search(&p).ok()
+    }
+    /// The neighbours of the party at `index`, sorted.
+    pub fn neighbours_of(&self, index: usize) -> &[PartyId] {
+        &self.graph.adjacency[index]
+    }
+    /// Whether `a` and `b` are neighbours.
+    pub fn are_neighbours(&self, a: usize, b: PartyId) -> bool {
+        self.graph.adjacency[a].binary_search(&b).is_ok()
+    }
+    /// The party itself and its neighbours: the holders of its secrets' shares.
+    pub fn holders_of(&self, index: usize) -> Vec<PartyId> {
+        let mut h = self.graph.adjacency[index].clone();
+        let me = self.parties[index];
+        let at = h.binary_search(&me).unwrap_or_else(|i| i);
+        h.insert(at, me);
+        h
+    }
+    /// Whether `holder` holds shares of the party at `index`.
+    pub fn is_holder(&self, index: usize, holder: PartyId) -> bool {
+        self.parties[index] == holder || self.are_neighbours(index, holder)
+    }
+}
+
+/// A k-regular Harary graph over the parties, laid on a cycle in an order derived from the
+/// session id (Bell et al., CCS 2020): each party is joined to the k/2 parties on either side.
+/// With k = n − 1 it is the complete graph.
+#[derive(Clone, Debug)]
+struct NeighbourGraph {
+    adjacency: Vec<Vec<PartyId>>,
+}
+
+impl NeighbourGraph {
+    fn harary(session: &SessionId, parties: &[PartyId], k: usize) -> Self {
+        let n = parties.len();
+        if k == n - 1 {
+            let adjacency = (0..n)
+                .map(|i| {
+                    parties.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, &p)| p).collect()
+                })
+                .collect();
+            return Self { adjacency };
+        }
+        // Every party computes the same permutation from the session id alone.
+        let seed: [u8; 32] = Sha256::new()
+            .chain_update(b"veil/secagg/v1/neighbour-graph")
+            .chain_update(session.0)
+            .finalize()
+            .into();
+        let mut stream = SeededStream::new(&seed);
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = stream.below(i as u64 + 1) as usize;
+            order.swap(i, j);
+        }
+        let mut adjacency = vec![Vec::with_capacity(k); n];
+        for (pos, &i) in order.iter().enumerate() {
+            for d in 1..=k / 2 {
+                adjacency[i].push(parties[order[(pos + d) % n]]);
+                adjacency[i].push(parties[order[(pos + n - d) % n]]);
+            }
+            adjacency[i].sort_unstable();
+        }
+        Self { adjacency }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: u32) -> Vec<PartyId> {
+        (0..n).map(PartyId).collect()
+    }
+
+    #[test]
+    fn harary_graph_is_regular_symmetric_and_session_dependent() {
+        let n = 50;
+        let k = min_sparse_neighbours(n);
+        assert_eq!(k, 12);
+        let a = RoundConfig::sparse(SessionId([1; 32]), ids(n as u32), 4).validate().unwrap();
+        let b = RoundConfig::sparse(SessionId([2; 32]), ids(n as u32), 4).validate().unwrap();
+        for i in 0..n {
+            let nb = a.neighbours_of(i);
+            assert_eq!(nb.len(), k);
+            assert!(!nb.contains(&PartyId(i as u32)));
+            for p in nb {
+                assert!(a.are_neighbours(a.index_of(*p).unwrap(), PartyId(i as u32)));
+            }
+        }
+        assert!((0..n).any(|i| a.neighbours_of(i) != b.neighbours_of(i)));
+    }
+
+    #[test]
+    fn unsafe_parameters_are_refused_with_the_reason() {
+        let base = RoundConfig::all_pairs(SessionId([0; 32]), ids(10), 8);
+        assert!(base.clone().validate().is_ok());
+        let low_t = RoundConfig { threshold: 5, ..base.clone() };
+        let err = low_t.validate().unwrap_err().to_string();
+        assert!(err.contains("2t > (k + 1) + c"), "{err}");
+        let corrupt = RoundConfig { threshold: 6, max_corrupt: 3, ..base.clone() };
+        assert!(corrupt.validate().is_err());
+        let corrupt_ok = RoundConfig { threshold: 7, max_corrupt: 3, ..base.clone() };
+        assert!(corrupt_ok.validate().is_ok());
+        let odd_k = RoundConfig { neighbours: 7, threshold: 5, ..base.clone() };
+        assert!(odd_k.validate().is_err());
+        let thin = RoundConfig { parties: ids(100), neighbours: 4, threshold: 3, ..base.clone() };
+        assert!(thin.validate().unwrap_err().to_string().contains("floor"));
+        let dup = RoundConfig { parties: vec![PartyId(1), PartyId(1)], ..base.clone() };
+        assert!(dup.validate().is_err());
+        let cohort = RoundConfig { min_cohort: 11, ..base.clone() };
+        assert!(cohort.validate().is_err());
+        let empty = RoundConfig { vector_len: 0, ..base };
+        assert!(empty.validate().is_err());
+    }
+}

@@ -1,0 +1,531 @@
+//! The party role.
+//!
+//! ```text
+//!  new ──► ExpectKeys ──Keys──► ExpectShares ──Shares──► ExpectSurvivors
+//!            (sent: AdvertiseKeys)  (sent: EncryptedShares)  (sent: MaskedInput)
+//!
+//!  ExpectSurvivors ──Survivors──► ExpectSignatures ──Signatures──► Finished
+//!                    (sent: ConsistencySignature)    (sent: UnmaskShares)
+//! ```
+//!
+//! Each state is consumed by the transition out of it. A message for another stage, or for
+//! another session, is rejected without changing state; anything else that fails validation
+//! aborts the round at this party, and an aborted party reveals nothing further.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use curve25519_dalek::scalar::Scalar;
+use rand_core::CryptoRngCore;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::crypto::{
+    self, AgreementSecret, IdentityKey, Roster, advertise_statement, pair_mask_seed,
+    scalar_from_bytes, self_mask_seed, share_key, survivors_statement,
+};
+use crate::error::{Error, Result};
+use crate::ids::{PartyId, SessionId, Stage};
+use crate::message::{
+    AdvertiseKeys, CoordinatorMessage, EncryptedShare, PartyMessage, RevealedShare,
+    SHARE_CIPHERTEXT_LEN,
+};
+use crate::params::RoundParams;
+use crate::prg::{Mask, Sign, apply_masks};
+use crate::shamir;
+
+const SHARE_PLAINTEXT_LEN: usize = 72;
+
+/// The two shares a party holds for one peer (or for itself).
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+struct HeldShares {
+    mask_key: Scalar,
+    self_mask: Scalar,
+}
+
+#[derive(Clone, Copy)]
+struct PeerKeys {
+    encryption_key: [u8; 32],
+    mask_key: [u8; 32],
+}
+
+/// Which of a peer's two secrets a revealed share belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShareKind {
+    /// The self-mask seed: revealed for survivors.
+    SelfMask,
+    /// The mask key: revealed for parties that dropped after sharing.
+    MaskKey,
+}
+
+/// Records what this party has revealed, and refuses to reveal both shares of one peer. The
+/// unmask stage can only run once, so this is a second line of defence behind the state
+/// machine, kept explicit so the rule is enforced in one place and testable on its own.
+#[derive(Debug, Default)]
+pub struct RevealLedger {
+    revealed: BTreeMap<PartyId, ShareKind>,
+}
+
+impl RevealLedger {
+    /// Records that the `kind` share of `owner` is being revealed.
+    pub fn reveal(&mut self, owner: PartyId, kind: ShareKind) -> Result<()> {
+        match self.revealed.get(&owner) {
+            Some(&k) if k != kind => Err(Error::DoubleReveal(owner)),
+            _ => {
+                self.revealed.insert(owner, kind);
+                Ok(())
+            }
+        }
+    }
+
+    /// What has been revealed of `owner`, if anything.
+    pub fn revealed(&self, owner: PartyId) -> Option<ShareKind> {
+        self.revealed.get(&owner).copied()
+    }
+}
+
+struct ExpectKeys {
+    encryption: AgreementSecret,
+    mask: AgreementSecret,
+    own: AdvertiseKeys,
+    input: Zeroizing<Vec<u64>>,
+}
+
+struct ExpectShares {
+    encryption: AgreementSecret,
+    mask: AgreementSecret,
+    self_mask: Zeroizing<Scalar>,
+    peers: BTreeMap<PartyId, PeerKeys>,
+    own_shares: HeldShares,
+    input: Zeroizing<Vec<u64>>,
+}
+
+struct ExpectSurvivors {
+    held: BTreeMap<PartyId, HeldShares>,
+}
+
+struct ExpectSignatures {
+    held: BTreeMap<PartyId, HeldShares>,
+    survivors: Vec<PartyId>,
+}
+
+enum State {
+    ExpectKeys(ExpectKeys),
+    ExpectShares(ExpectShares),
+    ExpectSurvivors(ExpectSurvivors),
+    ExpectSignatures(ExpectSignatures),
+    Finished,
+    Aborted(Error),
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::ExpectKeys(_) => "expect-keys",
+            State::ExpectShares(_) => "expect-shares",
+            State::ExpectSurvivors(_) => "expect-survivors",
+            State::ExpectSignatures(_) => "expect-signatures",
+            State::Finished => "finished",
+            State::Aborted(_) => "aborted",
+        }
+    }
+
+    /// The stage whose coordinator message this state accepts.
+    fn accepts(&self) -> Option<Stage> {
+        match self {
+            State::ExpectKeys(_) => Some(Stage::ShareKeys),
+            State::ExpectShares(_) => Some(Stage::MaskedInput),
+            State::ExpectSurvivors(_) => Some(Stage::ConsistencyCheck),
+            State::ExpectSignatures(_) => Some(Stage::Unmask),
+            State::Finished | State::Aborted(_) => None,
+        }
+    }
+}
+
+/// Where a party's round stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartyStatus {
+    /// Waiting for the coordinator.
+    InProgress(&'static str),
+    /// Sent its unmask shares; nothing more to do.
+    Finished,
+    /// Stopped, for the reason given; it reveals nothing further.
+    Aborted(Error),
+}
+
+/// One party's side of a secure aggregation round.
+pub struct Party {
+    params: Arc<RoundParams>,
+    me: PartyId,
+    index: usize,
+    identity: IdentityKey,
+    roster: Arc<Roster>,
+    state: State,
+    ledger: RevealLedger,
+    outbox: VecDeque<PartyMessage>,
+}
+
+impl std::fmt::Debug for Party {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Party").field("me", &self.me).field("state", &self.state.name()).finish()
+    }
+}
+
+impl Party {
+    /// Joins a round with `input` (already encoded into Z_2^64) and queues the signed key
+    /// advertisement.
+    pub fn new(
+        params: Arc<RoundParams>,
+        me: PartyId,
+        identity: IdentityKey,
+        roster: Arc<Roster>,
+        input: Vec<u64>,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Self> {
+        let input = Zeroizing::new(input);
+        let index = params.index_of(me).ok_or(Error::UnexpectedParty(me))?;
+        if input.len() != params.vector_len() {
+            return Err(Error::WrongLength { got: input.len(), expected: params.vector_len() });
+        }
+        match roster.key(me) {
+            Some(k) if *k == identity.verifying_key() => {}
+            _ => return Err(Error::NotInRoster(me)),
+        }
+        let encryption = AgreementSecret::generate(rng);
+        let mask = AgreementSecret::generate(rng);
+        let session = params.session();
+        let (encryption_key, mask_key) = (encryption.public_key(), mask.public_key());
+        let signature =
+            identity.sign(&advertise_statement(&session, me, &encryption_key, &mask_key));
+        let own = AdvertiseKeys { party: me, encryption_key, mask_key, signature };
+        let mut outbox = VecDeque::new();
+        outbox.push_back(PartyMessage::AdvertiseKeys { session, keys: own.clone() });
+        Ok(Self {
+            params,
+            me,
+            index,
+            identity,
+            roster,
+            state: State::ExpectKeys(ExpectKeys { encryption, mask, own, input }),
+            ledger: RevealLedger::default(),
+            outbox,
+        })
+    }
+
+    /// This party's id.
+    pub fn id(&self) -> PartyId {
+        self.me
+    }
+
+    /// The next message to send to the coordinator.
+    pub fn poll_transmit(&mut self) -> Option<PartyMessage> {
+        self.outbox.pop_front()
+    }
+
+    /// Where the round stands.
+    pub fn status(&self) -> PartyStatus {
+        match &self.state {
+            State::Finished => PartyStatus::Finished,
+            State::Aborted(e) => PartyStatus::Aborted(e.clone()),
+            s => PartyStatus::InProgress(s.name()),
+        }
+    }
+
+    /// What this party has revealed.
+    pub fn ledger(&self) -> &RevealLedger {
+        &self.ledger
+    }
+
+    /// Stops the round at this party (for example when the driver's deadline passes). Secrets
+    /// are dropped and zeroized.
+    pub fn abort(&mut self, reason: Error) {
+        if !matches!(self.state, State::Finished) {
+            self.state = State::Aborted(reason);
+        }
+    }
+
+    /// Feeds one message from the coordinator.
+    pub fn handle_message(
+        &mut self,
+        msg: CoordinatorMessage,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<()> {
+        let Some(expected) = self.state.accepts() else {
+            return Err(Error::RoundEnded);
+        };
+        if msg.stage() != expected {
+            return Err(Error::UnexpectedMessage { expected: self.state.name(), got: msg.stage() });
+        }
+        let session = self.params.session();
+        if msg.session() != session {
+            return Err(Error::WrongSession { expected: session, got: msg.session() });
+        }
+        let state = std::mem::replace(&mut self.state, State::Finished);
+        let next = match (state, msg) {
+            (State::ExpectKeys(s), CoordinatorMessage::Keys { keys, .. }) => {
+                self.handle_keys(s, keys, rng)
+            }
+            (State::ExpectShares(s), CoordinatorMessage::Shares { shares, .. }) => {
+                self.handle_shares(s, shares)
+            }
+            (State::ExpectSurvivors(s), CoordinatorMessage::Survivors { survivors, .. }) => {
+                self.handle_survivors(s, survivors)
+            }
+            (State::ExpectSignatures(s), CoordinatorMessage::Signatures { signatures, .. }) => {
+                self.handle_signatures(s, signatures)
+            }
+            _ => unreachable!("the stage check above matched the message to the state"),
+        };
+        match next {
+            Ok(state) => {
+                self.state = state;
+                Ok(())
+            }
+            Err(e) => {
+                self.state = State::Aborted(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn session(&self) -> SessionId {
+        self.params.session()
+    }
+
+    fn handle_keys(
+        &mut self,
+        s: ExpectKeys,
+        keys: Vec<AdvertiseKeys>,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<State> {
+        let session = self.session();
+        let t = self.params.threshold();
+        let mut peers = BTreeMap::new();
+        let mut seen_keys = std::collections::BTreeSet::new();
+        seen_keys.insert(s.own.encryption_key);
+        seen_keys.insert(s.own.mask_key);
+        for adv in keys {
+            if adv.party == self.me {
+                if adv != s.own {
+                    return Err(Error::BadCoordinatorMessage("this party's own keys were altered"));
+                }
+                continue;
+            }
+            if !self.params.are_neighbours(self.index, adv.party) {
+                return Err(Error::UnexpectedParty(adv.party));
+            }
+            if peers.contains_key(&adv.party) {
+                return Err(Error::BadCoordinatorMessage("a party's keys are listed twice"));
+            }
+            let statement =
+                advertise_statement(&session, adv.party, &adv.encryption_key, &adv.mask_key);
+            self.roster.verify(adv.party, &statement, &adv.signature)?;
+            if !seen_keys.insert(adv.encryption_key) || !seen_keys.insert(adv.mask_key) {
+                return Err(Error::BadPublicKey(adv.party));
+            }
+            peers.insert(
+                adv.party,
+                PeerKeys { encryption_key: adv.encryption_key, mask_key: adv.mask_key },
+            );
+        }
+        let alive = peers.len() + 1;
+        if alive < t {
+            return Err(Error::TooFewSurvivors { stage: Stage::AdvertiseKeys, alive, needed: t });
+        }
+
+        let self_mask = Zeroizing::new(crypto::random_scalar(rng));
+        let mut holders: Vec<PartyId> = peers.keys().copied().collect();
+        holders.push(self.me);
+        holders.sort_unstable();
+        let key_shares = shamir::split(s.mask.scalar(), &holders, t, rng);
+        let mask_shares = shamir::split(&self_mask, &holders, t, rng);
+        let mut own_shares = None;
+        let mut shares = Vec::with_capacity(peers.len());
+        for ((holder, key_share), (_, mask_share)) in key_shares.into_iter().zip(mask_shares) {
+            if holder == self.me {
+                own_shares = Some(HeldShares { mask_key: key_share, self_mask: mask_share });
+                continue;
+            }
+            let mut plaintext = Zeroizing::new([0u8; SHARE_PLAINTEXT_LEN]);
+            plaintext[..4].copy_from_slice(&self.me.0.to_le_bytes());
+            plaintext[4..8].copy_from_slice(&holder.0.to_le_bytes());
+            plaintext[8..40].copy_from_slice(key_share.as_bytes());
+            plaintext[40..].copy_from_slice(mask_share.as_bytes());
+            let shared = s.encryption.agree(&peers[&holder].encryption_key, holder)?;
+            let key = share_key(&shared, &session, self.me, holder);
+            let sealed = crypto::seal(&key, &session, self.me, holder, plaintext.as_ref());
+            let ciphertext: [u8; SHARE_CIPHERTEXT_LEN] =
+                sealed.try_into().expect("72 bytes of plaintext seal to 88 bytes");
+            shares.push(EncryptedShare { peer: holder, ciphertext });
+        }
+        let own_shares = own_shares.expect("this party is among its own share holders");
+        self.outbox.push_back(PartyMessage::EncryptedShares { session, party: self.me, shares });
+        Ok(State::ExpectShares(ExpectShares {
+            encryption: s.encryption,
+            mask: s.mask,
+            self_mask,
+            peers,
+            own_shares,
+            input: s.input,
+        }))
+    }
+
+    fn handle_shares(&mut self, mut s: ExpectShares, shares: Vec<EncryptedShare>) -> Result<State> {
+        let session = self.session();
+        let t = self.params.threshold();
+        let mut held = BTreeMap::new();
+        for share in shares {
+            let from = share.peer;
+            let Some(keys) = s.peers.get(&from) else {
+                return Err(Error::UnexpectedParty(from));
+            };
+            if held.contains_key(&from) {
+                return Err(Error::BadCoordinatorMessage("two shares from one sender"));
+            }
+            let shared = s.encryption.agree(&keys.encryption_key, from)?;
+            let key = share_key(&shared, &session, from, self.me);
+            let plaintext = crypto::open(&key, &session, from, self.me, &share.ciphertext)?;
+            if plaintext.len() != SHARE_PLAINTEXT_LEN
+                || plaintext[..4] != from.0.to_le_bytes()
+                || plaintext[4..8] != self.me.0.to_le_bytes()
+            {
+                return Err(Error::BadShare(from));
+            }
+            let scalar = |range: std::ops::Range<usize>| {
+                let mut b = [0u8; 32];
+                b.copy_from_slice(&plaintext[range]);
+                let v = scalar_from_bytes(b).ok_or(Error::BadShare(from));
+                b.zeroize();
+                v
+            };
+            held.insert(from, HeldShares { mask_key: scalar(8..40)?, self_mask: scalar(40..72)? });
+        }
+        let alive = held.len() + 1;
+        if alive < t {
+            return Err(Error::TooFewSurvivors { stage: Stage::ShareKeys, alive, needed: t });
+        }
+
+        // y = x + PRG(b) + Σ_{v ∈ U2, me < v} PRG(s_{me,v}) − Σ_{v ∈ U2, me > v} PRG(s_{me,v})
+        let mut masks = Vec::with_capacity(held.len() + 1);
+        masks.push(Mask::new(&self_mask_seed(&s.self_mask, &session), Sign::Add));
+        for &v in held.keys() {
+            let shared = s.mask.agree(&s.peers[&v].mask_key, v)?;
+            let sign = if self.me < v { Sign::Add } else { Sign::Subtract };
+            masks.push(Mask::new(&pair_mask_seed(&shared, &session), sign));
+        }
+        let mut vector = std::mem::take(&mut *s.input);
+        apply_masks(&mut vector, &masks);
+        held.insert(self.me, s.own_shares.clone());
+        self.outbox.push_back(PartyMessage::MaskedInput { session, party: self.me, vector });
+        Ok(State::ExpectSurvivors(ExpectSurvivors { held }))
+    }
+
+    fn handle_survivors(&mut self, s: ExpectSurvivors, survivors: Vec<PartyId>) -> Result<State> {
+        if !survivors.windows(2).all(|w| w[0] < w[1]) {
+            return Err(Error::BadCoordinatorMessage("survivor set is not sorted and distinct"));
+        }
+        if let Some(p) = survivors.iter().find(|p| self.params.index_of(**p).is_none()) {
+            return Err(Error::UnexpectedParty(*p));
+        }
+        if survivors.binary_search(&self.me).is_err() {
+            return Err(Error::InconsistentSurvivors("this party's masked input is not listed"));
+        }
+        let mut alive_holders = 0;
+        for p in &survivors {
+            if self.params.is_holder(self.index, *p) {
+                if !s.held.contains_key(p) {
+                    return Err(Error::InconsistentSurvivors(
+                        "a listed survivor never sent this party its shares",
+                    ));
+                }
+                alive_holders += 1;
+            }
+        }
+        if survivors.len() < self.params.min_cohort() {
+            return Err(Error::CohortTooSmall {
+                size: survivors.len(),
+                minimum: self.params.min_cohort(),
+            });
+        }
+        let t = self.params.threshold();
+        if alive_holders < t {
+            return Err(Error::TooFewSurvivors {
+                stage: Stage::MaskedInput,
+                alive: alive_holders,
+                needed: t,
+            });
+        }
+        let session = self.session();
+        let signature = self.identity.sign(&survivors_statement(&session, self.me, &survivors));
+        self.outbox.push_back(PartyMessage::ConsistencySignature {
+            session,
+            party: self.me,
+            signature,
+        });
+        Ok(State::ExpectSignatures(ExpectSignatures { held: s.held, survivors }))
+    }
+
+    fn handle_signatures(
+        &mut self,
+        s: ExpectSignatures,
+        signatures: Vec<(PartyId, [u8; 64])>,
+    ) -> Result<State> {
+        let session = self.session();
+        let mut signers = std::collections::BTreeSet::new();
+        for (signer, signature) in &signatures {
+            if s.survivors.binary_search(signer).is_err()
+                || !self.params.is_holder(self.index, *signer)
+            {
+                return Err(Error::UnexpectedParty(*signer));
+            }
+            if !signers.insert(*signer) {
+                return Err(Error::BadCoordinatorMessage("a signature is listed twice"));
+            }
+            let statement = survivors_statement(&session, *signer, &s.survivors);
+            self.roster
+                .verify(*signer, &statement, signature)
+                .map_err(|_| Error::InconsistentSurvivors("a neighbour signed a different set"))?;
+        }
+        let t = self.params.threshold();
+        if signers.len() < t {
+            return Err(Error::TooFewSurvivors {
+                stage: Stage::ConsistencyCheck,
+                alive: signers.len(),
+                needed: t,
+            });
+        }
+        let mut self_mask = Vec::new();
+        let mut mask_key = Vec::new();
+        for (&owner, shares) in &s.held {
+            if s.survivors.binary_search(&owner).is_ok() {
+                self.ledger.reveal(owner, ShareKind::SelfMask)?;
+                self_mask.push(RevealedShare { owner, value: shares.self_mask.to_bytes() });
+            } else {
+                self.ledger.reveal(owner, ShareKind::MaskKey)?;
+                mask_key.push(RevealedShare { owner, value: shares.mask_key.to_bytes() });
+            }
+        }
+        self.outbox.push_back(PartyMessage::UnmaskShares {
+            session,
+            party: self.me,
+            self_mask,
+            mask_key,
+        });
+        Ok(State::Finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ledger_refuses_the_second_kind_of_share() {
+        let mut l = RevealLedger::default();
+        l.reveal(PartyId(1), ShareKind::SelfMask).unwrap();
+        l.reveal(PartyId(1), ShareKind::SelfMask).unwrap();
+        assert_eq!(l.reveal(PartyId(1), ShareKind::MaskKey), Err(Error::DoubleReveal(PartyId(1))));
+        l.reveal(PartyId(2), ShareKind::MaskKey).unwrap();
+        assert_eq!(l.reveal(PartyId(2), ShareKind::SelfMask), Err(Error::DoubleReveal(PartyId(2))));
+        assert_eq!(l.revealed(PartyId(1)), Some(ShareKind::SelfMask));
+    }
+}

@@ -1,0 +1,281 @@
+//! The secure aggregation benchmark: whole rounds in memory, with time, CPU and bytes per role.
+//!
+//! Parties run in parallel (rayon) within each stage and the coordinator runs between stages,
+//! so the CPU used in each phase belongs to one role. CPU is read from the scheduler's
+//! per-thread accounting (`/proc/self/task/*/schedstat`, nanoseconds); on systems without it the
+//! CPU columns read zero. Dropouts are simulated: a stage deadline passes instantly, so wall
+//! time excludes waiting for the silent, which a deployment spends in its stage timeout.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use rayon::prelude::*;
+use veil_protocol::{
+    Coordinator, CoordinatorEvent, CoordinatorMessage, Party, PartyId, PartyMessage, RoundConfig,
+    Stage, prg,
+};
+
+use crate::{Consortium, session};
+
+/// One benchmark configuration.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Parties.
+    pub parties: usize,
+    /// Elements per vector.
+    pub vector_len: usize,
+    /// Neighbours per party (`parties − 1` for all pairs).
+    pub neighbours: usize,
+    /// Fraction of parties that drop out.
+    pub dropout: f64,
+    /// The first stage dropped parties do not answer.
+    pub dropout_before: Stage,
+}
+
+impl BenchConfig {
+    /// All pairs, no dropouts.
+    pub fn all_pairs(parties: usize, vector_len: usize) -> Self {
+        Self {
+            parties,
+            vector_len,
+            neighbours: parties - 1,
+            dropout: 0.0,
+            dropout_before: Stage::ConsistencyCheck,
+        }
+    }
+
+    /// The sparse graph with `k = 2⌈log₂ n⌉`.
+    pub fn sparse(parties: usize, vector_len: usize) -> Self {
+        Self {
+            neighbours: veil_protocol::params::min_sparse_neighbours(parties),
+            ..Self::all_pairs(parties, vector_len)
+        }
+    }
+
+    /// With a fraction of parties dropping before `stage`.
+    pub fn with_dropout(mut self, fraction: f64, stage: Stage) -> Self {
+        self.dropout = fraction;
+        self.dropout_before = stage;
+        self
+    }
+
+    /// A short label.
+    pub fn label(&self) -> String {
+        let graph = if self.neighbours + 1 == self.parties {
+            "all pairs".to_string()
+        } else {
+            format!("k={}", self.neighbours)
+        };
+        let drop = if self.dropout > 0.0 {
+            format!(", {:.0}% drop before {}", self.dropout * 100.0, self.dropout_before)
+        } else {
+            String::new()
+        };
+        format!("n={} d={} {}{}", self.parties, self.vector_len, graph, drop)
+    }
+}
+
+/// Measurements of one configuration.
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    /// The configuration.
+    pub config: BenchConfig,
+    /// Wall time of the whole round.
+    pub wall: Duration,
+    /// Mean CPU time per party.
+    pub party_cpu: Duration,
+    /// CPU time of the coordinator.
+    pub coordinator_cpu: Duration,
+    /// Mean bytes each party sent.
+    pub bytes_sent: usize,
+    /// Mean bytes each party received.
+    pub bytes_received: usize,
+    /// Wall time of a plain round over the same vectors: encode, decode and sum.
+    pub plain_wall: Duration,
+    /// Survivors whose inputs made up the sum.
+    pub contributors: usize,
+    /// Whether the unmasked sum equalled the plain sum of the contributors' inputs.
+    pub correct: bool,
+}
+
+impl BenchReport {
+    /// Secure wall time over plain wall time.
+    pub fn ratio(&self) -> f64 {
+        self.wall.as_secs_f64() / self.plain_wall.as_secs_f64().max(1e-9)
+    }
+}
+
+/// CPU time consumed so far by all threads of this process.
+pub fn process_cpu() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let mut ns = 0u64;
+    for task in tasks.flatten() {
+        if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
+            ns += s.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+/// Runs one round of `config` and measures it.
+pub fn run(config: &BenchConfig, seed: u64) -> Result<BenchReport, veil_protocol::Error> {
+    let n = config.parties;
+    let consortium = Consortium::new(n, seed);
+    let ids = consortium.parties();
+    let round = RoundConfig {
+        neighbours: config.neighbours,
+        ..if config.neighbours + 1 == n {
+            RoundConfig::all_pairs(session(seed), ids.clone(), config.vector_len)
+        } else {
+            RoundConfig::sparse(session(seed), ids.clone(), config.vector_len)
+        }
+    };
+    let params = Arc::new(round.validate()?);
+    let dropped: BTreeSet<PartyId> = {
+        let count = (config.dropout * n as f64).round() as usize;
+        // Spread dropouts over the id range.
+        (0..count).map(|i| ids[i * n / count.max(1)]).collect()
+    };
+    let mut input_rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed);
+    let inputs: Vec<Vec<u64>> =
+        (0..n).map(|_| (0..config.vector_len).map(|_| input_rng.next_u64()).collect()).collect();
+
+    // The plain baseline: every party encodes its vector, the coordinator decodes and sums.
+    let plain_start = Instant::now();
+    let encoded: Vec<Vec<u8>> = inputs
+        .par_iter()
+        .zip(&ids)
+        .map(|(v, &p)| {
+            PartyMessage::MaskedInput { session: params.session(), party: p, vector: v.clone() }
+                .encode()
+        })
+        .collect();
+    let mut plain = vec![0u64; config.vector_len];
+    for bytes in &encoded {
+        if let Ok(PartyMessage::MaskedInput { vector, .. }) = PartyMessage::decode(bytes) {
+            prg::add_assign(&mut plain, &vector);
+        }
+    }
+    let plain_wall = plain_start.elapsed();
+    drop(encoded);
+
+    let mut party_cpu = Duration::ZERO;
+    let mut coordinator_cpu = Duration::ZERO;
+    let mut sent = vec![0usize; n];
+    let mut received = vec![0usize; n];
+
+    let start = Instant::now();
+    let cpu0 = process_cpu();
+    let roster = consortium.roster();
+    let mut parties: Vec<(Party, ChaCha20Rng)> = ids
+        .par_iter()
+        .zip(inputs.par_iter())
+        .map(|(&p, input)| {
+            let mut rng = ChaCha20Rng::seed_from_u64(seed.wrapping_add(u64::from(p.0) + 1));
+            let party = Party::new(
+                params.clone(),
+                p,
+                consortium.identity(p),
+                roster.clone(),
+                input.clone(),
+                &mut rng,
+            )
+            .expect("benchmark parties are configured consistently");
+            (party, rng)
+        })
+        .collect();
+    let cpu1 = process_cpu();
+    party_cpu += cpu1 - cpu0;
+    let mut now = Instant::now();
+    let mut coordinator = Coordinator::new(params.clone(), roster.clone(), now);
+    let mut inbox: Vec<Vec<Vec<u8>>> = vec![Vec::new(); n];
+    let mut outcome = None;
+    for _ in 0..64 {
+        let c0 = process_cpu();
+        let outgoing: Vec<Vec<Vec<u8>>> = parties
+            .par_iter_mut()
+            .zip(inbox.par_iter_mut())
+            .map(|((party, rng), msgs)| {
+                for bytes in msgs.drain(..) {
+                    if let Ok(m) = CoordinatorMessage::decode(&bytes) {
+                        let _ = party.handle_message(m, rng);
+                    }
+                }
+                std::iter::from_fn(|| party.poll_transmit()).map(|m| m.encode()).collect()
+            })
+            .collect();
+        let c1 = process_cpu();
+        party_cpu += c1 - c0;
+        let mut delivered = 0;
+        for (i, msgs) in outgoing.into_iter().enumerate() {
+            for bytes in msgs {
+                let stage = PartyMessage::decode(&bytes).map(|m| m.stage());
+                if dropped.contains(&ids[i]) && stage.is_ok_and(|s| s >= config.dropout_before) {
+                    continue;
+                }
+                sent[i] += bytes.len();
+                delivered += 1;
+                if let Ok(m) = PartyMessage::decode(&bytes) {
+                    let _ = coordinator.handle_message(ids[i], m, now);
+                }
+            }
+        }
+        if delivered == 0 {
+            if let Some(deadline) = coordinator.poll_timeout() {
+                now = deadline + Duration::from_millis(1);
+                coordinator.handle_timeout(now);
+            }
+        }
+        while let Some((to, msg)) = coordinator.poll_transmit() {
+            let i = params.index_of(to).expect("the coordinator only writes to parties");
+            let bytes = msg.encode();
+            received[i] += bytes.len();
+            inbox[i].push(bytes);
+        }
+        coordinator_cpu += process_cpu() - c1;
+        while let Some(ev) = coordinator.poll_event() {
+            match ev {
+                CoordinatorEvent::Finished(a) => outcome = Some(Ok(a)),
+                CoordinatorEvent::Aborted(e) => outcome = Some(Err(e)),
+                CoordinatorEvent::StageClosed { .. } => {}
+            }
+        }
+        if outcome.is_some() {
+            break;
+        }
+    }
+    let wall = start.elapsed();
+    let aggregate = outcome.unwrap_or(Err(veil_protocol::Error::RoundEnded))?;
+    let mut expected = vec![0u64; config.vector_len];
+    for p in &aggregate.contributors {
+        let i = params.index_of(*p).expect("contributors are participants");
+        prg::add_assign(&mut expected, &inputs[i]);
+    }
+    let live = n - dropped.len();
+    Ok(BenchReport {
+        config: config.clone(),
+        wall,
+        party_cpu: party_cpu / n as u32,
+        coordinator_cpu,
+        bytes_sent: sent.iter().sum::<usize>() / live.max(1),
+        bytes_received: received.iter().sum::<usize>() / n,
+        plain_wall,
+        contributors: aggregate.contributors.len(),
+        correct: aggregate.sum == expected,
+    })
+}
+
+/// The configurations the benchmark reports by default.
+pub fn default_configs() -> Vec<BenchConfig> {
+    vec![
+        BenchConfig::all_pairs(10, 100_000),
+        BenchConfig::sparse(100, 100_000),
+        BenchConfig::sparse(1_000, 100_000).with_dropout(0.10, Stage::ConsistencyCheck),
+        BenchConfig::sparse(1_000, 100_000).with_dropout(0.10, Stage::MaskedInput),
+    ]
+}

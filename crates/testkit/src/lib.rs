@@ -1,0 +1,447 @@
+//! An in-process consortium for tests and benchmarks.
+//!
+//! [`Consortium`] holds n parties' identity keys and the roster they all trust, generated from a
+//! seed. [`Simulation`] runs one secure aggregation round between a [`Coordinator`] and those
+//! parties entirely in memory: every message is encoded to bytes and decoded again, as on a
+//! wire, time is virtual (stage deadlines pass instantly when nobody has anything left to say),
+//! and [`Fault`]s inject dropouts, duplicates, reordering, truncation, corruption, replays and
+//! late deliveries. An [`Interceptor`] can rewrite the coordinator's messages to play a
+//! deviating coordinator.
+//!
+//! [`bench`] runs the protocol at benchmark sizes and measures time, CPU and bytes per role.
+
+pub mod bench;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use veil_protocol::{
+    Aggregate, Coordinator, CoordinatorEvent, CoordinatorMessage, Error, IdentityKey, Party,
+    PartyId, PartyMessage, PartyStatus, Roster, RoundConfig, RoundParams, SessionId, Stage,
+};
+
+/// Identity keys and roster of a consortium of parties `0..n`.
+pub struct Consortium {
+    identities: Vec<[u8; 32]>,
+    roster: Arc<Roster>,
+}
+
+impl Consortium {
+    /// `n` parties with identity keys derived from `seed`.
+    pub fn new(n: usize, seed: u64) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut roster = Roster::new();
+        let identities = (0..n)
+            .map(|i| {
+                let key = IdentityKey::generate(&mut rng);
+                roster.insert(PartyId(i as u32), key.verifying_key());
+                *key.to_seed()
+            })
+            .collect();
+        Self { identities, roster: Arc::new(roster) }
+    }
+
+    /// The party ids `0..n`.
+    pub fn parties(&self) -> Vec<PartyId> {
+        (0..self.identities.len() as u32).map(PartyId).collect()
+    }
+
+    /// The roster every party trusts.
+    pub fn roster(&self) -> Arc<Roster> {
+        self.roster.clone()
+    }
+
+    /// A party's identity key.
+    pub fn identity(&self, p: PartyId) -> IdentityKey {
+        IdentityKey::from_seed(&self.identities[p.0 as usize])
+    }
+}
+
+/// A session id derived from a number, for reproducible tests.
+pub fn session(n: u64) -> SessionId {
+    let mut s = [0u8; 32];
+    s[..8].copy_from_slice(&n.to_le_bytes());
+    s[8..16].copy_from_slice(b"veiltest");
+    SessionId(s)
+}
+
+/// A fault injected into a simulated round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The party goes silent instead of sending its message of `before` (and anything after).
+    Dropout {
+        /// The party.
+        party: PartyId,
+        /// The first stage whose message it does not send.
+        before: Stage,
+    },
+    /// The party's message of this stage reaches the coordinator twice.
+    DuplicateFromParty {
+        /// The party.
+        party: PartyId,
+        /// The stage.
+        stage: Stage,
+    },
+    /// The coordinator's message answering in this stage reaches the party twice.
+    DuplicateToParty {
+        /// The party.
+        party: PartyId,
+        /// The stage the message asks the party to answer in.
+        stage: Stage,
+    },
+    /// The party's message of this stage arrives cut to half its length.
+    TruncateFromParty {
+        /// The party.
+        party: PartyId,
+        /// The stage.
+        stage: Stage,
+    },
+    /// The coordinator's message to the party arrives cut to half its length.
+    TruncateToParty {
+        /// The party.
+        party: PartyId,
+        /// The stage the message asks the party to answer in.
+        stage: Stage,
+    },
+    /// One byte near the end of the coordinator's message to the party is flipped (inside a
+    /// signature or ciphertext).
+    CorruptToParty {
+        /// The party.
+        party: PartyId,
+        /// The stage the message asks the party to answer in.
+        stage: Stage,
+    },
+    /// The party's message of this stage is held back until the stage's deadline has passed.
+    LateFromParty {
+        /// The party.
+        party: PartyId,
+        /// The stage.
+        stage: Stage,
+    },
+    /// Messages are delivered in reverse order within each batch, both ways.
+    ReverseDelivery,
+    /// These bytes (a message recorded in an earlier round) reach the party just before the
+    /// coordinator's message of this stage.
+    ReplayToParty {
+        /// The party.
+        party: PartyId,
+        /// The stage the genuine message asks the party to answer in.
+        stage: Stage,
+        /// The recorded bytes.
+        bytes: Vec<u8>,
+    },
+    /// These bytes (recorded in an earlier round) reach the coordinator as if from the party,
+    /// just before its genuine message of this stage.
+    ReplayFromParty {
+        /// The party.
+        party: PartyId,
+        /// The stage.
+        stage: Stage,
+        /// The recorded bytes.
+        bytes: Vec<u8>,
+    },
+}
+
+/// Rewrites the coordinator's messages on their way to parties: a deviating coordinator.
+/// Given one message and its recipient, returns the messages actually delivered and to whom
+/// (none, the same, altered, or copies to others).
+pub type Interceptor =
+    Box<dyn FnMut(PartyId, CoordinatorMessage) -> Vec<(PartyId, CoordinatorMessage)>>;
+
+/// What happened in a simulated round.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The coordinator's result.
+    pub result: Result<Aggregate, Error>,
+    /// The inputs each party started with.
+    pub inputs: BTreeMap<PartyId, Vec<u64>>,
+    /// Where each party ended.
+    pub status: BTreeMap<PartyId, PartyStatus>,
+    /// Errors parties returned for messages they were given.
+    pub party_errors: Vec<(PartyId, Error)>,
+    /// Errors the coordinator returned for messages it was given (including undecodable ones).
+    pub coordinator_errors: Vec<(PartyId, Error)>,
+    /// Every unmask message the coordinator received, by sender.
+    pub unmask: BTreeMap<PartyId, PartyMessage>,
+    /// Every message sent, in order, as `(from, to, bytes)`; `None` is the coordinator.
+    pub transcript: Vec<(Option<PartyId>, Option<PartyId>, Vec<u8>)>,
+}
+
+impl Outcome {
+    /// The plain sum of the given parties' inputs.
+    pub fn plain_sum(&self, parties: &[PartyId]) -> Vec<u64> {
+        let len = self.inputs.values().next().map_or(0, Vec::len);
+        let mut sum = vec![0u64; len];
+        for p in parties {
+            for (s, x) in sum.iter_mut().zip(&self.inputs[p]) {
+                *s = s.wrapping_add(*x);
+            }
+        }
+        sum
+    }
+
+    /// The recorded bytes of the first message of `stage` sent by the coordinator to `to`.
+    pub fn sent_to(&self, to: PartyId, stage: Stage) -> Option<&[u8]> {
+        self.transcript.iter().find_map(|(from, dest, bytes)| {
+            (from.is_none() && *dest == Some(to))
+                .then(|| CoordinatorMessage::decode(bytes).ok())
+                .flatten()
+                .filter(|m| m.stage() == stage)
+                .map(|_| bytes.as_slice())
+        })
+    }
+
+    /// The recorded bytes of the first message of `stage` sent by `from`.
+    pub fn sent_by(&self, from: PartyId, stage: Stage) -> Option<&[u8]> {
+        self.transcript.iter().find_map(|(f, _, bytes)| {
+            (*f == Some(from))
+                .then(|| PartyMessage::decode(bytes).ok())
+                .flatten()
+                .filter(|m| m.stage() == stage)
+                .map(|_| bytes.as_slice())
+        })
+    }
+}
+
+/// One simulated round.
+pub struct Simulation<'a> {
+    consortium: &'a Consortium,
+    params: Arc<RoundParams>,
+    faults: Vec<Fault>,
+    interceptor: Option<Interceptor>,
+    inputs: Option<BTreeMap<PartyId, Vec<u64>>>,
+    seed: u64,
+    record: bool,
+}
+
+/// Most delivery passes a round may take before the simulation gives up.
+const MAX_PASSES: usize = 1_000;
+
+impl<'a> Simulation<'a> {
+    /// A round of `config` among the consortium's parties, with randomness from `seed`.
+    pub fn new(consortium: &'a Consortium, config: RoundConfig, seed: u64) -> Result<Self, Error> {
+        Ok(Self {
+            consortium,
+            params: Arc::new(config.validate()?),
+            faults: Vec::new(),
+            interceptor: None,
+            inputs: None,
+            seed,
+            record: true,
+        })
+    }
+
+    /// Adds a fault.
+    pub fn fault(mut self, f: Fault) -> Self {
+        self.faults.push(f);
+        self
+    }
+
+    /// Rewrites the coordinator's messages.
+    pub fn intercept(mut self, i: Interceptor) -> Self {
+        self.interceptor = Some(i);
+        self
+    }
+
+    /// Uses these inputs instead of random ones.
+    pub fn inputs(mut self, inputs: BTreeMap<PartyId, Vec<u64>>) -> Self {
+        self.inputs = Some(inputs);
+        self
+    }
+
+    /// Whether to keep a transcript (on by default; off for large benchmarks).
+    pub fn record(mut self, on: bool) -> Self {
+        self.record = on;
+        self
+    }
+
+    fn has(&self, f: &Fault) -> bool {
+        self.faults.contains(f)
+    }
+
+    fn dropped_before(&self, p: PartyId, stage: Stage) -> bool {
+        self.faults.iter().any(
+            |f| matches!(f, Fault::Dropout { party, before } if *party == p && *before <= stage),
+        )
+    }
+
+    /// Runs the round to its end.
+    pub fn run(mut self) -> Outcome {
+        let mut rng = ChaCha20Rng::seed_from_u64(self.seed);
+        let params = self.params.clone();
+        let len = params.vector_len();
+        let inputs: BTreeMap<PartyId, Vec<u64>> = self.inputs.take().unwrap_or_else(|| {
+            params
+                .parties()
+                .iter()
+                .map(|&p| (p, (0..len).map(|_| rng.next_u64() >> 8).collect()))
+                .collect()
+        });
+        let mut now = Instant::now();
+        let mut coordinator = Coordinator::new(params.clone(), self.consortium.roster(), now);
+        let mut parties: BTreeMap<PartyId, Party> = BTreeMap::new();
+        let mut party_errors = Vec::new();
+        let mut coordinator_errors = Vec::new();
+        let mut transcript = Vec::new();
+        let mut unmask = BTreeMap::new();
+        for &p in params.parties() {
+            let party = Party::new(
+                params.clone(),
+                p,
+                self.consortium.identity(p),
+                self.consortium.roster(),
+                inputs[&p].clone(),
+                &mut rng,
+            )
+            .expect("simulated parties are configured consistently");
+            parties.insert(p, party);
+        }
+        let mut silent: BTreeSet<PartyId> = BTreeSet::new();
+        let mut late: Vec<(PartyId, Vec<u8>)> = Vec::new();
+        let reverse = self.has(&Fault::ReverseDelivery);
+        let mut result = None;
+
+        for _ in 0..MAX_PASSES {
+            let mut moved = false;
+            // Parties → coordinator.
+            let mut outgoing = Vec::new();
+            for (&p, party) in parties.iter_mut() {
+                while let Some(msg) = party.poll_transmit() {
+                    let stage = msg.stage();
+                    if silent.contains(&p) || self.dropped_before(p, stage) {
+                        silent.insert(p);
+                        continue;
+                    }
+                    for f in &self.faults {
+                        if let Fault::ReplayFromParty { party, stage: s, bytes } = f {
+                            if *party == p && *s == stage {
+                                outgoing.push((p, bytes.clone()));
+                            }
+                        }
+                    }
+                    let mut bytes = msg.encode();
+                    if self.has(&Fault::TruncateFromParty { party: p, stage }) {
+                        bytes.truncate(bytes.len() / 2);
+                    }
+                    if self.has(&Fault::LateFromParty { party: p, stage }) {
+                        late.push((p, bytes));
+                        continue;
+                    }
+                    if self.has(&Fault::DuplicateFromParty { party: p, stage }) {
+                        outgoing.push((p, bytes.clone()));
+                    }
+                    outgoing.push((p, bytes));
+                }
+            }
+            if reverse {
+                outgoing.reverse();
+            }
+            for (p, bytes) in outgoing {
+                moved = true;
+                if self.record {
+                    transcript.push((Some(p), None, bytes.clone()));
+                }
+                let decoded = PartyMessage::decode(&bytes);
+                if let Ok(m @ PartyMessage::UnmaskShares { .. }) = &decoded {
+                    unmask.insert(p, m.clone());
+                }
+                let r = decoded
+                    .map_err(Error::from)
+                    .and_then(|m| coordinator.handle_message(p, m, now));
+                if let Err(e) = r {
+                    coordinator_errors.push((p, e));
+                }
+            }
+            // Coordinator → parties.
+            let mut incoming = Vec::new();
+            while let Some((to, msg)) = coordinator.poll_transmit() {
+                let msgs = match &mut self.interceptor {
+                    Some(i) => i(to, msg),
+                    None => vec![(to, msg)],
+                };
+                for (to, msg) in msgs {
+                    let stage = msg.stage();
+                    for f in &self.faults {
+                        if let Fault::ReplayToParty { party, stage: s, bytes } = f {
+                            if *party == to && *s == stage {
+                                incoming.push((to, bytes.clone()));
+                            }
+                        }
+                    }
+                    let mut bytes = msg.encode();
+                    if self.has(&Fault::TruncateToParty { party: to, stage }) {
+                        bytes.truncate(bytes.len() / 2);
+                    }
+                    if self.has(&Fault::CorruptToParty { party: to, stage }) {
+                        let at = bytes.len() - 5;
+                        bytes[at] ^= 0x40;
+                    }
+                    if self.has(&Fault::DuplicateToParty { party: to, stage }) {
+                        incoming.push((to, bytes.clone()));
+                    }
+                    incoming.push((to, bytes));
+                }
+            }
+            if reverse {
+                incoming.reverse();
+            }
+            for (to, bytes) in incoming {
+                moved = true;
+                if self.record {
+                    transcript.push((None, Some(to), bytes.clone()));
+                }
+                if silent.contains(&to) {
+                    continue;
+                }
+                let party = parties.get_mut(&to).expect("the coordinator only writes to parties");
+                let r = CoordinatorMessage::decode(&bytes)
+                    .map_err(Error::from)
+                    .and_then(|m| party.handle_message(m, &mut rng));
+                if let Err(e) = r {
+                    party_errors.push((to, e));
+                }
+            }
+            while let Some(ev) = coordinator.poll_event() {
+                match ev {
+                    CoordinatorEvent::Finished(a) => result = Some(Ok(a)),
+                    CoordinatorEvent::Aborted(e) => result = Some(Err(e)),
+                    CoordinatorEvent::StageClosed { .. } => {}
+                }
+            }
+            if result.is_some() && !moved {
+                break;
+            }
+            if !moved {
+                // Nobody has anything to say: let the deadline pass, then deliver late messages.
+                match coordinator.poll_timeout() {
+                    Some(deadline) => {
+                        now = deadline.max(now) + Duration::from_millis(1);
+                        coordinator.handle_timeout(now);
+                        for (p, bytes) in late.drain(..) {
+                            let r = PartyMessage::decode(&bytes)
+                                .map_err(Error::from)
+                                .and_then(|m| coordinator.handle_message(p, m, now));
+                            if let Err(e) = r {
+                                coordinator_errors.push((p, e));
+                            }
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+        let status = parties.iter().map(|(&p, party)| (p, party.status())).collect();
+        Outcome {
+            result: result.unwrap_or(Err(Error::RoundEnded)),
+            inputs,
+            status,
+            party_errors,
+            coordinator_errors,
+            unmask,
+            transcript,
+        }
+    }
+}

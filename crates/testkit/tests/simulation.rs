@@ -1,0 +1,379 @@
+//! The protocol in memory: correct sums, dropouts at every stage, and injected faults.
+
+use veil_protocol::{
+    CoordinatorMessage, Error, PartyId, PartyMessage, PartyStatus, RoundConfig, Stage,
+};
+use veil_testkit::{Consortium, Fault, Outcome, Simulation, session};
+
+const STAGES: [Stage; 5] = [
+    Stage::AdvertiseKeys,
+    Stage::ShareKeys,
+    Stage::MaskedInput,
+    Stage::ConsistencyCheck,
+    Stage::Unmask,
+];
+
+fn ids(v: &[u32]) -> Vec<PartyId> {
+    v.iter().map(|&i| PartyId(i)).collect()
+}
+
+fn all_pairs(c: &Consortium, s: u64) -> RoundConfig {
+    RoundConfig::all_pairs(session(s), c.parties(), 64)
+}
+
+/// The round finished and its sum is the plain sum of exactly `contributors`.
+fn assert_sum_over(o: &Outcome, contributors: &[PartyId]) {
+    let a = o.result.as_ref().unwrap_or_else(|e| panic!("round failed: {e}; {o:?}"));
+    assert_eq!(a.contributors, contributors);
+    assert_eq!(a.sum, o.plain_sum(contributors));
+}
+
+#[test]
+fn honest_round_sums_exactly() {
+    let c = Consortium::new(7, 1);
+    let o = Simulation::new(&c, all_pairs(&c, 1), 1).unwrap().run();
+    assert_sum_over(&o, &c.parties());
+    assert!(o.party_errors.is_empty() && o.coordinator_errors.is_empty());
+    assert!(o.status.values().all(|s| *s == PartyStatus::Finished));
+}
+
+#[test]
+fn sparse_round_sums_exactly() {
+    let c = Consortium::new(40, 2);
+    let config = RoundConfig::sparse(session(2), c.parties(), 32);
+    assert!(config.neighbours < 39);
+    let o = Simulation::new(&c, config, 2).unwrap().run();
+    assert_sum_over(&o, &c.parties());
+}
+
+#[test]
+fn a_dropout_at_each_stage_is_tolerated() {
+    let c = Consortium::new(6, 3);
+    let all = c.parties();
+    for stage in STAGES {
+        let o = Simulation::new(&c, all_pairs(&c, 3), 3)
+            .unwrap()
+            .fault(Fault::Dropout { party: PartyId(2), before: stage })
+            .run();
+        // Dropping before the masked input removes the party from the sum; dropping later
+        // leaves its input in (its self mask is rebuilt from the others' shares).
+        let expected: Vec<PartyId> = if stage <= Stage::MaskedInput {
+            all.iter().copied().filter(|p| *p != PartyId(2)).collect()
+        } else {
+            all.clone()
+        };
+        assert_sum_over(&o, &expected);
+    }
+}
+
+#[test]
+fn dropouts_down_to_the_threshold_are_tolerated_and_beyond_it_abort_cleanly() {
+    let c = Consortium::new(7, 4);
+    // t = 4 for n = 7: three may drop.
+    let mut sim = Simulation::new(&c, all_pairs(&c, 4), 4).unwrap();
+    for p in [1, 3, 5] {
+        sim = sim.fault(Fault::Dropout { party: PartyId(p), before: Stage::MaskedInput });
+    }
+    assert_sum_over(&sim.run(), &ids(&[0, 2, 4, 6]));
+
+    let mut sim = Simulation::new(&c, all_pairs(&c, 4), 4).unwrap();
+    for p in [1, 3, 5, 6] {
+        sim = sim.fault(Fault::Dropout { party: PartyId(p), before: Stage::MaskedInput });
+    }
+    let o = sim.run();
+    assert!(
+        matches!(o.result, Err(Error::TooFewSurvivors { stage: Stage::MaskedInput, .. })),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn dropouts_in_a_sparse_graph_are_tolerated() {
+    let c = Consortium::new(60, 5);
+    let mut sim = Simulation::new(&c, RoundConfig::sparse(session(5), c.parties(), 16), 5).unwrap();
+    let gone = [3u32, 17, 29, 44, 58];
+    for (i, p) in gone.iter().enumerate() {
+        let before = if i % 2 == 0 { Stage::MaskedInput } else { Stage::Unmask };
+        sim = sim.fault(Fault::Dropout { party: PartyId(*p), before });
+    }
+    let o = sim.run();
+    let expected: Vec<PartyId> =
+        c.parties().into_iter().filter(|p| ![3, 29, 58].contains(&p.0)).collect();
+    assert_sum_over(&o, &expected);
+}
+
+#[test]
+fn duplicated_messages_are_ignored() {
+    let c = Consortium::new(5, 6);
+    for stage in STAGES {
+        let o = Simulation::new(&c, all_pairs(&c, 6), 6)
+            .unwrap()
+            .fault(Fault::DuplicateFromParty { party: PartyId(1), stage })
+            .run();
+        assert_sum_over(&o, &c.parties());
+        assert!(
+            o.coordinator_errors.iter().all(|(_, e)| !e.is_fatal()),
+            "{:?}",
+            o.coordinator_errors
+        );
+        assert_eq!(o.coordinator_errors.len(), 1);
+    }
+    for stage in &STAGES[1..] {
+        let o = Simulation::new(&c, all_pairs(&c, 6), 6)
+            .unwrap()
+            .fault(Fault::DuplicateToParty { party: PartyId(3), stage: *stage })
+            .run();
+        assert_sum_over(&o, &c.parties());
+        assert_eq!(o.party_errors.len(), 1);
+        assert!(!o.party_errors[0].1.is_fatal());
+    }
+}
+
+#[test]
+fn reordered_deliveries_do_not_change_the_sum() {
+    let c = Consortium::new(8, 7);
+    let o = Simulation::new(&c, all_pairs(&c, 7), 7).unwrap().fault(Fault::ReverseDelivery).run();
+    assert_sum_over(&o, &c.parties());
+}
+
+#[test]
+fn a_late_message_counts_as_a_dropout() {
+    let c = Consortium::new(5, 8);
+    let o = Simulation::new(&c, all_pairs(&c, 8), 8)
+        .unwrap()
+        .fault(Fault::LateFromParty { party: PartyId(4), stage: Stage::MaskedInput })
+        .run();
+    assert_sum_over(&o, &ids(&[0, 1, 2, 3]));
+    assert!(matches!(
+        o.coordinator_errors.as_slice(),
+        [(PartyId(4), Error::UnexpectedMessage { got: Stage::MaskedInput, .. })]
+    ));
+}
+
+#[test]
+fn truncated_messages_are_rejected_as_undecodable() {
+    let c = Consortium::new(5, 9);
+    for stage in STAGES {
+        let o = Simulation::new(&c, all_pairs(&c, 9), 9)
+            .unwrap()
+            .fault(Fault::TruncateFromParty { party: PartyId(0), stage })
+            .run();
+        assert!(matches!(o.coordinator_errors.as_slice(), [(PartyId(0), Error::Decode(_))]));
+        // The truncated sender is a dropout from that stage on.
+        let expected = if stage <= Stage::MaskedInput { ids(&[1, 2, 3, 4]) } else { c.parties() };
+        assert_sum_over(&o, &expected);
+    }
+    for stage in &STAGES[1..] {
+        let o = Simulation::new(&c, all_pairs(&c, 9), 9)
+            .unwrap()
+            .fault(Fault::TruncateToParty { party: PartyId(2), stage: *stage })
+            .run();
+        assert!(matches!(o.party_errors.as_slice(), [(PartyId(2), Error::Decode(_))]));
+        let expected = if *stage <= Stage::MaskedInput { ids(&[0, 1, 3, 4]) } else { c.parties() };
+        assert_sum_over(&o, &expected);
+    }
+}
+
+#[test]
+fn forged_keys_or_shares_abort_the_recipient_and_the_round_goes_on() {
+    let c = Consortium::new(5, 10);
+    // A flipped byte in the keys message breaks a signature; in the shares message, a ciphertext.
+    for (stage, expect) in [(Stage::ShareKeys, "signature"), (Stage::MaskedInput, "share")] {
+        let o = Simulation::new(&c, all_pairs(&c, 10), 10)
+            .unwrap()
+            .fault(Fault::CorruptToParty { party: PartyId(1), stage })
+            .run();
+        let PartyStatus::Aborted(e) = &o.status[&PartyId(1)] else {
+            panic!("party 1 should have aborted: {o:?}")
+        };
+        assert!(e.to_string().contains(expect), "{e}");
+        assert_sum_over(&o, &ids(&[0, 2, 3, 4]));
+    }
+}
+
+#[test]
+fn replayed_messages_from_an_old_round_are_rejected() {
+    let c = Consortium::new(5, 11);
+    let old = Simulation::new(&c, all_pairs(&c, 100), 11).unwrap().run();
+    assert_sum_over(&old, &c.parties());
+    for stage in &STAGES[1..] {
+        let bytes = old.sent_to(PartyId(2), *stage).unwrap().to_vec();
+        let o = Simulation::new(&c, all_pairs(&c, 101), 12)
+            .unwrap()
+            .fault(Fault::ReplayToParty { party: PartyId(2), stage: *stage, bytes })
+            .run();
+        assert!(matches!(o.party_errors.as_slice(), [(PartyId(2), Error::WrongSession { .. })]));
+        assert_sum_over(&o, &c.parties());
+    }
+    for stage in STAGES {
+        let bytes = old.sent_by(PartyId(3), stage).unwrap().to_vec();
+        let o = Simulation::new(&c, all_pairs(&c, 101), 12)
+            .unwrap()
+            .fault(Fault::ReplayFromParty { party: PartyId(3), stage, bytes })
+            .run();
+        assert!(matches!(
+            o.coordinator_errors.as_slice(),
+            [(PartyId(3), Error::WrongSession { .. })]
+        ));
+        assert_sum_over(&o, &c.parties());
+    }
+}
+
+#[test]
+fn a_coordinator_substituting_a_key_is_caught() {
+    let c = Consortium::new(4, 13);
+    let o = Simulation::new(&c, all_pairs(&c, 13), 13)
+        .unwrap()
+        .intercept(Box::new(|to, msg| {
+            let mut msg = msg;
+            if let CoordinatorMessage::Keys { keys, .. } = &mut msg {
+                for k in keys.iter_mut().filter(|k| k.party == PartyId(3) && to == PartyId(0)) {
+                    k.mask_key = [9u8; 32];
+                }
+            }
+            vec![(to, msg)]
+        }))
+        .run();
+    assert_eq!(o.status[&PartyId(0)], PartyStatus::Aborted(Error::BadSignature(PartyId(3))));
+    assert_sum_over(&o, &ids(&[1, 2, 3]));
+}
+
+#[test]
+fn a_coordinator_cannot_isolate_one_party_with_a_small_cohort() {
+    let c = Consortium::new(5, 14);
+    let config = RoundConfig { min_cohort: 4, ..all_pairs(&c, 14) };
+    // The coordinator tells every party that only it and two others survived.
+    let o = Simulation::new(&c, config, 14)
+        .unwrap()
+        .intercept(Box::new(|to, msg| match msg {
+            CoordinatorMessage::Survivors { session, .. } => {
+                let mut survivors = vec![PartyId(0), PartyId(1), to];
+                survivors.sort();
+                survivors.dedup();
+                vec![(to, CoordinatorMessage::Survivors { session, survivors })]
+            }
+            m => vec![(to, m)],
+        }))
+        .run();
+    assert!(o.result.is_err());
+    for p in c.parties() {
+        assert!(
+            matches!(o.status[&p], PartyStatus::Aborted(Error::CohortTooSmall { minimum: 4, .. })),
+            "{p}: {:?}",
+            o.status[&p]
+        );
+    }
+    assert!(o.unmask.is_empty(), "no party revealed anything");
+}
+
+/// The coordinator tells some parties that party 4 survived and others that it dropped, hoping
+/// to collect party 4's self-mask shares from the first group and its mask-key shares from the
+/// second, which together would unmask party 4's input alone.
+#[test]
+fn inconsistent_survivor_sets_never_yield_both_shares_of_a_party() {
+    let c = Consortium::new(5, 15);
+    let victim = PartyId(4);
+    let split = move |to: PartyId, msg: CoordinatorMessage| match msg {
+        CoordinatorMessage::Survivors { session, survivors } if to.0 >= 2 && to != victim => {
+            let lie = survivors.into_iter().filter(|p| *p != victim).collect();
+            vec![(to, CoordinatorMessage::Survivors { session, survivors: lie })]
+        }
+        m => vec![(to, m)],
+    };
+    let o = Simulation::new(&c, all_pairs(&c, 15), 15).unwrap().intercept(Box::new(split)).run();
+    let t = 3;
+    let mut self_mask = 0;
+    let mut mask_key = 0;
+    for m in o.unmask.values() {
+        if let PartyMessage::UnmaskShares { self_mask: s, mask_key: k, .. } = m {
+            self_mask += s.iter().filter(|r| r.owner == victim).count();
+            mask_key += k.iter().filter(|r| r.owner == victim).count();
+        }
+    }
+    assert!(mask_key == 0, "no party may reveal the victim's mask key: {mask_key}");
+    assert!(self_mask < t || mask_key < t);
+    // The parties told the lie signed a set the others did not sign; the coordinator cannot
+    // assemble t signatures over it, so they never reach the unmask stage.
+    for p in [PartyId(2), PartyId(3)] {
+        assert!(!o.unmask.contains_key(&p), "{p} revealed shares");
+        assert!(matches!(o.status[&p], PartyStatus::InProgress(_)), "{p}: {:?}", o.status[&p]);
+    }
+}
+
+/// The same attack with the coordinator forwarding every signature to everyone: parties that
+/// see a neighbour's signature over a different set refuse to unmask.
+#[test]
+fn a_signature_over_a_different_survivor_set_stops_the_party() {
+    let c = Consortium::new(5, 16);
+    let victim = PartyId(4);
+    let o = Simulation::new(&c, all_pairs(&c, 16), 16)
+        .unwrap()
+        .intercept(Box::new(move |to, msg| match msg {
+            CoordinatorMessage::Survivors { session, survivors } if to == PartyId(0) => {
+                let lie = survivors.into_iter().filter(|p| *p != victim).collect();
+                vec![(to, CoordinatorMessage::Survivors { session, survivors: lie })]
+            }
+            // Party 0's own signature was discarded, so it would get no signatures at all:
+            // forward it the ones party 1 gets, all over the true set.
+            m @ CoordinatorMessage::Signatures { .. } if to == PartyId(1) => {
+                vec![(to, m.clone()), (PartyId(0), m)]
+            }
+            m => vec![(to, m)],
+        }))
+        .run();
+    // Party 0's signature is over the lie, so the coordinator rejected it, and party 0 itself
+    // receives signatures over the true set, which do not verify for its view.
+    assert!(
+        matches!(o.status[&PartyId(0)], PartyStatus::Aborted(Error::InconsistentSurvivors(_))),
+        "{:?}",
+        o.status[&PartyId(0)]
+    );
+    assert!(matches!(o.coordinator_errors.as_slice(), [(PartyId(0), Error::BadSignature(_))]));
+    // The others complete over the true set.
+    assert_sum_over(&o, &c.parties());
+    let revealed_key = o.unmask.values().any(|m| {
+        matches!(m, PartyMessage::UnmaskShares { mask_key, .. } if mask_key.iter().any(|r| r.owner == victim))
+    });
+    assert!(!revealed_key);
+}
+
+#[test]
+fn a_finished_party_reveals_nothing_more() {
+    let c = Consortium::new(4, 17);
+    let o = Simulation::new(&c, all_pairs(&c, 17), 17)
+        .unwrap()
+        .intercept(Box::new(|to, msg| match msg {
+            // After the genuine signatures, ask again with a set that drops party 3.
+            CoordinatorMessage::Signatures { session, signatures } => vec![
+                (to, CoordinatorMessage::Signatures { session, signatures }),
+                (
+                    to,
+                    CoordinatorMessage::Survivors {
+                        session,
+                        survivors: vec![PartyId(0), PartyId(1), PartyId(2)],
+                    },
+                ),
+            ],
+            m => vec![(to, m)],
+        }))
+        .run();
+    assert_sum_over(&o, &c.parties());
+    assert_eq!(o.party_errors.len(), 4);
+    assert!(o.party_errors.iter().all(|(_, e)| *e == Error::RoundEnded));
+    assert_eq!(o.unmask.len(), 4);
+}
+
+#[test]
+fn shares_revealed_follow_the_survivor_set() {
+    let c = Consortium::new(5, 18);
+    let o = Simulation::new(&c, all_pairs(&c, 18), 18)
+        .unwrap()
+        .fault(Fault::Dropout { party: PartyId(1), before: Stage::MaskedInput })
+        .run();
+    assert_sum_over(&o, &ids(&[0, 2, 3, 4]));
+    for m in o.unmask.values() {
+        let PartyMessage::UnmaskShares { self_mask, mask_key, .. } = m else { unreachable!() };
+        assert!(self_mask.iter().all(|r| r.owner != PartyId(1)));
+        assert_eq!(mask_key.iter().map(|r| r.owner).collect::<Vec<_>>(), vec![PartyId(1)]);
+    }
+}
