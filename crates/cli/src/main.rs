@@ -86,7 +86,7 @@ fn bench_secagg(
         _ => bench::default_configs(),
     };
     println!(
-        "{:<52} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>7}  sum",
+        "{:<58} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>7}  sum",
         "configuration", "wall", "party cpu", "coord cpu", "sent/pty", "recv/pty", "plain", "ratio"
     );
     for config in &configs {
@@ -104,7 +104,7 @@ fn bench_secagg(
         }
         let r = best.expect("at least one repetition ran");
         println!(
-            "{:<52} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>6.1}x  exact over {}",
+            "{:<58} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>6.1}x  exact over {}",
             config.label(),
             ms(r.wall),
             ms(r.party_cpu),

@@ -419,3 +419,148 @@ impl CoordinatorMessage {
         Ok(msg)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn party() -> impl Strategy<Value = PartyId> {
+        any::<u32>().prop_map(PartyId)
+    }
+
+    fn session() -> impl Strategy<Value = SessionId> {
+        any::<[u8; 32]>().prop_map(SessionId)
+    }
+
+    fn advertise() -> impl Strategy<Value = AdvertiseKeys> {
+        (party(), any::<[u8; 32]>(), any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 64))
+            .prop_map(|(party, encryption_key, mask_key, sig)| AdvertiseKeys {
+                party,
+                encryption_key,
+                mask_key,
+                signature: sig.try_into().unwrap(),
+            })
+    }
+
+    fn shares() -> impl Strategy<Value = Vec<EncryptedShare>> {
+        proptest::collection::vec(
+            (party(), proptest::collection::vec(any::<u8>(), SHARE_CIPHERTEXT_LEN)),
+            0..6,
+        )
+        .prop_map(|v| {
+            v.into_iter()
+                .map(|(peer, c)| EncryptedShare { peer, ciphertext: c.try_into().unwrap() })
+                .collect()
+        })
+    }
+
+    fn revealed() -> impl Strategy<Value = Vec<RevealedShare>> {
+        proptest::collection::vec((party(), any::<[u8; 32]>()), 0..6).prop_map(|v| {
+            v.into_iter().map(|(owner, value)| RevealedShare { owner, value }).collect()
+        })
+    }
+
+    fn signature() -> impl Strategy<Value = [u8; 64]> {
+        proptest::collection::vec(any::<u8>(), 64).prop_map(|v| v.try_into().unwrap())
+    }
+
+    pub(crate) fn party_message() -> impl Strategy<Value = PartyMessage> {
+        prop_oneof![
+            (session(), advertise())
+                .prop_map(|(session, keys)| PartyMessage::AdvertiseKeys { session, keys }),
+            (session(), party(), shares()).prop_map(|(session, party, shares)| {
+                PartyMessage::EncryptedShares { session, party, shares }
+            }),
+            (session(), party(), proptest::collection::vec(any::<u64>(), 0..50)).prop_map(
+                |(session, party, vector)| PartyMessage::MaskedInput { session, party, vector }
+            ),
+            (session(), party(), signature()).prop_map(|(session, party, signature)| {
+                PartyMessage::ConsistencySignature { session, party, signature }
+            }),
+            (session(), party(), revealed(), revealed()).prop_map(
+                |(session, party, self_mask, mask_key)| {
+                    PartyMessage::UnmaskShares { session, party, self_mask, mask_key }
+                }
+            ),
+        ]
+    }
+
+    pub(crate) fn coordinator_message() -> impl Strategy<Value = CoordinatorMessage> {
+        prop_oneof![
+            (session(), proptest::collection::vec(advertise(), 0..5))
+                .prop_map(|(session, keys)| CoordinatorMessage::Keys { session, keys }),
+            (session(), shares())
+                .prop_map(|(session, shares)| CoordinatorMessage::Shares { session, shares }),
+            (session(), proptest::collection::vec(party(), 0..20)).prop_map(
+                |(session, survivors)| CoordinatorMessage::Survivors { session, survivors }
+            ),
+            (session(), proptest::collection::vec((party(), signature()), 0..5)).prop_map(
+                |(session, signatures)| CoordinatorMessage::Signatures { session, signatures }
+            ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn party_messages_round_trip(m in party_message()) {
+            let bytes = m.encode();
+            prop_assert_eq!(PartyMessage::decode(&bytes).unwrap(), m);
+            // Any strict prefix, and any extension, is rejected.
+            for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+                prop_assert!(PartyMessage::decode(&bytes[..cut]).is_err());
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            prop_assert_eq!(PartyMessage::decode(&longer), Err(DecodeError::TrailingBytes(1)));
+        }
+
+        #[test]
+        fn coordinator_messages_round_trip(m in coordinator_message()) {
+            let bytes = m.encode();
+            prop_assert_eq!(CoordinatorMessage::decode(&bytes).unwrap(), m);
+            for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+                prop_assert!(CoordinatorMessage::decode(&bytes[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = PartyMessage::decode(&bytes);
+            let _ = CoordinatorMessage::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn a_huge_declared_length_is_refused_before_allocating() {
+        let mut bytes = vec![WIRE_VERSION, TAG_MASKED];
+        bytes.extend_from_slice(&[0u8; 32]);
+        bytes.extend_from_slice(&7u32.to_le_bytes());
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            PartyMessage::decode(&bytes),
+            Err(DecodeError::TooLong { field: "vector", .. })
+        ));
+        let mut bytes = vec![WIRE_VERSION, TAG_MASKED];
+        bytes.extend_from_slice(&[0u8; 32]);
+        bytes.extend_from_slice(&7u32.to_le_bytes());
+        bytes.extend_from_slice(&1000u32.to_le_bytes());
+        assert!(matches!(PartyMessage::decode(&bytes), Err(DecodeError::Truncated { .. })));
+    }
+
+    #[test]
+    fn unknown_versions_and_tags_are_named() {
+        let mut bytes = PartyMessage::ConsistencySignature {
+            session: SessionId([0; 32]),
+            party: PartyId(1),
+            signature: [0; 64],
+        }
+        .encode();
+        bytes[0] = 9;
+        assert_eq!(PartyMessage::decode(&bytes), Err(DecodeError::UnsupportedVersion(9)));
+        bytes[0] = WIRE_VERSION;
+        bytes[1] = 77;
+        assert_eq!(PartyMessage::decode(&bytes), Err(DecodeError::UnknownTag(77)));
+        assert_eq!(CoordinatorMessage::decode(&bytes), Err(DecodeError::UnknownTag(77)));
+    }
+}

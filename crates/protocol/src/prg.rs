@@ -1,15 +1,15 @@
 //! Mask expansion and vector kernels over Z_2^64.
 //!
-//! A 32-byte seed keys AES-128 in counter mode (first 16 bytes the key, last 16 the initial
-//! counter block); the keystream, read as little-endian `u64`s, is the mask. AES-NI is detected
-//! at run time. Long vectors are cut into chunks that rayon expands in parallel, each chunk
+//! A 32-byte seed keys AES-128 in counter mode (NIST SP 800-38A, big-endian counter): the first
+//! 16 bytes of the seed are the key, the last 16 the initial counter block, and the keystream,
+//! read as little-endian `u64`s, is the mask. AES-NI is detected at run time. Long vectors are cut into chunks that rayon expands in parallel, each chunk
 //! seeking the keystream to its own offset, so the mask is the same however it is split.
 
 use aes::Aes128;
 use cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use rayon::prelude::*;
 
-type Ctr = ctr::Ctr128LE<Aes128>;
+type Ctr = ctr::Ctr128BE<Aes128>;
 
 /// Elements per parallel chunk (128 KiB of mask).
 const CHUNK: usize = 16 * 1024;

@@ -11,6 +11,7 @@
 //! [`bench`] runs the protocol at benchmark sizes and measures time, CPU and bytes per role.
 
 pub mod bench;
+pub mod fuzz;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -151,6 +152,9 @@ pub enum Fault {
 pub type Interceptor =
     Box<dyn FnMut(PartyId, CoordinatorMessage) -> Vec<(PartyId, CoordinatorMessage)>>;
 
+/// Rewrites parties' messages on their way to the coordinator: a deviating party.
+pub type PartyInterceptor = Box<dyn FnMut(PartyId, PartyMessage) -> Vec<PartyMessage>>;
+
 /// What happened in a simulated round.
 #[derive(Debug)]
 pub struct Outcome {
@@ -212,6 +216,7 @@ pub struct Simulation<'a> {
     params: Arc<RoundParams>,
     faults: Vec<Fault>,
     interceptor: Option<Interceptor>,
+    party_interceptor: Option<PartyInterceptor>,
     inputs: Option<BTreeMap<PartyId, Vec<u64>>>,
     seed: u64,
     record: bool,
@@ -228,6 +233,7 @@ impl<'a> Simulation<'a> {
             params: Arc::new(config.validate()?),
             faults: Vec::new(),
             interceptor: None,
+            party_interceptor: None,
             inputs: None,
             seed,
             record: true,
@@ -243,6 +249,12 @@ impl<'a> Simulation<'a> {
     /// Rewrites the coordinator's messages.
     pub fn intercept(mut self, i: Interceptor) -> Self {
         self.interceptor = Some(i);
+        self
+    }
+
+    /// Rewrites the parties' messages.
+    pub fn intercept_parties(mut self, i: PartyInterceptor) -> Self {
+        self.party_interceptor = Some(i);
         self
     }
 
@@ -309,7 +321,14 @@ impl<'a> Simulation<'a> {
             // Parties → coordinator.
             let mut outgoing = Vec::new();
             for (&p, party) in parties.iter_mut() {
+                let mut sent = Vec::new();
                 while let Some(msg) = party.poll_transmit() {
+                    match &mut self.party_interceptor {
+                        Some(i) => sent.extend(i(p, msg)),
+                        None => sent.push(msg),
+                    }
+                }
+                for msg in sent {
                     let stage = msg.stage();
                     if silent.contains(&p) || self.dropped_before(p, stage) {
                         silent.insert(p);
