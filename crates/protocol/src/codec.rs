@@ -36,9 +36,10 @@ impl Writer {
 
     pub(crate) fn u64s(&mut self, v: &[u64]) {
         self.count(v.len());
-        self.buf.reserve(v.len() * 8);
-        for x in v {
-            self.buf.extend_from_slice(&x.to_le_bytes());
+        let start = self.buf.len();
+        self.buf.resize(start + v.len() * 8, 0);
+        for (out, x) in self.buf[start..].chunks_exact_mut(8).zip(v) {
+            out.copy_from_slice(&x.to_le_bytes());
         }
     }
 
@@ -112,7 +113,7 @@ impl<'a> Reader<'a> {
         let bytes = self.take(n * 8, field)?;
         Ok(bytes
             .chunks_exact(8)
-            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .map(|c| u64::from_le_bytes(c.try_into().expect("chunks_exact yields 8 bytes")))
             .collect())
     }
 

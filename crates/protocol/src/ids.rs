@@ -54,6 +54,17 @@ pub enum Stage {
     Unmask,
 }
 
+impl Stage {
+    /// Every stage, in order.
+    pub const ALL: [Stage; 5] = [
+        Stage::AdvertiseKeys,
+        Stage::ShareKeys,
+        Stage::MaskedInput,
+        Stage::ConsistencyCheck,
+        Stage::Unmask,
+    ];
+}
+
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

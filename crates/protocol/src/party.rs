@@ -300,6 +300,7 @@ impl Party {
         let session = self.session();
         let t = self.params.threshold();
         let mut peers = BTreeMap::new();
+        let mut statements = Vec::new();
         let mut seen_keys = std::collections::BTreeSet::new();
         seen_keys.insert(s.own.encryption_key);
         seen_keys.insert(s.own.mask_key);
@@ -316,16 +317,21 @@ impl Party {
             if peers.contains_key(&adv.party) {
                 return Err(Error::BadCoordinatorMessage("a party's keys are listed twice"));
             }
-            let statement =
-                advertise_statement(&session, adv.party, &adv.encryption_key, &adv.mask_key);
-            self.roster.verify(adv.party, &statement, &adv.signature)?;
-            if !seen_keys.insert(adv.encryption_key) || !seen_keys.insert(adv.mask_key) {
-                return Err(Error::BadPublicKey(adv.party));
-            }
+            statements.push((
+                adv.party,
+                advertise_statement(&session, adv.party, &adv.encryption_key, &adv.mask_key),
+                adv.signature,
+            ));
             peers.insert(
                 adv.party,
                 PeerKeys { encryption_key: adv.encryption_key, mask_key: adv.mask_key },
             );
+        }
+        self.roster.verify_all(&statements)?;
+        for (&party, keys) in &peers {
+            if !seen_keys.insert(keys.encryption_key) || !seen_keys.insert(keys.mask_key) {
+                return Err(Error::BadPublicKey(party));
+            }
         }
         let alive = peers.len() + 1;
         if alive < t {
@@ -471,20 +477,31 @@ impl Party {
     ) -> Result<State> {
         let session = self.session();
         let mut signers = std::collections::BTreeSet::new();
-        for (signer, signature) in &signatures {
-            if s.survivors.binary_search(signer).is_err()
-                || !self.params.is_holder(self.index, *signer)
-            {
-                return Err(Error::UnexpectedParty(*signer));
+        let mut statements = Vec::with_capacity(signatures.len());
+        for (signer, signature) in signatures {
+            if !self.params.is_holder(self.index, signer) {
+                return Err(Error::UnexpectedParty(signer));
             }
-            if !signers.insert(*signer) {
+            if s.survivors.binary_search(&signer).is_err() {
+                return Err(Error::InconsistentSurvivors(
+                    "a signature from a party outside the survivor set this party signed",
+                ));
+            }
+            if !signers.insert(signer) {
                 return Err(Error::BadCoordinatorMessage("a signature is listed twice"));
             }
-            let statement = survivors_statement(&session, *signer, &s.survivors);
-            self.roster
-                .verify(*signer, &statement, signature)
-                .map_err(|_| Error::InconsistentSurvivors("a neighbour signed a different set"))?;
+            statements.push((
+                signer,
+                survivors_statement(&session, signer, &s.survivors),
+                signature,
+            ));
         }
+        self.roster.verify_all(&statements).map_err(|e| match e {
+            Error::BadSignature(_) => {
+                Error::InconsistentSurvivors("a neighbour signed a different set")
+            }
+            other => other,
+        })?;
         let t = self.params.threshold();
         if signers.len() < t {
             return Err(Error::TooFewSurvivors {

@@ -89,7 +89,7 @@ pub struct BenchReport {
     pub party_cpu: Duration,
     /// CPU time of the coordinator.
     pub coordinator_cpu: Duration,
-    /// Mean bytes each party sent.
+    /// Mean bytes sent by each party that stayed to the end.
     pub bytes_sent: usize,
     /// Mean bytes each party received.
     pub bytes_received: usize,
@@ -149,19 +149,17 @@ pub fn run(config: &BenchConfig, seed: u64) -> Result<BenchReport, veil_protocol
     // Fastest of three, so first-touch page faults do not count against it.
     let plain_wall = (0..3)
         .map(|_| {
-            let start = Instant::now();
-            let encoded: Vec<Vec<u8>> = inputs
-                .par_iter()
+            let messages: Vec<PartyMessage> = inputs
+                .iter()
                 .zip(&ids)
-                .map(|(v, &p)| {
-                    let m = PartyMessage::MaskedInput {
-                        session: params.session(),
-                        party: p,
-                        vector: v.clone(),
-                    };
-                    m.encode()
+                .map(|(v, &party)| PartyMessage::MaskedInput {
+                    session: params.session(),
+                    party,
+                    vector: v.clone(),
                 })
                 .collect();
+            let start = Instant::now();
+            let encoded: Vec<Vec<u8>> = messages.par_iter().map(PartyMessage::encode).collect();
             let mut plain = vec![0u64; config.vector_len];
             for bytes in &encoded {
                 if let Ok(PartyMessage::MaskedInput { vector, .. }) = PartyMessage::decode(bytes) {
@@ -172,6 +170,8 @@ pub fn run(config: &BenchConfig, seed: u64) -> Result<BenchReport, veil_protocol
         })
         .min()
         .expect("three runs");
+    // Each party's data exists before the round starts.
+    let party_inputs: Vec<Vec<u64>> = inputs.clone();
 
     let mut party_cpu = Duration::ZERO;
     let mut coordinator_cpu = Duration::ZERO;
@@ -183,7 +183,7 @@ pub fn run(config: &BenchConfig, seed: u64) -> Result<BenchReport, veil_protocol
     let roster = consortium.roster();
     let mut parties: Vec<(Party, ChaCha20Rng)> = ids
         .par_iter()
-        .zip(inputs.par_iter())
+        .zip(party_inputs.into_par_iter())
         .map(|(&p, input)| {
             let mut rng = ChaCha20Rng::seed_from_u64(seed.wrapping_add(u64::from(p.0) + 1));
             let party = Party::new(
@@ -191,7 +191,7 @@ pub fn run(config: &BenchConfig, seed: u64) -> Result<BenchReport, veil_protocol
                 p,
                 consortium.identity(p),
                 roster.clone(),
-                input.clone(),
+                input,
                 &mut rng,
             )
             .expect("benchmark parties are configured consistently");
@@ -265,13 +265,16 @@ pub fn run(config: &BenchConfig, seed: u64) -> Result<BenchReport, veil_protocol
         let i = params.index_of(*p).expect("contributors are participants");
         prg::add_assign(&mut expected, &inputs[i]);
     }
+    // Bytes of the parties that stayed to the end.
     let live = n - dropped.len();
+    let sent_by_live: usize =
+        ids.iter().zip(&sent).filter(|(p, _)| !dropped.contains(p)).map(|(_, b)| b).sum();
     Ok(BenchReport {
         config: config.clone(),
         wall,
         party_cpu: party_cpu / n as u32,
         coordinator_cpu,
-        bytes_sent: sent.iter().sum::<usize>() / live.max(1),
+        bytes_sent: sent_by_live / live.max(1),
         bytes_received: received.iter().sum::<usize>() / n,
         plain_wall,
         contributors: aggregate.contributors.len(),

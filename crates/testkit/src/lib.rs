@@ -222,6 +222,21 @@ pub struct Simulation<'a> {
     record: bool,
 }
 
+/// Decodes bytes from `from` and hands them to the coordinator, keeping unmask messages.
+fn deliver(
+    coordinator: &mut Coordinator,
+    from: PartyId,
+    bytes: &[u8],
+    now: Instant,
+    unmask: &mut BTreeMap<PartyId, PartyMessage>,
+) -> Result<(), Error> {
+    let msg = PartyMessage::decode(bytes)?;
+    if let PartyMessage::UnmaskShares { .. } = &msg {
+        unmask.insert(from, msg.clone());
+    }
+    coordinator.handle_message(from, msg, now)
+}
+
 /// Most delivery passes a round may take before the simulation gives up.
 const MAX_PASSES: usize = 1_000;
 
@@ -363,13 +378,7 @@ impl<'a> Simulation<'a> {
                 if self.record {
                     transcript.push((Some(p), None, bytes.clone()));
                 }
-                let decoded = PartyMessage::decode(&bytes);
-                if let Ok(m @ PartyMessage::UnmaskShares { .. }) = &decoded {
-                    unmask.insert(p, m.clone());
-                }
-                let r = decoded
-                    .map_err(Error::from)
-                    .and_then(|m| coordinator.handle_message(p, m, now));
+                let r = deliver(&mut coordinator, p, &bytes, now, &mut unmask);
                 if let Err(e) = r {
                     coordinator_errors.push((p, e));
                 }
@@ -440,9 +449,7 @@ impl<'a> Simulation<'a> {
                         now = deadline.max(now) + Duration::from_millis(1);
                         coordinator.handle_timeout(now);
                         for (p, bytes) in late.drain(..) {
-                            let r = PartyMessage::decode(&bytes)
-                                .map_err(Error::from)
-                                .and_then(|m| coordinator.handle_message(p, m, now));
+                            let r = deliver(&mut coordinator, p, &bytes, now, &mut unmask);
                             if let Err(e) = r {
                                 coordinator_errors.push((p, e));
                             }

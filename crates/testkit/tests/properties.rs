@@ -6,13 +6,7 @@ use veil_protocol::params::min_sparse_neighbours;
 use veil_protocol::{Error, PartyId, RoundConfig, Stage};
 use veil_testkit::{Consortium, Fault, Simulation, session};
 
-const STAGES: [Stage; 5] = [
-    Stage::AdvertiseKeys,
-    Stage::ShareKeys,
-    Stage::MaskedInput,
-    Stage::ConsistencyCheck,
-    Stage::Unmask,
-];
+const STAGES: [Stage; 5] = Stage::ALL;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
