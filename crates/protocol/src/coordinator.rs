@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use curve25519_dalek::montgomery::MontgomeryPoint;
 use curve25519_dalek::scalar::Scalar;
 use rayon::prelude::*;
 
@@ -225,6 +226,19 @@ impl Coordinator {
                 let statement =
                     advertise_statement(&session, sender, &keys.encryption_key, &keys.mask_key);
                 self.roster.verify(sender, &statement, &keys.signature)?;
+                // A key of small order, or one another party already advertised, would make
+                // every honest neighbour abort: refuse it here so one party cannot stop the round.
+                let repeated = |k: &[u8; 32]| {
+                    s.adverts.values().any(|a| a.encryption_key == *k || a.mask_key == *k)
+                };
+                if keys.encryption_key == keys.mask_key
+                    || is_small_order(&keys.encryption_key)
+                    || is_small_order(&keys.mask_key)
+                    || repeated(&keys.encryption_key)
+                    || repeated(&keys.mask_key)
+                {
+                    return Err(Error::BadPublicKey(sender));
+                }
                 s.adverts.insert(sender, keys);
             }
             (State::CollectShares(s), PartyMessage::EncryptedShares { shares, .. }) => {
@@ -309,10 +323,15 @@ impl Coordinator {
         }
     }
 
-    /// At least `max(t, min_cohort)` parties must still be in the round.
+    /// Enough parties must still be in the round: `max(t, min_cohort)` up to the masked input
+    /// (the survivors whose sum is released), and `t` after it (enough to unmask).
     fn check_alive(&mut self, stage: Stage, alive: usize) -> Result<()> {
         self.events.push_back(CoordinatorEvent::StageClosed { stage, responders: alive });
-        let needed = self.params.threshold().max(self.params.min_cohort());
+        let needed = if stage <= Stage::MaskedInput {
+            self.params.threshold().max(self.params.min_cohort())
+        } else {
+            self.params.threshold()
+        };
         if alive < needed {
             return Err(Error::TooFewSurvivors { stage, alive, needed });
         }
@@ -364,6 +383,10 @@ impl Coordinator {
         self.check_alive(Stage::MaskedInput, s.received.len())?;
         let session = self.params.session();
         let survivors: Vec<PartyId> = s.received.iter().copied().collect();
+        // Honest parties refuse to sign a disconnected survivor set; stop here with the reason.
+        if !self.params.survivors_connected(&survivors) {
+            return Err(Error::SurvivorsDisconnected);
+        }
         for &p in &survivors {
             self.transmits.push_back((
                 p,
@@ -477,6 +500,15 @@ impl Coordinator {
     }
 }
 
+/// Whether an X25519 public key is of small order, on the curve or its twist: exactly the keys
+/// whose Diffie–Hellman output with any clamped scalar (a multiple of the cofactor 8) is zero,
+/// which honest parties refuse.
+fn is_small_order(key: &[u8; 32]) -> bool {
+    let mut probe = [0x5a; 32];
+    probe[0] = 0x58;
+    MontgomeryPoint(*key).mul_clamped(probe) == MontgomeryPoint([0u8; 32])
+}
+
 /// Reconstructs a secret from its shares. With more than `t` shares, a second, different
 /// subset must reconstruct the same secret, which catches a corrupted share.
 fn reconstruct_checked(owner: PartyId, shares: &[(PartyId, Scalar)], t: usize) -> Result<Scalar> {
@@ -535,4 +567,52 @@ fn validate_unmask(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::IdentityKey;
+    use crate::ids::SessionId;
+    use crate::params::RoundConfig;
+    use rand::SeedableRng;
+
+    /// A party signing a small-order key, or a copy of another party's key, is refused at the
+    /// advertise stage, so it cannot make every honest neighbour abort.
+    #[test]
+    fn small_order_and_repeated_keys_are_refused() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let ids: Vec<PartyId> = (0..4).map(PartyId).collect();
+        let keys: Vec<IdentityKey> = ids.iter().map(|_| IdentityKey::generate(&mut rng)).collect();
+        let mut roster = Roster::new();
+        for (p, k) in ids.iter().zip(&keys) {
+            roster.insert(*p, k.verifying_key());
+        }
+        let session = SessionId([4; 32]);
+        let params = Arc::new(RoundConfig::all_pairs(session, ids.clone(), 4).validate().unwrap());
+        let now = Instant::now();
+        let mut coordinator = Coordinator::new(params, Arc::new(roster), now);
+        let advert = |p: usize, encryption_key: [u8; 32], mask_key: [u8; 32]| {
+            let statement = advertise_statement(&session, ids[p], &encryption_key, &mask_key);
+            let signature = keys[p].sign(&statement);
+            PartyMessage::AdvertiseKeys {
+                session,
+                keys: AdvertiseKeys { party: ids[p], encryption_key, mask_key, signature },
+            }
+        };
+        let good = |rng: &mut rand_chacha::ChaCha20Rng| AgreementSecret::generate(rng).public_key();
+        let (e0, m0) = (good(&mut rng), good(&mut rng));
+        coordinator.handle_message(ids[0], advert(0, e0, m0), now).unwrap();
+        // u = 0 and u = 1 are points of small order.
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        for bad in [[0u8; 32], one] {
+            let r = coordinator.handle_message(ids[1], advert(1, bad, good(&mut rng)), now);
+            assert_eq!(r, Err(Error::BadPublicKey(ids[1])));
+        }
+        let r = coordinator.handle_message(ids[2], advert(2, good(&mut rng), m0), now);
+        assert_eq!(r, Err(Error::BadPublicKey(ids[2])));
+        let r = coordinator.handle_message(ids[3], advert(3, good(&mut rng), good(&mut rng)), now);
+        assert_eq!(r, Ok(()));
+    }
 }

@@ -140,6 +140,12 @@ pub enum Error {
     /// other parties signed a different set.
     #[error("inconsistent survivor set: {0}")]
     InconsistentSurvivors(&'static str),
+    /// The survivors fall apart into pieces of the neighbour graph, which would let the
+    /// coordinator unmask a piece's sum on its own.
+    #[error(
+        "the survivor set is not connected in the neighbour graph; its pieces' sums could be unmasked separately"
+    )]
+    SurvivorsDisconnected,
     /// The party was asked to reveal both the self-mask share and the mask-key share of a peer.
     #[error("refusing to reveal both shares of {0}")]
     DoubleReveal(PartyId),

@@ -142,6 +142,40 @@ impl IntegerRange {
     }
 }
 
+/// Wide signed integers (up to ±2^125) split into three limbs of Z_2^64, so that sums of large
+/// exact totals (a party's sum of fixed-point values over millions of rows, or of their
+/// squares) survive the ring. Limbs are 42 bits: the two low limbs are unsigned, the top limb
+/// signed, and each limb's sum over up to [`WIDE_MAX_PARTIES`] parties fits in 64 bits, so the
+/// decoded sum is exact.
+pub const WIDE_LIMBS: usize = 3;
+
+/// Most parties whose wide integers may be summed.
+pub const WIDE_MAX_PARTIES: usize = 1 << 20;
+
+const LIMB_BITS: u32 = 42;
+const LIMB_MASK: i128 = (1 << LIMB_BITS) - 1;
+
+/// Largest magnitude of one wide integer.
+pub const WIDE_MAX_ABS: i128 = 1 << 125;
+
+/// Splits `v` (|v| < 2^125) into limbs. Values beyond the range are a caller bug: callers bound
+/// their inputs (rows × value range) before encoding.
+pub fn encode_wide(v: i128) -> [u64; WIDE_LIMBS] {
+    debug_assert!(v.abs() < WIDE_MAX_ABS, "wide integer out of range");
+    let lo = v & LIMB_MASK;
+    let mid = (v >> LIMB_BITS) & LIMB_MASK;
+    let hi = v >> (2 * LIMB_BITS);
+    [lo as u64, mid as u64, (hi as i64) as u64]
+}
+
+/// Recombines summed limbs into the exact sum.
+pub fn decode_wide(limbs: &[u64; WIDE_LIMBS]) -> i128 {
+    let lo = i128::from(limbs[0]);
+    let mid = i128::from(limbs[1]);
+    let hi = i128::from(limbs[2] as i64);
+    (hi << (2 * LIMB_BITS)) + (mid << LIMB_BITS) + lo
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +226,17 @@ mod tests {
                 prop_assert!((d - exact).abs() <= fp.error_bound(parties, 1) + 1e-9,
                     "element {} decoded {} exact {}", j, d, exact);
             }
+        }
+
+        #[test]
+        fn wide_sums_are_exact(values in proptest::collection::vec(-(1i128 << 110)..(1i128 << 110), 1..40)) {
+            let mut sum = [0u64; WIDE_LIMBS];
+            for v in &values {
+                for (s, l) in sum.iter_mut().zip(encode_wide(*v)) {
+                    *s = s.wrapping_add(l);
+                }
+            }
+            prop_assert_eq!(decode_wide(&sum), values.iter().sum::<i128>());
         }
 
         #[test]

@@ -31,7 +31,7 @@ pub mod shamir;
 pub use coordinator::{Aggregate, Coordinator, CoordinatorEvent};
 pub use crypto::{IdentityKey, Roster};
 pub use error::{DecodeError, Error, Result};
-pub use fixed_point::{FixedPoint, IntegerRange};
+pub use fixed_point::{FixedPoint, IntegerRange, decode_wide, encode_wide};
 pub use ids::{PartyId, SessionId, Stage};
 pub use message::{CoordinatorMessage, PartyMessage};
 pub use params::{RoundConfig, RoundParams};

@@ -222,6 +222,39 @@ impl RoundParams {
         h.insert(at, me);
         h
     }
+    /// Whether the survivors form one connected piece of the neighbour graph. If they did not,
+    /// the pairwise masks would cancel within each piece separately and the coordinator could
+    /// unmask the sum of a small piece on its own. All pairs are always connected.
+    pub fn survivors_connected(&self, survivors: &[PartyId]) -> bool {
+        let n = self.parties.len();
+        if self.neighbours + 1 == n || survivors.len() <= 1 {
+            return true;
+        }
+        let mut alive = vec![false; n];
+        for p in survivors {
+            match self.index_of(*p) {
+                Some(i) => alive[i] = true,
+                None => return false,
+            }
+        }
+        let start = self.index_of(survivors[0]).expect("checked above");
+        let mut seen = vec![false; n];
+        seen[start] = true;
+        let mut stack = vec![start];
+        let mut reached = 1;
+        while let Some(i) = stack.pop() {
+            for q in &self.graph.adjacency[i] {
+                let j = self.index_of(*q).expect("neighbours are participants");
+                if alive[j] && !seen[j] {
+                    seen[j] = true;
+                    reached += 1;
+                    stack.push(j);
+                }
+            }
+        }
+        reached == survivors.len()
+    }
+
     /// Whether `holder` holds shares of the party at `index`.
     pub fn is_holder(&self, index: usize, holder: PartyId) -> bool {
         self.parties[index] == holder || self.are_neighbours(index, holder)

@@ -446,6 +446,9 @@ impl Party {
                 alive_holders += 1;
             }
         }
+        if !self.params.survivors_connected(&survivors) {
+            return Err(Error::SurvivorsDisconnected);
+        }
         if survivors.len() < self.params.min_cohort() {
             return Err(Error::CohortTooSmall {
                 size: survivors.len(),

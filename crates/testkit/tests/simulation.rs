@@ -398,3 +398,65 @@ fn a_planted_canary_never_reaches_the_coordinator() {
         assert!(!bytes.windows(8).any(|w| w == needle), "the canary reached the coordinator");
     }
 }
+
+/// Once the minimum cohort is reached, a party vanishing after its masked input arrived does
+/// not stop the round: past that stage only the threshold matters.
+#[test]
+fn min_cohort_binds_the_survivors_not_later_stages() {
+    let c = Consortium::new(6, 21);
+    let config = RoundConfig { min_cohort: 6, ..all_pairs(&c, 21) };
+    let o = Simulation::new(&c, config, 21)
+        .unwrap()
+        .fault(Fault::Dropout { party: PartyId(5), before: Stage::ConsistencyCheck })
+        .run();
+    assert_sum_over(&o, &c.parties());
+}
+
+/// In a sparse graph, a coordinator that declares the neighbours on both sides of a short arc
+/// of the cycle dropped would leave the arc's parties connected only to each other, so their
+/// masks would cancel within the arc and its sum could be unmasked alone. Parties refuse to
+/// sign a disconnected survivor set, and the round stops before anyone reveals a share.
+#[test]
+fn a_survivor_set_cut_into_pieces_is_refused() {
+    use std::collections::BTreeSet;
+    let n = 50;
+    let c = Consortium::new(n, 77);
+    let config =
+        RoundConfig { min_cohort: 30, ..RoundConfig::sparse(session(77), c.parties(), 16) };
+    let (k, t) = (config.neighbours, config.threshold);
+    let params = config.clone().validate().unwrap();
+    let neighbours = |p: PartyId| -> BTreeSet<PartyId> {
+        params.neighbours_of(params.index_of(p).unwrap()).iter().copied().collect()
+    };
+    // Walk the cycle: from each party, the next is the unvisited neighbour sharing the most
+    // neighbours with it (the adjacent position on the cycle).
+    let mut order = vec![PartyId(0)];
+    let mut seen: BTreeSet<PartyId> = order.iter().copied().collect();
+    while order.len() < n {
+        let here = neighbours(*order.last().unwrap());
+        let next = *here
+            .iter()
+            .filter(|p| !seen.contains(p))
+            .max_by_key(|p| neighbours(**p).intersection(&here).count())
+            .unwrap();
+        order.push(next);
+        seen.insert(next);
+    }
+    // An arc of t parties, cut off by dropping k/2 parties on each side.
+    let arc: BTreeSet<PartyId> = order[..t].iter().copied().collect();
+    let cut: Vec<PartyId> =
+        order[t..t + k / 2].iter().chain(&order[n - k / 2..]).copied().collect();
+    for p in &arc {
+        assert!(neighbours(*p).iter().all(|q| arc.contains(q) || cut.contains(q)));
+    }
+    let mut sim = Simulation::new(&c, config, 77).unwrap();
+    for p in &cut {
+        sim = sim.fault(Fault::Dropout { party: *p, before: Stage::MaskedInput });
+    }
+    let o = sim.run();
+    assert_eq!(o.result, Err(Error::SurvivorsDisconnected));
+    assert!(o.unmask.is_empty(), "no share may be revealed");
+    // A party shown the same set by a deviating coordinator refuses it itself.
+    let survivors: Vec<PartyId> = c.parties().into_iter().filter(|p| !cut.contains(p)).collect();
+    assert!(!params.survivors_connected(&survivors));
+}

@@ -1,0 +1,500 @@
+//! A specification checked against a schema: the vector layout, local aggregation, and the
+//! answer decoded from the secure sum.
+
+use serde::{Deserialize, Serialize};
+use veil_protocol::fixed_point::WIDE_LIMBS;
+use veil_protocol::{decode_wide, encode_wide};
+
+use crate::AnalyticsError;
+use crate::schema::{ColumnType, DatasetSchema, Value};
+use crate::spec::{JobSpec, Literal, Op};
+
+/// Fractional bits of the fixed-point encoding of values and squares.
+pub const FRACTION_BITS: u32 = 20;
+const SCALE: f64 = (1u64 << FRACTION_BITS) as f64;
+/// Most rows one party may contribute (keeps every exact total within the wide encoding).
+pub const MAX_ROWS: u64 = 1 << 32;
+
+struct ColumnPlan {
+    name: String,
+    index: usize,
+    min: f64,
+    max: f64,
+    edges: Vec<f64>,
+    /// Offset of this column's block in the vector.
+    offset: usize,
+}
+
+impl ColumnPlan {
+    // Block layout: count, below, above, sum (3 limbs), sum of squares (3 limbs), then
+    // histogram bins: under the first edge, one per bin, over the last edge.
+    const COUNT: usize = 0;
+    const BELOW: usize = 1;
+    const ABOVE: usize = 2;
+    const SUM: usize = 3;
+    const SQUARES: usize = 3 + WIDE_LIMBS;
+    const HISTOGRAM: usize = 3 + 2 * WIDE_LIMBS;
+
+    fn len(&self) -> usize {
+        Self::HISTOGRAM + if self.edges.is_empty() { 0 } else { self.edges.len() + 1 }
+    }
+
+    /// The histogram slot of `x`: 0 below the first edge, `i + 1` for bin `[e_i, e_{i+1})` (the
+    /// last bin closed), `edges.len()` above the last edge.
+    fn bin(&self, x: f64) -> usize {
+        let e = &self.edges;
+        if x < e[0] {
+            0
+        } else if x > e[e.len() - 1] {
+            e.len()
+        } else if x == e[e.len() - 1] {
+            e.len() - 1
+        } else {
+            // Number of edges ≤ x, which is at least 1 here.
+            e.partition_point(|&edge| edge <= x)
+        }
+    }
+}
+
+struct ConditionPlan {
+    index: usize,
+    op: Op,
+    value: Literal,
+}
+
+impl ConditionPlan {
+    fn holds(&self, v: Value<'_>) -> bool {
+        match (v, &self.value) {
+            (Value::Number(x), Literal::Number(y)) => match self.op {
+                Op::Eq => x == *y,
+                Op::Ne => x != *y,
+                Op::Lt => x < *y,
+                Op::Le => x <= *y,
+                Op::Gt => x > *y,
+                Op::Ge => x >= *y,
+            },
+            (Value::Text(x), Literal::Text(y)) => match self.op {
+                Op::Eq => x == y,
+                Op::Ne => x != y,
+                // Refused when the plan is made.
+                _ => false,
+            },
+            // NULL, or a cell of another type, satisfies no condition.
+            _ => false,
+        }
+    }
+}
+
+/// A job specification checked against a dataset's schema.
+pub struct Plan {
+    spec: JobSpec,
+    columns: Vec<ColumnPlan>,
+    conditions: Vec<ConditionPlan>,
+    len: usize,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan").field("dataset", &self.spec.dataset).field("len", &self.len).finish()
+    }
+}
+
+impl Plan {
+    /// Checks `spec` against `schema`: every column exists and is numeric, every condition's
+    /// value has its column's type, text is only compared for (in)equality.
+    pub fn new(spec: &JobSpec, schema: &DatasetSchema) -> Result<Self, AnalyticsError> {
+        spec.check()?;
+        let lookup = |name: &str| {
+            schema.column(name).ok_or_else(|| AnalyticsError::UnknownColumn {
+                dataset: schema.name.clone(),
+                column: name.to_string(),
+            })
+        };
+        let mut columns = Vec::with_capacity(spec.columns.len());
+        let mut offset = 1;
+        for c in &spec.columns {
+            let (index, ty) = lookup(&c.name)?;
+            if !ty.is_numeric() {
+                return Err(AnalyticsError::WrongType {
+                    column: c.name.clone(),
+                    found: ty,
+                    needed: "only numeric columns can be aggregated",
+                });
+            }
+            let plan = ColumnPlan {
+                name: c.name.clone(),
+                index,
+                min: c.min,
+                max: c.max,
+                edges: c.histogram.clone(),
+                offset,
+            };
+            offset += plan.len();
+            columns.push(plan);
+        }
+        let mut conditions = Vec::with_capacity(spec.filter.len());
+        for f in &spec.filter {
+            let (index, ty) = lookup(&f.column)?;
+            match (&f.value, ty) {
+                (Literal::Number(_), ColumnType::Int | ColumnType::Float) => {}
+                (Literal::Text(_), ColumnType::String) => {
+                    if !matches!(f.op, Op::Eq | Op::Ne) {
+                        return Err(AnalyticsError::WrongType {
+                            column: f.column.clone(),
+                            found: ty,
+                            needed: "text can only be compared with == or !=",
+                        });
+                    }
+                }
+                (Literal::Number(_), _) => {
+                    return Err(AnalyticsError::WrongType {
+                        column: f.column.clone(),
+                        found: ty,
+                        needed: "the filter compares it with a number",
+                    });
+                }
+                (Literal::Text(_), _) => {
+                    return Err(AnalyticsError::WrongType {
+                        column: f.column.clone(),
+                        found: ty,
+                        needed: "the filter compares it with text",
+                    });
+                }
+            }
+            conditions.push(ConditionPlan { index, op: f.op, value: f.value.clone() });
+        }
+        Ok(Self { spec: spec.clone(), columns, conditions, len: offset })
+    }
+
+    /// The specification.
+    pub fn spec(&self) -> &JobSpec {
+        &self.spec
+    }
+
+    /// Elements of every party's vector.
+    pub fn vector_len(&self) -> usize {
+        self.len
+    }
+
+    /// Schema positions of the columns the job reads, sorted.
+    pub fn needed_columns(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self
+            .columns
+            .iter()
+            .map(|c| c.index)
+            .chain(self.conditions.iter().map(|c| c.index))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// A fresh local aggregate.
+    pub fn aggregate(&self) -> LocalAggregate<'_> {
+        LocalAggregate {
+            plan: self,
+            rows: 0,
+            counts: vec![0; self.len],
+            sums: vec![0; self.columns.len() * 2],
+        }
+    }
+
+    /// Decodes the secure sum over `contributors` parties into the answer.
+    pub fn answer(
+        &self,
+        sum: &[u64],
+        contributors: Vec<u32>,
+        dropped: Vec<u32>,
+    ) -> Result<Answer, AnalyticsError> {
+        if sum.len() != self.len {
+            return Err(AnalyticsError::WrongLength { got: sum.len(), expected: self.len });
+        }
+        let wide = |at: usize| -> i128 {
+            let limbs: [u64; WIDE_LIMBS] =
+                sum[at..at + WIDE_LIMBS].try_into().expect("layout slots are WIDE_LIMBS long");
+            decode_wide(&limbs)
+        };
+        let columns = self
+            .columns
+            .iter()
+            .map(|c| {
+                let o = c.offset;
+                let count = sum[o + ColumnPlan::COUNT];
+                let total = wide(o + ColumnPlan::SUM) as f64 / SCALE;
+                let squares = wide(o + ColumnPlan::SQUARES) as f64 / SCALE;
+                let mean = (count > 0).then(|| total / count as f64);
+                let variance = (count > 1).then(|| {
+                    let m = total / count as f64;
+                    ((squares - count as f64 * m * m) / (count - 1) as f64).max(0.0)
+                });
+                let histogram = (!c.edges.is_empty()).then(|| {
+                    let h = o + ColumnPlan::HISTOGRAM;
+                    let slots = &sum[h..h + c.edges.len() + 1];
+                    Histogram {
+                        edges: c.edges.clone(),
+                        counts: slots[1..slots.len() - 1].to_vec(),
+                        below: slots[0],
+                        above: slots[slots.len() - 1],
+                    }
+                });
+                ColumnAnswer {
+                    name: c.name.clone(),
+                    count,
+                    clipped_below: sum[o + ColumnPlan::BELOW],
+                    clipped_above: sum[o + ColumnPlan::ABOVE],
+                    sum: total,
+                    sum_of_squares: squares,
+                    mean,
+                    variance,
+                    std_dev: variance.map(f64::sqrt),
+                    histogram,
+                }
+            })
+            .collect();
+        Ok(Answer {
+            dataset: self.spec.dataset.clone(),
+            rows: sum[0],
+            columns,
+            contributors,
+            dropped,
+            fraction_bits: FRACTION_BITS,
+        })
+    }
+}
+
+/// One party's running totals over its own rows.
+pub struct LocalAggregate<'p> {
+    plan: &'p Plan,
+    rows: u64,
+    /// The integer slots of the layout (counts and histogram bins).
+    counts: Vec<u64>,
+    /// Exact fixed-point sum and sum of squares per column.
+    sums: Vec<i128>,
+}
+
+impl LocalAggregate<'_> {
+    /// Adds one row, given as values by schema position (unread columns may be `Null`).
+    pub fn push_row(&mut self, row: &[Value<'_>]) -> Result<(), AnalyticsError> {
+        let cell = |i: usize| row.get(i).copied().unwrap_or(Value::Null);
+        if !self.plan.conditions.iter().all(|c| c.holds(cell(c.index))) {
+            return Ok(());
+        }
+        if self.rows >= MAX_ROWS {
+            return Err(AnalyticsError::TooManyRows(MAX_ROWS));
+        }
+        self.rows += 1;
+        for (k, c) in self.plan.columns.iter().enumerate() {
+            let Value::Number(x) = cell(c.index) else { continue };
+            if x.is_nan() {
+                continue;
+            }
+            let o = c.offset;
+            self.counts[o + ColumnPlan::COUNT] += 1;
+            let clipped = if x < c.min {
+                self.counts[o + ColumnPlan::BELOW] += 1;
+                c.min
+            } else if x > c.max {
+                self.counts[o + ColumnPlan::ABOVE] += 1;
+                c.max
+            } else {
+                x
+            };
+            self.sums[2 * k] += (clipped * SCALE).round() as i128;
+            self.sums[2 * k + 1] += (clipped * clipped * SCALE).round() as i128;
+            if !c.edges.is_empty() {
+                self.counts[o + ColumnPlan::HISTOGRAM + c.bin(x)] += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows that passed the filter so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// The party's vector, ready to be masked.
+    pub fn finish(self) -> Vec<u64> {
+        let mut v = self.counts;
+        v[0] = self.rows;
+        for (k, c) in self.plan.columns.iter().enumerate() {
+            let o = c.offset;
+            v[o + ColumnPlan::SUM..o + ColumnPlan::SUM + WIDE_LIMBS]
+                .copy_from_slice(&encode_wide(self.sums[2 * k]));
+            v[o + ColumnPlan::SQUARES..o + ColumnPlan::SQUARES + WIDE_LIMBS]
+                .copy_from_slice(&encode_wide(self.sums[2 * k + 1]));
+        }
+        v
+    }
+}
+
+/// The answer to a column-aggregate job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The dataset.
+    pub dataset: String,
+    /// Rows that passed the filter, over all contributors.
+    pub rows: u64,
+    /// Per requested column.
+    pub columns: Vec<ColumnAnswer>,
+    /// Parties whose rows are in the answer.
+    pub contributors: Vec<u32>,
+    /// Parties that took part but dropped out before their input was in.
+    pub dropped: Vec<u32>,
+    /// Values were rounded to multiples of 2^-fraction_bits before summing.
+    pub fraction_bits: u32,
+}
+
+/// Statistics of one column.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColumnAnswer {
+    /// The column.
+    pub name: String,
+    /// Non-missing values in rows that passed the filter.
+    pub count: u64,
+    /// Values below the lower bound, replaced by it in sums.
+    pub clipped_below: u64,
+    /// Values above the upper bound, replaced by it in sums.
+    pub clipped_above: u64,
+    /// Sum of clipped values.
+    pub sum: f64,
+    /// Sum of squared clipped values.
+    pub sum_of_squares: f64,
+    /// Mean of clipped values, if any.
+    pub mean: Option<f64>,
+    /// Sample variance (n − 1 denominator), if at least two values.
+    pub variance: Option<f64>,
+    /// Sample standard deviation.
+    pub std_dev: Option<f64>,
+    /// Histogram of the values (unclipped), if asked for.
+    pub histogram: Option<Histogram>,
+}
+
+/// Counts per bin.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    /// Bin edges; bin i is `[edges[i], edges[i+1])`, the last one closed.
+    pub edges: Vec<f64>,
+    /// Count per bin.
+    pub counts: Vec<u64>,
+    /// Values below the first edge.
+    pub below: u64,
+    /// Values above the last edge.
+    pub above: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> DatasetSchema {
+        DatasetSchema {
+            name: "t".into(),
+            columns: vec![
+                ("a".into(), ColumnType::Float),
+                ("g".into(), ColumnType::String),
+                ("n".into(), ColumnType::Int),
+            ],
+        }
+    }
+
+    fn spec(text: &str) -> JobSpec {
+        JobSpec::parse(text).unwrap()
+    }
+
+    const SPEC: &str = r#"
+        dataset = "t"
+        filter = [{ column = "g", op = "!=", value = "skip" }]
+        [[columns]]
+        name = "a"
+        min = -10
+        max = 10
+        histogram = [-5, 0, 5]
+        [[columns]]
+        name = "n"
+        min = 0
+        max = 100
+    "#;
+
+    fn rows() -> Vec<(f64, &'static str, Option<f64>)> {
+        vec![
+            (1.5, "x", Some(3.0)),
+            (-20.0, "y", None),
+            (7.25, "skip", Some(1.0)),
+            (5.0, "x", Some(200.0)),
+            (-5.0, "x", Some(4.0)),
+            (0.0, "z", Some(5.0)),
+        ]
+    }
+
+    fn vector(plan: &Plan, rows: &[(f64, &'static str, Option<f64>)]) -> Vec<u64> {
+        let mut agg = plan.aggregate();
+        for (a, g, n) in rows {
+            let row = [Value::Number(*a), Value::Text(g), n.map_or(Value::Null, Value::Number)];
+            agg.push_row(&row).unwrap();
+        }
+        agg.finish()
+    }
+
+    #[test]
+    fn split_sums_equal_pooled_exactly() {
+        let plan = Plan::new(&spec(SPEC), &schema()).unwrap();
+        let all = rows();
+        let pooled = vector(&plan, &all);
+        let a = vector(&plan, &all[..2]);
+        let b = vector(&plan, &all[2..]);
+        let joint: Vec<u64> = a.iter().zip(&b).map(|(x, y)| x.wrapping_add(*y)).collect();
+        assert_eq!(joint, pooled);
+        let answer = plan.answer(&joint, vec![0, 1], vec![]).unwrap();
+        assert_eq!(answer.rows, 5);
+        let a = &answer.columns[0];
+        assert_eq!((a.count, a.clipped_below, a.clipped_above), (5, 1, 0));
+        assert_eq!(a.sum, 1.5 - 10.0 + 5.0 - 5.0 + 0.0);
+        let h = a.histogram.as_ref().unwrap();
+        assert_eq!((h.below, h.counts.clone(), h.above), (1, vec![1, 3], 0));
+        let n = &answer.columns[1];
+        assert_eq!((n.count, n.clipped_above), (4, 1));
+        assert_eq!(n.mean, Some((3.0 + 100.0 + 4.0 + 5.0) / 4.0));
+        let xs = [3.0f64, 100.0, 4.0, 5.0];
+        let m = xs.iter().sum::<f64>() / 4.0;
+        let var = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / 3.0;
+        assert!((n.variance.unwrap() - var).abs() < 1e-6);
+    }
+
+    #[test]
+    fn schema_mismatches_are_named() {
+        let s = schema();
+        let e =
+            Plan::new(&spec("dataset = \"t\"\n[[columns]]\nname = \"zz\"\nmin = 0\nmax = 1"), &s)
+                .unwrap_err();
+        assert_eq!(e.to_string(), "dataset \"t\" has no column \"zz\"");
+        let e =
+            Plan::new(&spec("dataset = \"t\"\n[[columns]]\nname = \"g\"\nmin = 0\nmax = 1"), &s)
+                .unwrap_err();
+        assert!(e.to_string().contains("only numeric columns"), "{e}");
+        let e = Plan::new(
+            &spec("dataset = \"t\"\nfilter = [{ column = \"g\", op = \"<\", value = \"m\" }]\n[[columns]]\nname = \"a\"\nmin = 0\nmax = 1"),
+            &s,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("== or !="), "{e}");
+        let e = Plan::new(
+            &spec("dataset = \"t\"\nfilter = [{ column = \"a\", op = \"==\", value = \"m\" }]\n[[columns]]\nname = \"a\"\nmin = 0\nmax = 1"),
+            &s,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("compares it with text"), "{e}");
+    }
+
+    #[test]
+    fn histogram_bins_follow_their_edges() {
+        let plan = Plan::new(&spec(SPEC), &schema()).unwrap();
+        let c = &plan.columns[0];
+        assert_eq!(c.bin(-6.0), 0);
+        assert_eq!(c.bin(-5.0), 1);
+        assert_eq!(c.bin(-0.1), 1);
+        assert_eq!(c.bin(0.0), 2);
+        assert_eq!(c.bin(5.0), 2);
+        assert_eq!(c.bin(5.1), 3);
+    }
+}

@@ -1,0 +1,226 @@
+//! Job specifications.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::AnalyticsError;
+
+/// Most columns one job may ask about.
+pub const MAX_COLUMNS: usize = 64;
+/// Most histogram bins per column.
+pub const MAX_BINS: usize = 1_000;
+/// Most filter conditions.
+pub const MAX_CONDITIONS: usize = 32;
+/// Largest magnitude of a clipping bound (2^30): with 20 fractional bits, 2^32 rows and squares,
+/// every exact total stays within the wide encoding.
+pub const MAX_BOUND: f64 = 1_073_741_824.0;
+
+/// A column-aggregate job as a consumer writes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// The dataset, by the name parties serve it under.
+    pub dataset: String,
+    /// Conditions a row must all satisfy to count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter: Vec<Condition>,
+    /// The columns to aggregate.
+    pub columns: Vec<ColumnRequest>,
+    /// The fewest parties whose data the answer may combine (default 2).
+    #[serde(default = "default_min_parties")]
+    pub min_parties: u32,
+}
+
+fn default_min_parties() -> u32 {
+    2
+}
+
+/// One filter condition: `column op value`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// The column compared.
+    pub column: String,
+    /// The comparison.
+    pub op: Op,
+    /// The value compared with.
+    pub value: Literal,
+}
+
+/// A comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Equal.
+    #[serde(rename = "==")]
+    Eq,
+    /// Not equal.
+    #[serde(rename = "!=")]
+    Ne,
+    /// Less than.
+    #[serde(rename = "<")]
+    Lt,
+    /// Less than or equal.
+    #[serde(rename = "<=")]
+    Le,
+    /// Greater than.
+    #[serde(rename = ">")]
+    Gt,
+    /// Greater than or equal.
+    #[serde(rename = ">=")]
+    Ge,
+}
+
+/// A literal in a condition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Literal {
+    /// A number.
+    Number(f64),
+    /// Text.
+    Text(String),
+}
+
+/// The statistics asked of one numeric column.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnRequest {
+    /// The column.
+    pub name: String,
+    /// Values below are counted as clipped and replaced by `min`.
+    pub min: f64,
+    /// Values above are counted as clipped and replaced by `max`.
+    pub max: f64,
+    /// Histogram bin edges, strictly increasing; empty for no histogram.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub histogram: Vec<f64>,
+}
+
+impl JobSpec {
+    /// Parses a specification written in TOML, or in JSON if it starts with `{`.
+    pub fn parse(text: &str) -> Result<Self, AnalyticsError> {
+        let spec: JobSpec = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| AnalyticsError::Parse(e.to_string()))?
+        } else {
+            toml::from_str(text).map_err(|e| AnalyticsError::Parse(e.to_string()))?
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// The canonical JSON form: what parties are shown and what the hash covers.
+    pub fn canonical_json(&self) -> String {
+        serde_json::to_string(self).expect("job specifications always serialise")
+    }
+
+    /// SHA-256 of the canonical JSON, hex.
+    pub fn hash(&self) -> String {
+        let digest = Sha256::digest(self.canonical_json().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Checks what can be checked without a schema.
+    pub fn check(&self) -> Result<(), AnalyticsError> {
+        let bad = |m: String| Err(AnalyticsError::Invalid(m));
+        if self.dataset.is_empty() {
+            return bad("the dataset name is empty".into());
+        }
+        if self.columns.is_empty() {
+            return bad("ask for at least one column".into());
+        }
+        if self.columns.len() > MAX_COLUMNS {
+            return bad(format!("at most {MAX_COLUMNS} columns per job"));
+        }
+        if self.filter.len() > MAX_CONDITIONS {
+            return bad(format!("at most {MAX_CONDITIONS} filter conditions"));
+        }
+        if self.min_parties == 0 {
+            return bad("min_parties must be at least 1".into());
+        }
+        for c in &self.columns {
+            if !(c.min.is_finite() && c.max.is_finite()) || c.min >= c.max {
+                return bad(format!(
+                    "column {:?}: bounds [{}, {}] must be finite with min < max",
+                    c.name, c.min, c.max
+                ));
+            }
+            if c.min.abs() > MAX_BOUND || c.max.abs() > MAX_BOUND {
+                return bad(format!("column {:?}: bounds must lie within ±{MAX_BOUND}", c.name));
+            }
+            if !c.histogram.is_empty() {
+                if c.histogram.len() < 2 || c.histogram.len() > MAX_BINS + 1 {
+                    return bad(format!(
+                        "column {:?}: a histogram needs between 2 and {} edges",
+                        c.name,
+                        MAX_BINS + 1
+                    ));
+                }
+                if c.histogram.iter().any(|e| !e.is_finite())
+                    || !c.histogram.windows(2).all(|w| w[0] < w[1])
+                {
+                    return bad(format!(
+                        "column {:?}: histogram edges must be finite and strictly increasing",
+                        c.name
+                    ));
+                }
+            }
+        }
+        for f in &self.filter {
+            if let Literal::Number(v) = f.value {
+                if !v.is_finite() {
+                    return bad(format!("filter on {:?}: the value must be finite", f.column));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        dataset = "flights"
+        filter = [{ column = "month", op = "<=", value = 6 }, { column = "carrier", op = "==", value = "UA" }]
+
+        [[columns]]
+        name = "dep_delay"
+        min = -60
+        max = 600
+        histogram = [-60, 0, 15, 60, 180, 600]
+    "#;
+
+    #[test]
+    fn toml_and_json_parse_to_the_same_spec_and_hash() {
+        let a = JobSpec::parse(EXAMPLE).unwrap();
+        let b = JobSpec::parse(&a.canonical_json()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.hash(), b.hash());
+        assert_eq!(a.min_parties, 2);
+        assert_eq!(a.filter[1].value, Literal::Text("UA".into()));
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        let e = JobSpec::parse("dataset = \"x\"\ncolumns = []").unwrap_err().to_string();
+        assert!(e.contains("at least one column"), "{e}");
+        let e = JobSpec::parse("dataset = \"x\"\nbogus = 1\ncolumns = []").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = JobSpec::parse("dataset = \"x\"\n[[columns]]\nname = \"a\"\nmin = 5\nmax = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("min < max"), "{e}");
+        let e = JobSpec::parse(
+            "dataset = \"x\"\n[[columns]]\nname = \"a\"\nmin = 0\nmax = 1\nhistogram = [0, 2, 1]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("strictly increasing"), "{e}");
+        let e = JobSpec::parse(
+            "dataset = \"x\"\nfilter = [{ column = \"a\", op = \"~\", value = 1 }]\n[[columns]]\nname = \"a\"\nmin = 0\nmax = 1",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("does not parse"), "{e}");
+    }
+}

@@ -1,0 +1,120 @@
+//! The consortium roster (`roster.toml`): who the parties and consumers are.
+//!
+//! Written once by `veil init` and distributed to every member out of band. Parties take the
+//! identity keys from it (so the coordinator cannot substitute them); the coordinator maps a
+//! caller's TLS certificate to a member through the fingerprints.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use veil_protocol::PartyId;
+
+use crate::ConfigError;
+
+/// The roster file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RosterFile {
+    /// The consortium's name.
+    pub consortium: String,
+    /// Data owners.
+    #[serde(default)]
+    pub parties: Vec<PartyEntry>,
+    /// Job submitters.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerEntry>,
+}
+
+/// One party.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PartyEntry {
+    /// The party's id.
+    pub id: u32,
+    /// A readable name.
+    pub name: String,
+    /// Hex Ed25519 public key that signs its secure aggregation keys.
+    pub identity_key: String,
+    /// Hex SHA-256 of its TLS certificate (DER).
+    pub certificate_sha256: String,
+}
+
+/// One consumer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerEntry {
+    /// The consumer's name.
+    pub name: String,
+    /// Hex SHA-256 of its TLS certificate (DER).
+    pub certificate_sha256: String,
+    /// Whether it may use the admin service.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// Who a certificate belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Member {
+    /// A party.
+    Party(PartyId),
+    /// A consumer, and whether it is an administrator.
+    Consumer {
+        /// Its name.
+        name: String,
+        /// Admin rights.
+        admin: bool,
+    },
+}
+
+impl RosterFile {
+    /// Reads and checks a roster file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = crate::read(path)?;
+        let parse =
+            |message: String| ConfigError::Parse { path: path.display().to_string(), message };
+        let roster: RosterFile = toml::from_str(&text).map_err(|e| parse(e.to_string()))?;
+        roster.protocol_roster().map_err(parse)?;
+        Ok(roster)
+    }
+
+    /// The TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("rosters always serialise")
+    }
+
+    /// The parties' identity keys, as the protocol uses them. Fails on a malformed key or a
+    /// repeated id.
+    pub fn protocol_roster(&self) -> Result<veil_protocol::Roster, String> {
+        let mut roster = veil_protocol::Roster::new();
+        for p in &self.parties {
+            let bytes: [u8; 32] = hex::decode(&p.identity_key)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| format!("party {}: identity_key must be 64 hex digits", p.id))?;
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| {
+                format!("party {}: identity_key is not an Ed25519 public key", p.id)
+            })?;
+            if roster.key(PartyId(p.id)).is_some() {
+                return Err(format!("party id {} is listed twice", p.id));
+            }
+            roster.insert(PartyId(p.id), key);
+        }
+        Ok(roster)
+    }
+
+    /// The member holding the certificate with this fingerprint.
+    pub fn member(&self, certificate_sha256: &str) -> Option<Member> {
+        if let Some(p) = self.parties.iter().find(|p| p.certificate_sha256 == certificate_sha256) {
+            return Some(Member::Party(PartyId(p.id)));
+        }
+        self.consumers
+            .iter()
+            .find(|c| c.certificate_sha256 == certificate_sha256)
+            .map(|c| Member::Consumer { name: c.name.clone(), admin: c.admin })
+    }
+
+    /// A party's entry.
+    pub fn party(&self, id: PartyId) -> Option<&PartyEntry> {
+        self.parties.iter().find(|p| p.id == id.0)
+    }
+}
