@@ -22,9 +22,9 @@ pub mod plan;
 pub mod schema;
 pub mod spec;
 
-pub use plan::{Answer, ColumnAnswer, Histogram, LocalAggregate, Plan};
+pub use plan::{Answer, ColumnAnswer, Histogram, Layout, LocalAggregate, Plan};
 pub use schema::{ColumnType, DatasetSchema, Value};
-pub use spec::{ColumnRequest, Condition, JobSpec, Literal, Op};
+pub use spec::{ColumnRequest, Condition, Job, JobSpec, Literal, Op, SyntheticSpec};
 
 /// Errors of job specifications and local aggregation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -262,6 +262,48 @@ impl Plan {
     }
 }
 
+/// The vector layout of a specification without a schema: what the coordinator needs to turn
+/// the secure sum into the answer. It cannot aggregate rows.
+#[derive(Debug)]
+pub struct Layout(Plan);
+
+impl Layout {
+    /// The layout of `spec`.
+    pub fn new(spec: &JobSpec) -> Result<Self, AnalyticsError> {
+        spec.check()?;
+        let mut columns = Vec::with_capacity(spec.columns.len());
+        let mut offset = 1;
+        for c in &spec.columns {
+            let plan = ColumnPlan {
+                name: c.name.clone(),
+                index: usize::MAX,
+                min: c.min,
+                max: c.max,
+                edges: c.histogram.clone(),
+                offset,
+            };
+            offset += plan.len();
+            columns.push(plan);
+        }
+        Ok(Self(Plan { spec: spec.clone(), columns, conditions: Vec::new(), len: offset }))
+    }
+
+    /// Elements of every party's vector.
+    pub fn vector_len(&self) -> usize {
+        self.0.len
+    }
+
+    /// Decodes the secure sum; see [`Plan::answer`].
+    pub fn answer(
+        &self,
+        sum: &[u64],
+        contributors: Vec<u32>,
+        dropped: Vec<u32>,
+    ) -> Result<Answer, AnalyticsError> {
+        self.0.answer(sum, contributors, dropped)
+    }
+}
+
 /// One party's running totals over its own rows.
 pub struct LocalAggregate<'p> {
     plan: &'p Plan,
@@ -459,6 +501,16 @@ mod tests {
         let m = xs.iter().sum::<f64>() / 4.0;
         let var = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / 3.0;
         assert!((n.variance.unwrap() - var).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_layout_alone_decodes_like_the_plan() {
+        let s = spec(SPEC);
+        let plan = Plan::new(&s, &schema()).unwrap();
+        let layout = Layout::new(&s).unwrap();
+        assert_eq!(layout.vector_len(), plan.vector_len());
+        let v = vector(&plan, &rows());
+        assert_eq!(layout.answer(&v, vec![0], vec![]), plan.answer(&v, vec![0], vec![]));
     }
 
     #[test]

@@ -15,6 +15,93 @@ pub const MAX_CONDITIONS: usize = 32;
 /// every exact total stays within the wide encoding.
 pub const MAX_BOUND: f64 = 1_073_741_824.0;
 
+/// Any job a consumer may submit.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Job {
+    /// Column aggregates over a dataset (the default kind).
+    Columns(JobSpec),
+    /// A synthetic vector sum, for benchmarks: every party contributes `dim` random elements.
+    Synthetic(SyntheticSpec),
+}
+
+/// A synthetic vector-sum job (`kind = "synthetic"`), for benchmarks only: parties refuse it
+/// unless started with the dangerous benchmark flag.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticSpec {
+    /// Always `"synthetic"`.
+    pub kind: String,
+    /// Elements per party.
+    pub dim: u32,
+    /// Send vectors unmasked (a plain round, for comparison).
+    #[serde(default)]
+    pub plain: bool,
+    /// The fewest parties.
+    #[serde(default = "default_min_parties")]
+    pub min_parties: u32,
+}
+
+impl Job {
+    /// Parses TOML (or JSON starting with `{`); `kind = "synthetic"` selects a synthetic job,
+    /// anything else is a column-aggregate specification.
+    pub fn parse(text: &str) -> Result<Self, AnalyticsError> {
+        let synthetic = if text.trim_start().starts_with('{') {
+            serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(|k| k == "synthetic")))
+        } else {
+            toml::from_str::<toml::Table>(text)
+                .ok()
+                .and_then(|t| t.get("kind").and_then(|k| k.as_str().map(|k| k == "synthetic")))
+        };
+        if synthetic == Some(true) {
+            let spec: SyntheticSpec = if text.trim_start().starts_with('{') {
+                serde_json::from_str(text).map_err(|e| AnalyticsError::Parse(e.to_string()))?
+            } else {
+                toml::from_str(text).map_err(|e| AnalyticsError::Parse(e.to_string()))?
+            };
+            if spec.dim == 0 || spec.dim as usize > veil_protocol::params::MAX_VECTOR_LEN {
+                return Err(AnalyticsError::Invalid("dim must be between 1 and 2^25".into()));
+            }
+            if spec.min_parties == 0 {
+                return Err(AnalyticsError::Invalid("min_parties must be at least 1".into()));
+            }
+            return Ok(Job::Synthetic(spec));
+        }
+        JobSpec::parse(text).map(Job::Columns)
+    }
+
+    /// The canonical JSON form.
+    pub fn canonical_json(&self) -> String {
+        match self {
+            Job::Columns(s) => s.canonical_json(),
+            Job::Synthetic(s) => serde_json::to_string(s).expect("synthetic specs serialise"),
+        }
+    }
+
+    /// SHA-256 of the canonical JSON, hex.
+    pub fn hash(&self) -> String {
+        let digest = Sha256::digest(self.canonical_json().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The dataset the job reads (`"synthetic"` for synthetic jobs).
+    pub fn dataset(&self) -> &str {
+        match self {
+            Job::Columns(s) => &s.dataset,
+            Job::Synthetic(_) => "synthetic",
+        }
+    }
+
+    /// The fewest parties whose data the answer may combine.
+    pub fn min_parties(&self) -> u32 {
+        match self {
+            Job::Columns(s) => s.min_parties,
+            Job::Synthetic(s) => s.min_parties,
+        }
+    }
+}
+
 /// A column-aggregate job as a consumer writes it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +285,15 @@ mod tests {
         assert_eq!(a.hash(), b.hash());
         assert_eq!(a.min_parties, 2);
         assert_eq!(a.filter[1].value, Literal::Text("UA".into()));
+    }
+
+    #[test]
+    fn synthetic_jobs_are_their_own_kind() {
+        let j = Job::parse("kind = \"synthetic\"\ndim = 10\nplain = true").unwrap();
+        assert!(matches!(&j, Job::Synthetic(s) if s.dim == 10 && s.plain));
+        assert_eq!(Job::parse(&j.canonical_json()).unwrap(), j);
+        assert!(matches!(Job::parse(EXAMPLE).unwrap(), Job::Columns(_)));
+        assert!(Job::parse("kind = \"synthetic\"\ndim = 0").is_err());
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! - [`roster`]: the consortium file: parties (identity keys, certificate fingerprints),
 //!   consumers, and conversion to the protocol's [`veil_protocol::Roster`].
 //! - [`tls`]: loading certificates and keys, fingerprints, tonic TLS configuration.
+//! - [`client`]: the consumer's configuration file and connecting to the coordinator.
 
+pub mod client;
 pub mod roster;
 pub mod tls;
 

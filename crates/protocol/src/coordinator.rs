@@ -190,6 +190,15 @@ impl Coordinator {
         }
     }
 
+    /// Records that `party` is gone (its connection closed): the current stage stops waiting
+    /// for it, and closes at once if it was the last one awaited.
+    pub fn handle_departure(&mut self, party: PartyId, now: Instant) {
+        if self.state.stage().is_some() && self.expected.remove(&party) && self.expected.is_empty()
+        {
+            self.close_stage(now);
+        }
+    }
+
     /// Feeds one message from `sender`, the party the transport authenticated. An error means
     /// the message was discarded; the round goes on without it.
     pub fn handle_message(

@@ -9,8 +9,11 @@
 //! deviating coordinator.
 //!
 //! [`bench`] runs the protocol at benchmark sizes and measures time, CPU and bytes per role.
+//! [`cluster`] runs a whole consortium (coordinator and parties, real gRPC over mutual TLS on
+//! loopback) in this process.
 
 pub mod bench;
+pub mod cluster;
 pub mod fuzz;
 
 use std::collections::{BTreeMap, BTreeSet};

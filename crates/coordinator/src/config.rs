@@ -1,0 +1,86 @@
+//! The coordinator's configuration file (`coordinator.toml`, written by `veil init`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use veil_proto::ConfigError;
+use veil_proto::roster::RosterFile;
+use veil_proto::tls::{TlsFiles, TlsMaterial};
+
+use crate::CoordinatorConfig;
+
+/// The file as written. Relative paths are relative to the file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorFile {
+    /// Listening address.
+    pub listen: SocketAddr,
+    /// SQLite database.
+    pub database: PathBuf,
+    /// The consortium roster.
+    pub roster: PathBuf,
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// The coordinator's certificate.
+    pub cert: PathBuf,
+    /// The coordinator's key.
+    pub key: PathBuf,
+    /// Seconds a party may stay silent in a round stage.
+    #[serde(default = "default_stage_timeout")]
+    pub stage_timeout_secs: u64,
+    /// Seconds parties have to answer an offer.
+    #[serde(default = "default_offer_timeout")]
+    pub offer_timeout_secs: u64,
+}
+
+fn default_stage_timeout() -> u64 {
+    30
+}
+
+fn default_offer_timeout() -> u64 {
+    10
+}
+
+impl CoordinatorFile {
+    /// Reads the file and resolves its paths.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let mut f: CoordinatorFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut f.database, &mut f.roster, &mut f.ca, &mut f.cert, &mut f.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if f.stage_timeout_secs == 0 || f.offer_timeout_secs == 0 {
+            return Err(ConfigError::Parse {
+                path: path.display().to_string(),
+                message: "timeouts must be at least one second".into(),
+            });
+        }
+        Ok(f)
+    }
+
+    /// The runtime configuration; `plaintext` drops TLS (dangerous).
+    pub fn into_config(self, plaintext: bool) -> Result<CoordinatorConfig, ConfigError> {
+        let tls = if plaintext {
+            None
+        } else {
+            Some(TlsMaterial::load(&TlsFiles { ca: self.ca, cert: self.cert, key: self.key })?)
+        };
+        Ok(CoordinatorConfig {
+            database: self.database,
+            roster: RosterFile::load(&self.roster)?,
+            tls,
+            stage_timeout: Duration::from_secs(self.stage_timeout_secs),
+            offer_timeout: Duration::from_secs(self.offer_timeout_secs),
+            inbound_tap: None,
+        })
+    }
+}

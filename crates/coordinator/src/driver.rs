@@ -1,0 +1,369 @@
+//! One task per job: offer it to the parties that serve its dataset, run the secure round over
+//! those that accept, turn the sum into the answer and store it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tonic::Status;
+use veil_analytics::{Job, Layout};
+use veil_proto::v1::{
+    CoordinatorEnvelope, RoundPayload, RoundStart, TaskEnd, TaskOffer, coordinator_envelope::Body,
+};
+use veil_protocol::{
+    Aggregate, Coordinator, CoordinatorEvent, Error as ProtocolError, PartyId, PartyMessage,
+    RoundConfig, SessionId,
+};
+
+use crate::store::{JobRecord, JobState, ResultRecord};
+use crate::{JobInput, Shared, lock, now_ms};
+
+/// How a job ended without a result.
+enum End {
+    Failed(String),
+    Cancelled,
+}
+
+/// Rounds with more parties than this use the sparse SecAgg+ graph.
+const ALL_PAIRS_UP_TO: usize = 16;
+
+/// Starts the job's task.
+pub(crate) fn start(shared: Arc<Shared>, record: JobRecord, job: Job) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    lock(&shared.jobs).insert(record.id.clone(), tx);
+    tokio::spawn(async move {
+        let mut offered = Vec::new();
+        let outcome = run(&shared, &record, &job, rx, &mut offered).await;
+        lock(&shared.jobs).remove(&record.id);
+        let (succeeded, reason) = match &outcome {
+            Ok(()) => (true, String::new()),
+            Err(End::Failed(reason)) => {
+                tracing::warn!(job = %record.id, %reason, "job failed");
+                set_state(&shared, &record, JobState::Failed, reason, None);
+                (false, reason.clone())
+            }
+            Err(End::Cancelled) => {
+                set_state(&shared, &record, JobState::Cancelled, "cancelled by its consumer", None);
+                (false, "cancelled".into())
+            }
+        };
+        for p in offered {
+            let end = TaskEnd { job_id: record.id.clone(), succeeded, reason: reason.clone() };
+            shared.send(p, CoordinatorEnvelope { body: Some(Body::End(end)) }).await;
+        }
+    });
+}
+
+fn set_state(
+    shared: &Shared,
+    record: &JobRecord,
+    state: JobState,
+    detail: &str,
+    parties: Option<&[u32]>,
+) {
+    let current = shared.store.job(&record.id).ok().flatten();
+    let parties =
+        parties.map(<[u32]>::to_vec).or_else(|| current.map(|j| j.parties)).unwrap_or_default();
+    if let Err(e) = shared.store.update_job(&record.id, state, detail, &parties, now_ms()) {
+        tracing::error!(job = %record.id, error = %e, "cannot record job state");
+    }
+    if let Ok(Some(j)) = shared.store.job(&record.id) {
+        shared.publish(&j);
+    }
+}
+
+async fn run(
+    shared: &Shared,
+    record: &JobRecord,
+    job: &Job,
+    mut inbox: mpsc::UnboundedReceiver<JobInput>,
+    offered: &mut Vec<PartyId>,
+) -> Result<(), End> {
+    let dataset = job.dataset();
+    let min = job.min_parties() as usize;
+    let candidates: Vec<PartyId> = shared
+        .connected_parties()
+        .into_iter()
+        .filter(|(_, (datasets, _))| datasets.iter().any(|d| d == dataset))
+        .map(|(p, _)| p)
+        .collect();
+    if candidates.len() < min {
+        return Err(End::Failed(format!(
+            "{} connected parties serve dataset {dataset:?}; the job needs at least {min}",
+            candidates.len()
+        )));
+    }
+    set_state(
+        shared,
+        record,
+        JobState::Offering,
+        &format!("offered to {} parties", candidates.len()),
+        Some(&candidates.iter().map(|p| p.0).collect::<Vec<_>>()),
+    );
+    for &p in &candidates {
+        let offer = TaskOffer { job_id: record.id.clone(), spec_json: record.spec_json.clone() };
+        if shared.send(p, CoordinatorEnvelope { body: Some(Body::Offer(offer)) }).await {
+            offered.push(p);
+        }
+    }
+    let mut pending: BTreeSet<PartyId> = offered.iter().copied().collect();
+    let mut accepted = BTreeSet::new();
+    let mut refused = Vec::new();
+    let deadline = tokio::time::Instant::now() + shared.offer_timeout;
+    while !pending.is_empty() {
+        tokio::select! {
+            input = inbox.recv() => match input {
+                Some(JobInput::Reply { from, accept, reason }) if pending.remove(&from) => {
+                    if accept {
+                        accepted.insert(from);
+                    } else {
+                        refused.push(format!("{from} refused: {reason}"));
+                    }
+                }
+                Some(JobInput::Departed(p)) => {
+                    if pending.remove(&p) {
+                        refused.push(format!("{p} disconnected"));
+                    }
+                }
+                Some(JobInput::Cancel) => return Err(End::Cancelled),
+                Some(_) => {}
+                None => return Err(End::Failed("internal: the job's channel closed".into())),
+            },
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    for p in &pending {
+        refused.push(format!("{p} did not answer within {}s", shared.offer_timeout.as_secs()));
+    }
+    if accepted.len() < min {
+        return Err(End::Failed(format!(
+            "{} of {} parties accepted; the job needs {min}. {}",
+            accepted.len(),
+            offered.len(),
+            refused.join("; ")
+        )));
+    }
+    let parties: Vec<PartyId> = accepted.into_iter().collect();
+    let ids: Vec<u32> = parties.iter().map(|p| p.0).collect();
+    set_state(shared, record, JobState::Running, "round started", Some(&ids));
+
+    let vector_len = match job {
+        Job::Columns(spec) => {
+            Layout::new(spec).map_err(|e| End::Failed(e.to_string()))?.vector_len()
+        }
+        Job::Synthetic(s) => s.dim as usize,
+    };
+    let plain = matches!(job, Job::Synthetic(s) if s.plain);
+    let aggregate = if plain {
+        plain_round(shared, record, &parties, vector_len, &mut inbox).await?
+    } else {
+        secure_round(shared, record, &parties, min, vector_len, &mut inbox).await?
+    };
+
+    let answer_json = match job {
+        Job::Columns(spec) => {
+            let layout = Layout::new(spec).map_err(|e| End::Failed(e.to_string()))?;
+            let answer = layout
+                .answer(
+                    &aggregate.sum,
+                    aggregate.contributors.iter().map(|p| p.0).collect(),
+                    aggregate.dropped.iter().map(|p| p.0).collect(),
+                )
+                .map_err(|e| End::Failed(e.to_string()))?;
+            serde_json::to_string(&answer).map_err(|e| End::Failed(e.to_string()))?
+        }
+        Job::Synthetic(s) => {
+            let mut h = Sha256::new();
+            for x in &aggregate.sum {
+                h.update(x.to_le_bytes());
+            }
+            serde_json::json!({
+                "dim": s.dim,
+                "plain": s.plain,
+                "sum_sha256": hex::encode(h.finalize()),
+                "contributors": aggregate.contributors.iter().map(|p| p.0).collect::<Vec<_>>(),
+            })
+            .to_string()
+        }
+    };
+    let result = ResultRecord {
+        job_id: record.id.clone(),
+        answer_json,
+        contributors: aggregate.contributors.iter().map(|p| p.0).collect(),
+        dropped: aggregate.dropped.iter().map(|p| p.0).collect(),
+    };
+    let detail = format!(
+        "finished over {} parties{}",
+        result.contributors.len(),
+        if result.dropped.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} dropped out)", result.dropped.len())
+        }
+    );
+    shared
+        .store
+        .put_result(&result, &detail, now_ms())
+        .map_err(|e| End::Failed(format!("store: {e}")))?;
+    if let Ok(Some(j)) = shared.store.job(&record.id) {
+        shared.publish(&j);
+    }
+    tracing::info!(job = %record.id, contributors = result.contributors.len(), "job finished");
+    Ok(())
+}
+
+/// The status a misbehaving party's stream is closed with, or `None` to ignore the message
+/// (a late one from a party the round no longer waits for).
+fn refusal(job: &str, current: Option<veil_protocol::Stage>, e: &ProtocolError) -> Option<Status> {
+    let text = format!("job {job}: {e}");
+    match e {
+        ProtocolError::RoundEnded | ProtocolError::UnexpectedParty(_) => None,
+        ProtocolError::UnexpectedMessage { got, .. } if current.is_some_and(|c| *got < c) => None,
+        ProtocolError::UnexpectedMessage { .. }
+        | ProtocolError::Duplicate { .. }
+        | ProtocolError::WrongSession { .. } => Some(Status::failed_precondition(text)),
+        ProtocolError::ImpersonatedSender { .. }
+        | ProtocolError::BadSignature(_)
+        | ProtocolError::NotInRoster(_) => Some(Status::permission_denied(text)),
+        _ => Some(Status::invalid_argument(text)),
+    }
+}
+
+async fn secure_round(
+    shared: &Shared,
+    record: &JobRecord,
+    parties: &[PartyId],
+    min: usize,
+    vector_len: usize,
+    inbox: &mut mpsc::UnboundedReceiver<JobInput>,
+) -> Result<Aggregate, End> {
+    let mut nonce = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let session: [u8; 32] = Sha256::new()
+        .chain_update(b"veil/session/v1")
+        .chain_update(record.id.as_bytes())
+        .chain_update(nonce)
+        .finalize()
+        .into();
+    let mut config = if parties.len() <= ALL_PAIRS_UP_TO {
+        RoundConfig::all_pairs(SessionId(session), parties.to_vec(), vector_len)
+    } else {
+        RoundConfig::sparse(SessionId(session), parties.to_vec(), vector_len)
+    };
+    config.min_cohort = min.clamp(1, parties.len());
+    config.stage_timeout = shared.stage_timeout;
+    let params = Arc::new(config.validate().map_err(|e| End::Failed(e.to_string()))?);
+    for &p in parties {
+        let start = RoundStart {
+            job_id: record.id.clone(),
+            session: session.to_vec(),
+            parties: parties.iter().map(|p| p.0).collect(),
+            threshold: params.threshold() as u32,
+            neighbours: params.neighbours() as u32,
+            min_cohort: params.min_cohort() as u32,
+            vector_len: vector_len as u32,
+            plain: false,
+        };
+        shared.send(p, CoordinatorEnvelope { body: Some(Body::Start(start)) }).await;
+    }
+    let mut coordinator = Coordinator::new(params, shared.protocol_roster.clone(), Instant::now());
+    loop {
+        let Some(deadline) = coordinator.poll_timeout() else {
+            return Err(End::Failed("internal: the round ended without a result".into()));
+        };
+        tokio::select! {
+            input = inbox.recv() => match input {
+                Some(JobInput::Round { from, bytes }) => {
+                    let r = PartyMessage::decode(&bytes)
+                        .map_err(ProtocolError::from)
+                        .and_then(|m| coordinator.handle_message(from, m, Instant::now()));
+                    if let Err(e) = r {
+                        match refusal(&record.id, coordinator.stage(), &e) {
+                            Some(status) => shared.disconnect(from, status).await,
+                            None => tracing::debug!(job = %record.id, %from, error = %e, "ignored a late message"),
+                        }
+                    }
+                }
+                Some(JobInput::Departed(p)) => coordinator.handle_departure(p, Instant::now()),
+                Some(JobInput::Cancel) => return Err(End::Cancelled),
+                Some(JobInput::Reply { .. }) => {}
+                None => return Err(End::Failed("internal: the job's channel closed".into())),
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => coordinator.handle_timeout(Instant::now()),
+        }
+        while let Some((to, msg)) = coordinator.poll_transmit() {
+            let payload = RoundPayload { job_id: record.id.clone(), message: msg.encode() };
+            shared.send(to, CoordinatorEnvelope { body: Some(Body::Round(payload)) }).await;
+        }
+        while let Some(event) = coordinator.poll_event() {
+            match event {
+                CoordinatorEvent::StageClosed { stage, responders } => {
+                    let detail = format!("round: {stage} done with {responders} parties");
+                    set_state(shared, record, JobState::Running, &detail, None);
+                }
+                CoordinatorEvent::Finished(aggregate) => return Ok(aggregate),
+                CoordinatorEvent::Aborted(e) => {
+                    return Err(End::Failed(format!("the secure round stopped: {e}")));
+                }
+            }
+        }
+    }
+}
+
+/// An unmasked round, for benchmarks only: parties started with the dangerous benchmark flag
+/// send their vectors in the clear.
+async fn plain_round(
+    shared: &Shared,
+    record: &JobRecord,
+    parties: &[PartyId],
+    vector_len: usize,
+    inbox: &mut mpsc::UnboundedReceiver<JobInput>,
+) -> Result<Aggregate, End> {
+    for &p in parties {
+        let start = RoundStart {
+            job_id: record.id.clone(),
+            session: Vec::new(),
+            parties: parties.iter().map(|p| p.0).collect(),
+            threshold: 0,
+            neighbours: 0,
+            min_cohort: 0,
+            vector_len: vector_len as u32,
+            plain: true,
+        };
+        shared.send(p, CoordinatorEnvelope { body: Some(Body::Start(start)) }).await;
+    }
+    let mut waiting: BTreeSet<PartyId> = parties.iter().copied().collect();
+    let mut contributors = Vec::new();
+    let mut sum = vec![0u64; vector_len];
+    let deadline = tokio::time::Instant::now() + shared.stage_timeout;
+    while !waiting.is_empty() {
+        tokio::select! {
+            input = inbox.recv() => match input {
+                Some(JobInput::Round { from, bytes }) if waiting.contains(&from) => {
+                    if bytes.len() != vector_len * 8 {
+                        shared.disconnect(from, Status::invalid_argument(format!(
+                            "job {}: a plain vector of {} bytes, expected {}", record.id, bytes.len(), vector_len * 8
+                        ))).await;
+                        continue;
+                    }
+                    for (s, c) in sum.iter_mut().zip(bytes.chunks_exact(8)) {
+                        *s = s.wrapping_add(u64::from_le_bytes(c.try_into().expect("8-byte chunks")));
+                    }
+                    waiting.remove(&from);
+                    contributors.push(from);
+                }
+                Some(JobInput::Departed(p)) => { waiting.remove(&p); }
+                Some(JobInput::Cancel) => return Err(End::Cancelled),
+                Some(_) => {}
+                None => return Err(End::Failed("internal: the job's channel closed".into())),
+            },
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    contributors.sort();
+    let dropped = parties.iter().copied().filter(|p| !contributors.contains(p)).collect();
+    Ok(Aggregate { sum, contributors, dropped })
+}

@@ -1,0 +1,173 @@
+//! The party gateway: each party's one bidirectional stream.
+//!
+//! The first message must be a `Hello` naming the party the client certificate belongs to.
+//! After it, replies to offers and round messages are routed to the job they name; when the
+//! stream ends, every running job hears that the party is gone.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use veil_proto::roster::Member;
+use veil_proto::v1::party_envelope::Body as Inbound;
+use veil_proto::v1::party_gateway_server::PartyGateway;
+use veil_proto::v1::{CoordinatorEnvelope, PartyEnvelope, Welcome, coordinator_envelope};
+use veil_protocol::PartyId;
+
+use crate::{Connection, JobInput, Shared, lock, next_connection_id, now_ms};
+
+/// How long a new stream may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most datasets a party may announce.
+const MAX_DATASETS: usize = 256;
+
+/// The `PartyGateway` service.
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+type EnvelopeStream = Pin<Box<dyn Stream<Item = Result<CoordinatorEnvelope, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PartyGateway for Gateway {
+    type ConnectStream = EnvelopeStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<PartyEnvelope>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let certified = if self.shared.plaintext {
+            None
+        } else {
+            match self.shared.caller(&request)? {
+                Member::Party(p) => Some(p),
+                Member::Consumer { name, .. } => {
+                    return Err(Status::permission_denied(format!(
+                        "{name} is a consumer; only parties may connect to the party gateway"
+                    )));
+                }
+            }
+        };
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 seconds"))?
+            .ok_or_else(|| Status::cancelled("stream closed before hello"))??;
+        self.tap(&first);
+        let Some(Inbound::Hello(hello)) = first.body else {
+            return Err(Status::failed_precondition("the first message must be a hello"));
+        };
+        let party = PartyId(hello.party_id);
+        if let Some(p) = certified {
+            if p != party {
+                return Err(Status::permission_denied(format!(
+                    "the certificate belongs to {p}, not {party}"
+                )));
+            }
+        } else if self.shared.roster.party(party).is_none() {
+            return Err(Status::permission_denied(format!("{party} is not in the roster")));
+        }
+        if hello.datasets.len() > MAX_DATASETS || hello.datasets.iter().any(|d| d.len() > 256) {
+            return Err(Status::invalid_argument("too many datasets, or a name over 256 bytes"));
+        }
+        let (tx, rx) = mpsc::channel(256);
+        let id = next_connection_id(&self.shared);
+        let since = now_ms();
+        if let Err(e) = self.shared.store.party_seen(party.0, &hello.datasets, since) {
+            return Err(Status::internal(format!("store: {e}")));
+        }
+        let previous = lock(&self.shared.parties).insert(
+            party,
+            Connection { id, tx: tx.clone(), datasets: hello.datasets.clone(), since_ms: since },
+        );
+        if previous.is_some() {
+            // The old stream is replaced; jobs treat the party as gone from their round.
+            self.shared.broadcast_departure(party);
+        }
+        tracing::info!(%party, datasets = ?hello.datasets, "party connected");
+        let welcome = CoordinatorEnvelope {
+            body: Some(coordinator_envelope::Body::Welcome(Welcome {
+                coordinator_version: env!("CARGO_PKG_VERSION").into(),
+            })),
+        };
+        let _ = tx.send(Ok(welcome)).await;
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let reason = read_loop(&shared, party, &mut inbound, &tx).await;
+            let mine = {
+                let mut parties = lock(&shared.parties);
+                if parties.get(&party).is_some_and(|c| c.id == id) {
+                    parties.remove(&party);
+                    true
+                } else {
+                    false
+                }
+            };
+            tracing::info!(%party, %reason, "party stream ended");
+            if mine {
+                shared.broadcast_departure(party);
+            }
+        });
+        let out = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+impl Gateway {
+    fn tap(&self, envelope: &PartyEnvelope) {
+        if let Some(tap) = &self.shared.tap {
+            tap(&envelope.encode_to_vec());
+        }
+    }
+}
+
+/// Routes a party's messages until its stream ends; returns why it ended.
+async fn read_loop(
+    shared: &Shared,
+    party: PartyId,
+    inbound: &mut Streaming<PartyEnvelope>,
+    tx: &mpsc::Sender<Result<CoordinatorEnvelope, Status>>,
+) -> String {
+    loop {
+        let envelope = match inbound.next().await {
+            None => return "closed by the party".into(),
+            Some(Err(status)) => {
+                // Oversized or undecodable: tell the party why before the stream closes.
+                let _ = tx.send(Err(status.clone())).await;
+                return format!("transport error: {status}");
+            }
+            Some(Ok(e)) => e,
+        };
+        if let Some(tap) = &shared.tap {
+            tap(&envelope.encode_to_vec());
+        }
+        let (job_id, input) = match envelope.body {
+            Some(Inbound::Reply(r)) => {
+                let reason: String = r.reason.chars().take(2_000).collect();
+                (r.job_id, JobInput::Reply { from: party, accept: r.accept, reason })
+            }
+            Some(Inbound::Round(r)) => {
+                (r.job_id, JobInput::Round { from: party, bytes: r.message })
+            }
+            Some(Inbound::Hello(_)) | None => {
+                let status =
+                    Status::failed_precondition("expected a task reply or a round message");
+                let _ = tx.send(Err(status)).await;
+                return "protocol violation: a second hello or an empty message".into();
+            }
+        };
+        if !shared.route(&job_id, input) {
+            tracing::debug!(%party, job_id, "message for a job that is not running");
+        }
+    }
+}

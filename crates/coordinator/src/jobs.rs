@@ -1,0 +1,198 @@
+//! The consumer job service: submit, watch, get, list, cancel, result.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use veil_analytics::Job;
+use veil_proto::roster::Member;
+use veil_proto::v1::jobs_server::Jobs;
+use veil_proto::v1::{JobList, JobRef, JobResult, JobStatus, ListJobsRequest, SubmitRequest};
+
+use crate::store::{JobRecord, JobState};
+use crate::{JobInput, Shared, now_ms};
+
+/// Longest specification accepted, in bytes.
+const MAX_SPEC_BYTES: usize = 256 * 1024;
+
+/// The `Jobs` service.
+pub struct JobsApi {
+    shared: Arc<Shared>,
+}
+
+impl JobsApi {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    fn consumer<T>(&self, request: &Request<T>) -> Result<(String, bool), Status> {
+        match self.shared.caller(request)? {
+            Member::Consumer { name, admin } => Ok((name, admin)),
+            Member::Party(p) => Err(Status::permission_denied(format!(
+                "{p} is a party; jobs are submitted by consumers"
+            ))),
+        }
+    }
+
+    /// The job, if the caller may see it (its own, or any for an administrator).
+    fn visible_job(&self, caller: &(String, bool), id: &str) -> Result<JobRecord, Status> {
+        let job = self
+            .shared
+            .store
+            .job(id)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("no job {id:?}")))?;
+        if job.consumer != caller.0 && !caller.1 {
+            return Err(Status::not_found(format!("no job {id:?}")));
+        }
+        Ok(job)
+    }
+}
+
+/// The wire form of a stored job.
+pub(crate) fn status_of(j: &JobRecord) -> JobStatus {
+    JobStatus {
+        job_id: j.id.clone(),
+        consumer: j.consumer.clone(),
+        dataset: j.dataset.clone(),
+        state: j.state.as_str().into(),
+        detail: j.detail.clone(),
+        parties: j.parties.clone(),
+        created_unix_ms: j.created_ms,
+        updated_unix_ms: j.updated_ms,
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+type StatusStream = Pin<Box<dyn Stream<Item = Result<JobStatus, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Jobs for JobsApi {
+    type WatchStream = StatusStream;
+
+    async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<JobStatus>, Status> {
+        let (consumer, _) = self.consumer(&request)?;
+        let text = request.into_inner().spec;
+        if text.len() > MAX_SPEC_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the specification is {} bytes; the limit is {MAX_SPEC_BYTES}",
+                text.len()
+            )));
+        }
+        let job = Job::parse(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let now = now_ms();
+        let mut nonce = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let digest = Sha256::new()
+            .chain_update(job.hash().as_bytes())
+            .chain_update(consumer.as_bytes())
+            .chain_update(now.to_le_bytes())
+            .chain_update(nonce)
+            .finalize();
+        let id = hex::encode(&digest[..12]);
+        let record = JobRecord {
+            id,
+            consumer,
+            dataset: job.dataset().to_string(),
+            spec_json: job.canonical_json(),
+            state: JobState::Queued,
+            detail: "queued".into(),
+            parties: Vec::new(),
+            created_ms: now,
+            updated_ms: now,
+        };
+        self.shared.store.insert_job(&record).map_err(internal)?;
+        tracing::info!(job = %record.id, consumer = %record.consumer, dataset = %record.dataset, "job submitted");
+        let status = status_of(&record);
+        crate::driver::start(self.shared.clone(), record, job);
+        Ok(Response::new(status))
+    }
+
+    async fn watch(&self, request: Request<JobRef>) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = self.consumer(&request)?;
+        let id = request.into_inner().job_id;
+        // Subscribe before reading the current state, so no change falls in between.
+        let mut updates = self.shared.status.subscribe();
+        let current = self.visible_job(&caller, &id)?;
+        let shared = self.shared.clone();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let done = current.state.is_final();
+            if tx.send(Ok(status_of(&current))).await.is_err() || done {
+                return;
+            }
+            loop {
+                let status = match updates.recv().await {
+                    Ok(s) if s.job_id == id => s,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => match shared.store.job(&id) {
+                        Ok(Some(j)) => status_of(&j),
+                        _ => return,
+                    },
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let done = matches!(status.state.as_str(), "succeeded" | "failed" | "cancelled");
+                if tx.send(Ok(status)).await.is_err() || done {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn get(&self, request: Request<JobRef>) -> Result<Response<JobStatus>, Status> {
+        let caller = self.consumer(&request)?;
+        let job = self.visible_job(&caller, &request.into_inner().job_id)?;
+        Ok(Response::new(status_of(&job)))
+    }
+
+    async fn list(&self, request: Request<ListJobsRequest>) -> Result<Response<JobList>, Status> {
+        let (name, admin) = self.consumer(&request)?;
+        let jobs = self
+            .shared
+            .store
+            .jobs(if admin { None } else { Some(&name) }, 1_000)
+            .map_err(internal)?;
+        Ok(Response::new(JobList { jobs: jobs.iter().map(status_of).collect() }))
+    }
+
+    async fn cancel(&self, request: Request<JobRef>) -> Result<Response<JobStatus>, Status> {
+        let caller = self.consumer(&request)?;
+        let job = self.visible_job(&caller, &request.into_inner().job_id)?;
+        if job.state.is_final() {
+            return Err(Status::failed_precondition(format!(
+                "job {} already {}",
+                job.id,
+                job.state.as_str()
+            )));
+        }
+        self.shared.route(&job.id, JobInput::Cancel);
+        Ok(Response::new(status_of(&job)))
+    }
+
+    async fn result(&self, request: Request<JobRef>) -> Result<Response<JobResult>, Status> {
+        let caller = self.consumer(&request)?;
+        let job = self.visible_job(&caller, &request.into_inner().job_id)?;
+        let result = self.shared.store.result(&job.id).map_err(internal)?.ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "job {} has no result: it is {} ({})",
+                job.id,
+                job.state.as_str(),
+                job.detail
+            ))
+        })?;
+        Ok(Response::new(JobResult {
+            job_id: result.job_id,
+            answer_json: result.answer_json,
+            contributors: result.contributors,
+            dropped: result.dropped,
+        }))
+    }
+}

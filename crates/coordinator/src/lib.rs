@@ -1,0 +1,255 @@
+//! The veil coordinator.
+//!
+//! It is trusted for liveness only: it schedules jobs, offers them to the parties that hold the
+//! named dataset, relays the secure aggregation round it cannot read, turns the unmasked sum
+//! into the answer and stores it. Parties dial out to it and hold one stream each
+//! ([`gateway`]); consumers submit and watch jobs ([`jobs`]); administrators list parties
+//! ([`admin`]). Each job runs in its own task ([`driver`]) that feeds the protocol crate's
+//! coordinator state machine. State lives in SQLite ([`store`]).
+//!
+//! [`serve`] takes its listener and a shutdown future, so tests bind `127.0.0.1:0` and stop it
+//! cleanly.
+
+pub mod admin;
+pub mod config;
+pub mod consortium;
+pub mod driver;
+pub mod gateway;
+pub mod jobs;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tonic::transport::Server;
+use veil_proto::roster::{Member, RosterFile};
+use veil_proto::tls::TlsMaterial;
+use veil_proto::v1::{CoordinatorEnvelope, JobStatus};
+use veil_protocol::PartyId;
+
+use crate::store::{JobRecord, Store};
+
+pub use config::CoordinatorFile;
+
+/// Called with every envelope a party sends, as encoded on the wire (a diagnostics hook:
+/// tests use it to check what the coordinator can see).
+pub type InboundTap = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// How the coordinator runs.
+#[derive(Clone)]
+pub struct CoordinatorConfig {
+    /// The SQLite database file.
+    pub database: PathBuf,
+    /// The consortium roster.
+    pub roster: RosterFile,
+    /// TLS material; `None` serves plain text, only with the dangerous flag.
+    pub tls: Option<TlsMaterial>,
+    /// A party silent for this long in a round stage is a dropout.
+    pub stage_timeout: Duration,
+    /// How long parties have to accept or refuse a job.
+    pub offer_timeout: Duration,
+    /// Sees every inbound party envelope.
+    pub inbound_tap: Option<InboundTap>,
+}
+
+impl std::fmt::Debug for CoordinatorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorConfig")
+            .field("database", &self.database)
+            .field("tls", &self.tls.is_some())
+            .field("stage_timeout", &self.stage_timeout)
+            .finish()
+    }
+}
+
+/// Errors starting or running the coordinator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoordinatorError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The roster is invalid.
+    #[error("invalid roster: {0}")]
+    Roster(String),
+    /// The transport failed.
+    #[error("transport error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// A configuration file is invalid.
+    #[error(transparent)]
+    Config(#[from] veil_proto::ConfigError),
+}
+
+/// What a job's driver is told.
+#[derive(Debug)]
+pub(crate) enum JobInput {
+    /// A party answered the offer.
+    Reply { from: PartyId, accept: bool, reason: String },
+    /// A round message from a party.
+    Round { from: PartyId, bytes: Vec<u8> },
+    /// A party's connection closed.
+    Departed(PartyId),
+    /// The consumer cancelled.
+    Cancel,
+}
+
+pub(crate) struct Connection {
+    id: u64,
+    tx: mpsc::Sender<Result<CoordinatorEnvelope, tonic::Status>>,
+    datasets: Vec<String>,
+    since_ms: i64,
+}
+
+/// Live state shared by the services and the job drivers.
+pub(crate) struct Shared {
+    store: Store,
+    roster: RosterFile,
+    protocol_roster: Arc<veil_protocol::Roster>,
+    plaintext: bool,
+    stage_timeout: Duration,
+    offer_timeout: Duration,
+    tap: Option<InboundTap>,
+    parties: Mutex<BTreeMap<PartyId, Connection>>,
+    jobs: Mutex<HashMap<String, mpsc::UnboundedSender<JobInput>>>,
+    status: broadcast::Sender<JobStatus>,
+    next_connection: AtomicU64,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps guarded here stay consistent across a panic (single inserts and removes).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// Who is calling, from the client certificate's fingerprint.
+    pub(crate) fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Member, tonic::Status> {
+        if self.plaintext {
+            return Ok(Member::Consumer { name: "anonymous".into(), admin: true });
+        }
+        let certs = request
+            .peer_certs()
+            .ok_or_else(|| tonic::Status::unauthenticated("a client certificate is required"))?;
+        let der = certs
+            .first()
+            .ok_or_else(|| tonic::Status::unauthenticated("a client certificate is required"))?;
+        let fp = veil_proto::tls::fingerprint(der);
+        self.roster.member(&fp).ok_or_else(|| {
+            tonic::Status::permission_denied(format!(
+                "certificate {fp} is not in the consortium roster"
+            ))
+        })
+    }
+
+    pub(crate) fn connected_parties(&self) -> BTreeMap<PartyId, (Vec<String>, i64)> {
+        lock(&self.parties).iter().map(|(p, c)| (*p, (c.datasets.clone(), c.since_ms))).collect()
+    }
+
+    /// Sends to a party if it is connected; returns whether it was.
+    pub(crate) async fn send(&self, to: PartyId, envelope: CoordinatorEnvelope) -> bool {
+        let tx = lock(&self.parties).get(&to).map(|c| c.tx.clone());
+        match tx {
+            Some(tx) => tx.send(Ok(envelope)).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Ends a party's stream with a status it can read, and forgets the connection.
+    pub(crate) async fn disconnect(&self, party: PartyId, status: tonic::Status) {
+        let conn = lock(&self.parties).remove(&party);
+        if let Some(c) = conn {
+            tracing::warn!(%party, %status, "closing party stream");
+            let _ = c.tx.send(Err(status)).await;
+            self.broadcast_departure(party);
+        }
+    }
+
+    pub(crate) fn broadcast_departure(&self, party: PartyId) {
+        for tx in lock(&self.jobs).values() {
+            let _ = tx.send(JobInput::Departed(party));
+        }
+    }
+
+    pub(crate) fn route(&self, job_id: &str, input: JobInput) -> bool {
+        lock(&self.jobs).get(job_id).is_some_and(|tx| tx.send(input).is_ok())
+    }
+
+    /// Publishes a job's current state to watchers.
+    pub(crate) fn publish(&self, job: &JobRecord) {
+        let _ = self.status.send(jobs::status_of(job));
+    }
+}
+
+/// Serves the coordinator on `listener` until `shutdown` completes. Jobs that were under way
+/// when a previous run stopped are marked failed with the reason first.
+pub async fn serve(
+    config: CoordinatorConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CoordinatorError> {
+    let store = Store::open(&config.database)?;
+    let interrupted = store.fail_interrupted(now_ms())?;
+    if interrupted > 0 {
+        tracing::warn!(interrupted, "marked jobs interrupted by the last stop as failed");
+    }
+    let protocol_roster =
+        Arc::new(config.roster.protocol_roster().map_err(CoordinatorError::Roster)?);
+    let (status, _) = broadcast::channel(1024);
+    let shared = Arc::new(Shared {
+        store,
+        roster: config.roster,
+        protocol_roster,
+        plaintext: config.tls.is_none(),
+        stage_timeout: config.stage_timeout,
+        offer_timeout: config.offer_timeout,
+        tap: config.inbound_tap,
+        parties: Mutex::new(BTreeMap::new()),
+        jobs: Mutex::new(HashMap::new()),
+        status,
+        next_connection: AtomicU64::new(1),
+    });
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let max = veil_proto::MAX_MESSAGE_BYTES;
+    builder
+        .add_service(
+            veil_proto::v1::party_gateway_server::PartyGatewayServer::new(gateway::Gateway::new(
+                shared.clone(),
+            ))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        )
+        .add_service(
+            veil_proto::v1::jobs_server::JobsServer::new(jobs::JobsApi::new(shared.clone()))
+                .max_decoding_message_size(1 << 20)
+                .max_encoding_message_size(max),
+        )
+        .add_service(veil_proto::v1::admin_server::AdminServer::new(admin::AdminApi::new(
+            shared.clone(),
+        )))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}
+
+pub(crate) fn next_connection_id(shared: &Shared) -> u64 {
+    shared.next_connection.fetch_add(1, Ordering::Relaxed)
+}

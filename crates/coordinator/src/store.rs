@@ -1,0 +1,390 @@
+//! The coordinator's embedded store: jobs, results and parties in SQLite (WAL, synchronous
+//! writes), so a restarted coordinator keeps every finished result.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored row does not parse.
+    #[error("corrupt database row: {0}")]
+    Corrupt(String),
+}
+
+/// Where a job stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    /// Accepted, not started.
+    Queued,
+    /// Offered to parties, waiting for their answers.
+    Offering,
+    /// The secure round runs.
+    Running,
+    /// Finished with a result.
+    Succeeded,
+    /// Ended without a result; `detail` says why.
+    Failed,
+    /// Cancelled by its consumer.
+    Cancelled,
+}
+
+impl JobState {
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Offering => "offering",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "queued" => JobState::Queued,
+            "offering" => JobState::Offering,
+            "running" => JobState::Running,
+            "succeeded" => JobState::Succeeded,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            other => return Err(StoreError::Corrupt(format!("unknown job state {other:?}"))),
+        })
+    }
+
+    /// Whether the job has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// A job as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRecord {
+    /// Its id.
+    pub id: String,
+    /// Who submitted it.
+    pub consumer: String,
+    /// The dataset it reads.
+    pub dataset: String,
+    /// The canonical specification.
+    pub spec_json: String,
+    /// Where it stands.
+    pub state: JobState,
+    /// Progress or, for a failed job, why.
+    pub detail: String,
+    /// The parties taking part.
+    pub parties: Vec<u32>,
+    /// Submission time, Unix milliseconds.
+    pub created_ms: i64,
+    /// Last change, Unix milliseconds.
+    pub updated_ms: i64,
+}
+
+/// A stored result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResultRecord {
+    /// The job.
+    pub job_id: String,
+    /// The answer as JSON.
+    pub answer_json: String,
+    /// Parties in the answer.
+    pub contributors: Vec<u32>,
+    /// Parties that dropped out.
+    pub dropped: Vec<u32>,
+}
+
+/// The store.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn ids_to_text(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn ids_from_text(s: &str) -> Result<Vec<u32>, StoreError> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|p| p.parse().map_err(|_| StoreError::Corrupt(format!("party list {s:?}"))))
+        .collect()
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    consumer TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    parties TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+    answer TEXT NOT NULL,
+    contributors TEXT NOT NULL,
+    dropped TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parties (
+    id INTEGER PRIMARY KEY,
+    datasets TEXT NOT NULL,
+    last_seen_ms INTEGER NOT NULL
+);
+";
+
+impl Store {
+    /// Opens (or creates) the database: WAL journal, full synchronous writes.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (every write is one
+        // statement or transaction), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks jobs that were under way when the coordinator stopped as failed, with the reason.
+    /// Returns how many.
+    pub fn fail_interrupted(&self, now_ms: i64) -> Result<usize, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE jobs SET state = 'failed', updated_ms = ?1,
+                 detail = 'interrupted: the coordinator stopped while the job was ' || state ||
+                          '; no result was released; submit the job again'
+             WHERE state IN ('queued', 'offering', 'running')",
+            params![now_ms],
+        )?)
+    }
+
+    /// Stores a new job.
+    pub fn insert_job(&self, j: &JobRecord) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO jobs (id, consumer, dataset, spec, state, detail, parties, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                j.id,
+                j.consumer,
+                j.dataset,
+                j.spec_json,
+                j.state.as_str(),
+                j.detail,
+                ids_to_text(&j.parties),
+                j.created_ms,
+                j.updated_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Updates a job's state, detail and parties. A job that already ended is left alone.
+    pub fn update_job(
+        &self,
+        id: &str,
+        state: JobState,
+        detail: &str,
+        parties: &[u32],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE jobs SET state = ?2, detail = ?3, parties = ?4, updated_ms = ?5
+             WHERE id = ?1 AND state NOT IN ('succeeded', 'failed', 'cancelled')",
+            params![id, state.as_str(), detail, ids_to_text(parties), now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Stores a result and marks its job succeeded, atomically.
+    pub fn put_result(
+        &self,
+        r: &ResultRecord,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO results (job_id, answer, contributors, dropped) VALUES (?1, ?2, ?3, ?4)",
+            params![r.job_id, r.answer_json, ids_to_text(&r.contributors), ids_to_text(&r.dropped)],
+        )?;
+        tx.execute(
+            "UPDATE jobs SET state = 'succeeded', detail = ?2, updated_ms = ?3 WHERE id = ?1",
+            params![r.job_id, detail, now_ms],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(JobRecord, String, String)> {
+        Ok((
+            JobRecord {
+                id: row.get(0)?,
+                consumer: row.get(1)?,
+                dataset: row.get(2)?,
+                spec_json: row.get(3)?,
+                state: JobState::Queued,
+                detail: row.get(5)?,
+                parties: Vec::new(),
+                created_ms: row.get(7)?,
+                updated_ms: row.get(8)?,
+            },
+            row.get::<_, String>(4)?,
+            row.get::<_, String>(6)?,
+        ))
+    }
+
+    fn finish_job(
+        (mut j, state, parties): (JobRecord, String, String),
+    ) -> Result<JobRecord, StoreError> {
+        j.state = JobState::parse(&state)?;
+        j.parties = ids_from_text(&parties)?;
+        Ok(j)
+    }
+
+    /// One job.
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT id, consumer, dataset, spec, state, detail, parties, created_ms, updated_ms
+                 FROM jobs WHERE id = ?1",
+                params![id],
+                Self::job_from_row,
+            )
+            .optional()?;
+        row.map(Self::finish_job).transpose()
+    }
+
+    /// The most recent jobs, newest first, optionally of one consumer.
+    pub fn jobs(&self, consumer: Option<&str>, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, consumer, dataset, spec, state, detail, parties, created_ms, updated_ms
+             FROM jobs WHERE (?1 IS NULL OR consumer = ?1) ORDER BY created_ms DESC, id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![consumer, limit as i64], Self::job_from_row)?;
+        rows.map(|r| Self::finish_job(r?)).collect()
+    }
+
+    /// A job's result.
+    pub fn result(&self, job_id: &str) -> Result<Option<ResultRecord>, StoreError> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT job_id, answer, contributors, dropped FROM results WHERE job_id = ?1",
+                params![job_id],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(job_id, answer_json, c, d)| {
+            Ok(ResultRecord {
+                job_id,
+                answer_json,
+                contributors: ids_from_text(&c)?,
+                dropped: ids_from_text(&d)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records that a party connected, with the datasets it serves.
+    pub fn party_seen(&self, id: u32, datasets: &[String], now_ms: i64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO parties (id, datasets, last_seen_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(id) DO UPDATE SET datasets = excluded.datasets, last_seen_ms = excluded.last_seen_ms",
+            params![id, datasets.join(","), now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// When each party was last seen, and what it served then.
+    pub fn parties(&self) -> Result<Vec<(u32, Vec<String>, i64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT id, datasets, last_seen_ms FROM parties ORDER BY id")?;
+        let rows = stmt.query_map([], |row| {
+            let datasets: String = row.get(1)?;
+            Ok((
+                row.get::<_, u32>(0)?,
+                datasets.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+                row.get::<_, i64>(2)?,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, state: JobState) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            consumer: "analyst".into(),
+            dataset: "flights".into(),
+            spec_json: "{}".into(),
+            state,
+            detail: String::new(),
+            parties: vec![0, 2],
+            created_ms: 1,
+            updated_ms: 1,
+        }
+    }
+
+    #[test]
+    fn results_survive_reopening_and_interrupted_jobs_fail_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.insert_job(&job("done", JobState::Running)).unwrap();
+            let r = ResultRecord {
+                job_id: "done".into(),
+                answer_json: "{\"rows\":3}".into(),
+                contributors: vec![0, 2],
+                dropped: vec![],
+            };
+            s.put_result(&r, "finished", 2).unwrap();
+            s.insert_job(&job("busy", JobState::Running)).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.fail_interrupted(3).unwrap(), 1);
+        let done = s.job("done").unwrap().unwrap();
+        assert_eq!(done.state, JobState::Succeeded);
+        assert_eq!(s.result("done").unwrap().unwrap().contributors, vec![0, 2]);
+        let busy = s.job("busy").unwrap().unwrap();
+        assert_eq!(busy.state, JobState::Failed);
+        assert!(busy.detail.contains("interrupted"), "{}", busy.detail);
+        // An ended job is not revived by a late update.
+        s.update_job("busy", JobState::Running, "late", &[], 4).unwrap();
+        assert_eq!(s.job("busy").unwrap().unwrap().state, JobState::Failed);
+        assert_eq!(s.jobs(Some("analyst"), 10).unwrap().len(), 2);
+        assert!(s.jobs(Some("other"), 10).unwrap().is_empty());
+    }
+}

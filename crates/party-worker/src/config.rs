@@ -1,0 +1,177 @@
+//! The party's configuration file (`party.toml`, written by `veil init`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use veil_analytics::{ColumnType, DatasetSchema};
+use veil_proto::ConfigError;
+use veil_proto::roster::RosterFile;
+use veil_proto::tls::{TlsFiles, TlsMaterial};
+use veil_protocol::{IdentityKey, PartyId};
+use zeroize::Zeroizing;
+
+/// The file as written. Relative paths are relative to the file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartyFile {
+    /// This party's id in the roster.
+    pub id: u32,
+    /// A readable name.
+    pub name: String,
+    /// The coordinator's URL, `https://host:port`.
+    pub coordinator: String,
+    /// The consortium roster.
+    pub roster: PathBuf,
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// This party's TLS certificate.
+    pub cert: PathBuf,
+    /// This party's TLS key.
+    pub key: PathBuf,
+    /// This party's Ed25519 identity seed (hex).
+    pub identity: PathBuf,
+    /// The fewest parties whose data this party's input may be combined with.
+    #[serde(default = "default_min_cohort")]
+    pub min_cohort: u32,
+    /// The datasets served.
+    #[serde(default)]
+    pub datasets: Vec<DatasetConfig>,
+}
+
+fn default_min_cohort() -> u32 {
+    2
+}
+
+/// One dataset: a CSV file with a header row, and the types of the columns it exposes.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    /// The name jobs use.
+    pub name: String,
+    /// The CSV file.
+    pub path: PathBuf,
+    /// Column name → type; other columns in the file are never read.
+    pub columns: BTreeMap<String, ColumnType>,
+}
+
+impl DatasetConfig {
+    /// The schema jobs are checked against.
+    pub fn schema(&self) -> DatasetSchema {
+        DatasetSchema {
+            name: self.name.clone(),
+            columns: self.columns.iter().map(|(c, t)| (c.clone(), *t)).collect(),
+        }
+    }
+}
+
+/// A loaded, checked configuration.
+#[derive(Clone)]
+pub struct PartyConfig {
+    /// This party.
+    pub id: PartyId,
+    /// Its name.
+    pub name: String,
+    /// The coordinator's URL.
+    pub coordinator: String,
+    /// The roster's identity keys.
+    pub roster: Arc<veil_protocol::Roster>,
+    /// TLS material, `None` only for dangerous plain text.
+    pub tls: Option<TlsMaterial>,
+    /// The identity key's seed.
+    pub identity_seed: Zeroizing<[u8; 32]>,
+    /// Minimum cohort.
+    pub min_cohort: usize,
+    /// Datasets served.
+    pub datasets: Vec<DatasetConfig>,
+}
+
+impl std::fmt::Debug for PartyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartyConfig")
+            .field("id", &self.id)
+            .field("coordinator", &self.coordinator)
+            .field("identity", &"[redacted]")
+            .finish()
+    }
+}
+
+fn parse_error(path: &Path, message: impl Into<String>) -> ConfigError {
+    ConfigError::Parse { path: path.display().to_string(), message: message.into() }
+}
+
+impl PartyFile {
+    /// Reads the file and resolves its paths (dataset paths too).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let mut f: PartyFile =
+            toml::from_str(&text).map_err(|e| parse_error(path, e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for p in [&mut f.roster, &mut f.ca, &mut f.cert, &mut f.key, &mut f.identity] {
+            resolve(p);
+        }
+        for d in &mut f.datasets {
+            resolve(&mut d.path);
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for d in &f.datasets {
+            if !names.insert(d.name.as_str()) {
+                return Err(parse_error(path, format!("dataset {:?} is declared twice", d.name)));
+            }
+            if d.columns.is_empty() {
+                return Err(parse_error(path, format!("dataset {:?} declares no columns", d.name)));
+            }
+        }
+        if f.min_cohort == 0 {
+            return Err(parse_error(path, "min_cohort must be at least 1"));
+        }
+        Ok(f)
+    }
+
+    /// Loads the roster, identity and TLS material, and checks that the identity key is the
+    /// one the roster lists for this party.
+    pub fn into_config(self, plaintext: bool) -> Result<PartyConfig, ConfigError> {
+        let roster_file = RosterFile::load(&self.roster)?;
+        let roster = roster_file.protocol_roster().map_err(|m| parse_error(&self.roster, m))?;
+        let text = Zeroizing::new(std::fs::read_to_string(&self.identity).map_err(|source| {
+            ConfigError::Read { path: self.identity.display().to_string(), source }
+        })?);
+        let mut seed = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.trim(), seed.as_mut())
+            .map_err(|_| parse_error(&self.identity, "the identity key must be 64 hex digits"))?;
+        let id = PartyId(self.id);
+        let public = IdentityKey::from_seed(&seed).verifying_key();
+        match roster.key(id) {
+            Some(k) if *k == public => {}
+            Some(_) => {
+                return Err(parse_error(
+                    &self.identity,
+                    format!("this identity key is not the one the roster lists for {id}"),
+                ));
+            }
+            None => return Err(parse_error(&self.roster, format!("{id} is not in the roster"))),
+        }
+        let tls = if plaintext {
+            None
+        } else {
+            Some(TlsMaterial::load(&TlsFiles { ca: self.ca, cert: self.cert, key: self.key })?)
+        };
+        Ok(PartyConfig {
+            id,
+            name: self.name,
+            coordinator: self.coordinator,
+            roster: Arc::new(roster),
+            tls,
+            identity_seed: seed,
+            min_cohort: self.min_cohort as usize,
+            datasets: self.datasets,
+        })
+    }
+}

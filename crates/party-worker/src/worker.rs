@@ -1,0 +1,464 @@
+//! The party's connection to the coordinator and its part in each job.
+//!
+//! The worker dials out (no inbound port), announces the datasets it serves, and then answers
+//! whatever the coordinator sends on the one stream: offers (checked against the job's
+//! specification and the party's own data and minimum cohort), round starts (checked against
+//! the accepted job, the roster and the protocol's safety conditions), and round messages (fed
+//! to the protocol's party state machine). It reconnects after a transport failure and stops
+//! on a refusal of its identity.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{RngCore, SeedableRng};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use veil_analytics::{Job, Plan};
+use veil_proto::v1::coordinator_envelope::Body as Outbound;
+use veil_proto::v1::party_envelope::Body;
+use veil_proto::v1::party_gateway_client::PartyGatewayClient;
+use veil_proto::v1::{Hello, PartyEnvelope, RoundPayload, RoundStart, TaskOffer, TaskReply};
+use veil_protocol::{
+    CoordinatorMessage, IdentityKey, Party, PartyId, PartyStatus, RoundConfig, SessionId, Stage,
+};
+use zeroize::Zeroizing;
+
+use crate::config::PartyConfig;
+use crate::data::aggregate_csv;
+
+/// Fault injection for tests and drills of dropout handling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Close the connection and stop right after sending the message of this stage.
+    ExitAfter(Stage),
+    /// Stay connected but go silent in a job right after sending the message of this stage.
+    StallAfter(Stage),
+}
+
+/// How the worker runs.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerOptions {
+    /// Accept synthetic benchmark jobs, including plain (unmasked) rounds. Never in production.
+    pub dangerous_benchmark: bool,
+    /// An injected fault.
+    pub fault: Option<Fault>,
+}
+
+/// Why the worker stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The coordinator refused this party's identity.
+    #[error("the coordinator refused this party: {0}")]
+    Refused(String),
+    /// The coordinator's address is invalid.
+    #[error("invalid coordinator address {0:?}")]
+    BadAddress(String),
+    /// TLS configuration failed.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// Reconnection backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Runs the party until `shutdown` completes, or until the coordinator refuses its identity,
+/// or until an injected `ExitAfter` fault fires.
+pub async fn run(
+    config: PartyConfig,
+    options: WorkerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let endpoint = endpoint(&config)?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = BACKOFF_MIN;
+    let mut state = State::new(&config, &options);
+    loop {
+        let session = tokio::select! {
+            r = session(&config, &endpoint, &mut state) => r,
+            () = &mut shutdown => return Ok(()),
+        };
+        match session {
+            Ok(Ended::Exit) => return Ok(()),
+            Ok(Ended::Closed) => backoff = BACKOFF_MIN,
+            Err(status)
+                if matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated) =>
+            {
+                tracing::error!(party = %config.id, %status, "refused by the coordinator");
+                return Err(WorkerError::Refused(status.message().to_string()));
+            }
+            Err(status) => {
+                tracing::warn!(party = %config.id, %status, "connection to the coordinator lost; retrying");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn endpoint(config: &PartyConfig) -> Result<Endpoint, WorkerError> {
+    let mut e = Endpoint::from_shared(config.coordinator.clone())
+        .map_err(|_| WorkerError::BadAddress(config.coordinator.clone()))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20));
+    if let Some(tls) = &config.tls {
+        e = e.tls_config(tls.client_config()).map_err(|e| WorkerError::Tls(e.to_string()))?;
+    }
+    Ok(e)
+}
+
+/// One connection attempt; returns the first refusal or transport error. Used by `veil party
+/// --check` and by tests of refusal.
+pub async fn connect_once(config: &PartyConfig) -> Result<(), Status> {
+    let endpoint = endpoint(config).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("{e}: {:?}", std::error::Error::source(&e))))?;
+    let mut client = PartyGatewayClient::new(channel);
+    let (tx, rx) = mpsc::channel(1);
+    let _ = tx.send(hello(config)).await;
+    let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+    inbound.message().await?;
+    Ok(())
+}
+
+fn hello(config: &PartyConfig) -> PartyEnvelope {
+    PartyEnvelope {
+        body: Some(Body::Hello(Hello {
+            party_id: config.id.0,
+            datasets: config.datasets.iter().map(|d| d.name.clone()).collect(),
+        })),
+    }
+}
+
+enum Ended {
+    /// The stream closed; reconnect.
+    Closed,
+    /// An injected fault asked the worker to stop.
+    Exit,
+}
+
+/// A job this party accepted.
+enum JobState {
+    /// Computing the local vector.
+    Preparing,
+    /// Accepted with this vector, waiting for the round to start.
+    Ready { vector: Zeroizing<Vec<u64>>, min_parties: usize },
+    /// In the secure round.
+    Round(Box<Party>),
+    /// Done, or stalled by an injected fault: ignore further messages.
+    Idle,
+}
+
+/// What the background preparation of a job reports.
+struct Prepared {
+    job_id: String,
+    result: Result<(Vec<u64>, usize), String>,
+}
+
+struct State {
+    jobs: HashMap<String, JobState>,
+    sessions: HashSet<[u8; 32]>,
+    prepared_tx: mpsc::Sender<Prepared>,
+    prepared_rx: mpsc::Receiver<Prepared>,
+    options: WorkerOptions,
+    rng: rand_chacha::ChaCha20Rng,
+}
+
+impl State {
+    fn new(_config: &PartyConfig, options: &WorkerOptions) -> Self {
+        let (prepared_tx, prepared_rx) = mpsc::channel(64);
+        Self {
+            jobs: HashMap::new(),
+            sessions: HashSet::new(),
+            prepared_tx,
+            prepared_rx,
+            options: options.clone(),
+            // Reseeded from the OS for every round (see `start_round`); this seed only covers
+            // the synthetic benchmark vectors.
+            rng: rand_chacha::ChaCha20Rng::from_entropy(),
+        }
+    }
+}
+
+async fn session(
+    config: &PartyConfig,
+    endpoint: &Endpoint,
+    state: &mut State,
+) -> Result<Ended, Status> {
+    let channel: Channel = endpoint.connect().await.map_err(|e| {
+        Status::unavailable(format!(
+            "cannot reach {}: {e} ({:?})",
+            config.coordinator,
+            std::error::Error::source(&e)
+        ))
+    })?;
+    let max = veil_proto::MAX_MESSAGE_BYTES;
+    let mut client = PartyGatewayClient::new(channel)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let (tx, rx) = mpsc::channel::<PartyEnvelope>(64);
+    tx.send(hello(config)).await.map_err(|_| Status::internal("outbound channel closed"))?;
+    let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+    tracing::info!(party = %config.id, coordinator = %config.coordinator, "connected");
+    // Jobs from a previous connection cannot continue: the coordinator saw us leave.
+    state.jobs.clear();
+    loop {
+        tokio::select! {
+            message = inbound.message() => {
+                let Some(envelope) = message? else { return Ok(Ended::Closed) };
+                let Some(body) = envelope.body else { continue };
+                if handle(config, state, &tx, body).await? {
+                    return Ok(Ended::Exit);
+                }
+            }
+            Some(prepared) = state.prepared_rx.recv() => {
+                let reply = match prepared.result {
+                    Ok((vector, min_parties)) => {
+                        if let Some(JobState::Preparing) = state.jobs.get(&prepared.job_id) {
+                            state.jobs.insert(
+                                prepared.job_id.clone(),
+                                JobState::Ready { vector: Zeroizing::new(vector), min_parties },
+                            );
+                        }
+                        TaskReply { job_id: prepared.job_id, accept: true, reason: String::new() }
+                    }
+                    Err(reason) => {
+                        state.jobs.remove(&prepared.job_id);
+                        tracing::info!(party = %config.id, job = %prepared.job_id, %reason, "refused a job");
+                        TaskReply { job_id: prepared.job_id, accept: false, reason }
+                    }
+                };
+                send(&tx, Body::Reply(reply)).await?;
+            }
+        }
+    }
+}
+
+async fn send(tx: &mpsc::Sender<PartyEnvelope>, body: Body) -> Result<(), Status> {
+    tx.send(PartyEnvelope { body: Some(body) })
+        .await
+        .map_err(|_| Status::unavailable("the stream to the coordinator closed"))
+}
+
+/// Handles one message; returns whether the worker must stop (an injected fault).
+async fn handle(
+    config: &PartyConfig,
+    state: &mut State,
+    tx: &mpsc::Sender<PartyEnvelope>,
+    body: Outbound,
+) -> Result<bool, Status> {
+    match body {
+        Outbound::Welcome(_) => Ok(false),
+        Outbound::Offer(offer) => {
+            prepare(config, state, offer);
+            Ok(false)
+        }
+        Outbound::Start(start) => start_round(config, state, tx, start).await,
+        Outbound::Round(payload) => round_message(config, state, tx, payload).await,
+        Outbound::End(end) => {
+            state.jobs.remove(&end.job_id);
+            Ok(false)
+        }
+    }
+}
+
+/// Checks an offer and computes the local vector in the background; the reply follows when it
+/// is ready.
+fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
+    let job_id = offer.job_id.clone();
+    let refuse = |state: &State, reason: String| {
+        let _ =
+            state.prepared_tx.try_send(Prepared { job_id: job_id.clone(), result: Err(reason) });
+    };
+    if state.jobs.contains_key(&job_id) {
+        return;
+    }
+    let job = match Job::parse(&offer.spec_json) {
+        Ok(j) => j,
+        Err(e) => return refuse(state, e.to_string()),
+    };
+    let min_parties = (job.min_parties() as usize).max(config.min_cohort);
+    match job {
+        Job::Synthetic(s) => {
+            if !state.options.dangerous_benchmark {
+                return refuse(
+                    state,
+                    "synthetic benchmark jobs are refused unless the party runs with --dangerous-benchmark"
+                        .into(),
+                );
+            }
+            let vector: Vec<u64> = (0..s.dim).map(|_| state.rng.next_u64()).collect();
+            state.jobs.insert(job_id.clone(), JobState::Preparing);
+            let _ =
+                state.prepared_tx.try_send(Prepared { job_id, result: Ok((vector, min_parties)) });
+        }
+        Job::Columns(spec) => {
+            let Some(dataset) = config.datasets.iter().find(|d| d.name == spec.dataset).cloned()
+            else {
+                return refuse(
+                    state,
+                    format!("this party does not serve dataset {:?}", spec.dataset),
+                );
+            };
+            let plan = match Plan::new(&spec, &dataset.schema()) {
+                Ok(p) => p,
+                Err(e) => return refuse(state, e.to_string()),
+            };
+            state.jobs.insert(job_id.clone(), JobState::Preparing);
+            let tx = state.prepared_tx.clone();
+            tokio::spawn(async move {
+                let result = tokio::task::spawn_blocking(move || aggregate_csv(&dataset, &plan))
+                    .await
+                    .map_err(|e| format!("local aggregation failed: {e}"))
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                    .map(|v| (v, min_parties));
+                let _ = tx.send(Prepared { job_id, result }).await;
+            });
+        }
+    }
+}
+
+async fn start_round(
+    config: &PartyConfig,
+    state: &mut State,
+    tx: &mpsc::Sender<PartyEnvelope>,
+    start: RoundStart,
+) -> Result<bool, Status> {
+    let job_id = start.job_id.clone();
+    let Some(JobState::Ready { vector, min_parties }) = state.jobs.remove(&job_id) else {
+        tracing::warn!(party = %config.id, job = %job_id, "round start for a job this party did not accept");
+        return Ok(false);
+    };
+    if start.vector_len as usize != vector.len() {
+        tracing::warn!(party = %config.id, job = %job_id, "round start with the wrong vector length; leaving the job");
+        return Ok(false);
+    }
+    if start.plain {
+        if !state.options.dangerous_benchmark {
+            tracing::warn!(party = %config.id, job = %job_id, "refusing a plain round");
+            return Ok(false);
+        }
+        let mut bytes = Vec::with_capacity(vector.len() * 8);
+        for x in vector.iter() {
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+        send(tx, Body::Round(RoundPayload { job_id: job_id.clone(), message: bytes })).await?;
+        state.jobs.insert(job_id, JobState::Idle);
+        return Ok(false);
+    }
+    let Ok(session) = <[u8; 32]>::try_from(start.session.as_slice()) else {
+        tracing::warn!(party = %config.id, job = %job_id, "round start without a 32-byte session; leaving the job");
+        return Ok(false);
+    };
+    if !state.sessions.insert(session) {
+        tracing::warn!(party = %config.id, job = %job_id, "round start reusing a session; leaving the job");
+        return Ok(false);
+    }
+    let round = RoundConfig {
+        session: SessionId(session),
+        parties: start.parties.iter().map(|p| PartyId(*p)).collect(),
+        threshold: start.threshold as usize,
+        neighbours: start.neighbours as usize,
+        max_corrupt: 0,
+        min_cohort: min_parties.max(start.min_cohort as usize),
+        vector_len: vector.len(),
+        stage_timeout: Duration::from_secs(30),
+    };
+    let params = match round.validate() {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            tracing::warn!(party = %config.id, job = %job_id, error = %e, "unsafe round parameters; leaving the job");
+            return Ok(false);
+        }
+    };
+    if params.parties().len() < params.min_cohort() {
+        tracing::warn!(party = %config.id, job = %job_id, "cohort below this party's minimum; leaving the job");
+        return Ok(false);
+    }
+    let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
+    let identity = IdentityKey::from_seed(&config.identity_seed);
+    let party = match Party::new(
+        params,
+        config.id,
+        identity,
+        config.roster.clone(),
+        vector.to_vec(),
+        &mut rng,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(party = %config.id, job = %job_id, error = %e, "cannot join the round");
+            return Ok(false);
+        }
+    };
+    state.jobs.insert(job_id.clone(), JobState::Round(Box::new(party)));
+    flush(config, state, tx, &job_id).await
+}
+
+async fn round_message(
+    config: &PartyConfig,
+    state: &mut State,
+    tx: &mpsc::Sender<PartyEnvelope>,
+    payload: RoundPayload,
+) -> Result<bool, Status> {
+    let Some(JobState::Round(party)) = state.jobs.get_mut(&payload.job_id) else {
+        return Ok(false);
+    };
+    let result = CoordinatorMessage::decode(&payload.message)
+        .map_err(veil_protocol::Error::from)
+        .and_then(|m| party.handle_message(m, &mut rand_chacha::ChaCha20Rng::from_entropy()));
+    if let Err(e) = result {
+        tracing::warn!(party = %config.id, job = %payload.job_id, error = %e, "round message rejected");
+    }
+    if let PartyStatus::Aborted(e) = party.status() {
+        tracing::warn!(party = %config.id, job = %payload.job_id, error = %e, "left the round");
+        state.jobs.insert(payload.job_id, JobState::Idle);
+        return Ok(false);
+    }
+    flush(config, state, tx, &payload.job_id).await
+}
+
+/// Sends what the party state machine has queued; applies injected faults.
+async fn flush(
+    config: &PartyConfig,
+    state: &mut State,
+    tx: &mpsc::Sender<PartyEnvelope>,
+    job_id: &str,
+) -> Result<bool, Status> {
+    let Some(JobState::Round(party)) = state.jobs.get_mut(job_id) else {
+        return Ok(false);
+    };
+    let mut outgoing = Vec::new();
+    while let Some(m) = party.poll_transmit() {
+        outgoing.push(m);
+    }
+    for m in outgoing {
+        let stage = m.stage();
+        send(tx, Body::Round(RoundPayload { job_id: job_id.to_string(), message: m.encode() }))
+            .await?;
+        match state.options.fault {
+            Some(Fault::ExitAfter(s)) if s == stage => {
+                tracing::warn!(party = %config.id, job = %job_id, %stage, "injected fault: exiting");
+                return Ok(true);
+            }
+            Some(Fault::StallAfter(s)) if s == stage => {
+                tracing::warn!(party = %config.id, job = %job_id, %stage, "injected fault: going silent");
+                state.jobs.insert(job_id.to_string(), JobState::Idle);
+                return Ok(false);
+            }
+            _ => {}
+        }
+    }
+    Ok(false)
+}

@@ -1,0 +1,68 @@
+//! Consumer configuration (`consumer.toml`, written by `veil init`) and connecting to the
+//! coordinator.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::ConfigError;
+use crate::tls::{TlsFiles, TlsMaterial};
+
+/// The consumer's file. Relative paths are relative to the file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerFile {
+    /// The consumer's name in the roster.
+    pub name: String,
+    /// The coordinator's URL.
+    pub coordinator: String,
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// The consumer's certificate (its credential).
+    pub cert: PathBuf,
+    /// The consumer's key.
+    pub key: PathBuf,
+}
+
+impl ConsumerFile {
+    /// Reads the file and resolves its paths.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = crate::read(path)?;
+        let mut f: ConsumerFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut f.ca, &mut f.cert, &mut f.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(f)
+    }
+
+    /// The TLS material it names.
+    pub fn tls(&self) -> Result<TlsMaterial, ConfigError> {
+        TlsMaterial::load(&TlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        })
+    }
+}
+
+/// Opens a channel to the coordinator, over mutual TLS unless `tls` is `None`.
+pub async fn connect(url: &str, tls: Option<&TlsMaterial>) -> Result<Channel, String> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("invalid coordinator address {url:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.client_config()).map_err(|e| format!("TLS: {e}"))?;
+    }
+    endpoint.connect().await.map_err(|e| {
+        let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+        format!("cannot reach the coordinator at {url}: {e}{cause}")
+    })
+}
