@@ -81,6 +81,28 @@ impl<T> Running<T> {
     }
 }
 
+/// The coordinator runs on its own runtime, so that killing it tears down every connection and
+/// task it had, as a crash of its process would.
+struct CoordinatorRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Receiver<Result<(), veil_coordinator::CoordinatorError>>>,
+}
+
+impl CoordinatorRuntime {
+    fn kill(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for CoordinatorRuntime {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A running cluster. Dropping it aborts every task.
 pub struct Cluster {
     _dir: Option<tempfile::TempDir>,
@@ -89,7 +111,7 @@ pub struct Cluster {
     /// The coordinator's address.
     pub addr: SocketAddr,
     spec: ClusterSpec,
-    coordinator: Option<Running<Result<(), veil_coordinator::CoordinatorError>>>,
+    coordinator: Option<CoordinatorRuntime>,
     parties: Vec<Option<Running<Result<(), WorkerError>>>>,
     /// Every envelope the coordinator received from a party, as encoded on the wire.
     pub inbound: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -97,9 +119,7 @@ pub struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some(c) = &self.coordinator {
-            c.task.abort();
-        }
+        self.coordinator.take();
         for p in self.parties.iter().flatten() {
             p.task.abort();
         }
@@ -128,7 +148,7 @@ impl Cluster {
     /// every party is connected.
     pub async fn start(spec: ClusterSpec) -> Cluster {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().expect("bound address");
         let layout = consortium::create(
             dir.path(),
@@ -178,13 +198,26 @@ impl Cluster {
         config
     }
 
-    fn start_coordinator(&mut self, listener: tokio::net::TcpListener) {
+    fn start_coordinator(&mut self, listener: std::net::TcpListener) {
         let config = self.coordinator_config();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime for the coordinator");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(veil_coordinator::serve(config, listener, async {
-            let _ = stopped.await;
-        }));
-        self.coordinator = Some(Running { stop: Some(stop), task });
+        let (done_tx, done) = oneshot::channel();
+        listener.set_nonblocking(true).expect("non-blocking listener");
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let r = veil_coordinator::serve(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+            let _ = done_tx.send(r);
+        });
+        self.coordinator =
+            Some(CoordinatorRuntime { runtime: Some(runtime), stop: Some(stop), done: Some(done) });
     }
 
     /// Starts (or restarts) party `i` with its spec's options.
@@ -197,6 +230,31 @@ impl Cluster {
             let _ = stopped.await;
         }));
         self.parties[i] = Some(Running { stop: Some(stop), task });
+    }
+
+    /// Changes party `i`'s injected fault for its next start.
+    pub fn set_fault(&mut self, i: usize, fault: Option<Fault>) {
+        self.spec.parties[i].fault = fault;
+    }
+
+    /// Watches a job until it reaches `state` or ends (at most 30 s).
+    pub async fn wait_state(&self, job_id: &str, state: &str) -> JobStatus {
+        let mut jobs = self.jobs().await;
+        let mut stream =
+            jobs.watch(JobRef { job_id: job_id.to_string() }).await.expect("watch").into_inner();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio::time::timeout_at(deadline, stream.message()).await {
+                Ok(Ok(Some(s))) if s.state == state => return s,
+                Ok(Ok(Some(s)))
+                    if matches!(s.state.as_str(), "succeeded" | "failed" | "cancelled") =>
+                {
+                    return s;
+                }
+                Ok(Ok(Some(_))) => {}
+                other => panic!("job {job_id} never reached {state}: {other:?}"),
+            }
+        }
     }
 
     /// Kills party `i` at once (its task is aborted; its connection drops).
@@ -217,18 +275,25 @@ impl Cluster {
         }
     }
 
-    /// Stops the coordinator abruptly (its task is aborted mid-work, as by a crash).
+    /// Kills the coordinator: its runtime is torn down mid-work with every task and connection,
+    /// as by a crash.
     pub async fn kill_coordinator(&mut self) {
-        if let Some(c) = self.coordinator.take() {
-            c.task.abort();
-            let _ = c.task.await;
+        if let Some(mut c) = self.coordinator.take() {
+            c.kill();
         }
     }
 
     /// Stops the coordinator cleanly.
     pub async fn stop_coordinator(&mut self) {
-        if let Some(c) = self.coordinator.take() {
-            let _ = c.stop().await;
+        if let Some(mut c) = self.coordinator.take() {
+            if let Some(s) = c.stop.take() {
+                let _ = s.send(());
+            }
+            if let Some(done) = c.done.take() {
+                // Graceful shutdown waits for open streams; parties hold theirs open.
+                let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
+            }
+            c.kill();
         }
     }
 
@@ -237,7 +302,7 @@ impl Cluster {
     pub async fn restart_coordinator(&mut self) {
         let mut listener = None;
         for _ in 0..50 {
-            match tokio::net::TcpListener::bind(self.addr).await {
+            match std::net::TcpListener::bind(self.addr) {
                 Ok(l) => {
                     listener = Some(l);
                     break;

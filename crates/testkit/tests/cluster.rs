@@ -214,3 +214,330 @@ async fn a_party_that_dies_mid_round_leaves_a_result_over_the_survivors() {
     assert!(matches!(cluster.party_outcome(2).await, Some(Ok(()))), "the faulty party exited");
     cluster.shutdown().await;
 }
+
+use tonic::Code;
+use veil_coordinator::consortium::{foreign_client_certificate, unlisted_certificate};
+use veil_party_worker::worker::connect_once;
+use veil_proto::tls::TlsMaterial;
+use veil_proto::v1::jobs_client::JobsClient;
+use veil_proto::v1::{ListJobsRequest, SubmitRequest};
+use veil_testkit::cluster::party_config;
+
+fn ca(cluster: &Cluster) -> String {
+    std::fs::read_to_string(cluster.layout.root.join("ca.pem")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parties_without_a_roster_certificate_are_refused() {
+    let cluster =
+        Cluster::start(ClusterSpec { parties: hospitals(None), ..ClusterSpec::named(&[]) }).await;
+    let genuine = party_config(&cluster.layout.party_configs[0]);
+    // A certificate from another CA: the TLS handshake fails.
+    let (_, cert, key) = foreign_client_certificate("intruder").unwrap();
+    let mut foreign = genuine.clone();
+    foreign.tls = Some(TlsMaterial::from_pem(&ca(&cluster), &cert, &key));
+    assert!(connect_once(&foreign).await.is_err(), "a foreign certificate must be refused");
+    // Issued by the consortium CA but not in the roster.
+    let (cert, key) = unlisted_certificate(&cluster.layout.root, "unlisted").unwrap();
+    let mut unlisted = genuine.clone();
+    unlisted.tls = Some(TlsMaterial::from_pem(&ca(&cluster), &cert, &key));
+    let status = connect_once(&unlisted).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+    assert!(status.message().contains("not in the consortium roster"), "{status}");
+    // A genuine certificate claiming another party's id.
+    let mut impostor = genuine.clone();
+    impostor.id = veil_protocol::PartyId(1);
+    let status = connect_once(&impostor).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+    // The genuine party still gets in (it is already connected; a second stream replaces it).
+    connect_once(&genuine).await.unwrap();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_without_a_credential_are_refused() {
+    let cluster =
+        Cluster::start(ClusterSpec { parties: hospitals(None), ..ClusterSpec::named(&[]) }).await;
+    let url = format!("https://{}", cluster.addr);
+    let submit = |channel| async move {
+        JobsClient::new(channel).submit(SubmitRequest { spec: RADIUS.into() }).await
+    };
+    // No client certificate at all: refused at the first call.
+    let bare = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca(&cluster)))
+                .domain_name("localhost"),
+        )
+        .unwrap();
+    match bare.connect().await {
+        Err(_) => {}
+        Ok(channel) => {
+            assert!(submit(channel).await.is_err(), "a consumer without a certificate was served")
+        }
+    }
+    // A certificate of the consortium's CA that the roster does not list.
+    let (cert, key) = unlisted_certificate(&cluster.layout.root, "stranger").unwrap();
+    let tls = TlsMaterial::from_pem(&ca(&cluster), &cert, &key);
+    let channel = veil_proto::client::connect(&url, Some(&tls)).await.unwrap();
+    let status = submit(channel).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+    // A party's certificate does not make it a consumer.
+    let party = cluster.layout.party_configs[0].parent().unwrap().to_path_buf();
+    let tls = TlsMaterial::from_pem(
+        &ca(&cluster),
+        &std::fs::read_to_string(party.join("cert.pem")).unwrap(),
+        &std::fs::read_to_string(party.join("key.pem")).unwrap(),
+    );
+    let channel = veil_proto::client::connect(&url, Some(&tls)).await.unwrap();
+    let status = submit(channel).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+    // The genuine consumer is served and sees only its own jobs.
+    let mut jobs = cluster.jobs().await;
+    assert!(jobs.list(ListJobsRequest {}).await.unwrap().into_inner().jobs.is_empty());
+    cluster.shutdown().await;
+}
+
+/// A distinctive text and number planted in one party's raw rows never appear in any byte the
+/// coordinator receives from any party, nor in its database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_canary_never_reaches_the_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let planted = dir.path().join("jfk.csv");
+    let mut text = std::fs::read_to_string(data("flights/jfk.csv")).unwrap();
+    let canary_text = "ZQCANARY7";
+    let canary_value = 987_654.321_f64;
+    text.push_str(&format!(
+        "2013,3,3,{canary_text},1,N1,JFK,LAX,{canary_value},5.0,300.0,2475,9\n"
+    ));
+    std::fs::write(&planted, text).unwrap();
+    let mut parties = airports();
+    parties[1].datasets[0].path = planted;
+    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let spec = r#"
+        dataset = "flights"
+        filter = [{ column = "month", op = "==", value = 3 }]
+        [[columns]]
+        name = "dep_delay"
+        min = -100
+        max = 1000000
+    "#;
+    let (status, result) = cluster.run_job(spec).await;
+    assert_eq!(status.state, "succeeded", "{status:?}");
+    let a = answer(&result.unwrap().answer_json);
+    assert!(a.columns[0].sum > canary_value, "the canary row is in the sum");
+    let needles: Vec<Vec<u8>> = vec![
+        canary_text.as_bytes().to_vec(),
+        canary_value.to_string().into_bytes(),
+        canary_value.to_le_bytes().to_vec(),
+        ((canary_value * (1u64 << 20) as f64).round() as i64).to_le_bytes().to_vec(),
+    ];
+    let inbound = cluster.inbound.lock().unwrap().clone();
+    assert!(inbound.len() > 10, "the tap saw the round");
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for bytes in &inbound {
+        for n in &needles {
+            assert!(!contains(bytes, n), "a canary reached the coordinator");
+        }
+    }
+    let db_dir = cluster.layout.coordinator_config.parent().unwrap().to_path_buf();
+    // The database, its write-ahead log and shared memory, while running and after a clean stop.
+    let check_store = || {
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&db_dir).unwrap() {
+            let path = entry.unwrap().path();
+            if !path.file_name().unwrap().to_string_lossy().starts_with("coordinator.db") {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            checked += bytes.len();
+            for n in &needles {
+                assert!(!contains(&bytes, n), "a canary is stored in {}", path.display());
+            }
+        }
+        assert!(checked > 0, "the database was read");
+    };
+    check_store();
+    let mut cluster = cluster;
+    cluster.stop_coordinator().await;
+    check_store();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_coordinator_keeps_results_and_fails_interrupted_jobs_clearly() {
+    // Party 2 goes silent after advertising its keys, and the stage deadline is long, so the
+    // second job is still running when the coordinator dies.
+    let spec = ClusterSpec {
+        parties: hospitals(None),
+        stage_timeout: Duration::from_secs(600),
+        ..ClusterSpec::named(&[])
+    };
+    let mut cluster = Cluster::start(spec).await;
+    let (done, result) = cluster.run_job(RADIUS).await;
+    assert_eq!(done.state, "succeeded");
+    let before = result.unwrap();
+    // Restart party 2 with the stall fault, then start the second job.
+    cluster.kill_party(2);
+    cluster.set_fault(2, Some(Fault::StallAfter(Stage::AdvertiseKeys)));
+    cluster.start_party(2);
+    cluster.wait_connected(3).await;
+    let mut jobs = cluster.jobs().await;
+    let busy = jobs.submit(SubmitRequest { spec: RADIUS.into() }).await.unwrap().into_inner();
+    let running = cluster.wait_state(&busy.job_id, "running").await;
+    assert_eq!(running.state, "running");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill_coordinator().await;
+    cluster.restart_coordinator().await;
+    let mut jobs = cluster.jobs().await;
+    let kept = jobs
+        .result(veil_proto::v1::JobRef { job_id: done.job_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept, before, "the finished result is intact");
+    let interrupted = jobs
+        .get(veil_proto::v1::JobRef { job_id: busy.job_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(interrupted.state, "failed");
+    assert!(interrupted.detail.contains("interrupted"), "{}", interrupted.detail);
+    let status = jobs.result(veil_proto::v1::JobRef { job_id: busy.job_id }).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    // The restarted coordinator runs new jobs with the reconnected parties.
+    cluster.kill_party(2);
+    cluster.set_fault(2, None);
+    cluster.start_party(2);
+    cluster.wait_connected(3).await;
+    let (again, _) = cluster.run_job(RADIUS).await;
+    assert_eq!(again.state, "succeeded", "{again:?}");
+    cluster.shutdown().await;
+}
+
+mod raw {
+    //! A hand-driven party stream, to send what a correct party never would.
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::Streaming;
+    use veil_proto::v1::party_envelope::Body;
+    use veil_proto::v1::party_gateway_client::PartyGatewayClient;
+    use veil_proto::v1::{CoordinatorEnvelope, Hello, PartyEnvelope};
+
+    pub(crate) struct RawParty {
+        pub(crate) tx: mpsc::Sender<PartyEnvelope>,
+        pub(crate) inbound: Streaming<CoordinatorEnvelope>,
+    }
+
+    pub(crate) async fn connect(
+        channel: tonic::transport::Channel,
+        first: Option<Body>,
+    ) -> Result<RawParty, tonic::Status> {
+        let mut client = PartyGatewayClient::new(channel).max_encoding_message_size(64 << 20);
+        let (tx, rx) = mpsc::channel(8);
+        let body =
+            first.unwrap_or(Body::Hello(Hello { party_id: 2, datasets: vec!["cells".into()] }));
+        tx.send(PartyEnvelope { body: Some(body) }).await.unwrap();
+        let inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+        Ok(RawParty { tx, inbound })
+    }
+
+    impl RawParty {
+        pub(crate) async fn send(&self, body: Body) {
+            let _ = self.tx.send(PartyEnvelope { body: Some(body) }).await;
+        }
+
+        /// The next message, or the status the stream ended with.
+        pub(crate) async fn next(&mut self) -> Result<Option<CoordinatorEnvelope>, tonic::Status> {
+            tokio::time::timeout(std::time::Duration::from_secs(20), self.inbound.message())
+                .await
+                .expect("the coordinator answers within 20 s")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status() {
+    use veil_proto::v1::coordinator_envelope::Body as Out;
+    use veil_proto::v1::party_envelope::Body;
+    use veil_proto::v1::{RoundPayload, TaskReply};
+
+    let mut cluster =
+        Cluster::start(ClusterSpec { parties: hospitals(None), ..ClusterSpec::named(&[]) }).await;
+    cluster.kill_party(2);
+    let party_channel = || async {
+        let dir = cluster.layout.party_configs[2].parent().unwrap().to_path_buf();
+        let tls = TlsMaterial::from_pem(
+            &ca(&cluster),
+            &std::fs::read_to_string(dir.join("cert.pem")).unwrap(),
+            &std::fs::read_to_string(dir.join("key.pem")).unwrap(),
+        );
+        veil_proto::client::connect(&format!("https://{}", cluster.addr), Some(&tls)).await.unwrap()
+    };
+    let reply =
+        |job_id: String| Body::Reply(TaskReply { job_id, accept: true, reason: String::new() });
+
+    // Out of order: the first message is not a hello.
+    let status = match raw::connect(party_channel().await, Some(reply("x".into()))).await {
+        Err(status) => status,
+        Ok(mut p) => p.next().await.unwrap_err(),
+    };
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status}");
+    assert!(status.message().contains("hello"), "{status}");
+
+    // A second hello.
+    let mut p = raw::connect(party_channel().await, None).await.unwrap();
+    assert!(matches!(p.next().await, Ok(Some(_))), "welcome");
+    p.send(Body::Hello(veil_proto::v1::Hello { party_id: 2, datasets: vec![] })).await;
+    let status = p.next().await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status}");
+
+    // Oversized: 41 MiB in one message.
+    let mut p = raw::connect(party_channel().await, None).await.unwrap();
+    assert!(matches!(p.next().await, Ok(Some(_))), "welcome");
+    p.send(Body::Round(RoundPayload { job_id: "x".into(), message: vec![7u8; 41 << 20] })).await;
+    let status = p.next().await.unwrap_err();
+    assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted), "{status}");
+
+    // Inside a round: undecodable bytes, then (in a second job) a message of a later stage.
+    for case in ["undecodable", "later stage"] {
+        let mut p = raw::connect(party_channel().await, None).await.unwrap();
+        assert!(matches!(p.next().await, Ok(Some(_))), "welcome");
+        let mut jobs = cluster.jobs().await;
+        let job = jobs.submit(SubmitRequest { spec: RADIUS.into() }).await.unwrap().into_inner();
+        let start = loop {
+            match p.next().await.unwrap().unwrap().body {
+                Some(Out::Offer(o)) => p.send(reply(o.job_id)).await,
+                Some(Out::Start(s)) => break s,
+                _ => {}
+            }
+        };
+        let message = if case == "undecodable" {
+            vec![1, 2, 3]
+        } else {
+            veil_protocol::PartyMessage::ConsistencySignature {
+                session: veil_protocol::SessionId(start.session.clone().try_into().unwrap()),
+                party: veil_protocol::PartyId(2),
+                signature: [0; 64],
+            }
+            .encode()
+        };
+        p.send(Body::Round(RoundPayload { job_id: start.job_id.clone(), message })).await;
+        let status = loop {
+            match p.next().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream closed without a status"),
+                Err(status) => break status,
+            }
+        };
+        let expected =
+            if case == "undecodable" { Code::InvalidArgument } else { Code::FailedPrecondition };
+        assert_eq!(status.code(), expected, "{case}: {status}");
+        assert!(status.message().contains(&job.job_id), "{status}");
+        // The round goes on without the misbehaving party.
+        let done = cluster.wait_job(&job.job_id).await;
+        assert_eq!(done.state, "succeeded", "{done:?}");
+    }
+    cluster.shutdown().await;
+}
