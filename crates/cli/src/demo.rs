@@ -1,12 +1,19 @@
-//! `veil demo`: joint statistics over three hospitals' rows with secure aggregation.
+//! `veil demo`: a coordinator and three hospitals on loopback with mutual TLS compute joint
+//! statistics over their own rows of the bundled Breast Cancer Wisconsin data; the answer is
+//! printed beside the same job run over the pooled rows. A second job shows a hospital
+//! vanishing mid-round.
 
-use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use veil_protocol::{FixedPoint, IntegerRange, PartyId, RoundConfig, SessionId, Stage};
-use veil_testkit::{Consortium, Fault, Simulation};
+use veil_analytics::{Answer, ColumnType, DatasetSchema, JobSpec, Plan};
+use veil_party_worker::Fault;
+use veil_party_worker::config::DatasetConfig;
+use veil_party_worker::data::aggregate_csv;
+use veil_proto::v1::{JobRef, SubmitRequest};
+use veil_protocol::Stage;
+use veil_testkit::cluster::{Cluster, ClusterSpec, DatasetSpec, PartySpec};
 
 const HOSPITALS: [(&str, &str); 3] = [
     ("hospital_a", include_str!("../../../examples/data/breast_cancer/hospital_a.csv")),
@@ -14,168 +21,180 @@ const HOSPITALS: [(&str, &str); 3] = [
     ("hospital_c", include_str!("../../../examples/data/breast_cancer/hospital_c.csv")),
 ];
 
-/// The columns whose joint mean and standard deviation the demo computes.
-const COLUMNS: [&str; 4] = ["mean_radius", "mean_texture", "mean_area", "worst_concavity"];
+const COLUMNS: [(&str, &str); 5] = [
+    ("mean_radius", "float"),
+    ("mean_texture", "float"),
+    ("mean_area", "float"),
+    ("worst_concavity", "float"),
+    ("target", "int"),
+];
 
-/// A hospital's table: the wanted columns and the label.
-struct Table {
-    columns: Vec<Vec<f64>>,
-    benign: Vec<bool>,
-}
+/// The job the demo runs: statistics of four measurements over the malignant tumours
+/// (`target == 0`), with a histogram of the radius.
+const JOB: &str = r#"
+dataset = "cells"
+filter = [{ column = "target", op = "==", value = 0 }]
+min_parties = 2
 
-fn parse(name: &str, text: &str) -> Result<Table> {
-    let mut lines = text.lines();
-    let header: Vec<&str> =
-        lines.next().context(format!("{name}: empty file"))?.split(',').collect();
-    let position = |c: &str| {
-        header.iter().position(|h| *h == c).with_context(|| format!("{name}: no column {c:?}"))
-    };
-    let wanted: Vec<usize> = COLUMNS.iter().map(|c| position(c)).collect::<Result<_>>()?;
-    let target = position("target")?;
-    let mut table = Table { columns: vec![Vec::new(); COLUMNS.len()], benign: Vec::new() };
-    for (row, line) in lines.enumerate() {
-        let cells: Vec<&str> = line.split(',').collect();
-        if cells.len() != header.len() {
-            bail!("{name}, row {}: {} cells, expected {}", row + 2, cells.len(), header.len());
-        }
-        let cell = |i: usize| -> Result<f64> {
-            cells[i].parse().with_context(|| {
-                format!(
-                    "{name}, row {}, column {}: {:?} is not a number",
-                    row + 2,
-                    header[i],
-                    cells[i]
-                )
+[[columns]]
+name = "mean_radius"
+min = 0
+max = 40
+histogram = [0, 10, 15, 20, 25, 40]
+
+[[columns]]
+name = "mean_texture"
+min = 0
+max = 50
+
+[[columns]]
+name = "mean_area"
+min = 0
+max = 3000
+
+[[columns]]
+name = "worst_concavity"
+min = 0
+max = 2
+"#;
+
+fn dataset(name: &str, path: PathBuf) -> DatasetConfig {
+    DatasetConfig {
+        name: name.into(),
+        path,
+        columns: COLUMNS
+            .iter()
+            .map(|(c, t)| {
+                let ty = if *t == "int" { ColumnType::Int } else { ColumnType::Float };
+                (c.to_string(), ty)
             })
-        };
-        for (k, &i) in wanted.iter().enumerate() {
-            table.columns[k].push(cell(i)?);
+            .collect(),
+    }
+}
+
+/// The same job over the pooled rows of `hospitals`, with the same engine.
+fn pooled(dir: &Path, hospitals: &[usize]) -> Result<Answer> {
+    let mut text = String::new();
+    for (k, &i) in hospitals.iter().enumerate() {
+        let body = HOSPITALS[i].1;
+        let body = if k == 0 { body } else { body.split_once('\n').map_or("", |(_, rest)| rest) };
+        text.push_str(body);
+        if !text.ends_with('\n') {
+            text.push('\n');
         }
-        table.benign.push(cell(target)? == 1.0);
     }
-    Ok(table)
+    let path = dir.join("pooled.csv");
+    std::fs::write(&path, text)?;
+    let d = dataset("cells", path);
+    let spec = JobSpec::parse(JOB)?;
+    let schema: DatasetSchema = d.schema();
+    let plan = Plan::new(&spec, &schema)?;
+    let vector = aggregate_csv(&d, &plan)?;
+    Ok(plan.answer(&vector, hospitals.iter().map(|&i| i as u32).collect(), vec![])?)
 }
 
-/// The vector a hospital contributes: `[rows, benign rows, Σx per column…, Σx² per column…]`.
-/// Counts are integers; the sums are fixed-point. Only the masked vector leaves the hospital.
-fn local_vector(
-    t: &Table,
-    fp: &FixedPoint,
-    counts: &IntegerRange,
-    rng: &mut StdRng,
-) -> Result<Vec<u64>> {
-    let rows = t.benign.len() as i64;
-    let benign = t.benign.iter().filter(|b| **b).count() as i64;
-    let mut v = counts.encode(&[rows, benign])?;
-    let sums: Vec<f64> = t.columns.iter().map(|c| c.iter().sum()).collect();
-    let squares: Vec<f64> = t.columns.iter().map(|c| c.iter().map(|x| x * x).sum()).collect();
-    v.extend(fp.encode(&sums, rng));
-    v.extend(fp.encode(&squares, rng));
-    Ok(v)
-}
-
-struct Stats {
-    rows: i64,
-    benign: i64,
-    mean: Vec<f64>,
-    std: Vec<f64>,
-}
-
-fn stats(rows: i64, benign: i64, sums: &[f64], squares: &[f64]) -> Stats {
-    let n = rows as f64;
-    let mean: Vec<f64> = sums.iter().map(|s| s / n).collect();
-    let std = squares
-        .iter()
-        .zip(&mean)
-        .map(|(q, m)| ((q / n - m * m) * n / (n - 1.0)).max(0.0).sqrt())
-        .collect();
-    Stats { rows, benign, mean, std }
-}
-
-fn pooled(tables: &[&Table]) -> Stats {
-    let rows: i64 = tables.iter().map(|t| t.benign.len() as i64).sum();
-    let benign: i64 = tables.iter().map(|t| t.benign.iter().filter(|b| **b).count() as i64).sum();
-    let sums: Vec<f64> =
-        (0..COLUMNS.len()).map(|k| tables.iter().flat_map(|t| &t.columns[k]).sum()).collect();
-    let squares: Vec<f64> = (0..COLUMNS.len())
-        .map(|k| tables.iter().flat_map(|t| &t.columns[k]).map(|x| x * x).sum())
-        .collect();
-    stats(rows, benign, &sums, &squares)
-}
-
-fn print(title: &str, joint: &Stats, pool: &Stats) {
-    println!("\n{title}");
-    println!("  {:<18} {:>16} {:>16}", "", "secure (joint)", "pooled rows");
-    println!("  {:<18} {:>16} {:>16}", "rows", joint.rows, pool.rows);
-    println!("  {:<18} {:>16} {:>16}", "benign", joint.benign, pool.benign);
-    for (k, c) in COLUMNS.iter().enumerate() {
-        println!("  {:<18} {:>16.6} {:>16.6}", format!("mean {c}"), joint.mean[k], pool.mean[k]);
-        println!("  {:<18} {:>16.6} {:>16.6}", format!("std {c}"), joint.std[k], pool.std[k]);
+fn compare(joint: &Answer, pool: &Answer) -> Result<()> {
+    let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.6}"));
+    println!("  {:<26} {:>18} {:>18}", "", "secure (joint)", "pooled rows");
+    println!("  {:<26} {:>18} {:>18}", "rows (malignant)", joint.rows, pool.rows);
+    for (j, p) in joint.columns.iter().zip(&pool.columns) {
+        println!("  {:<26} {:>18} {:>18}", format!("{} count", j.name), j.count, p.count);
+        println!("  {:<26} {:>18} {:>18}", format!("{} mean", j.name), f(j.mean), f(p.mean));
+        println!(
+            "  {:<26} {:>18} {:>18}",
+            format!("{} std dev", j.name),
+            f(j.std_dev),
+            f(p.std_dev)
+        );
+        if let (Some(hj), Some(hp)) = (&j.histogram, &p.histogram) {
+            println!(
+                "  {:<26} {:>18} {:>18}",
+                format!("{} histogram", j.name),
+                format!("{:?}", hj.counts),
+                format!("{:?}", hp.counts)
+            );
+        }
     }
+    if joint.rows != pool.rows {
+        bail!("the secure row count differs from the pooled one");
+    }
+    for (j, p) in joint.columns.iter().zip(&pool.columns) {
+        if j.count != p.count || j.histogram != p.histogram || j.sum != p.sum {
+            bail!("the secure answer for {} differs from the pooled one", j.name);
+        }
+    }
+    Ok(())
 }
 
-pub(crate) fn run() -> Result<()> {
-    let tables: Vec<Table> =
-        HOSPITALS.iter().map(|(name, text)| parse(name, text)).collect::<Result<_>>()?;
-    let consortium = Consortium::new(HOSPITALS.len(), 2026);
-    let fp = FixedPoint::new(-1e9, 1e9, 24, HOSPITALS.len())?;
-    let counts = IntegerRange::new(1 << 40, HOSPITALS.len())?;
-    let width = 2 + 2 * COLUMNS.len();
-    let mut rng = StdRng::from_entropy();
-    let inputs: BTreeMap<PartyId, Vec<u64>> = consortium
-        .parties()
-        .into_iter()
-        .zip(&tables)
-        .map(|(p, t)| Ok((p, local_vector(t, &fp, &counts, &mut rng)?)))
-        .collect::<Result<_>>()?;
+async fn run_job(cluster: &Cluster) -> Result<Answer> {
+    let mut jobs = cluster.jobs().await;
+    let status =
+        jobs.submit(SubmitRequest { spec: JOB.into() }).await.context("submit")?.into_inner();
+    println!("  job {} submitted by consumer \"analyst\"", status.job_id);
+    let last = crate::client::follow(&mut jobs, &status.job_id, true).await?;
+    if last.state != "succeeded" {
+        bail!("job {}: {}", last.state, last.detail);
+    }
+    let result =
+        jobs.result(JobRef { job_id: status.job_id }).await.context("result")?.into_inner();
+    Ok(serde_json::from_str(&result.answer_json)?)
+}
 
-    println!("veil demo: three hospitals, {} rows in all, compute joint statistics.", {
-        tables.iter().map(|t| t.benign.len()).sum::<usize>()
-    });
+pub(crate) async fn run() -> Result<()> {
+    let data = tempfile::tempdir()?;
+    let mut parties = Vec::new();
+    for (name, text) in HOSPITALS {
+        let path = data.path().join(format!("{name}.csv"));
+        std::fs::write(&path, text)?;
+        parties.push(PartySpec {
+            name: name.into(),
+            datasets: vec![DatasetSpec {
+                name: "cells".into(),
+                path,
+                columns: COLUMNS.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect(),
+            }],
+            ..PartySpec::default()
+        });
+    }
     println!(
-        "Each hospital masks a vector of {width} sums; the coordinator sees only their total."
+        "veil demo: three hospitals hold 569 rows of the Breast Cancer Wisconsin data between them."
     );
-    for (round, dropout) in [(1u8, None), (2u8, Some(PartyId(2)))] {
-        let mut session = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rng, &mut session);
-        let config = RoundConfig::all_pairs(SessionId(session), consortium.parties(), width);
-        let mut sim = Simulation::new(&consortium, config, rand::RngCore::next_u64(&mut rng))?
-            .inputs(inputs.clone());
-        if let Some(p) = dropout {
-            sim = sim.fault(Fault::Dropout { party: p, before: Stage::MaskedInput });
-        }
-        let outcome = sim.run();
-        let aggregate = outcome.result.map_err(|e| anyhow::anyhow!("round {round} failed: {e}"))?;
-        let n = aggregate.contributors.len();
-        let c = counts.decode_sum(&aggregate.sum[..2]);
-        let sums = fp.decode_sum(&aggregate.sum[2..2 + COLUMNS.len()], n)?;
-        let squares = fp.decode_sum(&aggregate.sum[2 + COLUMNS.len()..], n)?;
-        let joint = stats(c[0], c[1], &sums, &squares);
-        let contributing: Vec<&Table> =
-            aggregate.contributors.iter().map(|p| &tables[p.0 as usize]).collect();
-        let pool = pooled(&contributing);
-        let names: Vec<&str> =
-            aggregate.contributors.iter().map(|p| HOSPITALS[p.0 as usize].0).collect();
-        let title = match dropout {
-            None => format!("Round {round}: all hospitals ({})", names.join(", ")),
-            Some(p) => format!(
-                "Round {round}: {} vanishes after sharing its keys; the sum is over {}",
-                HOSPITALS[p.0 as usize].0,
-                names.join(", ")
-            ),
-        };
-        print(&title, &joint, &pool);
-        if joint.rows != pool.rows || joint.benign != pool.benign {
-            bail!("the secure counts differ from the pooled counts");
-        }
-        for ((column, j), p) in COLUMNS.iter().zip(&joint.mean).zip(&pool.mean) {
-            if (j - p).abs() > 1e-6 * p.abs().max(1.0) {
-                bail!("the secure mean of {column} differs from the pooled mean");
-            }
-        }
-    }
     println!(
-        "\nCounts match exactly; means and deviations agree to fixed-point precision (2^-24)."
+        "Starting a coordinator and three party workers on 127.0.0.1 with mutual TLS (veil init in a temporary directory)..."
+    );
+    let spec = ClusterSpec {
+        parties,
+        stage_timeout: Duration::from_secs(10),
+        offer_timeout: Duration::from_secs(10),
+    };
+    let mut cluster = Cluster::start(spec).await;
+    println!(
+        "  coordinator at {}; all three hospitals connected (dialling out, no inbound ports)",
+        cluster.addr
+    );
+
+    println!(
+        "\nJob 1: mean, deviation and a histogram of four measurements of malignant tumours, over all hospitals."
+    );
+    let joint = run_job(&cluster).await?;
+    println!("Each hospital sent only its masked vector; the coordinator unmasked the sum:");
+    compare(&joint, &pooled(data.path(), &[0, 1, 2])?)?;
+
+    println!("\nJob 2: the same, while hospital_c vanishes right after sharing its keys.");
+    cluster.kill_party(2);
+    cluster.set_fault(2, Some(Fault::ExitAfter(Stage::ShareKeys)));
+    cluster.start_party(2);
+    cluster.wait_connected(3).await;
+    let joint = run_job(&cluster).await?;
+    println!(
+        "The round finished over the survivors {:?}; dropped {:?}:",
+        joint.contributors, joint.dropped
+    );
+    compare(&joint, &pooled(data.path(), &[0, 1])?)?;
+
+    cluster.shutdown().await;
+    println!(
+        "\nCounts, sums and histograms equal the pooled answer exactly; no raw row left a hospital."
     );
     Ok(())
 }

@@ -1,14 +1,23 @@
 //! The `veil` command.
 //!
-//! - `veil demo`: three hospitals compute joint column statistics over their own rows with
-//!   secure aggregation, once with everyone and once with a hospital vanishing mid-round, and
-//!   the answers are printed beside the pooled answer.
-//! - `veil bench secagg`: whole secure aggregation rounds in memory at benchmark sizes.
+//! - `veil demo`: a coordinator and three hospitals on loopback with mutual TLS compute joint
+//!   statistics over the bundled sample data, and the answer is printed beside the pooled one.
+//! - `veil init`: create a consortium (CA, certificates, identity keys, roster, configs).
+//! - `veil coordinator`, `veil party`: run the services.
+//! - `veil submit`, `veil jobs`, `veil result`, `veil cancel`, `veil parties`: consumer and
+//!   administrator commands.
+//! - `veil bench secagg`, `veil bench rounds`: performance.
 
+mod bench;
+mod client;
 mod demo;
 
-use anyhow::Result;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use veil_protocol::Stage;
 
 #[derive(Parser)]
 #[command(name = "veil", version, about = "Privacy-preserving joint computation")]
@@ -19,138 +28,237 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a joint computation over the bundled sample data and compare it with the pooled answer.
+    /// Run a joint computation over the bundled sample data on loopback and compare it with
+    /// the pooled answer.
     Demo,
+    /// Create a consortium: CA, certificates, party identity keys, roster and config files.
+    Init {
+        /// An empty directory to create it in.
+        dir: PathBuf,
+        /// The consortium's name.
+        #[arg(long, default_value = "veil")]
+        name: String,
+        /// Party names, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "party-a,party-b,party-c")]
+        parties: Vec<String>,
+        /// Consumer names, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "analyst")]
+        consumers: Vec<String>,
+        /// Administrator names, comma separated (consumers who may also list parties).
+        #[arg(long, value_delimiter = ',', default_value = "operator")]
+        admins: Vec<String>,
+        /// The coordinator's address.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+    },
+    /// Run the coordinator.
+    Coordinator {
+        /// Its configuration (coordinator.toml from `veil init`).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Serve without TLS. Anyone reaching the port can submit jobs and impersonate parties.
+        #[arg(long)]
+        dangerous_plaintext: bool,
+    },
+    /// Run a party beside its data.
+    Party {
+        /// Its configuration (party.toml from `veil init`, with its datasets added).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Connect without TLS.
+        #[arg(long)]
+        dangerous_plaintext: bool,
+        /// Accept synthetic benchmark jobs, including plain unmasked rounds.
+        #[arg(long)]
+        dangerous_benchmark: bool,
+        /// Fault drill: exit right after sending the round message of this stage.
+        #[arg(long, value_parser = parse_stage)]
+        dangerous_exit_after: Option<Stage>,
+    },
+    /// Submit a job and follow it to its answer.
+    Submit {
+        /// The job specification (TOML or JSON).
+        spec: PathBuf,
+        /// The consumer's configuration (consumer.toml from `veil init`).
+        #[arg(long, short, env = "VEIL_CONSUMER")]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Return as soon as the job is accepted.
+        #[arg(long)]
+        detach: bool,
+        /// Connect without TLS.
+        #[arg(long)]
+        dangerous_plaintext: bool,
+    },
+    /// List your jobs (all jobs for an administrator).
+    Jobs {
+        #[arg(long, short, env = "VEIL_CONSUMER")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        dangerous_plaintext: bool,
+    },
+    /// Fetch a job's result.
+    Result {
+        /// The job id.
+        id: String,
+        #[arg(long, short, env = "VEIL_CONSUMER")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        dangerous_plaintext: bool,
+    },
+    /// Cancel a job.
+    Cancel {
+        id: String,
+        #[arg(long, short, env = "VEIL_CONSUMER")]
+        config: PathBuf,
+        #[arg(long)]
+        dangerous_plaintext: bool,
+    },
+    /// List the parties and whether they are connected (administrators).
+    Parties {
+        #[arg(long, short, env = "VEIL_CONSUMER")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        dangerous_plaintext: bool,
+    },
     /// Measure performance.
     Bench {
         #[command(subcommand)]
-        what: BenchTarget,
+        what: bench::BenchTarget,
     },
 }
 
-#[derive(Subcommand)]
-enum BenchTarget {
-    /// Whole secure aggregation rounds in memory: time, CPU and bytes per role.
-    Secagg {
-        /// Parties (with --dim; otherwise the standard configurations run).
-        #[arg(long, requires = "dim")]
-        parties: Option<usize>,
-        /// Elements per vector.
-        #[arg(long)]
-        dim: Option<usize>,
-        /// Neighbours per party (default: all pairs up to 10 parties, 2⌈log₂ n⌉ beyond).
-        #[arg(long)]
-        neighbours: Option<usize>,
-        /// Fraction of parties that drop before sending their masked input.
-        #[arg(long, default_value_t = 0.0)]
-        dropout: f64,
-        /// Repetitions per configuration; the fastest is reported.
-        #[arg(long, default_value_t = 3)]
-        repeat: usize,
-    },
+fn parse_stage(s: &str) -> Result<Stage, String> {
+    Stage::ALL
+        .into_iter()
+        .find(|st| st.to_string() == s)
+        .ok_or_else(|| format!("unknown stage {s:?}; one of advertise-keys, share-keys, masked-input, consistency-check, unmask"))
+}
+
+fn logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().command {
-        Command::Demo => demo::run(),
-        Command::Bench {
-            what: BenchTarget::Secagg { parties, dim, neighbours, dropout, repeat },
-        } => bench_secagg(parties, dim, neighbours, dropout, repeat),
-    }
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(cli))
 }
 
-fn bench_secagg(
-    parties: Option<usize>,
-    dim: Option<usize>,
-    neighbours: Option<usize>,
-    dropout: f64,
-    repeat: usize,
-) -> Result<()> {
-    use veil_protocol::Stage;
-    use veil_testkit::bench::{self, BenchConfig};
-
-    let configs = match (parties, dim) {
-        (Some(n), Some(d)) => {
-            anyhow::ensure!(n >= 1, "--parties must be at least 1");
-            anyhow::ensure!((0.0..1.0).contains(&dropout), "--dropout must be in [0, 1)");
-            let mut c =
-                if n <= 10 { BenchConfig::all_pairs(n, d) } else { BenchConfig::sparse(n, d) };
-            if let Some(k) = neighbours {
-                c.neighbours = k;
-            }
-            if dropout > 0.0 {
-                c = c.with_dropout(dropout, Stage::MaskedInput);
-            }
-            vec![c]
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo => {
+            logging("error");
+            demo::run().await
         }
-        _ => bench::default_configs(),
-    };
-    println!(
-        "{:<58} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>7}  sum",
-        "configuration", "wall", "party cpu", "coord cpu", "sent/pty", "recv/pty", "plain", "ratio"
-    );
-    for config in &configs {
-        let mut best: Option<bench::BenchReport> = None;
-        for i in 0..repeat.max(1) {
-            let r = bench::run(config, 7 + i as u64)?;
-            anyhow::ensure!(
-                r.correct,
-                "{}: the unmasked sum differs from the plain sum",
-                config.label()
+        Command::Init { dir, name, parties, consumers, admins, listen } => {
+            let mut all: Vec<(String, bool)> = consumers.into_iter().map(|c| (c, false)).collect();
+            all.extend(admins.into_iter().map(|a| (a, true)));
+            let layout = veil_coordinator::consortium::create(
+                &dir,
+                &veil_coordinator::consortium::ConsortiumSpec {
+                    name,
+                    parties,
+                    consumers: all,
+                    coordinator: listen,
+                },
+            )?;
+            println!("created consortium in {}", layout.root.display());
+            println!("  roster:      {}", layout.roster.display());
+            println!(
+                "  coordinator: veil coordinator --config {}",
+                layout.coordinator_config.display()
             );
-            if best.as_ref().is_none_or(|b| r.wall < b.wall) {
-                best = Some(r);
+            for p in &layout.party_configs {
+                println!(
+                    "  party:       veil party --config {}  (add its [[datasets]] first)",
+                    p.display()
+                );
             }
+            for c in &layout.consumer_configs {
+                println!("  consumer:    veil submit job.toml --config {}", c.display());
+            }
+            Ok(())
         }
-        let r = best.expect("at least one repetition ran");
-        println!(
-            "{:<58} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>6.1}x  exact over {}",
-            config.label(),
-            ms(r.wall),
-            ms(r.party_cpu),
-            ms(r.coordinator_cpu),
-            bytes(r.bytes_sent),
-            bytes(r.bytes_received),
-            ms(r.plain_wall),
-            r.ratio(),
-            r.contributors,
-        );
-        if let Some(note) = reference(config, &r) {
-            println!("    {note}");
+        Command::Coordinator { config, dangerous_plaintext } => {
+            logging("info");
+            let file = veil_coordinator::CoordinatorFile::load(&config)?;
+            let listen = file.listen;
+            let config = file.into_config(dangerous_plaintext)?;
+            if dangerous_plaintext {
+                tracing::warn!(
+                    "serving WITHOUT TLS: anyone reaching the port can submit jobs and pose as a party"
+                );
+            }
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::info!(%listen, "coordinator listening");
+            veil_coordinator::serve(config, listener, ctrl_c()).await?;
+            Ok(())
         }
-    }
-    Ok(())
-}
-
-/// The target and the outside reference a configuration is measured against.
-fn reference(
-    c: &veil_testkit::bench::BenchConfig,
-    r: &veil_testkit::bench::BenchReport,
-) -> Option<String> {
-    let verdict = |target_ms: f64| {
-        let ms = r.wall.as_secs_f64() * 1e3;
-        if ms < target_ms { "met" } else { "MISSED" }
-    };
-    match (c.parties, c.vector_len, c.dropout > 0.0) {
-        (10, 100_000, false) if c.neighbours == 9 => Some(format!(
-            "target < 25 ms: {}; Flower 1.41 SecAgg+ in one process on this machine class: ≈ 190 ms \
-             (plain 19 ms), so {:.1}x faster",
-            verdict(25.0),
-            190.0 / (r.wall.as_secs_f64() * 1e3)
-        )),
-        (1_000, 100_000, true) => Some(format!("target < 5 s: {}", verdict(5_000.0))),
-        _ => None,
-    }
-}
-
-fn ms(d: std::time::Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
-
-fn bytes(b: usize) -> String {
-    if b >= 1 << 20 {
-        format!("{:.2} MiB", b as f64 / (1 << 20) as f64)
-    } else {
-        format!("{:.1} KiB", b as f64 / 1024.0)
+        Command::Party {
+            config,
+            dangerous_plaintext,
+            dangerous_benchmark,
+            dangerous_exit_after,
+        } => {
+            logging("info");
+            let mut file = veil_party_worker::PartyFile::load(&config)?;
+            if dangerous_plaintext {
+                file.coordinator = file.coordinator.replacen("https://", "http://", 1);
+            }
+            let config = file.into_config(dangerous_plaintext)?;
+            for d in &config.datasets {
+                if !d.path.exists() {
+                    tracing::warn!(dataset = %d.name, path = %d.path.display(), "dataset file not found; jobs on it will be refused");
+                }
+            }
+            let options = veil_party_worker::WorkerOptions {
+                dangerous_benchmark,
+                fault: dangerous_exit_after.map(veil_party_worker::Fault::ExitAfter),
+            };
+            veil_party_worker::run(config, options, ctrl_c()).await?;
+            Ok(())
+        }
+        Command::Submit { spec, config, json, detach, dangerous_plaintext } => {
+            logging("warn");
+            client::submit(&config, &spec, json, detach, dangerous_plaintext).await
+        }
+        Command::Jobs { config, json, dangerous_plaintext } => {
+            logging("warn");
+            client::jobs(&config, json, dangerous_plaintext).await
+        }
+        Command::Result { id, config, json, dangerous_plaintext } => {
+            logging("warn");
+            client::result(&config, &id, json, dangerous_plaintext).await
+        }
+        Command::Cancel { id, config, dangerous_plaintext } => {
+            logging("warn");
+            client::cancel(&config, &id, dangerous_plaintext).await
+        }
+        Command::Parties { config, json, dangerous_plaintext } => {
+            logging("warn");
+            client::parties(&config, json, dangerous_plaintext).await
+        }
+        Command::Bench { what } => {
+            logging("warn");
+            bench::run(what).await
+        }
     }
 }

@@ -449,6 +449,9 @@ async fn flush(
             .await?;
         match state.options.fault {
             Some(Fault::ExitAfter(s)) if s == stage => {
+                // Let the transport deliver what was just sent, as a crashed process's kernel
+                // would, then vanish.
+                tokio::time::sleep(Duration::from_millis(300)).await;
                 tracing::warn!(party = %config.id, job = %job_id, %stage, "injected fault: exiting");
                 return Ok(true);
             }

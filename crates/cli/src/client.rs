@@ -1,0 +1,250 @@
+//! The consumer and administrator commands: submit, jobs, result, cancel, parties.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tonic::transport::Channel;
+use veil_analytics::Answer;
+use veil_proto::client::ConsumerFile;
+use veil_proto::v1::admin_client::AdminClient;
+use veil_proto::v1::jobs_client::JobsClient;
+use veil_proto::v1::{
+    JobRef, JobResult, JobStatus, ListJobsRequest, ListPartiesRequest, SubmitRequest,
+};
+
+/// Connects as the consumer described by `config`.
+pub(crate) async fn channel(config: &Path, plaintext: bool) -> Result<Channel> {
+    let file = ConsumerFile::load(config)?;
+    let tls = if plaintext { None } else { Some(file.tls()?) };
+    let url = if plaintext {
+        file.coordinator.replacen("https://", "http://", 1)
+    } else {
+        file.coordinator.clone()
+    };
+    veil_proto::client::connect(&url, tls.as_ref()).await.map_err(anyhow::Error::msg)
+}
+
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", code_name(s.code()), s.message())
+}
+
+fn code_name(c: tonic::Code) -> &'static str {
+    match c {
+        tonic::Code::InvalidArgument => "invalid request",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::Unauthenticated => "not authenticated",
+        tonic::Code::FailedPrecondition => "not possible now",
+        tonic::Code::Unavailable => "coordinator unavailable",
+        _ => "error",
+    }
+}
+
+fn time(ms: i64) -> String {
+    let secs = ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}Z")
+}
+
+/// Submits a job and, unless `detach`, follows it to its end and prints the answer.
+pub(crate) async fn submit(
+    config: &Path,
+    spec_path: &Path,
+    json: bool,
+    detach: bool,
+    plaintext: bool,
+) -> Result<()> {
+    let spec = std::fs::read_to_string(spec_path)
+        .with_context(|| format!("cannot read {}", spec_path.display()))?;
+    // Check it here first, for a message that names the file.
+    veil_analytics::Job::parse(&spec).with_context(|| format!("{}", spec_path.display()))?;
+    let mut jobs = JobsClient::new(channel(config, plaintext).await?);
+    let status = jobs.submit(SubmitRequest { spec }).await.map_err(status_error)?.into_inner();
+    if detach {
+        if json {
+            println!("{}", serde_json::json!({ "job_id": status.job_id, "state": status.state }));
+        } else {
+            println!("submitted job {}", status.job_id);
+        }
+        return Ok(());
+    }
+    if !json {
+        eprintln!("job {} submitted", status.job_id);
+    }
+    let last = follow(&mut jobs, &status.job_id, !json).await?;
+    if last.state != "succeeded" {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "job_id": last.job_id, "state": last.state, "detail": last.detail })
+            );
+        }
+        bail!("job {} {}: {}", last.job_id, last.state, last.detail);
+    }
+    let result = jobs
+        .result(JobRef { job_id: last.job_id.clone() })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_result(&result, json)
+}
+
+/// Watches a job to its end, printing each change unless quiet.
+pub(crate) async fn follow(
+    jobs: &mut JobsClient<Channel>,
+    job_id: &str,
+    show: bool,
+) -> Result<JobStatus> {
+    let mut stream =
+        jobs.watch(JobRef { job_id: job_id.to_string() }).await.map_err(status_error)?.into_inner();
+    let mut last: Option<JobStatus> = None;
+    while let Some(s) = stream.message().await.map_err(status_error)? {
+        if show && last.as_ref().is_none_or(|l| l.state != s.state || l.detail != s.detail) {
+            eprintln!("  [{}] {:<9} {}", time(s.updated_unix_ms), s.state, s.detail);
+        }
+        last = Some(s);
+    }
+    last.context("the coordinator closed the watch without a status")
+}
+
+pub(crate) fn print_result(result: &JobResult, json: bool) -> Result<()> {
+    if json {
+        println!("{}", result.answer_json);
+        return Ok(());
+    }
+    match serde_json::from_str::<Answer>(&result.answer_json) {
+        Ok(a) => print_answer(&a),
+        Err(_) => println!("{}", result.answer_json),
+    }
+    Ok(())
+}
+
+/// A readable table of a column-aggregate answer.
+pub(crate) fn print_answer(a: &Answer) {
+    println!(
+        "dataset {:?}: {} rows from parties {:?}{}",
+        a.dataset,
+        a.rows,
+        a.contributors,
+        if a.dropped.is_empty() {
+            String::new()
+        } else {
+            format!(" (dropped out: {:?})", a.dropped)
+        }
+    );
+    println!(
+        "{:<20} {:>10} {:>16} {:>14} {:>14} {:>9}",
+        "column", "count", "sum", "mean", "std dev", "clipped"
+    );
+    for c in &a.columns {
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+        println!(
+            "{:<20} {:>10} {:>16.4} {:>14} {:>14} {:>9}",
+            c.name,
+            c.count,
+            c.sum,
+            opt(c.mean),
+            opt(c.std_dev),
+            c.clipped_below + c.clipped_above
+        );
+        if let Some(h) = &c.histogram {
+            let bins: Vec<String> = h
+                .counts
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    format!(
+                        "[{}, {}{}: {n}",
+                        h.edges[i],
+                        h.edges[i + 1],
+                        if i + 2 == h.edges.len() { "]" } else { ")" }
+                    )
+                })
+                .collect();
+            println!(
+                "{:<20} below {}; {}; above {}",
+                "  histogram",
+                h.below,
+                bins.join("; "),
+                h.above
+            );
+        }
+    }
+}
+
+pub(crate) async fn jobs(config: &Path, json: bool, plaintext: bool) -> Result<()> {
+    let mut jobs = JobsClient::new(channel(config, plaintext).await?);
+    let list = jobs.list(ListJobsRequest {}).await.map_err(status_error)?.into_inner().jobs;
+    if json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|j| serde_json::json!({
+                "job_id": j.job_id, "consumer": j.consumer, "dataset": j.dataset, "state": j.state,
+                "detail": j.detail, "parties": j.parties, "created_unix_ms": j.created_unix_ms,
+            }))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no jobs");
+    }
+    for j in list {
+        println!(
+            "{}  {:<9}  {:<12} {:<10} {}",
+            j.job_id,
+            j.state,
+            j.dataset,
+            time(j.created_unix_ms),
+            j.detail
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn result(config: &Path, job_id: &str, json: bool, plaintext: bool) -> Result<()> {
+    let mut jobs = JobsClient::new(channel(config, plaintext).await?);
+    let r = jobs
+        .result(JobRef { job_id: job_id.to_string() })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_result(&r, json)
+}
+
+pub(crate) async fn cancel(config: &Path, job_id: &str, plaintext: bool) -> Result<()> {
+    let mut jobs = JobsClient::new(channel(config, plaintext).await?);
+    jobs.cancel(JobRef { job_id: job_id.to_string() }).await.map_err(status_error)?;
+    // The job ends shortly; report how.
+    let last =
+        tokio::time::timeout(Duration::from_secs(10), follow(&mut jobs, job_id, false)).await;
+    match last {
+        Ok(Ok(s)) => println!("job {job_id}: {} ({})", s.state, s.detail),
+        _ => println!("job {job_id}: cancellation requested"),
+    }
+    Ok(())
+}
+
+pub(crate) async fn parties(config: &Path, json: bool, plaintext: bool) -> Result<()> {
+    let mut admin = AdminClient::new(channel(config, plaintext).await?);
+    let list =
+        admin.list_parties(ListPartiesRequest {}).await.map_err(status_error)?.into_inner().parties;
+    for p in list {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"party_id": p.party_id, "name": p.name, "connected": p.connected, "datasets": p.datasets})
+            );
+        } else {
+            println!(
+                "{:>3} {:<16} {:<12} {}",
+                p.party_id,
+                p.name,
+                if p.connected { "connected" } else { "offline" },
+                p.datasets.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
