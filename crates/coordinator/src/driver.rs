@@ -35,18 +35,26 @@ pub(crate) fn start(shared: Arc<Shared>, record: JobRecord, job: Job) {
     let (tx, rx) = mpsc::unbounded_channel();
     lock(&shared.jobs).insert(record.id.clone(), tx);
     tokio::spawn(async move {
+        let mut record = record;
         let mut offered = Vec::new();
-        let outcome = run(&shared, &record, &job, rx, &mut offered).await;
+        let outcome = run(&shared, &mut record, &job, rx, &mut offered).await;
         lock(&shared.jobs).remove(&record.id);
         let (succeeded, reason) = match &outcome {
             Ok(()) => (true, String::new()),
             Err(End::Failed(reason)) => {
                 tracing::warn!(job = %record.id, %reason, "job failed");
-                set_state(&shared, &record, JobState::Failed, reason, None);
+                set_state(&shared, &mut record, JobState::Failed, reason, None).await;
                 (false, reason.clone())
             }
             Err(End::Cancelled) => {
-                set_state(&shared, &record, JobState::Cancelled, "cancelled by its consumer", None);
+                set_state(
+                    &shared,
+                    &mut record,
+                    JobState::Cancelled,
+                    "cancelled by its consumer",
+                    None,
+                )
+                .await;
                 (false, "cancelled".into())
             }
         };
@@ -57,27 +65,40 @@ pub(crate) fn start(shared: Arc<Shared>, record: JobRecord, job: Job) {
     });
 }
 
-fn set_state(
-    shared: &Shared,
-    record: &JobRecord,
+/// Records a job's new state: published to watchers at once; progress is stored in the
+/// background, an end state synchronously.
+async fn set_state(
+    shared: &Arc<Shared>,
+    job: &mut JobRecord,
     state: JobState,
     detail: &str,
     parties: Option<&[u32]>,
 ) {
-    let current = shared.store.job(&record.id).ok().flatten();
-    let parties =
-        parties.map(<[u32]>::to_vec).or_else(|| current.map(|j| j.parties)).unwrap_or_default();
-    if let Err(e) = shared.store.update_job(&record.id, state, detail, &parties, now_ms()) {
-        tracing::error!(job = %record.id, error = %e, "cannot record job state");
+    job.state = state;
+    job.detail = detail.to_string();
+    if let Some(p) = parties {
+        job.parties = p.to_vec();
     }
-    if let Ok(Some(j)) = shared.store.job(&record.id) {
-        shared.publish(&j);
+    job.updated_ms = now_ms();
+    if !state.is_final() {
+        shared.progress(job);
+        return;
     }
+    let store = shared.store.clone();
+    let j = job.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        store.update_job(&j.id, j.state, &j.detail, &j.parties, j.updated_ms)
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::error!(job = %job.id, "cannot record the job's end");
+    }
+    shared.publish(job);
 }
 
 async fn run(
-    shared: &Shared,
-    record: &JobRecord,
+    shared: &Arc<Shared>,
+    record: &mut JobRecord,
     job: &Job,
     mut inbox: mpsc::UnboundedReceiver<JobInput>,
     offered: &mut Vec<PartyId>,
@@ -102,7 +123,8 @@ async fn run(
         JobState::Offering,
         &format!("offered to {} parties", candidates.len()),
         Some(&candidates.iter().map(|p| p.0).collect::<Vec<_>>()),
-    );
+    )
+    .await;
     for &p in &candidates {
         let offer = TaskOffer { job_id: record.id.clone(), spec_json: record.spec_json.clone() };
         if shared.send(p, CoordinatorEnvelope { body: Some(Body::Offer(offer)) }).await {
@@ -148,7 +170,7 @@ async fn run(
     }
     let parties: Vec<PartyId> = accepted.into_iter().collect();
     let ids: Vec<u32> = parties.iter().map(|p| p.0).collect();
-    set_state(shared, record, JobState::Running, "round started", Some(&ids));
+    set_state(shared, record, JobState::Running, "round started", Some(&ids)).await;
 
     let vector_len = match job {
         Job::Columns(spec) => {
@@ -158,7 +180,7 @@ async fn run(
     };
     let plain = matches!(job, Job::Synthetic(s) if s.plain);
     let aggregate = if plain {
-        plain_round(shared, record, &parties, vector_len, &mut inbox).await?
+        plain_round(shared, &*record, &parties, vector_len, &mut inbox).await?
     } else {
         secure_round(shared, record, &parties, min, vector_len, &mut inbox).await?
     };
@@ -204,13 +226,19 @@ async fn run(
             format!(" ({} dropped out)", result.dropped.len())
         }
     );
-    shared
-        .store
-        .put_result(&result, &detail, now_ms())
+    let store = shared.store.clone();
+    let stored = result.clone();
+    let at = now_ms();
+    let detail_stored = detail.clone();
+    tokio::task::spawn_blocking(move || store.put_result(&stored, &detail_stored, at))
+        .await
+        .map_err(|e| End::Failed(format!("store: {e}")))?
         .map_err(|e| End::Failed(format!("store: {e}")))?;
-    if let Ok(Some(j)) = shared.store.job(&record.id) {
-        shared.publish(&j);
-    }
+    record.state = JobState::Succeeded;
+    record.detail = detail;
+    record.updated_ms = at;
+    shared.publish(record);
+
     tracing::info!(job = %record.id, contributors = result.contributors.len(), "job finished");
     Ok(())
 }
@@ -233,8 +261,8 @@ fn refusal(job: &str, current: Option<veil_protocol::Stage>, e: &ProtocolError) 
 }
 
 async fn secure_round(
-    shared: &Shared,
-    record: &JobRecord,
+    shared: &Arc<Shared>,
+    record: &mut JobRecord,
     parties: &[PartyId],
     min: usize,
     vector_len: usize,
@@ -302,7 +330,7 @@ async fn secure_round(
             match event {
                 CoordinatorEvent::StageClosed { stage, responders } => {
                     let detail = format!("round: {stage} done with {responders} parties");
-                    set_state(shared, record, JobState::Running, &detail, None);
+                    set_state(shared, record, JobState::Running, &detail, None).await;
                 }
                 CoordinatorEvent::Finished(aggregate) => return Ok(aggregate),
                 CoordinatorEvent::Aborted(e) => {

@@ -105,9 +105,21 @@ pub(crate) struct Connection {
     since_ms: i64,
 }
 
+/// A job's new state and detail, to be stored.
+pub(crate) struct ProgressWrite {
+    pub(crate) job_id: String,
+    pub(crate) state: store::JobState,
+    pub(crate) detail: String,
+    pub(crate) parties: Vec<u32>,
+    pub(crate) at_ms: i64,
+}
+
 /// Live state shared by the services and the job drivers.
 pub(crate) struct Shared {
-    store: Store,
+    store: Arc<Store>,
+    /// Progress writes, applied in order by a background thread so a round never waits for
+    /// a stage's fsync; final states and results are written synchronously instead.
+    progress: Mutex<std::sync::mpsc::Sender<ProgressWrite>>,
     roster: RosterFile,
     protocol_roster: Arc<veil_protocol::Roster>,
     plaintext: bool,
@@ -189,6 +201,19 @@ impl Shared {
     pub(crate) fn publish(&self, job: &JobRecord) {
         let _ = self.status.send(jobs::status_of(job));
     }
+
+    /// Publishes a job's progress and queues it for the store.
+    pub(crate) fn progress(&self, job: &JobRecord) {
+        self.publish(job);
+        let write = ProgressWrite {
+            job_id: job.id.clone(),
+            state: job.state,
+            detail: job.detail.clone(),
+            parties: job.parties.clone(),
+            at_ms: job.updated_ms,
+        };
+        let _ = lock(&self.progress).send(write);
+    }
 }
 
 /// Serves the coordinator on `listener` until `shutdown` completes. Jobs that were under way
@@ -206,8 +231,24 @@ pub async fn serve(
     let protocol_roster =
         Arc::new(config.roster.protocol_roster().map_err(CoordinatorError::Roster)?);
     let (status, _) = broadcast::channel(1024);
+    let store = Arc::new(store);
+    let (progress, writes) = std::sync::mpsc::channel::<ProgressWrite>();
+    let writer_store = store.clone();
+    std::thread::Builder::new()
+        .name("veil-progress-writer".into())
+        .spawn(move || {
+            for w in writes {
+                if let Err(e) =
+                    writer_store.update_job(&w.job_id, w.state, &w.detail, &w.parties, w.at_ms)
+                {
+                    tracing::error!(job = %w.job_id, error = %e, "cannot record job progress");
+                }
+            }
+        })
+        .map_err(|e| CoordinatorError::Roster(format!("cannot start the progress writer: {e}")))?;
     let shared = Arc::new(Shared {
         store,
+        progress: Mutex::new(progress),
         roster: config.roster,
         protocol_roster,
         plaintext: config.tls.is_none(),
@@ -221,7 +262,11 @@ pub async fn serve(
     });
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // Masked vectors are megabytes: HTTP/2's default 64 KiB windows would make every upload
+        // wait on window updates.
+        .initial_stream_window_size(Some(veil_proto::STREAM_WINDOW))
+        .initial_connection_window_size(Some(veil_proto::CONNECTION_WINDOW));
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls.server_config())?;
     }
@@ -243,7 +288,8 @@ pub async fn serve(
             shared.clone(),
         )))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Small protocol messages must not wait behind delayed acknowledgements.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await?;

@@ -108,8 +108,11 @@ fn endpoint(config: &PartyConfig) -> Result<Endpoint, WorkerError> {
     let mut e = Endpoint::from_shared(config.coordinator.clone())
         .map_err(|_| WorkerError::BadAddress(config.coordinator.clone()))?
         .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_timeout(Duration::from_secs(20))
+        .initial_stream_window_size(veil_proto::STREAM_WINDOW)
+        .initial_connection_window_size(veil_proto::CONNECTION_WINDOW);
     if let Some(tls) = &config.tls {
         e = e.tls_config(tls.client_config()).map_err(|e| WorkerError::Tls(e.to_string()))?;
     }
@@ -126,19 +129,21 @@ pub async fn connect_once(config: &PartyConfig) -> Result<(), Status> {
         .map_err(|e| Status::unavailable(format!("{e}: {:?}", std::error::Error::source(&e))))?;
     let mut client = PartyGatewayClient::new(channel);
     let (tx, rx) = mpsc::channel(1);
-    let _ = tx.send(hello(config)).await;
+    let _ = tx.send(hello(config, &WorkerOptions::default())).await;
     let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
     inbound.message().await?;
     Ok(())
 }
 
-fn hello(config: &PartyConfig) -> PartyEnvelope {
-    PartyEnvelope {
-        body: Some(Body::Hello(Hello {
-            party_id: config.id.0,
-            datasets: config.datasets.iter().map(|d| d.name.clone()).collect(),
-        })),
+/// The name synthetic benchmark jobs use as their dataset.
+const SYNTHETIC: &str = "synthetic";
+
+fn hello(config: &PartyConfig, options: &WorkerOptions) -> PartyEnvelope {
+    let mut datasets: Vec<String> = config.datasets.iter().map(|d| d.name.clone()).collect();
+    if options.dangerous_benchmark {
+        datasets.push(SYNTHETIC.into());
     }
+    PartyEnvelope { body: Some(Body::Hello(Hello { party_id: config.id.0, datasets })) }
 }
 
 enum Ended {
@@ -208,7 +213,9 @@ async fn session(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let (tx, rx) = mpsc::channel::<PartyEnvelope>(64);
-    tx.send(hello(config)).await.map_err(|_| Status::internal("outbound channel closed"))?;
+    tx.send(hello(config, &state.options))
+        .await
+        .map_err(|_| Status::internal("outbound channel closed"))?;
     let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
     tracing::info!(party = %config.id, coordinator = %config.coordinator, "connected");
     // Jobs from a previous connection cannot continue: the coordinator saw us leave.

@@ -57,7 +57,9 @@ impl ConsumerFile {
 pub async fn connect(url: &str, tls: Option<&TlsMaterial>) -> Result<Channel, String> {
     let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("invalid coordinator address {url:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(5));
+        .connect_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(crate::STREAM_WINDOW)
+        .initial_connection_window_size(crate::CONNECTION_WINDOW);
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls.client_config()).map_err(|e| format!("TLS: {e}"))?;
     }

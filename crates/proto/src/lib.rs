@@ -24,6 +24,12 @@ pub mod v1 {
 /// The largest message either side accepts, in bytes: room for a 4M-element masked vector.
 pub const MAX_MESSAGE_BYTES: usize = 40 << 20;
 
+/// HTTP/2 flow-control window per stream (both sides), in bytes.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+
+/// HTTP/2 flow-control window per connection (both sides), in bytes.
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+
 /// Errors loading consortium files.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

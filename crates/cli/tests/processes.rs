@@ -1,0 +1,146 @@
+//! The `veil` binary end to end: `veil init`, a coordinator process, party processes and the
+//! consumer commands, over mutual TLS on 127.0.0.1; one party process vanishes mid-round.
+
+// Helpers here set up files and processes; a panic is the test failing.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const VEIL: &str = env!("CARGO_BIN_EXE_veil");
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/breast_cancer").join(name)
+}
+
+fn veil(args: &[&str]) -> Output {
+    Command::new(VEIL).args(args).env("RUST_LOG", "warn").output().expect("veil runs")
+}
+
+/// Kills the child when dropped, so a failing test leaves no process behind.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str]) -> Process {
+    Process(
+        Command::new(VEIL)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("veil starts"),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn add_dataset(party_toml: &Path, csv: &Path) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(party_toml).unwrap();
+    writeln!(
+        f,
+        "\n[[datasets]]\nname = \"cells\"\npath = {:?}\ncolumns = {{ mean_radius = \"float\", target = \"int\" }}",
+        csv.display().to_string()
+    )
+    .unwrap();
+}
+
+/// Waits until `veil parties` lists `n` connected parties (at most 20 s).
+fn wait_connected(operator: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = veil(&["parties", "--json", "--config", operator]);
+        let connected = String::from_utf8_lossy(&out.stdout).matches("\"connected\":true").count();
+        if connected >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "parties did not connect: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn init_serve_submit_and_survive_a_vanishing_party() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("consortium");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let out = veil(&[
+        "init",
+        root.to_str().unwrap(),
+        "--parties",
+        "hospital_a,hospital_b,hospital_c",
+        "--listen",
+        &listen,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A second init into the same directory is refused, and nothing is overwritten.
+    let again = veil(&["init", root.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a consortium"));
+
+    let party = |name: &str| root.join("parties").join(name).join("party.toml");
+    for h in ["hospital_a", "hospital_b", "hospital_c"] {
+        add_dataset(&party(h), &data(&format!("{h}.csv")));
+    }
+    let coordinator_toml = root.join("coordinator/coordinator.toml");
+    let _coordinator = spawn(&["coordinator", "--config", coordinator_toml.to_str().unwrap()]);
+    let _a = spawn(&["party", "--config", party("hospital_a").to_str().unwrap()]);
+    let _b = spawn(&["party", "--config", party("hospital_b").to_str().unwrap()]);
+    let mut c = spawn(&[
+        "party",
+        "--config",
+        party("hospital_c").to_str().unwrap(),
+        "--dangerous-exit-after",
+        "share-keys",
+    ]);
+    let operator = root.join("consumers/operator/consumer.toml");
+    let analyst = root.join("consumers/analyst/consumer.toml");
+    wait_connected(operator.to_str().unwrap(), 3);
+
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        "dataset = \"cells\"\n[[columns]]\nname = \"mean_radius\"\nmin = 0\nmax = 50\n",
+    )
+    .unwrap();
+    let out =
+        veil(&["submit", job.to_str().unwrap(), "--json", "--config", analyst.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // hospital_c's process exited right after sharing its keys: the answer is over a and b.
+    assert_eq!(answer["contributors"], serde_json::json!([0, 1]));
+    assert_eq!(answer["dropped"], serde_json::json!([2]));
+    assert_eq!(answer["rows"], 300 + 170);
+    let status = c.0.wait().unwrap();
+    assert!(status.success(), "the drilled party exits cleanly");
+
+    // The consumer commands see the job and its result.
+    let out = veil(&["jobs", "--json", "--config", analyst.to_str().unwrap()]);
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = jobs[0]["job_id"].as_str().unwrap().to_string();
+    assert_eq!(jobs[0]["state"], "succeeded");
+    let out = veil(&["result", &id, "--json", "--config", analyst.to_str().unwrap()]);
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again, answer);
+    // A bad specification gets a message naming the file and the problem, and no job.
+    std::fs::write(&job, "dataset = \"cells\"\ncolumns = []\n").unwrap();
+    let out = veil(&["submit", job.to_str().unwrap(), "--config", analyst.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("job.toml") && err.contains("at least one column"), "{err}");
+}
