@@ -175,3 +175,28 @@ impl PartyFile {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dataset section shown in `examples/jobs/party-flights.toml` parses as part of a
+    /// party file.
+    #[test]
+    fn the_example_dataset_section_parses() {
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/jobs/party-flights.toml"),
+        )
+        .unwrap();
+        let text = format!(
+            "id = 0\nname = \"ewr\"\ncoordinator = \"https://127.0.0.1:7443\"\nroster = \"r\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\nidentity = \"i\"\n{example}"
+        );
+        let f: PartyFile = toml::from_str(&text).unwrap();
+        assert_eq!(f.datasets[0].columns.len(), 5);
+        assert_eq!(f.datasets[0].columns["carrier"], ColumnType::String);
+        let bad = text
+            .replace("min_cohort", "x")
+            .replace("name = \"flights\"", "name = \"flights\"\nbogus = 1");
+        assert!(toml::from_str::<PartyFile>(&bad).is_err(), "unknown fields are refused");
+    }
+}
