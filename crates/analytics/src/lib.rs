@@ -24,7 +24,7 @@ pub mod spec;
 
 pub use plan::{Answer, ColumnAnswer, Histogram, Layout, LocalAggregate, Plan};
 pub use schema::{ColumnType, DatasetSchema, Value};
-pub use spec::{ColumnRequest, Condition, Job, JobSpec, Literal, Op, SyntheticSpec};
+pub use spec::{ColumnRequest, Condition, Job, JobSpec, Literal, Op, Privacy, SyntheticSpec};
 
 /// Errors of job specifications and local aggregation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

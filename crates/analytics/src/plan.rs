@@ -227,14 +227,16 @@ impl Plan {
                     let m = total / count as f64;
                     ((squares - count as f64 * m * m) / (count - 1) as f64).max(0.0)
                 });
+                let k = self.spec.k_threshold.unwrap_or(0);
                 let histogram = (!c.edges.is_empty()).then(|| {
                     let h = o + ColumnPlan::HISTOGRAM;
                     let slots = &sum[h..h + c.edges.len() + 1];
+                    let shown = |n: u64| (n >= k).then_some(n);
                     Histogram {
                         edges: c.edges.clone(),
-                        counts: slots[1..slots.len() - 1].to_vec(),
-                        below: slots[0],
-                        above: slots[slots.len() - 1],
+                        counts: slots[1..slots.len() - 1].iter().map(|&n| shown(n)).collect(),
+                        below: shown(slots[0]),
+                        above: shown(slots[slots.len() - 1]),
                     }
                 });
                 ColumnAnswer {
@@ -412,17 +414,17 @@ pub struct ColumnAnswer {
     pub histogram: Option<Histogram>,
 }
 
-/// Counts per bin.
+/// Counts per bin. A count below the job's `k_threshold` is suppressed (`None`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Histogram {
     /// Bin edges; bin i is `[edges[i], edges[i+1])`, the last one closed.
     pub edges: Vec<f64>,
     /// Count per bin.
-    pub counts: Vec<u64>,
+    pub counts: Vec<Option<u64>>,
     /// Values below the first edge.
-    pub below: u64,
+    pub below: Option<u64>,
     /// Values above the last edge.
-    pub above: u64,
+    pub above: Option<u64>,
 }
 
 #[cfg(test)]
@@ -493,7 +495,10 @@ mod tests {
         assert_eq!((a.count, a.clipped_below, a.clipped_above), (5, 1, 0));
         assert_eq!(a.sum, 1.5 - 10.0 + 5.0 - 5.0 + 0.0);
         let h = a.histogram.as_ref().unwrap();
-        assert_eq!((h.below, h.counts.clone(), h.above), (1, vec![1, 3], 0));
+        assert_eq!(
+            (h.below, h.counts.clone(), h.above),
+            (Some(1), vec![Some(1), Some(3)], Some(0))
+        );
         let n = &answer.columns[1];
         assert_eq!((n.count, n.clipped_above), (4, 1));
         assert_eq!(n.mean, Some((3.0 + 100.0 + 4.0 + 5.0) / 4.0));
@@ -536,6 +541,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("compares it with text"), "{e}");
+    }
+
+    #[test]
+    fn bins_below_the_k_threshold_are_suppressed() {
+        let mut s = spec(SPEC);
+        s.k_threshold = Some(2);
+        let plan = Plan::new(&s, &schema()).unwrap();
+        let a = plan.answer(&vector(&plan, &rows()), vec![0], vec![]).unwrap();
+        let h = a.columns[0].histogram.as_ref().unwrap();
+        assert_eq!((h.below, h.counts.clone(), h.above), (None, vec![None, Some(3)], None));
     }
 
     #[test]

@@ -116,10 +116,27 @@ pub struct JobSpec {
     /// The fewest parties whose data the answer may combine (default 2).
     #[serde(default = "default_min_parties")]
     pub min_parties: u32,
+    /// What the answer is for; owners' policies may allow only some purposes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub purpose: String,
+    /// The differential-privacy charge the job declares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<Privacy>,
+    /// Histogram bins counting fewer than this many values are suppressed in the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k_threshold: Option<u64>,
 }
 
 fn default_min_parties() -> u32 {
     2
+}
+
+/// A declared differential-privacy charge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Privacy {
+    /// zCDP ρ charged to every budget this release draws on.
+    pub rho: f64,
 }
 
 /// One filter condition: `column op value`.
@@ -250,6 +267,17 @@ impl JobSpec {
                     ));
                 }
             }
+        }
+        if let Some(p) = &self.privacy {
+            if !p.rho.is_finite() || p.rho <= 0.0 || p.rho > 100.0 {
+                return bad(format!(
+                    "privacy.rho must be a positive number up to 100, got {}",
+                    p.rho
+                ));
+            }
+        }
+        if self.k_threshold == Some(0) {
+            return bad("k_threshold must be at least 1".into());
         }
         for f in &self.filter {
             if let Literal::Number(v) = f.value {

@@ -149,25 +149,27 @@ pub(crate) fn print_answer(a: &Answer) {
             c.clipped_below + c.clipped_above
         );
         if let Some(h) = &c.histogram {
+            let count = |n: Option<u64>| n.map_or("suppressed".to_string(), |n| n.to_string());
             let bins: Vec<String> = h
                 .counts
                 .iter()
                 .enumerate()
                 .map(|(i, n)| {
                     format!(
-                        "[{}, {}{}: {n}",
+                        "[{}, {}{}: {}",
                         h.edges[i],
                         h.edges[i + 1],
-                        if i + 2 == h.edges.len() { "]" } else { ")" }
+                        if i + 2 == h.edges.len() { "]" } else { ")" },
+                        count(*n)
                     )
                 })
                 .collect();
             println!(
                 "{:<20} below {}; {}; above {}",
                 "  histogram",
-                h.below,
+                count(h.below),
                 bins.join("; "),
-                h.above
+                count(h.above)
             );
         }
     }

@@ -69,6 +69,9 @@ fn dataset(name: &str, path: PathBuf) -> DatasetConfig {
                 (c.to_string(), ty)
             })
             .collect(),
+        grade: Default::default(),
+        tags: Default::default(),
+        policy: Default::default(),
     }
 }
 
@@ -110,8 +113,8 @@ fn compare(joint: &Answer, pool: &Answer) -> Result<()> {
             println!(
                 "  {:<26} {:>18} {:>18}",
                 format!("{} histogram", j.name),
-                format!("{:?}", hj.counts),
-                format!("{:?}", hp.counts)
+                format!("{:?}", hj.counts.iter().flatten().collect::<Vec<_>>()),
+                format!("{:?}", hp.counts.iter().flatten().collect::<Vec<_>>())
             );
         }
     }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use veil_proto::roster::Member;
 use veil_proto::v1::admin_server::Admin;
-use veil_proto::v1::{ListPartiesRequest, PartyList, PartyState};
+use veil_proto::v1::{
+    AuditLogRequest, AuditLogResponse, ListPartiesRequest, PartyList, PartyState,
+};
 
 use crate::Shared;
 
@@ -22,6 +24,19 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl Admin for AdminApi {
+    async fn audit_log(
+        &self,
+        request: Request<AuditLogRequest>,
+    ) -> Result<Response<AuditLogResponse>, Status> {
+        match self.shared.caller(&request)? {
+            Member::Consumer { admin: true, .. } => {}
+            _ => return Err(Status::permission_denied("the admin service needs an administrator")),
+        }
+        let entries_json =
+            self.shared.store.audit_log().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(AuditLogResponse { entries_json }))
+    }
+
     async fn list_parties(
         &self,
         request: Request<ListPartiesRequest>,

@@ -27,6 +27,8 @@ pub struct CoordinatorFile {
     pub cert: PathBuf,
     /// The coordinator's key.
     pub key: PathBuf,
+    /// The Ed25519 seed (hex) that signs the audit log.
+    pub identity: PathBuf,
     /// Seconds a party may stay silent in a round stage.
     #[serde(default = "default_stage_timeout")]
     pub stage_timeout_secs: u64,
@@ -53,7 +55,9 @@ impl CoordinatorFile {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut f.database, &mut f.roster, &mut f.ca, &mut f.cert, &mut f.key] {
+        for p in
+            [&mut f.database, &mut f.roster, &mut f.ca, &mut f.cert, &mut f.key, &mut f.identity]
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -74,9 +78,28 @@ impl CoordinatorFile {
         } else {
             Some(TlsMaterial::load(&TlsFiles { ca: self.ca, cert: self.cert, key: self.key })?)
         };
+        let text = std::fs::read_to_string(&self.identity).map_err(|source| ConfigError::Read {
+            path: self.identity.display().to_string(),
+            source,
+        })?;
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut seed).map_err(|_| ConfigError::Parse {
+            path: self.identity.display().to_string(),
+            message: "the identity key must be 64 hex digits".into(),
+        })?;
+        let identity = ed25519_dalek::SigningKey::from_bytes(&seed);
+        seed.fill(0);
+        let roster = RosterFile::load(&self.roster)?;
+        if roster.coordinator_key != hex::encode(identity.verifying_key().as_bytes()) {
+            return Err(ConfigError::Parse {
+                path: self.identity.display().to_string(),
+                message: "this identity key is not the coordinator key the roster lists".into(),
+            });
+        }
         Ok(CoordinatorConfig {
+            identity,
             database: self.database,
-            roster: RosterFile::load(&self.roster)?,
+            roster,
             tls,
             stage_timeout: Duration::from_secs(self.stage_timeout_secs),
             offer_timeout: Duration::from_secs(self.offer_timeout_secs),

@@ -183,6 +183,15 @@ pub fn create(dir: &Path, spec: &ConsortiumSpec) -> Result<ConsortiumLayout, Ini
     let cdir = dir.join("coordinator");
     write(&cdir.join("cert.pem"), &coordinator.cert_pem, false)?;
     write(&cdir.join("key.pem"), &coordinator.key_pem, true)?;
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    let coordinator_identity = veil_protocol::IdentityKey::from_seed(&seed);
+    seed.fill(0);
+    write(
+        &cdir.join("identity.key"),
+        &format!("{}\n", hex::encode(*coordinator_identity.to_seed())),
+        true,
+    )?;
     let coordinator_config = cdir.join("coordinator.toml");
     write(
         &coordinator_config,
@@ -194,6 +203,8 @@ pub fn create(dir: &Path, spec: &ConsortiumSpec) -> Result<ConsortiumLayout, Ini
              ca = \"../ca.pem\"\n\
              cert = \"cert.pem\"\n\
              key = \"key.pem\"\n\
+             # Signs the coordinator's audit log; its public half is in the roster.\n\
+             identity = \"identity.key\"\n\
              # A party silent for this long in a stage is a dropout.\n\
              stage_timeout_secs = 30\n\
              # How long parties have to accept or refuse a job.\n\
@@ -204,8 +215,12 @@ pub fn create(dir: &Path, spec: &ConsortiumSpec) -> Result<ConsortiumLayout, Ini
     )?;
 
     let url = format!("https://{}", spec.coordinator);
-    let mut roster =
-        RosterFile { consortium: spec.name.clone(), parties: Vec::new(), consumers: Vec::new() };
+    let mut roster = RosterFile {
+        consortium: spec.name.clone(),
+        coordinator_key: hex::encode(coordinator_identity.verifying_key().as_bytes()),
+        parties: Vec::new(),
+        consumers: Vec::new(),
+    };
     let mut party_configs = Vec::new();
     for (id, name) in spec.parties.iter().enumerate() {
         let l = leaf(&issuer, &format!("veil party {name}"), false)?;
@@ -277,6 +292,8 @@ pub fn create(dir: &Path, spec: &ConsortiumSpec) -> Result<ConsortiumLayout, Ini
             name: name.clone(),
             certificate_sha256: l.fingerprint,
             admin: *admin,
+            jobs_per_day: None,
+            fetches_per_day: None,
         });
     }
     let roster_path = dir.join("roster.toml");

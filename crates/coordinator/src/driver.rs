@@ -18,6 +18,9 @@ use veil_protocol::{
     RoundConfig, SessionId,
 };
 
+use veil_governance::audit::Event;
+use veil_governance::receipt::{Contribution, Receipt, decision_statement, result_fingerprint};
+
 use crate::store::{JobRecord, JobState, ResultRecord};
 use crate::{JobInput, Shared, lock, now_ms};
 
@@ -39,8 +42,12 @@ pub(crate) fn start(shared: Arc<Shared>, record: JobRecord, job: Job) {
         let mut offered = Vec::new();
         let outcome = run(&shared, &mut record, &job, rx, &mut offered).await;
         lock(&shared.jobs).remove(&record.id);
+        let mut receipt_json = String::new();
         let (succeeded, reason) = match &outcome {
-            Ok(()) => (true, String::new()),
+            Ok(receipt) => {
+                receipt_json = receipt.clone();
+                (true, String::new())
+            }
             Err(End::Failed(reason)) => {
                 tracing::warn!(job = %record.id, %reason, "job failed");
                 set_state(&shared, &mut record, JobState::Failed, reason, None).await;
@@ -59,7 +66,12 @@ pub(crate) fn start(shared: Arc<Shared>, record: JobRecord, job: Job) {
             }
         };
         for p in offered {
-            let end = TaskEnd { job_id: record.id.clone(), succeeded, reason: reason.clone() };
+            let end = TaskEnd {
+                job_id: record.id.clone(),
+                succeeded,
+                reason: reason.clone(),
+                receipt_json: receipt_json.clone(),
+            };
             shared.send(p, CoordinatorEnvelope { body: Some(Body::End(end)) }).await;
         }
     });
@@ -102,7 +114,7 @@ async fn run(
     job: &Job,
     mut inbox: mpsc::UnboundedReceiver<JobInput>,
     offered: &mut Vec<PartyId>,
-) -> Result<(), End> {
+) -> Result<String, End> {
     let dataset = job.dataset();
     let min = job.min_parties() as usize;
     let candidates: Vec<PartyId> = shared
@@ -125,22 +137,46 @@ async fn run(
         Some(&candidates.iter().map(|p| p.0).collect::<Vec<_>>()),
     )
     .await;
+    let job_hash = job.hash();
+    let offered_entry = shared
+        .store
+        .audit(
+            Event::JobOffered {
+                job_id: record.id.clone(),
+                job_hash: job_hash.clone(),
+                consumer: record.consumer.clone(),
+                coordinator_head: None,
+            },
+            now_ms(),
+        )
+        .map_err(|e| End::Failed(format!("audit log: {e}")))?;
+    let head = offered_entry.head();
     for &p in &candidates {
-        let offer = TaskOffer { job_id: record.id.clone(), spec_json: record.spec_json.clone() };
+        let offer = TaskOffer {
+            job_id: record.id.clone(),
+            spec_json: record.spec_json.clone(),
+            consumer: record.consumer.clone(),
+            coordinator_head_seq: head.seq,
+            coordinator_head_hash: head.hash.clone(),
+        };
         if shared.send(p, CoordinatorEnvelope { body: Some(Body::Offer(offer)) }).await {
             offered.push(p);
         }
     }
     let mut pending: BTreeSet<PartyId> = offered.iter().copied().collect();
     let mut accepted = BTreeSet::new();
+    let mut fingerprints = Vec::new();
     let mut refused = Vec::new();
     let deadline = tokio::time::Instant::now() + shared.offer_timeout;
     while !pending.is_empty() {
         tokio::select! {
             input = inbox.recv() => match input {
-                Some(JobInput::Reply { from, accept, reason }) if pending.remove(&from) => {
-                    if accept {
+                Some(JobInput::Reply { from, accept, reason, job_hash: hash, signature, dataset_sha256 }) if pending.remove(&from) => {
+                    if !decision_signed(shared, from, &record.id, &hash, accept, &reason, &signature) || hash != job_hash {
+                        refused.push(format!("{from} sent an unsigned or mismatched decision"));
+                    } else if accept {
                         accepted.insert(from);
+                        fingerprints.push(Contribution { party: from.0, dataset_sha256 });
                     } else {
                         refused.push(format!("{from} refused: {reason}"));
                     }
@@ -226,6 +262,29 @@ async fn run(
             format!(" ({} dropped out)", result.dropped.len())
         }
     );
+    let rho = match job {
+        Job::Columns(spec) => spec.privacy.as_ref().map_or(0.0, |p| p.rho),
+        Job::Synthetic(_) => 0.0,
+    };
+    let receipt = Receipt {
+        job_id: record.id.clone(),
+        job_hash: job_hash.clone(),
+        consumer: record.consumer.clone(),
+        dataset: dataset.to_string(),
+        parties: fingerprints
+            .into_iter()
+            .filter(|c| result.contributors.contains(&c.party))
+            .collect(),
+        rho,
+        result_sha256: result_fingerprint(&result.answer_json),
+        time_ms: now_ms(),
+    };
+    let receipt_json = serde_json::to_string(&receipt).map_err(|e| End::Failed(e.to_string()))?;
+    shared.store.put_receipt(&receipt).map_err(|e| End::Failed(format!("store: {e}")))?;
+    shared
+        .store
+        .audit(Event::ResultReleased { receipt }, now_ms())
+        .map_err(|e| End::Failed(format!("audit log: {e}")))?;
     let store = shared.store.clone();
     let stored = result.clone();
     let at = now_ms();
@@ -240,7 +299,24 @@ async fn run(
     shared.publish(record);
 
     tracing::info!(job = %record.id, contributors = result.contributors.len(), "job finished");
-    Ok(())
+    Ok(receipt_json)
+}
+
+/// Whether a party's decision carries its valid signature.
+fn decision_signed(
+    shared: &Shared,
+    party: PartyId,
+    job_id: &str,
+    job_hash: &str,
+    accept: bool,
+    reason: &str,
+    signature: &[u8],
+) -> bool {
+    let Some(key) = shared.protocol_roster.key(party) else { return false };
+    let Ok(bytes) = <[u8; 64]>::try_from(signature) else { return false };
+    let statement = decision_statement(job_id, job_hash, accept, reason);
+    ed25519_dalek::Verifier::verify(key, &statement, &ed25519_dalek::Signature::from_bytes(&bytes))
+        .is_ok()
 }
 
 /// The status a misbehaving party's stream is closed with, or `None` to ignore the message

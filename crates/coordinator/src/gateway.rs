@@ -95,6 +95,13 @@ impl PartyGateway for Gateway {
             self.shared.broadcast_departure(party);
         }
         tracing::info!(%party, datasets = ?hello.datasets, "party connected");
+        if let Err(e) = self
+            .shared
+            .store
+            .audit(veil_governance::audit::Event::PartyJoined { party: party.0 }, since)
+        {
+            return Err(Status::internal(format!("audit log: {e}")));
+        }
         let welcome = CoordinatorEnvelope {
             body: Some(coordinator_envelope::Body::Welcome(Welcome {
                 coordinator_version: env!("CARGO_PKG_VERSION").into(),
@@ -154,7 +161,15 @@ async fn read_loop(
         let (job_id, input) = match envelope.body {
             Some(Inbound::Reply(r)) => {
                 let reason: String = r.reason.chars().take(2_000).collect();
-                (r.job_id, JobInput::Reply { from: party, accept: r.accept, reason })
+                let input = JobInput::Reply {
+                    from: party,
+                    accept: r.accept,
+                    reason,
+                    job_hash: r.job_hash,
+                    signature: r.signature,
+                    dataset_sha256: r.dataset_sha256.chars().take(64).collect(),
+                };
+                (r.job_id, input)
             }
             Some(Inbound::Round(r)) => {
                 (r.job_id, JobInput::Round { from: party, bytes: r.message })

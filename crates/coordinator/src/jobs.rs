@@ -11,7 +11,12 @@ use tonic::{Request, Response, Status};
 use veil_analytics::Job;
 use veil_proto::roster::Member;
 use veil_proto::v1::jobs_server::Jobs;
-use veil_proto::v1::{JobList, JobRef, JobResult, JobStatus, ListJobsRequest, SubmitRequest};
+use veil_proto::v1::{
+    JobList, JobRef, JobResult, JobStatus, ListJobsRequest, ReceiptList, SubmitRequest,
+};
+
+/// The quota window.
+const DAY_MS: i64 = 86_400_000;
 
 use crate::store::{JobRecord, JobState};
 use crate::{JobInput, Shared, now_ms};
@@ -88,6 +93,14 @@ impl Jobs for JobsApi {
         }
         let job = Job::parse(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let now = now_ms();
+        if let Some(limit) = self.shared.roster.consumer(&consumer).and_then(|c| c.jobs_per_day) {
+            let used = self.shared.store.jobs_since(&consumer, now - DAY_MS).map_err(internal)?;
+            if used >= u64::from(limit) {
+                return Err(Status::resource_exhausted(format!(
+                    "quota: {consumer} may submit {limit} jobs per 24 hours and has submitted {used}"
+                )));
+            }
+        }
         let mut nonce = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let digest = Sha256::new()
@@ -177,9 +190,31 @@ impl Jobs for JobsApi {
         Ok(Response::new(status_of(&job)))
     }
 
+    async fn receipts(
+        &self,
+        request: Request<ListJobsRequest>,
+    ) -> Result<Response<ReceiptList>, Status> {
+        let (name, admin) = self.consumer(&request)?;
+        let receipts_json =
+            self.shared.store.receipts(if admin { None } else { Some(&name) }).map_err(internal)?;
+        Ok(Response::new(ReceiptList { receipts_json }))
+    }
+
     async fn result(&self, request: Request<JobRef>) -> Result<Response<JobResult>, Status> {
         let caller = self.consumer(&request)?;
         let job = self.visible_job(&caller, &request.into_inner().job_id)?;
+        let now = now_ms();
+        if let Some(limit) = self.shared.roster.consumer(&caller.0).and_then(|c| c.fetches_per_day)
+        {
+            let used =
+                self.shared.store.fetches_since(&caller.0, now - DAY_MS).map_err(internal)?;
+            if used >= u64::from(limit) {
+                return Err(Status::resource_exhausted(format!(
+                    "quota: {} may fetch {limit} results per 24 hours and has fetched {used}",
+                    caller.0
+                )));
+            }
+        }
         let result = self.shared.store.result(&job.id).map_err(internal)?.ok_or_else(|| {
             Status::failed_precondition(format!(
                 "job {} has no result: it is {} ({})",
@@ -188,6 +223,12 @@ impl Jobs for JobsApi {
                 job.detail
             ))
         })?;
+        self.shared.store.record_fetch(&job.id, &caller.0, now).map_err(internal)?;
+        let event = veil_governance::audit::Event::ResultFetched {
+            job_id: job.id.clone(),
+            consumer: caller.0,
+        };
+        self.shared.store.audit(event, now).map_err(internal)?;
         Ok(Response::new(JobResult {
             job_id: result.job_id,
             answer_json: result.answer_json,

@@ -43,6 +43,8 @@ pub type InboundTap = Arc<dyn Fn(&[u8]) + Send + Sync>;
 /// How the coordinator runs.
 #[derive(Clone)]
 pub struct CoordinatorConfig {
+    /// Signs the audit log.
+    pub identity: ed25519_dalek::SigningKey,
     /// The SQLite database file.
     pub database: PathBuf,
     /// The consortium roster.
@@ -89,7 +91,14 @@ pub enum CoordinatorError {
 #[derive(Debug)]
 pub(crate) enum JobInput {
     /// A party answered the offer.
-    Reply { from: PartyId, accept: bool, reason: String },
+    Reply {
+        from: PartyId,
+        accept: bool,
+        reason: String,
+        job_hash: String,
+        signature: Vec<u8>,
+        dataset_sha256: String,
+    },
     /// A round message from a party.
     Round { from: PartyId, bytes: Vec<u8> },
     /// A party's connection closed.
@@ -223,7 +232,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CoordinatorError> {
-    let store = Store::open(&config.database)?;
+    let store = Store::open(&config.database, config.identity.clone())?;
     let interrupted = store.fail_interrupted(now_ms())?;
     if interrupted > 0 {
         tracing::warn!(interrupted, "marked jobs interrupted by the last stop as failed");

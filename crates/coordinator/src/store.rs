@@ -4,7 +4,10 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use ed25519_dalek::SigningKey;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use veil_governance::audit::{Entry, Event};
+use veil_governance::receipt::Receipt;
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +108,7 @@ pub struct ResultRecord {
 /// The store.
 pub struct Store {
     conn: Mutex<Connection>,
+    key: SigningKey,
 }
 
 fn ids_to_text(ids: &[u32]) -> String {
@@ -138,6 +142,9 @@ CREATE TABLE IF NOT EXISTS results (
     contributors TEXT NOT NULL,
     dropped TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, entry TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS receipts (job_id TEXT PRIMARY KEY, consumer TEXT NOT NULL, receipt TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fetches (job_id TEXT NOT NULL, consumer TEXT NOT NULL, time_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS parties (
     id INTEGER PRIMARY KEY,
     datasets TEXT NOT NULL,
@@ -147,14 +154,14 @@ CREATE TABLE IF NOT EXISTS parties (
 
 impl Store {
     /// Opens (or creates) the database: WAL journal, full synchronous writes.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub fn open(path: &Path, key: SigningKey) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self { conn: Mutex::new(conn), key })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -312,6 +319,88 @@ impl Store {
         .transpose()
     }
 
+    /// Appends an event to the coordinator's audit log, chained and signed; returns the entry.
+    pub fn audit(&self, event: Event, time_ms: i64) -> Result<Entry, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let last: Option<String> = tx
+            .query_row("SELECT entry FROM audit ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+            .optional()?;
+        let last: Option<Entry> = last
+            .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()?;
+        let entry = Entry::new(last.as_ref(), time_ms, "coordinator", event, &self.key);
+        let text = serde_json::to_string(&entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO audit (seq, entry) VALUES (?1, ?2)",
+            params![entry.seq as i64, text],
+        )?;
+        tx.commit()?;
+        Ok(entry)
+    }
+
+    /// The whole audit log as stored (JSON per entry), in order.
+    pub fn audit_log(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT entry FROM audit ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Stores a release receipt.
+    pub fn put_receipt(&self, r: &Receipt) -> Result<(), StoreError> {
+        let text = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.conn().execute(
+            "INSERT OR IGNORE INTO receipts (job_id, consumer, receipt) VALUES (?1, ?2, ?3)",
+            params![r.job_id, r.consumer, text],
+        )?;
+        Ok(())
+    }
+
+    /// Receipts as JSON, oldest first, optionally of one consumer.
+    pub fn receipts(&self, consumer: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT receipt FROM receipts WHERE (?1 IS NULL OR consumer = ?1) ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map(params![consumer], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Jobs a consumer submitted since `since_ms`.
+    pub fn jobs_since(&self, consumer: &str, since_ms: i64) -> Result<u64, StoreError> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM jobs WHERE consumer = ?1 AND created_ms >= ?2",
+            params![consumer, since_ms],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Records a result fetch.
+    pub fn record_fetch(
+        &self,
+        job_id: &str,
+        consumer: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO fetches (job_id, consumer, time_ms) VALUES (?1, ?2, ?3)",
+            params![job_id, consumer, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Result fetches by a consumer since `since_ms`.
+    pub fn fetches_since(&self, consumer: &str, since_ms: i64) -> Result<u64, StoreError> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM fetches WHERE consumer = ?1 AND time_ms >= ?2",
+            params![consumer, since_ms],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
     /// Records that a party connected, with the datasets it serves.
     pub fn party_seen(&self, id: u32, datasets: &[String], now_ms: i64) -> Result<(), StoreError> {
         self.conn().execute(
@@ -362,7 +451,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
         {
-            let s = Store::open(&path).unwrap();
+            let s = Store::open(&path, SigningKey::from_bytes(&[1; 32])).unwrap();
             s.insert_job(&job("done", JobState::Running)).unwrap();
             let r = ResultRecord {
                 job_id: "done".into(),
@@ -373,7 +462,7 @@ mod tests {
             s.put_result(&r, "finished", 2).unwrap();
             s.insert_job(&job("busy", JobState::Running)).unwrap();
         }
-        let s = Store::open(&path).unwrap();
+        let s = Store::open(&path, SigningKey::from_bytes(&[1; 32])).unwrap();
         assert_eq!(s.fail_interrupted(3).unwrap(), 1);
         let done = s.job("done").unwrap().unwrap();
         assert_eq!(done.state, JobState::Succeeded);

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use veil_analytics::{ColumnType, DatasetSchema};
+use veil_governance::scan::ColumnTag;
+use veil_governance::{DatasetGovernance, Grade, Policy};
 use veil_proto::ConfigError;
 use veil_proto::roster::RosterFile;
 use veil_proto::tls::{TlsFiles, TlsMaterial};
@@ -35,17 +37,25 @@ pub struct PartyFile {
     /// The fewest parties whose data this party's input may be combined with.
     #[serde(default = "default_min_cohort")]
     pub min_cohort: u32,
+    /// The party's own records: budget ledger, audit log, receipts (SQLite).
+    #[serde(default = "default_state")]
+    pub state: PathBuf,
     /// The datasets served.
     #[serde(default)]
     pub datasets: Vec<DatasetConfig>,
+}
+
+fn default_state() -> PathBuf {
+    PathBuf::from("party-state.db")
 }
 
 fn default_min_cohort() -> u32 {
     2
 }
 
-/// One dataset: a CSV file with a header row, and the types of the columns it exposes.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+/// One dataset: a CSV file with a header row, the types of the columns it exposes, its grade,
+/// column tags and the owner's policy.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
     /// The name jobs use.
@@ -54,9 +64,28 @@ pub struct DatasetConfig {
     pub path: PathBuf,
     /// Column name → type; other columns in the file are never read.
     pub columns: BTreeMap<String, ColumnType>,
+    /// The dataset's grade (general, important, core).
+    #[serde(default)]
+    pub grade: Grade,
+    /// Column tags (identifier, quasi-identifier, sensitive, general); untagged is general.
+    #[serde(default)]
+    pub tags: BTreeMap<String, ColumnTag>,
+    /// The owner's policy.
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 impl DatasetConfig {
+    /// The dataset's governance, for policy evaluation.
+    pub fn governance(&self) -> DatasetGovernance {
+        DatasetGovernance {
+            dataset: self.name.clone(),
+            grade: self.grade,
+            tags: self.tags.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+
     /// The schema jobs are checked against.
     pub fn schema(&self) -> DatasetSchema {
         DatasetSchema {
@@ -85,6 +114,8 @@ pub struct PartyConfig {
     pub min_cohort: usize,
     /// Datasets served.
     pub datasets: Vec<DatasetConfig>,
+    /// The party's store.
+    pub state: PathBuf,
 }
 
 impl std::fmt::Debug for PartyConfig {
@@ -114,7 +145,8 @@ impl PartyFile {
                 *p = base.join(&*p);
             }
         };
-        for p in [&mut f.roster, &mut f.ca, &mut f.cert, &mut f.key, &mut f.identity] {
+        for p in [&mut f.roster, &mut f.ca, &mut f.cert, &mut f.key, &mut f.identity, &mut f.state]
+        {
             resolve(p);
         }
         for d in &mut f.datasets {
@@ -127,6 +159,38 @@ impl PartyFile {
             }
             if d.columns.is_empty() {
                 return Err(parse_error(path, format!("dataset {:?} declares no columns", d.name)));
+            }
+            if let Some(c) = d.tags.keys().find(|c| !d.columns.contains_key(*c)) {
+                return Err(parse_error(
+                    path,
+                    format!("dataset {:?} tags column {c:?}, which it does not declare", d.name),
+                ));
+            }
+            let p = &d.policy;
+            let bad_number = [p.max_rho_per_release, p.budget_per_consumer, p.budget_total]
+                .into_iter()
+                .flatten()
+                .any(|x| !x.is_finite() || x < 0.0);
+            if bad_number {
+                return Err(parse_error(
+                    path,
+                    format!(
+                        "dataset {:?}: budgets and ρ limits must be non-negative numbers",
+                        d.name
+                    ),
+                ));
+            }
+            if let Some(e) = &p.expires {
+                let ok = e.len() == 10
+                    && e.as_bytes()[4] == b'-'
+                    && e.as_bytes()[7] == b'-'
+                    && e.chars().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+                if !ok {
+                    return Err(parse_error(
+                        path,
+                        format!("dataset {:?}: expires must be YYYY-MM-DD, got {e:?}", d.name),
+                    ));
+                }
             }
         }
         if f.min_cohort == 0 {
@@ -172,6 +236,7 @@ impl PartyFile {
             identity_seed: seed,
             min_cohort: self.min_cohort as usize,
             datasets: self.datasets,
+            state: self.state,
         })
     }
 }

@@ -128,7 +128,14 @@ mod tests {
         let mut columns = BTreeMap::new();
         columns.insert("x".to_string(), ColumnType::Float);
         columns.insert("n".to_string(), ColumnType::Int);
-        DatasetConfig { name: "d".into(), path, columns }
+        DatasetConfig {
+            name: "d".into(),
+            path,
+            columns,
+            grade: Default::default(),
+            tags: Default::default(),
+            policy: Default::default(),
+        }
     }
 
     fn plan(d: &DatasetConfig) -> Plan {

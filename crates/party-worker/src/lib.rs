@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod data;
+pub mod store;
 pub mod worker;
 
 pub use config::{PartyConfig, PartyFile};

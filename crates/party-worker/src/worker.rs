@@ -7,17 +7,23 @@
 //! to the protocol's party state machine). It reconnects after a transport failure and stops
 //! on a refusal of its identity.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ed25519_dalek::{Signer, SigningKey};
 use rand::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use veil_analytics::{Job, Plan};
+use veil_governance::audit::{Event, Head};
+use veil_governance::budget::{Ledger, Reservation};
+use veil_governance::receipt::{Receipt, decision_statement};
+use veil_governance::{Request, Rule};
 use veil_proto::v1::coordinator_envelope::Body as Outbound;
 use veil_proto::v1::party_envelope::Body;
 use veil_proto::v1::party_gateway_client::PartyGatewayClient;
@@ -29,6 +35,7 @@ use zeroize::Zeroizing;
 
 use crate::config::PartyConfig;
 use crate::data::aggregate_csv;
+use crate::store::{PartyStore, caps};
 
 /// Fault injection for tests and drills of dropout handling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +68,9 @@ pub enum WorkerError {
     /// TLS configuration failed.
     #[error("TLS configuration: {0}")]
     Tls(String),
+    /// The party's store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Reconnection backoff bounds.
@@ -75,9 +85,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let endpoint = endpoint(&config)?;
+    let signing = SigningKey::from_bytes(&config.identity_seed);
+    let store = Arc::new(PartyStore::open(&config.state, &config.id.to_string(), signing.clone())?);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = BACKOFF_MIN;
-    let mut state = State::new(&config, &options);
+    let mut state = State::new(store, signing, &options);
     loop {
         let session = tokio::select! {
             r = session(&config, &endpoint, &mut state) => r,
@@ -158,22 +170,35 @@ enum JobState {
     /// Computing the local vector.
     Preparing,
     /// Accepted with this vector, waiting for the round to start.
-    Ready { vector: Zeroizing<Vec<u64>>, min_parties: usize },
+    Ready(Box<Accepted>),
     /// In the secure round.
     Round(Box<Party>),
     /// Done, or stalled by an injected fault: ignore further messages.
     Idle,
 }
 
+/// A job the party accepted, with what the round start needs.
+struct Accepted {
+    vector: Zeroizing<Vec<u64>>,
+    min_parties: usize,
+    /// `None` for synthetic jobs, which charge no budget.
+    charge: Option<Reservation>,
+    dataset_sha256: String,
+    consumer: String,
+    coordinator_head: Option<Head>,
+}
+
 /// What the background preparation of a job reports.
 struct Prepared {
     job_id: String,
-    result: Result<(Vec<u64>, usize), String>,
+    job_hash: String,
+    result: Result<Accepted, (Rule, String)>,
 }
 
 struct State {
     jobs: HashMap<String, JobState>,
-    sessions: HashSet<[u8; 32]>,
+    store: Arc<PartyStore>,
+    signing: SigningKey,
     prepared_tx: mpsc::Sender<Prepared>,
     prepared_rx: mpsc::Receiver<Prepared>,
     options: WorkerOptions,
@@ -181,11 +206,12 @@ struct State {
 }
 
 impl State {
-    fn new(_config: &PartyConfig, options: &WorkerOptions) -> Self {
+    fn new(store: Arc<PartyStore>, signing: SigningKey, options: &WorkerOptions) -> Self {
         let (prepared_tx, prepared_rx) = mpsc::channel(64);
         Self {
             jobs: HashMap::new(),
-            sessions: HashSet::new(),
+            store,
+            signing,
             prepared_tx,
             prepared_rx,
             options: options.clone(),
@@ -230,25 +256,87 @@ async fn session(
                 }
             }
             Some(prepared) = state.prepared_rx.recv() => {
-                let reply = match prepared.result {
-                    Ok((vector, min_parties)) => {
-                        if let Some(JobState::Preparing) = state.jobs.get(&prepared.job_id) {
-                            state.jobs.insert(
-                                prepared.job_id.clone(),
-                                JobState::Ready { vector: Zeroizing::new(vector), min_parties },
-                            );
-                        }
-                        TaskReply { job_id: prepared.job_id, accept: true, reason: String::new() }
-                    }
-                    Err(reason) => {
-                        state.jobs.remove(&prepared.job_id);
-                        tracing::info!(party = %config.id, job = %prepared.job_id, %reason, "refused a job");
-                        TaskReply { job_id: prepared.job_id, accept: false, reason }
-                    }
-                };
+                let reply = decide(config, state, prepared);
                 send(&tx, Body::Reply(reply)).await?;
             }
         }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Today in UTC as `YYYY-MM-DD` (civil-from-days, H. Hinnant's algorithm).
+fn today() -> String {
+    let days = now_ms().div_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+fn audit(config: &PartyConfig, state: &State, event: Event) {
+    if let Err(e) = state.store.audit(event, now_ms()) {
+        tracing::error!(party = %config.id, error = %e, "cannot write the audit log");
+    }
+}
+
+/// Turns a finished preparation into the signed reply, recording the decision.
+fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskReply {
+    let Prepared { job_id, job_hash, result } = prepared;
+    let (accept, reason, dataset_sha256) = match result {
+        Ok(accepted) => {
+            audit(
+                config,
+                state,
+                Event::JobOffered {
+                    job_id: job_id.clone(),
+                    job_hash: job_hash.clone(),
+                    consumer: accepted.consumer.clone(),
+                    coordinator_head: accepted.coordinator_head.clone(),
+                },
+            );
+            audit(config, state, Event::JobAccepted { job_id: job_id.clone(), party: config.id.0 });
+            let fingerprint = accepted.dataset_sha256.clone();
+            if let Some(JobState::Preparing) = state.jobs.get(&job_id) {
+                state.jobs.insert(job_id.clone(), JobState::Ready(Box::new(accepted)));
+            }
+            (true, String::new(), fingerprint)
+        }
+        Err((rule, reason)) => {
+            state.jobs.remove(&job_id);
+            tracing::info!(party = %config.id, job = %job_id, %reason, "refused a job");
+            audit(
+                config,
+                state,
+                Event::JobRefused {
+                    job_id: job_id.clone(),
+                    party: config.id.0,
+                    rule: rule.name().into(),
+                    message: reason.clone(),
+                },
+            );
+            (false, reason, String::new())
+        }
+    };
+    let signature = state.signing.sign(&decision_statement(&job_id, &job_hash, accept, &reason));
+    TaskReply {
+        job_id,
+        accept,
+        reason,
+        job_hash,
+        signature: signature.to_bytes().to_vec(),
+        dataset_sha256,
     }
 }
 
@@ -275,25 +363,54 @@ async fn handle(
         Outbound::Round(payload) => round_message(config, state, tx, payload).await,
         Outbound::End(end) => {
             state.jobs.remove(&end.job_id);
+            if !end.receipt_json.is_empty() {
+                match serde_json::from_str::<Receipt>(&end.receipt_json) {
+                    Ok(r) if r.parties.iter().any(|c| c.party == config.id.0) => {
+                        if let Err(e) = state.store.put_receipt(&r) {
+                            tracing::error!(party = %config.id, error = %e, "cannot store a receipt");
+                        }
+                        audit(config, state, Event::ResultReleased { receipt: r });
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(party = %config.id, error = %e, "unreadable receipt"),
+                }
+            }
             Ok(false)
         }
     }
 }
 
-/// Checks an offer and computes the local vector in the background; the reply follows when it
-/// is ready.
+/// Checks an offer against the party's data and policy and computes the local vector in the
+/// background; the signed reply follows when it is ready.
 fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
     let job_id = offer.job_id.clone();
-    let refuse = |state: &State, reason: String| {
-        let _ =
-            state.prepared_tx.try_send(Prepared { job_id: job_id.clone(), result: Err(reason) });
-    };
     if state.jobs.contains_key(&job_id) {
         return;
     }
     let job = match Job::parse(&offer.spec_json) {
         Ok(j) => j,
-        Err(e) => return refuse(state, e.to_string()),
+        Err(e) => {
+            let hash = hex::encode(Sha256::digest(offer.spec_json.as_bytes()));
+            let _ = state.prepared_tx.try_send(Prepared {
+                job_id,
+                job_hash: hash,
+                result: Err((Rule::Kind, e.to_string())),
+            });
+            return;
+        }
+    };
+    let job_hash = job.hash();
+    state.jobs.insert(job_id.clone(), JobState::Preparing);
+    let coordinator_head = (!offer.coordinator_head_hash.is_empty()).then(|| Head {
+        seq: offer.coordinator_head_seq,
+        hash: offer.coordinator_head_hash.clone(),
+    });
+    let refuse = |state: &State, rule: Rule, reason: String| {
+        let _ = state.prepared_tx.try_send(Prepared {
+            job_id: job_id.clone(),
+            job_hash: job_hash.clone(),
+            result: Err((rule, reason)),
+        });
     };
     let min_parties = (job.min_parties() as usize).max(config.min_cohort);
     match job {
@@ -301,36 +418,97 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
             if !state.options.dangerous_benchmark {
                 return refuse(
                     state,
+                    Rule::Kind,
                     "synthetic benchmark jobs are refused unless the party runs with --dangerous-benchmark"
                         .into(),
                 );
             }
             let vector: Vec<u64> = (0..s.dim).map(|_| state.rng.next_u64()).collect();
-            state.jobs.insert(job_id.clone(), JobState::Preparing);
-            let _ =
-                state.prepared_tx.try_send(Prepared { job_id, result: Ok((vector, min_parties)) });
+            let accepted = Accepted {
+                vector: Zeroizing::new(vector),
+                min_parties,
+                charge: None,
+                dataset_sha256: String::new(),
+                consumer: offer.consumer,
+                coordinator_head,
+            };
+            let _ = state.prepared_tx.try_send(Prepared { job_id, job_hash, result: Ok(accepted) });
         }
         Job::Columns(spec) => {
             let Some(dataset) = config.datasets.iter().find(|d| d.name == spec.dataset).cloned()
             else {
                 return refuse(
                     state,
+                    Rule::Kind,
                     format!("this party does not serve dataset {:?}", spec.dataset),
                 );
             };
             let plan = match Plan::new(&spec, &dataset.schema()) {
                 Ok(p) => p,
-                Err(e) => return refuse(state, e.to_string()),
+                Err(e) => return refuse(state, Rule::Column, e.to_string()),
             };
-            state.jobs.insert(job_id.clone(), JobState::Preparing);
+            let uses = match state.store.uses(&dataset.name) {
+                Ok(u) => u,
+                Err(e) => return refuse(state, Rule::Budget, e.to_string()),
+            };
+            let today = today();
+            let request = Request {
+                consumer: &offer.consumer,
+                purpose: &spec.purpose,
+                kind: "column-aggregates",
+                aggregated: spec.columns.iter().map(|c| c.name.as_str()).collect(),
+                filtered: spec.filter.iter().map(|f| f.column.as_str()).collect(),
+                grouped: Vec::new(),
+                rho: spec.privacy.as_ref().map(|p| p.rho),
+                k_threshold: spec.k_threshold,
+                today: &today,
+                uses,
+            };
+            let governance = dataset.governance();
+            if let Err(denial) = veil_governance::policy::evaluate(&governance, &request) {
+                return refuse(state, denial.rule, denial.to_string());
+            }
+            let min_parties = min_parties.max(governance.policy.min_cohort.unwrap_or(1) as usize);
+            let charge = Reservation {
+                job_id: job_id.clone(),
+                dataset: dataset.name.clone(),
+                consumer: offer.consumer.clone(),
+                rho: request.rho.unwrap_or(0.0),
+                caps: caps(&governance.policy),
+            };
+            // A first look at the budget, to refuse early; the binding check is the atomic
+            // reservation when the round starts.
+            match state.store.spent(&charge.dataset, &charge.consumer) {
+                Ok(spent) => {
+                    if let Err(e) = veil_governance::budget::check(spent, charge.rho, charge.caps) {
+                        return refuse(state, Rule::Budget, format!("refused by rule budget: {e}"));
+                    }
+                }
+                Err(e) => return refuse(state, Rule::Budget, e.to_string()),
+            }
             let tx = state.prepared_tx.clone();
+            let consumer = offer.consumer;
             tokio::spawn(async move {
-                let result = tokio::task::spawn_blocking(move || aggregate_csv(&dataset, &plan))
-                    .await
-                    .map_err(|e| format!("local aggregation failed: {e}"))
-                    .and_then(|r| r.map_err(|e| e.to_string()))
-                    .map(|v| (v, min_parties));
-                let _ = tx.send(Prepared { job_id, result }).await;
+                let scan = tokio::task::spawn_blocking(move || {
+                    let fingerprint = std::fs::read(&dataset.path)
+                        .map(|b| hex::encode(Sha256::digest(&b)))
+                        .unwrap_or_default();
+                    aggregate_csv(&dataset, &plan).map(|v| (v, fingerprint))
+                })
+                .await;
+                let result = match scan {
+                    Ok(Ok((vector, dataset_sha256))) => Ok(Accepted {
+                        vector: Zeroizing::new(vector),
+                        min_parties,
+                        charge: Some(charge),
+                        dataset_sha256,
+                        consumer,
+                        coordinator_head,
+                    }),
+                    Ok(Err(e)) => Err((Rule::Column, e.to_string())),
+                    Err(e) => Err((Rule::Column, format!("local aggregation failed: {e}"))),
+                };
+                let _ = tx.send(Prepared { job_id, job_hash, result }).await;
             });
         }
     }
@@ -343,10 +521,11 @@ async fn start_round(
     start: RoundStart,
 ) -> Result<bool, Status> {
     let job_id = start.job_id.clone();
-    let Some(JobState::Ready { vector, min_parties }) = state.jobs.remove(&job_id) else {
+    let Some(JobState::Ready(accepted)) = state.jobs.remove(&job_id) else {
         tracing::warn!(party = %config.id, job = %job_id, "round start for a job this party did not accept");
         return Ok(false);
     };
+    let Accepted { vector, min_parties, charge, .. } = *accepted;
     if start.vector_len as usize != vector.len() {
         tracing::warn!(party = %config.id, job = %job_id, "round start with the wrong vector length; leaving the job");
         return Ok(false);
@@ -368,9 +547,16 @@ async fn start_round(
         tracing::warn!(party = %config.id, job = %job_id, "round start without a 32-byte session; leaving the job");
         return Ok(false);
     };
-    if !state.sessions.insert(session) {
-        tracing::warn!(party = %config.id, job = %job_id, "round start reusing a session; leaving the job");
-        return Ok(false);
+    match state.store.claim_session(&session) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(party = %config.id, job = %job_id, "round start reusing a session; leaving the job");
+            return Ok(false);
+        }
+        Err(e) => {
+            tracing::error!(party = %config.id, error = %e, "cannot record the session; leaving the job");
+            return Ok(false);
+        }
     }
     let round = RoundConfig {
         session: SessionId(session),
@@ -390,8 +576,58 @@ async fn start_round(
         }
     };
     if params.parties().len() < params.min_cohort() {
-        tracing::warn!(party = %config.id, job = %job_id, "cohort below this party's minimum; leaving the job");
+        let message = format!(
+            "refused by rule cohort: the round has {} parties; this party's data is combined with at least {}",
+            params.parties().len(),
+            params.min_cohort()
+        );
+        tracing::warn!(party = %config.id, job = %job_id, %message, "leaving the job");
+        audit(
+            config,
+            state,
+            Event::JobRefused {
+                job_id,
+                party: config.id.0,
+                rule: Rule::Cohort.name().into(),
+                message,
+            },
+        );
         return Ok(false);
+    }
+    // The charge is reserved, atomically against every other job, before anything derived
+    // from the data leaves; it is never refunded.
+    if let Some(charge) = &charge {
+        match state.store.reserve(charge) {
+            Ok(Ok(())) => audit(
+                config,
+                state,
+                Event::BudgetCharged {
+                    job_id: job_id.clone(),
+                    dataset: charge.dataset.clone(),
+                    consumer: charge.consumer.clone(),
+                    rho: charge.rho,
+                },
+            ),
+            Ok(Err(e)) => {
+                let message = format!("refused by rule budget: {e}");
+                tracing::warn!(party = %config.id, job = %job_id, %message, "leaving the job");
+                audit(
+                    config,
+                    state,
+                    Event::JobRefused {
+                        job_id,
+                        party: config.id.0,
+                        rule: Rule::Budget.name().into(),
+                        message,
+                    },
+                );
+                return Ok(false);
+            }
+            Err(e) => {
+                tracing::error!(party = %config.id, error = %e, "cannot reserve the budget; leaving the job");
+                return Ok(false);
+            }
+        }
     }
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
     let identity = IdentityKey::from_seed(&config.identity_seed);

@@ -17,6 +17,9 @@ use crate::ConfigError;
 pub struct RosterFile {
     /// The consortium's name.
     pub consortium: String,
+    /// Hex Ed25519 public key that signs the coordinator's audit log.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub coordinator_key: String,
     /// Data owners.
     #[serde(default)]
     pub parties: Vec<PartyEntry>,
@@ -50,6 +53,12 @@ pub struct ConsumerEntry {
     /// Whether it may use the admin service.
     #[serde(default)]
     pub admin: bool,
+    /// Most jobs it may submit in 24 hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs_per_day: Option<u32>,
+    /// Most result fetches in 24 hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetches_per_day: Option<u32>,
 }
 
 /// Who a certificate belongs to.
@@ -111,6 +120,24 @@ impl RosterFile {
             .iter()
             .find(|c| c.certificate_sha256 == certificate_sha256)
             .map(|c| Member::Consumer { name: c.name.clone(), admin: c.admin })
+    }
+
+    /// A consumer's entry.
+    pub fn consumer(&self, name: &str) -> Option<&ConsumerEntry> {
+        self.consumers.iter().find(|c| c.name == name)
+    }
+
+    /// The key that verifies the coordinator's audit log, or the party's identity key for
+    /// `party N` writers.
+    pub fn audit_key(&self, writer: &str) -> Option<ed25519_dalek::VerifyingKey> {
+        let hex_key = if writer == "coordinator" {
+            self.coordinator_key.as_str()
+        } else {
+            let id: u32 = writer.strip_prefix("party ")?.parse().ok()?;
+            self.party(PartyId(id))?.identity_key.as_str()
+        };
+        let bytes: [u8; 32] = hex::decode(hex_key).ok()?.try_into().ok()?;
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()
     }
 
     /// A party's entry.

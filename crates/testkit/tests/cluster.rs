@@ -150,7 +150,8 @@ async fn flights_aggregates_equal_the_pooled_rows() {
     }
     let dep = &a.columns[0];
     assert_eq!(dep.clipped_above, p.clipped_above);
-    assert_eq!(dep.histogram.as_ref().unwrap().counts, p.histogram);
+    let expected: Vec<Option<u64>> = p.histogram.iter().map(|&n| Some(n)).collect();
+    assert_eq!(dep.histogram.as_ref().unwrap().counts, expected);
     cluster.shutdown().await;
 }
 
@@ -475,14 +476,31 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
         );
         veil_proto::client::connect(&format!("https://{}", cluster.addr), Some(&tls)).await.unwrap()
     };
-    let reply =
-        |job_id: String| Body::Reply(TaskReply { job_id, accept: true, reason: String::new() });
+    let identity = {
+        let dir = cluster.layout.party_configs[2].parent().unwrap().to_path_buf();
+        let text = std::fs::read_to_string(dir.join("identity.key")).unwrap();
+        let seed: [u8; 32] = hex::decode(text.trim()).unwrap().try_into().unwrap();
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+    };
+    let reply = |job_id: String, job_hash: String| {
+        use ed25519_dalek::Signer;
+        let statement = veil_governance::receipt::decision_statement(&job_id, &job_hash, true, "");
+        Body::Reply(TaskReply {
+            job_id,
+            accept: true,
+            reason: String::new(),
+            signature: identity.sign(&statement).to_bytes().to_vec(),
+            job_hash,
+            dataset_sha256: String::new(),
+        })
+    };
 
     // Out of order: the first message is not a hello.
-    let status = match raw::connect(party_channel().await, Some(reply("x".into()))).await {
-        Err(status) => status,
-        Ok(mut p) => p.next().await.unwrap_err(),
-    };
+    let status =
+        match raw::connect(party_channel().await, Some(reply("x".into(), String::new()))).await {
+            Err(status) => status,
+            Ok(mut p) => p.next().await.unwrap_err(),
+        };
     assert_eq!(status.code(), Code::FailedPrecondition, "{status}");
     assert!(status.message().contains("hello"), "{status}");
 
@@ -508,7 +526,10 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
         let job = jobs.submit(SubmitRequest { spec: RADIUS.into() }).await.unwrap().into_inner();
         let start = loop {
             match p.next().await.unwrap().unwrap().body {
-                Some(Out::Offer(o)) => p.send(reply(o.job_id)).await,
+                Some(Out::Offer(o)) => {
+                    let hash = veil_analytics::Job::parse(&o.spec_json).unwrap().hash();
+                    p.send(reply(o.job_id, hash)).await
+                }
                 Some(Out::Start(s)) => break s,
                 _ => {}
             }

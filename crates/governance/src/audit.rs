@@ -1,0 +1,352 @@
+//! The append-only, hash-chained, signed audit log.
+//!
+//! Each entry holds its sequence number, the previous entry's hash, the time, the writer, the
+//! event, and the writer's Ed25519 signature over all of that; an entry's hash covers the
+//! signature too. [`verify`] checks a log and names the first entry that fails; [`Head`]s
+//! recorded elsewhere (the coordinator's head in each party's log, a party's head in a receipt)
+//! anchor a log so that deleting its tail is caught as well.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+const LABEL: &[u8] = b"veil/audit/v1";
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// A party connected to the coordinator.
+    PartyJoined {
+        /// The party.
+        party: u32,
+    },
+    /// A job was offered (recorded by the coordinator, and by each party with the coordinator's
+    /// log head at that moment).
+    JobOffered {
+        /// The job.
+        job_id: String,
+        /// SHA-256 of the canonical specification.
+        job_hash: String,
+        /// The consumer.
+        consumer: String,
+        /// The coordinator's log head when it offered the job (in parties' logs).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        coordinator_head: Option<Head>,
+    },
+    /// A party accepted a job.
+    JobAccepted {
+        /// The job.
+        job_id: String,
+        /// The party.
+        party: u32,
+    },
+    /// A party refused a job, with the rule.
+    JobRefused {
+        /// The job.
+        job_id: String,
+        /// The party.
+        party: u32,
+        /// The rule that refused.
+        rule: String,
+        /// The message the consumer sees.
+        message: String,
+    },
+    /// Privacy budget was reserved for a job (never refunded).
+    BudgetCharged {
+        /// The job.
+        job_id: String,
+        /// The dataset.
+        dataset: String,
+        /// The consumer.
+        consumer: String,
+        /// zCDP ρ.
+        rho: f64,
+    },
+    /// A result was released.
+    ResultReleased {
+        /// The receipt.
+        receipt: crate::receipt::Receipt,
+    },
+    /// A consumer fetched a result.
+    ResultFetched {
+        /// The job.
+        job_id: String,
+        /// The consumer.
+        consumer: String,
+    },
+    /// A configuration changed (a policy, a dataset, a roster).
+    ConfigChanged {
+        /// What, in words.
+        what: String,
+    },
+}
+
+/// A position in a log: the sequence number and hash of an entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// The entry's sequence number (0-based).
+    pub seq: u64,
+    /// Its hash, hex.
+    pub hash: String,
+}
+
+/// One log entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Position, from 0.
+    pub seq: u64,
+    /// The previous entry's hash (hex), or 64 zeros for the first.
+    pub prev: String,
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    /// Who wrote it (`coordinator`, `party 2`).
+    pub writer: String,
+    /// What happened.
+    pub event: Event,
+    /// The writer's signature (hex) over everything above.
+    pub signature: String,
+}
+
+/// The hash of the empty log.
+pub fn genesis() -> String {
+    "0".repeat(64)
+}
+
+fn signed_bytes(seq: u64, prev: &str, time_ms: i64, writer: &str, event: &Event) -> Vec<u8> {
+    let event = serde_json::to_string(event).expect("events always serialise");
+    let mut h = Sha256::new();
+    h.update(LABEL);
+    h.update(seq.to_le_bytes());
+    h.update(prev.as_bytes());
+    h.update(time_ms.to_le_bytes());
+    h.update((writer.len() as u64).to_le_bytes());
+    h.update(writer.as_bytes());
+    h.update(event.as_bytes());
+    h.finalize().to_vec()
+}
+
+impl Entry {
+    /// Writes and signs the entry following `previous` (or the first entry).
+    pub fn new(
+        previous: Option<&Entry>,
+        time_ms: i64,
+        writer: &str,
+        event: Event,
+        key: &SigningKey,
+    ) -> Self {
+        let (seq, prev) = match previous {
+            Some(p) => (p.seq + 1, p.hash()),
+            None => (0, genesis()),
+        };
+        let signature = key.sign(&signed_bytes(seq, &prev, time_ms, writer, &event));
+        Entry {
+            seq,
+            prev,
+            time_ms,
+            writer: writer.to_string(),
+            event,
+            signature: hex::encode(signature.to_bytes()),
+        }
+    }
+
+    /// The entry's hash (hex), covering its signature.
+    pub fn hash(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(signed_bytes(self.seq, &self.prev, self.time_ms, &self.writer, &self.event));
+        h.update(self.signature.as_bytes());
+        hex::encode(h.finalize())
+    }
+
+    /// This entry as a head.
+    pub fn head(&self) -> Head {
+        Head { seq: self.seq, hash: self.hash() }
+    }
+
+    fn signature_valid(&self, key: &VerifyingKey) -> bool {
+        let Ok(bytes) = hex::decode(&self.signature) else { return false };
+        let Ok(bytes) = <[u8; 64]>::try_from(bytes.as_slice()) else { return false };
+        key.verify(
+            &signed_bytes(self.seq, &self.prev, self.time_ms, &self.writer, &self.event),
+            &Signature::from_bytes(&bytes),
+        )
+        .is_ok()
+    }
+}
+
+/// Why a log fails verification, naming the first entry that fails.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// An entry is out of sequence (a deletion, insertion or reorder).
+    #[error(
+        "entry {index}: sequence number {found}, expected {expected} (an entry was deleted, inserted or moved)"
+    )]
+    Sequence {
+        /// Position in the log as given.
+        index: usize,
+        /// Its sequence number.
+        found: u64,
+        /// The expected one.
+        expected: u64,
+    },
+    /// An entry does not chain to the previous one.
+    #[error("entry {seq}: does not chain to entry {prev_seq} (an earlier entry was altered)")]
+    Chain {
+        /// The entry.
+        seq: u64,
+        /// The entry before it.
+        prev_seq: i64,
+    },
+    /// An entry's signature does not verify.
+    #[error("entry {seq}: the writer's signature does not verify (the entry was altered)")]
+    Signature {
+        /// The entry.
+        seq: u64,
+    },
+    /// A head recorded elsewhere is missing or different.
+    #[error(
+        "entry {seq}: another log recorded hash {expected}, this log has {found} (history rewritten or truncated)"
+    )]
+    Anchor {
+        /// The entry.
+        seq: u64,
+        /// The recorded hash.
+        expected: String,
+        /// What this log has (or "nothing").
+        found: String,
+    },
+}
+
+/// Checks a whole log: sequence, chain, signatures, and that every anchor (a head recorded by
+/// someone else) is present with the same hash.
+pub fn verify(entries: &[Entry], key: &VerifyingKey, anchors: &[Head]) -> Result<(), VerifyError> {
+    let mut prev = genesis();
+    for (index, e) in entries.iter().enumerate() {
+        if e.seq != index as u64 {
+            return Err(VerifyError::Sequence { index, found: e.seq, expected: index as u64 });
+        }
+        if e.prev != prev {
+            return Err(VerifyError::Chain { seq: e.seq, prev_seq: e.seq as i64 - 1 });
+        }
+        if !e.signature_valid(key) {
+            return Err(VerifyError::Signature { seq: e.seq });
+        }
+        prev = e.hash();
+    }
+    let mut sorted: Vec<&Head> = anchors.iter().collect();
+    sorted.sort_by_key(|h| h.seq);
+    for a in sorted {
+        match entries.get(a.seq as usize) {
+            Some(e) if e.hash() == a.hash => {}
+            Some(e) => {
+                return Err(VerifyError::Anchor {
+                    seq: a.seq,
+                    expected: a.hash.clone(),
+                    found: e.hash(),
+                });
+            }
+            None => {
+                return Err(VerifyError::Anchor {
+                    seq: a.seq,
+                    expected: a.hash.clone(),
+                    found: "nothing".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The coordinator heads a party's log recorded, to anchor the coordinator's log.
+pub fn recorded_coordinator_heads(party_log: &[Entry]) -> Vec<Head> {
+    party_log
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::JobOffered { coordinator_head: Some(h), .. } => Some(h.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+
+    fn key() -> SigningKey {
+        SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(9))
+    }
+
+    fn log(n: usize) -> Vec<Entry> {
+        let k = key();
+        let mut out: Vec<Entry> = Vec::new();
+        for i in 0..n {
+            let event = if i % 2 == 0 {
+                Event::JobAccepted { job_id: format!("job{i}"), party: 1 }
+            } else {
+                Event::BudgetCharged {
+                    job_id: format!("job{i}"),
+                    dataset: "d".into(),
+                    consumer: "c".into(),
+                    rho: 0.25,
+                }
+            };
+            let e = Entry::new(out.last(), 1_000 + i as i64, "party 1", event, &k);
+            out.push(e);
+        }
+        out
+    }
+
+    #[test]
+    fn an_intact_log_verifies_against_its_own_head() {
+        let l = log(6);
+        let head = l.last().unwrap().head();
+        assert_eq!(verify(&l, &key().verifying_key(), &[head]), Ok(()));
+        assert_eq!(verify(&[], &key().verifying_key(), &[]), Ok(()));
+    }
+
+    #[test]
+    fn another_writers_key_fails_at_the_first_entry() {
+        let other = SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(10));
+        assert_eq!(
+            verify(&log(3), &other.verifying_key(), &[]),
+            Err(VerifyError::Signature { seq: 0 })
+        );
+    }
+
+    proptest! {
+        /// Any single-byte change of any entry's serialised form is caught (or leaves an
+        /// entry that no longer parses), and so is any deletion, reorder or truncation when the
+        /// log's head was recorded elsewhere.
+        #[test]
+        fn any_edit_is_detected(n in 2usize..8, which in any::<prop::sample::Index>(), byte in any::<prop::sample::Index>(), flip in 1u8..=255) {
+            let l = log(n);
+            let head = l.last().unwrap().head();
+            let k = key().verifying_key();
+            let i = which.index(n);
+            let mut json = serde_json::to_vec(&l[i]).unwrap();
+            let b = byte.index(json.len());
+            json[b] ^= flip;
+            if let Ok(edited) = serde_json::from_slice::<Entry>(&json) {
+                if edited != l[i] {
+                    let mut t = l.clone();
+                    t[i] = edited;
+                    prop_assert!(verify(&t, &k, std::slice::from_ref(&head)).is_err());
+                }
+            }
+            // Deletion of one entry.
+            let mut d = l.clone();
+            d.remove(i);
+            prop_assert!(verify(&d, &k, std::slice::from_ref(&head)).is_err());
+            // Swapping two neighbours.
+            let mut r = l.clone();
+            r.swap(i, (i + 1) % n);
+            prop_assert!(verify(&r, &k, std::slice::from_ref(&head)).is_err());
+            // Truncation, caught by the recorded head.
+            let cut = &l[..i.min(n - 1)];
+            prop_assert!(verify(cut, &k, std::slice::from_ref(&head)).is_err());
+        }
+    }
+}
