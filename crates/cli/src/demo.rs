@@ -155,6 +155,7 @@ pub(crate) async fn run() -> Result<()> {
                 name: "cells".into(),
                 path,
                 columns: COLUMNS.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect(),
+                extra_toml: String::new(),
             }],
             ..PartySpec::default()
         });

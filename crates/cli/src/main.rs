@@ -11,6 +11,7 @@
 mod bench;
 mod client;
 mod demo;
+mod governance;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -129,10 +130,68 @@ enum Command {
         #[arg(long)]
         dangerous_plaintext: bool,
     },
+    /// Propose column tags for a CSV file (counts and reasons, never values).
+    Catalog {
+        #[command(subcommand)]
+        what: CatalogCommand,
+    },
+    /// A party's spent and remaining privacy budget.
+    Budget {
+        /// The party's configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release receipts: a party's (party.toml) or a consumer's (consumer.toml).
+    Receipts {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export or verify audit logs.
+    Audit {
+        #[command(subcommand)]
+        what: AuditCommand,
+    },
     /// Measure performance.
     Bench {
         #[command(subcommand)]
         what: bench::BenchTarget,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Scan a CSV file.
+    Scan {
+        /// The file.
+        csv: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Print a log as JSON: a party's (party.toml) or the coordinator's (an administrator's
+    /// consumer.toml).
+    Export {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a log's chain and signatures against the roster, and its cross-references with
+    /// another log; names the first entry that fails.
+    Verify {
+        /// The exported log.
+        log: PathBuf,
+        /// The consortium roster.
+        #[arg(long)]
+        roster: PathBuf,
+        /// Another party's or the coordinator's exported log to cross-check with.
+        #[arg(long)]
+        against: Option<PathBuf>,
     },
 }
 
@@ -255,6 +314,21 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Parties { config, json, dangerous_plaintext } => {
             logging("warn");
             client::parties(&config, json, dangerous_plaintext).await
+        }
+        Command::Catalog { what: CatalogCommand::Scan { csv, json } } => {
+            governance::scan(&csv, json)
+        }
+        Command::Budget { config, json } => governance::budget(&config, json),
+        Command::Receipts { config, json } => {
+            logging("warn");
+            governance::receipts(&config, json).await
+        }
+        Command::Audit { what: AuditCommand::Export { config } } => {
+            logging("warn");
+            governance::export(&config).await
+        }
+        Command::Audit { what: AuditCommand::Verify { log, roster, against } } => {
+            governance::verify(&log, &roster, against.as_deref())
         }
         Command::Bench { what } => {
             logging("warn");

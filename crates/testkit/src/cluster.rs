@@ -27,6 +27,8 @@ pub struct DatasetSpec {
     pub path: PathBuf,
     /// `(column, type)` with type `int`, `float` or `string`.
     pub columns: Vec<(String, String)>,
+    /// More TOML for the dataset's section: `grade = …`, `tags = {…}`, `[datasets.policy]`.
+    pub extra_toml: String,
 }
 
 /// One party of the cluster.
@@ -129,10 +131,11 @@ impl Drop for Cluster {
 fn dataset_toml(d: &DatasetSpec) -> String {
     let columns: Vec<String> = d.columns.iter().map(|(c, t)| format!("{c} = \"{t}\"")).collect();
     format!(
-        "\n[[datasets]]\nname = \"{}\"\npath = {:?}\ncolumns = {{ {} }}\n",
+        "\n[[datasets]]\nname = \"{}\"\npath = {:?}\ncolumns = {{ {} }}\n{}\n",
         d.name,
         d.path.display().to_string(),
-        columns.join(", ")
+        columns.join(", "),
+        d.extra_toml
     )
 }
 

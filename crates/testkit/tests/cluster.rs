@@ -30,6 +30,7 @@ fn flights(path: PathBuf) -> DatasetSpec {
         .iter()
         .map(|(c, t)| (c.to_string(), t.to_string()))
         .collect(),
+        extra_toml: String::new(),
     }
 }
 
@@ -168,6 +169,7 @@ fn hospitals(fault: Option<(usize, Fault)>) -> Vec<PartySpec> {
                     ("mean_radius".into(), "float".into()),
                     ("target".into(), "int".into()),
                 ],
+                extra_toml: String::new(),
             }],
             fault: fault.and_then(|(j, f)| (j == i).then_some(f)),
             ..PartySpec::default()

@@ -1,0 +1,241 @@
+//! `veil catalog scan`, `veil budget`, `veil receipts`, `veil audit export` and
+//! `veil audit verify`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use ed25519_dalek::SigningKey;
+use veil_governance::audit::{self, Entry};
+use veil_governance::budget::{Ledger, REPORT_DELTA, epsilon};
+use veil_governance::receipt::Receipt;
+use veil_governance::scan::Scanner;
+use veil_party_worker::PartyFile;
+use veil_party_worker::store::PartyStore;
+use veil_proto::roster::RosterFile;
+use veil_proto::v1::admin_client::AdminClient;
+use veil_proto::v1::jobs_client::JobsClient;
+use veil_proto::v1::{AuditLogRequest, ListJobsRequest};
+
+/// Proposes column tags for a CSV file; prints counts and reasons, never values.
+pub(crate) fn scan(path: &Path, json: bool) -> Result<()> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let header: Vec<String> = reader
+        .headers()
+        .with_context(|| format!("{}: no header row", path.display()))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let names: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut scanner = Scanner::new(&names);
+    let mut record = csv::StringRecord::new();
+    while reader
+        .read_record(&mut record)
+        .with_context(|| format!("{}: unreadable row", path.display()))?
+    {
+        let cells: Vec<&str> = record.iter().collect();
+        scanner.push_row(&cells);
+    }
+    let reports = scanner.finish();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(());
+    }
+    println!("{:<24} {:<18} {:>10} {:>10}  reason", "column", "proposed tag", "values", "distinct");
+    for r in reports {
+        let tag = serde_json::to_value(r.proposed)?.as_str().unwrap_or_default().to_string();
+        println!("{:<24} {:<18} {:>10} {:>10}  {}", r.column, tag, r.values, r.distinct, r.reason);
+    }
+    Ok(())
+}
+
+fn open_party_store(config: &Path) -> Result<(PartyFile, PartyStore)> {
+    let file = PartyFile::load(config)?;
+    let text = std::fs::read_to_string(&file.identity)
+        .with_context(|| format!("cannot read {}", file.identity.display()))?;
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed)
+        .context("the identity key must be 64 hex digits")?;
+    let store = PartyStore::open(
+        &file.state,
+        &format!("party {}", file.id),
+        SigningKey::from_bytes(&seed),
+    )?;
+    seed.fill(0);
+    Ok((file, store))
+}
+
+/// Spent and remaining privacy budget per dataset and consumer, at a party.
+pub(crate) fn budget(config: &Path, json: bool) -> Result<()> {
+    let (file, store) = open_party_store(config)?;
+    let rows = store.spending()?;
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(d, c, rho, jobs)| {
+                serde_json::json!({"dataset": d, "consumer": c, "rho": rho, "jobs": jobs,
+                "epsilon": epsilon(*rho, REPORT_DELTA), "delta": REPORT_DELTA})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
+    for d in &file.datasets {
+        let p = &d.policy;
+        let total: f64 = rows.iter().filter(|r| r.0 == d.name).map(|r| r.2).sum();
+        let cap = |c: Option<f64>| c.map_or("no cap".to_string(), |c| format!("cap ρ = {c}"));
+        println!(
+            "dataset {:?} ({:?}): spent ρ = {total:.4} (ε = {:.3} at δ = {REPORT_DELTA}), {}, uses {}",
+            d.name,
+            d.grade,
+            epsilon(total, REPORT_DELTA),
+            cap(p.budget_total),
+            store.uses(&d.name)?
+        );
+        for (_, consumer, rho, jobs) in rows.iter().filter(|r| r.0 == d.name) {
+            let remaining = p
+                .budget_per_consumer
+                .map_or("unlimited".to_string(), |c| format!("{:.4}", (c - rho).max(0.0)));
+            println!(
+                "  consumer {consumer:<16} spent ρ = {rho:.4} (ε = {:.3}) over {jobs} jobs, remaining ρ {remaining}",
+                epsilon(*rho, REPORT_DELTA)
+            );
+        }
+        let _ = store.spent(&d.name, "")?;
+    }
+    Ok(())
+}
+
+/// Release receipts: a party's own (from its store) or a consumer's (from the coordinator).
+pub(crate) async fn receipts(config: &Path, json: bool) -> Result<()> {
+    let receipts: Vec<Receipt> = if PartyFile::load(config).is_ok() {
+        open_party_store(config)?.1.receipts()?
+    } else {
+        let mut jobs = JobsClient::new(crate::client::channel(config, false).await?);
+        let list = jobs
+            .receipts(ListJobsRequest {})
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        list.into_inner()
+            .receipts_json
+            .iter()
+            .map(|t| serde_json::from_str(t).context("unreadable receipt"))
+            .collect::<Result<_>>()?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&receipts)?);
+        return Ok(());
+    }
+    if receipts.is_empty() {
+        println!("no receipts");
+    }
+    for r in receipts {
+        let parties: Vec<String> = r
+            .parties
+            .iter()
+            .map(|c| format!("{} (data {}…)", c.party, &c.dataset_sha256.get(..12).unwrap_or("")))
+            .collect();
+        println!(
+            "{}  {:<12} to {:<12} ρ = {:<6} result {}…  parties {}",
+            r.job_id,
+            r.dataset,
+            r.consumer,
+            r.rho,
+            r.result_sha256.get(..16).unwrap_or(""),
+            parties.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Prints an audit log as a JSON array: a party's from its store, or the coordinator's (for an
+/// administrator's consumer configuration).
+pub(crate) async fn export(config: &Path) -> Result<()> {
+    let entries: Vec<Entry> = if PartyFile::load(config).is_ok() {
+        open_party_store(config)?.1.audit_log()?
+    } else {
+        let mut admin = AdminClient::new(crate::client::channel(config, false).await?);
+        let log = admin
+            .audit_log(AuditLogRequest {})
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        log.into_inner()
+            .entries_json
+            .iter()
+            .map(|t| serde_json::from_str(t).context("unreadable audit entry"))
+            .collect::<Result<_>>()?
+    };
+    println!("{}", serde_json::to_string_pretty(&entries)?);
+    Ok(())
+}
+
+fn read_log(path: &Path) -> Result<Vec<Entry>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not an exported audit log", path.display()))
+}
+
+/// Verifies a log's chain and signatures against the roster's keys and, when another log is
+/// given, the cross-references between them; names the first entry that fails.
+pub(crate) fn verify(log: &Path, roster: &Path, against: Option<&Path>) -> Result<()> {
+    let entries = read_log(log)?;
+    let roster = RosterFile::load(roster)?;
+    let Some(first) = entries.first() else {
+        println!("{}: empty log", log.display());
+        return Ok(());
+    };
+    let writer = first.writer.clone();
+    if let Some(e) = entries.iter().find(|e| e.writer != writer) {
+        bail!(
+            "{}: entry {} is written by {:?}, the log's first entry by {writer:?}",
+            log.display(),
+            e.seq,
+            e.writer
+        );
+    }
+    let key = roster
+        .audit_key(&writer)
+        .with_context(|| format!("the roster has no key for {writer:?}"))?;
+    let mut anchors = Vec::new();
+    if let Some(other) = against {
+        let other = read_log(other)?;
+        if writer == "coordinator" {
+            anchors = audit::recorded_coordinator_heads(&other);
+        } else if other.first().is_some_and(|e| e.writer == "coordinator") {
+            // Each job this party records as offered must appear in the coordinator's log.
+            let offered: Vec<String> = other
+                .iter()
+                .filter_map(|e| match &e.event {
+                    audit::Event::JobOffered { job_id, .. } => Some(job_id.clone()),
+                    _ => None,
+                })
+                .collect();
+            for e in &entries {
+                if let audit::Event::JobOffered { job_id, .. } = &e.event {
+                    if !offered.contains(job_id) {
+                        bail!("entry {}: job {job_id} is not in the coordinator's log", e.seq);
+                    }
+                }
+            }
+        }
+    }
+    match audit::verify(&entries, &key, &anchors) {
+        Ok(()) => {
+            println!(
+                "{}: {} entries by {writer}, chain and signatures valid{}",
+                log.display(),
+                entries.len(),
+                if anchors.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} recorded heads match", anchors.len())
+                }
+            );
+            Ok(())
+        }
+        Err(e) => bail!("{}: {e}", log.display()),
+    }
+}

@@ -1,0 +1,230 @@
+//! Governance end to end: owner policies enforced by the parties themselves, budgets that
+//! cannot be overspent, signed decisions, and audit logs that catch a rewritten history.
+
+// Helpers here read the repository's own files; a panic is the test failing.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use veil_governance::audit::{self, Entry, Event};
+use veil_party_worker::store::PartyStore;
+use veil_proto::roster::RosterFile;
+use veil_proto::v1::admin_client::AdminClient;
+use veil_proto::v1::{AuditLogRequest, JobRef, SubmitRequest};
+use veil_testkit::cluster::{Cluster, ClusterSpec, DatasetSpec, PartySpec};
+
+fn data(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/data").join(path)
+}
+
+fn hospitals(policy: &str) -> Vec<PartySpec> {
+    ["hospital_a", "hospital_b", "hospital_c"]
+        .iter()
+        .map(|h| PartySpec {
+            name: h.to_string(),
+            datasets: vec![DatasetSpec {
+                name: "cells".into(),
+                path: data(&format!("breast_cancer/{h}.csv")),
+                columns: [("mean_radius", "float"), ("mean_area", "float"), ("target", "int")]
+                    .iter()
+                    .map(|(c, t)| (c.to_string(), t.to_string()))
+                    .collect(),
+                extra_toml: policy.to_string(),
+            }],
+            ..PartySpec::default()
+        })
+        .collect()
+}
+
+fn job(purpose: &str, column: &str, rho: Option<f64>) -> String {
+    let privacy = rho.map_or(String::new(), |r| format!("privacy = {{ rho = {r} }}\n"));
+    format!(
+        "dataset = \"cells\"\npurpose = \"{purpose}\"\n{privacy}[[columns]]\nname = \"{column}\"\nmin = 0\nmax = 3000\n"
+    )
+}
+
+fn party_log(cluster: &Cluster, i: usize) -> Vec<Entry> {
+    let dir = cluster.layout.party_configs[i].parent().unwrap().to_path_buf();
+    // A second connection to the party's store, for reading.
+    PartyStore::open(
+        &dir.join("party-state.db"),
+        &format!("party {i}"),
+        SigningKey::from_bytes(&[0; 32]),
+    )
+    .unwrap()
+    .audit_log()
+    .unwrap()
+}
+
+fn party_store(cluster: &Cluster, i: usize) -> PartyStore {
+    let dir = cluster.layout.party_configs[i].parent().unwrap().to_path_buf();
+    PartyStore::open(
+        &dir.join("party-state.db"),
+        &format!("party {i}"),
+        SigningKey::from_bytes(&[0; 32]),
+    )
+    .unwrap()
+}
+
+const POLICY: &str = r#"
+grade = "general"
+tags = { target = "sensitive" }
+[datasets.policy]
+purposes = ["research"]
+columns = ["mean_radius", "target"]
+budget_per_consumer = 1.0
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_names_the_rule_and_the_consumer_sees_it() {
+    let cluster =
+        Cluster::start(ClusterSpec { parties: hospitals(POLICY), ..ClusterSpec::named(&[]) }).await;
+    let (ok, _) = cluster.run_job(&job("research", "mean_radius", None)).await;
+    assert_eq!(ok.state, "succeeded", "{ok:?}");
+    let (column, _) = cluster.run_job(&job("research", "mean_area", None)).await;
+    assert_eq!(column.state, "failed");
+    assert!(column.detail.contains("refused by rule column"), "{}", column.detail);
+    assert!(column.detail.contains("mean_area"), "{}", column.detail);
+    let (purpose, _) = cluster.run_job(&job("marketing", "mean_radius", None)).await;
+    assert!(purpose.detail.contains("refused by rule purpose"), "{}", purpose.detail);
+    // Each party logged its own decisions.
+    let log = party_log(&cluster, 0);
+    assert!(
+        log.iter().any(|e| matches!(&e.event, Event::JobRefused { rule, .. } if rule == "column"))
+    );
+    assert!(log.iter().any(|e| matches!(&e.event, Event::JobAccepted { .. })));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_are_charged_before_release_and_exhaustion_refuses() {
+    let cluster =
+        Cluster::start(ClusterSpec { parties: hospitals(POLICY), ..ClusterSpec::named(&[]) }).await;
+    for _ in 0..2 {
+        let (s, r) = cluster.run_job(&job("research", "mean_radius", Some(0.4))).await;
+        assert_eq!(s.state, "succeeded", "{s:?}");
+        assert!(r.is_some());
+    }
+    let (third, _) = cluster.run_job(&job("research", "mean_radius", Some(0.4))).await;
+    assert_eq!(third.state, "failed");
+    assert!(third.detail.contains("refused by rule budget"), "{}", third.detail);
+    for i in 0..3 {
+        let spent =
+            veil_governance::budget::Ledger::spent(&party_store(&cluster, i), "cells", "analyst")
+                .unwrap();
+        assert!((spent.consumer - 0.8).abs() < 1e-9, "party {i} spent {spent:?}");
+        let receipts = party_store(&cluster, i).receipts().unwrap();
+        assert_eq!(receipts.len(), 2);
+        assert!(receipts.iter().all(|r| (r.rho - 0.4).abs() < 1e-12 && r.parties.len() == 3));
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_jobs_cannot_overspend() {
+    let policy = "[datasets.policy]\nbudget_total = 1.0\n";
+    let cluster = Cluster::start(ClusterSpec {
+        parties: hospitals(policy),
+        stage_timeout: Duration::from_secs(10),
+        ..ClusterSpec::named(&[])
+    })
+    .await;
+    let mut jobs = cluster.jobs().await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let s = jobs
+            .submit(SubmitRequest { spec: job("research", "mean_radius", Some(0.3)) })
+            .await
+            .unwrap();
+        ids.push(s.into_inner().job_id);
+    }
+    let mut succeeded = 0;
+    for id in &ids {
+        if cluster.wait_job(id).await.state == "succeeded" {
+            succeeded += 1;
+        }
+    }
+    assert!((1..=3).contains(&succeeded), "{succeeded} jobs of ρ = 0.3 fit in a budget of 1.0");
+    for i in 0..3 {
+        let spent =
+            veil_governance::budget::Ledger::spent(&party_store(&cluster, i), "cells", "analyst")
+                .unwrap();
+        assert!(spent.total <= 1.0 + 1e-9, "party {i} overspent: {spent:?}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_data_takes_part_in_nothing_and_identifiers_are_never_read() {
+    let mut parties = hospitals("grade = \"core\"\n");
+    parties[1].datasets[0].extra_toml = "tags = { mean_radius = \"identifier\" }\n".into();
+    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let (s, _) = cluster.run_job(&job("research", "mean_radius", None)).await;
+    assert_eq!(s.state, "failed");
+    assert!(s.detail.contains("core-grade"), "{}", s.detail);
+    assert!(s.detail.contains("identifier-column"), "{}", s.detail);
+    cluster.shutdown().await;
+}
+
+/// The coordinator's and the parties' logs verify against the roster's keys; a coordinator
+/// that rewrites an entry of its history (and even re-signs everything after it) is caught by
+/// the heads the parties recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_logs_verify_and_a_rewritten_history_is_caught() {
+    let cluster =
+        Cluster::start(ClusterSpec { parties: hospitals(""), ..ClusterSpec::named(&[]) }).await;
+    for _ in 0..2 {
+        let (s, r) = cluster.run_job(&job("research", "mean_radius", None)).await;
+        assert_eq!(s.state, "succeeded");
+        let mut jobs = cluster.jobs().await;
+        jobs.result(JobRef { job_id: r.unwrap().job_id }).await.unwrap();
+    }
+    let roster = RosterFile::load(&cluster.layout.roster).unwrap();
+    let mut admin = AdminClient::new(cluster.channel("operator").await);
+    let coordinator: Vec<Entry> = admin
+        .audit_log(AuditLogRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .entries_json
+        .iter()
+        .map(|t| serde_json::from_str(t).unwrap())
+        .collect();
+    let party = party_log(&cluster, 1);
+    let ckey = roster.audit_key("coordinator").unwrap();
+    let pkey = roster.audit_key("party 1").unwrap();
+    let heads = audit::recorded_coordinator_heads(&party);
+    assert_eq!(heads.len(), 2, "the party recorded the coordinator's head with each offer");
+    assert_eq!(audit::verify(&coordinator, &ckey, &heads), Ok(()));
+    assert_eq!(audit::verify(&party, &pkey, &[]), Ok(()));
+    assert!(coordinator.iter().any(|e| matches!(e.event, Event::ResultFetched { .. })));
+    assert!(party.iter().any(|e| matches!(e.event, Event::ResultReleased { .. })));
+
+    // The coordinator rewrites who its first job was for, and re-signs the rest of its log.
+    let first_offer =
+        coordinator.iter().position(|e| matches!(e.event, Event::JobOffered { .. })).unwrap();
+    let seed_hex =
+        std::fs::read_to_string(cluster.layout.root.join("coordinator/identity.key")).unwrap();
+    let seed: [u8; 32] = hex::decode(seed_hex.trim()).unwrap().try_into().unwrap();
+    let key = SigningKey::from_bytes(&seed);
+    let mut rewritten: Vec<Entry> = coordinator[..first_offer].to_vec();
+    for e in &coordinator[first_offer..] {
+        let mut event = e.event.clone();
+        if let Event::JobOffered { consumer, .. } = &mut event {
+            *consumer = "someone-else".into();
+        }
+        rewritten.push(Entry::new(rewritten.last(), e.time_ms, &e.writer, event, &key));
+    }
+    assert_eq!(
+        audit::verify(&rewritten, &ckey, &[]),
+        Ok(()),
+        "a re-signed chain is valid on its own"
+    );
+    let caught = audit::verify(&rewritten, &ckey, &heads).unwrap_err();
+    assert!(caught.to_string().contains(&format!("entry {first_offer}")), "{caught}");
+    // Truncating the log is caught the same way.
+    assert!(audit::verify(&coordinator[..first_offer], &ckey, &heads).is_err());
+    cluster.shutdown().await;
+}
