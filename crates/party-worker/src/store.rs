@@ -64,6 +64,17 @@ impl PartyStore {
     pub fn audit(&self, event: Event, time_ms: i64) -> Result<Entry, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let entry = self.append(&tx, event, time_ms)?;
+        tx.commit()?;
+        Ok(entry)
+    }
+
+    fn append(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        event: Event,
+        time_ms: i64,
+    ) -> Result<Entry, StoreError> {
         let last: Option<String> = tx
             .query_row("SELECT entry FROM audit ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
             .optional()?;
@@ -76,8 +87,32 @@ impl PartyStore {
             "INSERT INTO audit (seq, entry) VALUES (?1, ?2)",
             params![entry.seq as i64, text],
         )?;
-        tx.commit()?;
         Ok(entry)
+    }
+
+    /// Reserves a charge and logs it in one transaction: after a crash either both the charge
+    /// and its `budget-charged` entry are there, or neither.
+    pub fn reserve_and_log(
+        &self,
+        r: &Reservation,
+        time_ms: i64,
+    ) -> Result<Result<(), BudgetError>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        match reserve_in(&tx, r)? {
+            Reserved::Already => return Ok(Ok(())),
+            Reserved::Refused(e) => return Ok(Err(e)),
+            Reserved::New => {}
+        }
+        let event = Event::BudgetCharged {
+            job_id: r.job_id.clone(),
+            dataset: r.dataset.clone(),
+            consumer: r.consumer.clone(),
+            rho: r.rho,
+        };
+        self.append(&tx, event, time_ms)?;
+        tx.commit()?;
+        Ok(Ok(()))
     }
 
     /// The whole audit log, in order.
@@ -147,31 +182,46 @@ impl Ledger for PartyStore {
         // An immediate transaction holds the write lock from the first read, so no other
         // reservation (in this process or another) can slip between the check and the insert.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let already: Option<f64> = tx
-            .query_row(
-                "SELECT rho FROM ledger WHERE job_id = ?1 AND dataset = ?2",
-                params![r.job_id, r.dataset],
-                |row| row.get(0),
-            )
-            .optional()?;
-        if already.is_some() {
-            return Ok(Ok(()));
-        }
-        let spent = spent_in(&tx, &r.dataset, &r.consumer)?;
-        if let Err(e) = check(spent, r.rho, r.caps) {
-            return Ok(Err(e));
-        }
-        tx.execute(
-            "INSERT INTO ledger (job_id, dataset, consumer, rho) VALUES (?1, ?2, ?3, ?4)",
-            params![r.job_id, r.dataset, r.consumer, r.rho],
-        )?;
+        let outcome = reserve_in(&tx, r)?;
         tx.commit()?;
-        Ok(Ok(()))
+        Ok(match outcome {
+            Reserved::Refused(e) => Err(e),
+            Reserved::New | Reserved::Already => Ok(()),
+        })
     }
 
     fn spent(&self, dataset: &str, consumer: &str) -> Result<Spent, StoreError> {
         spent_in(&self.conn(), dataset, consumer)
     }
+}
+
+enum Reserved {
+    New,
+    Already,
+    Refused(BudgetError),
+}
+
+/// Checks the caps and records the charge inside the caller's transaction.
+fn reserve_in(tx: &rusqlite::Transaction<'_>, r: &Reservation) -> Result<Reserved, StoreError> {
+    let already: Option<f64> = tx
+        .query_row(
+            "SELECT rho FROM ledger WHERE job_id = ?1 AND dataset = ?2",
+            params![r.job_id, r.dataset],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if already.is_some() {
+        return Ok(Reserved::Already);
+    }
+    let spent = spent_in(tx, &r.dataset, &r.consumer)?;
+    if let Err(e) = check(spent, r.rho, r.caps) {
+        return Ok(Reserved::Refused(e));
+    }
+    tx.execute(
+        "INSERT INTO ledger (job_id, dataset, consumer, rho) VALUES (?1, ?2, ?3, ?4)",
+        params![r.job_id, r.dataset, r.consumer, r.rho],
+    )?;
+    Ok(Reserved::New)
 }
 
 fn spent_in(conn: &Connection, dataset: &str, consumer: &str) -> Result<Spent, StoreError> {

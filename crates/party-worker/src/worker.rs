@@ -21,7 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use veil_analytics::{Job, Plan};
 use veil_governance::audit::{Event, Head};
-use veil_governance::budget::{Ledger, Reservation};
+use veil_governance::budget::{Ledger as _, Reservation};
 use veil_governance::receipt::{Receipt, decision_statement};
 use veil_governance::{Request, Rule};
 use veil_proto::v1::coordinator_envelope::Body as Outbound;
@@ -558,6 +558,25 @@ async fn start_round(
             return Ok(false);
         }
     }
+    let minimum = min_parties.max(start.min_cohort as usize);
+    if start.parties.len() < minimum {
+        let message = format!(
+            "refused by rule cohort: the round has {} parties; this party's data is combined with at least {minimum}",
+            start.parties.len()
+        );
+        tracing::warn!(party = %config.id, job = %job_id, %message, "leaving the job");
+        audit(
+            config,
+            state,
+            Event::JobRefused {
+                job_id,
+                party: config.id.0,
+                rule: Rule::Cohort.name().into(),
+                message,
+            },
+        );
+        return Ok(false);
+    }
     let round = RoundConfig {
         session: SessionId(session),
         parties: start.parties.iter().map(|p| PartyId(*p)).collect(),
@@ -575,39 +594,11 @@ async fn start_round(
             return Ok(false);
         }
     };
-    if params.parties().len() < params.min_cohort() {
-        let message = format!(
-            "refused by rule cohort: the round has {} parties; this party's data is combined with at least {}",
-            params.parties().len(),
-            params.min_cohort()
-        );
-        tracing::warn!(party = %config.id, job = %job_id, %message, "leaving the job");
-        audit(
-            config,
-            state,
-            Event::JobRefused {
-                job_id,
-                party: config.id.0,
-                rule: Rule::Cohort.name().into(),
-                message,
-            },
-        );
-        return Ok(false);
-    }
     // The charge is reserved, atomically against every other job, before anything derived
     // from the data leaves; it is never refunded.
     if let Some(charge) = &charge {
-        match state.store.reserve(charge) {
-            Ok(Ok(())) => audit(
-                config,
-                state,
-                Event::BudgetCharged {
-                    job_id: job_id.clone(),
-                    dataset: charge.dataset.clone(),
-                    consumer: charge.consumer.clone(),
-                    rho: charge.rho,
-                },
-            ),
+        match state.store.reserve_and_log(charge, now_ms()) {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 let message = format!("refused by rule budget: {e}");
                 tracing::warn!(party = %config.id, job = %job_id, %message, "leaving the job");

@@ -228,3 +228,198 @@ async fn audit_logs_verify_and_a_rewritten_history_is_caught() {
     assert!(audit::verify(&coordinator[..first_offer], &ckey, &heads).is_err());
     cluster.shutdown().await;
 }
+
+async fn next(
+    inbound: &mut tokio::sync::mpsc::UnboundedReceiver<veil_proto::v1::PartyEnvelope>,
+) -> veil_proto::v1::party_envelope::Body {
+    let e = tokio::time::timeout(Duration::from_secs(10), inbound.recv()).await;
+    e.expect("the party answers").expect("stream open").body.expect("a body")
+}
+
+mod fake {
+    //! A coordinator that does whatever the test says: it offers forbidden jobs and starts
+    //! rounds regardless of the parties' answers.
+    use std::sync::Mutex;
+
+    use tokio::sync::mpsc;
+    use tokio_stream::StreamExt;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::{Request, Response, Status, Streaming};
+    use veil_proto::v1::party_gateway_server::PartyGateway;
+    use veil_proto::v1::{CoordinatorEnvelope, PartyEnvelope};
+
+    pub(crate) struct FakeCoordinator {
+        pub(crate) inbound: mpsc::UnboundedSender<PartyEnvelope>,
+        pub(crate) outbound: Mutex<Option<mpsc::Receiver<Result<CoordinatorEnvelope, Status>>>>,
+    }
+
+    #[tonic::async_trait]
+    impl PartyGateway for FakeCoordinator {
+        type ConnectStream = ReceiverStream<Result<CoordinatorEnvelope, Status>>;
+
+        async fn connect(
+            &self,
+            request: Request<Streaming<PartyEnvelope>>,
+        ) -> Result<Response<Self::ConnectStream>, Status> {
+            let mut stream = request.into_inner();
+            let tx = self.inbound.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(e)) = stream.next().await {
+                    let _ = tx.send(e);
+                }
+            });
+            let rx = self
+                .outbound
+                .lock()
+                .unwrap()
+                .take()
+                .ok_or_else(|| Status::unavailable("one stream only"))?;
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+    }
+}
+
+/// Nothing the coordinator says can make a party run a job its policy denies: a coordinator
+/// that offers a job on core data, and then starts the round anyway, gets a signed refusal and
+/// not one round message; the same for a round whose cohort is below the party's minimum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_cannot_make_a_party_run_a_forbidden_job() {
+    use tokio::sync::mpsc;
+    use veil_proto::v1::coordinator_envelope::Body as Out;
+    use veil_proto::v1::party_envelope::Body as In;
+    use veil_proto::v1::{CoordinatorEnvelope, RoundStart, TaskOffer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let layout = veil_coordinator::consortium::create(
+        dir.path(),
+        &veil_coordinator::consortium::ConsortiumSpec {
+            name: "fake".into(),
+            parties: vec!["a".into(), "b".into(), "c".into()],
+            consumers: vec![("analyst".into(), false)],
+            coordinator: addr,
+        },
+    )
+    .unwrap();
+    let party_toml = &layout.party_configs[0];
+    let mut text = std::fs::read_to_string(party_toml).unwrap();
+    text = text.replace("min_cohort = 2", "min_cohort = 3");
+    text += &format!(
+        "\n[[datasets]]\nname = \"core\"\npath = {:?}\ncolumns = {{ mean_radius = \"float\" }}\ngrade = \"core\"\n\
+         \n[[datasets]]\nname = \"cells\"\npath = {:?}\ncolumns = {{ mean_radius = \"float\" }}\n",
+        data("breast_cancer/hospital_a.csv").display().to_string(),
+        data("breast_cancer/hospital_a.csv").display().to_string(),
+    );
+    std::fs::write(party_toml, text).unwrap();
+
+    // The fake coordinator, with the real coordinator's certificate.
+    let coordinator_dir = layout.root.join("coordinator");
+    let tls = veil_proto::tls::TlsMaterial::load(&veil_proto::tls::TlsFiles {
+        ca: layout.root.join("ca.pem"),
+        cert: coordinator_dir.join("cert.pem"),
+        key: coordinator_dir.join("key.pem"),
+    })
+    .unwrap();
+    let (inbound_tx, mut inbound) = mpsc::unbounded_channel();
+    let (outbound, outbound_rx) = mpsc::channel(16);
+    let fake = fake::FakeCoordinator {
+        inbound: inbound_tx,
+        outbound: std::sync::Mutex::new(Some(outbound_rx)),
+    };
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls.server_config())
+        .unwrap()
+        .add_service(veil_proto::v1::party_gateway_server::PartyGatewayServer::new(fake))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    let server = tokio::spawn(server);
+
+    let config = veil_testkit::cluster::party_config(party_toml);
+    let party =
+        tokio::spawn(veil_party_worker::run(config, Default::default(), std::future::pending()));
+    assert!(matches!(next(&mut inbound).await, In::Hello(_)));
+
+    for (dataset, parties, expect_rule) in
+        [("core", vec![0u32, 1, 2], "core-grade"), ("cells", vec![0, 1], "")]
+    {
+        let spec = veil_analytics::Job::parse(&format!(
+            "dataset = \"{dataset}\"\nmin_parties = 2\n[[columns]]\nname = \"mean_radius\"\nmin = 0\nmax = 50\n"
+        ))
+        .unwrap();
+        let job_id = format!("job-{dataset}");
+        let offer = TaskOffer {
+            job_id: job_id.clone(),
+            spec_json: spec.canonical_json(),
+            consumer: "analyst".into(),
+            coordinator_head_seq: 0,
+            coordinator_head_hash: String::new(),
+        };
+        outbound.send(Ok(CoordinatorEnvelope { body: Some(Out::Offer(offer)) })).await.unwrap();
+        let In::Reply(reply) = next(&mut inbound).await else { panic!("expected a reply") };
+        if expect_rule.is_empty() {
+            assert!(reply.accept, "{}", reply.reason);
+        } else {
+            assert!(!reply.accept);
+            assert!(reply.reason.contains(expect_rule), "{}", reply.reason);
+        }
+        // The decision is signed by the party's roster key over the job hash.
+        let roster = RosterFile::load(&layout.roster).unwrap();
+        let key = roster.audit_key("party 0").unwrap();
+        let statement = veil_governance::receipt::decision_statement(
+            &job_id,
+            &spec.hash(),
+            reply.accept,
+            &reply.reason,
+        );
+        let sig =
+            ed25519_dalek::Signature::from_bytes(&reply.signature.clone().try_into().unwrap());
+        ed25519_dalek::Verifier::verify(&key, &statement, &sig).unwrap();
+        // Start the round anyway (for "cells", with a cohort below the party's minimum of 3).
+        let start_parties_minus_one = parties.len() as u32 - 1;
+        let start = RoundStart {
+            job_id,
+            session: vec![7; 32],
+            parties,
+            threshold: 2,
+            neighbours: start_parties_minus_one,
+            min_cohort: 2,
+            vector_len: veil_analytics::Plan::new(
+                match &spec {
+                    veil_analytics::Job::Columns(s) => s,
+                    _ => unreachable!(),
+                },
+                &veil_analytics::DatasetSchema {
+                    name: dataset.into(),
+                    columns: vec![("mean_radius".into(), veil_analytics::ColumnType::Float)],
+                },
+            )
+            .unwrap()
+            .vector_len() as u32,
+            plain: false,
+        };
+        outbound.send(Ok(CoordinatorEnvelope { body: Some(Out::Start(start)) })).await.unwrap();
+        let silent = tokio::time::timeout(Duration::from_millis(800), inbound.recv()).await;
+        assert!(silent.is_err(), "the party sent something after a forbidden start: {silent:?}");
+    }
+    party.abort();
+    server.abort();
+    let log = PartyStore::open(
+        &layout.party_configs[0].parent().unwrap().join("party-state.db"),
+        "party 0",
+        SigningKey::from_bytes(&[0; 32]),
+    )
+    .unwrap()
+    .audit_log()
+    .unwrap();
+    let refused: Vec<&str> = log
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::JobRefused { rule, .. } => Some(rule.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused, vec!["core-grade", "cohort"]);
+    assert!(!log.iter().any(|e| matches!(e.event, Event::BudgetCharged { .. })));
+}
