@@ -137,6 +137,45 @@ fn init_serve_submit_and_survive_a_vanishing_party() {
     let out = veil(&["result", &id, "--json", "--config", analyst.to_str().unwrap()]);
     let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(again, answer);
+    // The audit logs export and verify, cross-checked; an edited entry is named.
+    let party_log = dir.path().join("a.json");
+    let coordinator_log = dir.path().join("c.json");
+    let out = veil(&["audit", "export", "--config", party("hospital_a").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&party_log, &out.stdout).unwrap();
+    let out = veil(&["audit", "export", "--config", operator.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&coordinator_log, &out.stdout).unwrap();
+    let roster = root.join("roster.toml");
+    let verify = |log: &Path, against: &Path| {
+        veil(&[
+            "audit",
+            "verify",
+            log.to_str().unwrap(),
+            "--roster",
+            roster.to_str().unwrap(),
+            "--against",
+            against.to_str().unwrap(),
+        ])
+    };
+    let out = verify(&coordinator_log, &party_log);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("recorded heads match"));
+    assert!(verify(&party_log, &coordinator_log).status.success());
+    let edited = String::from_utf8(std::fs::read(&coordinator_log).unwrap()).unwrap().replacen(
+        "\"analyst\"",
+        "\"mallory\"",
+        1,
+    );
+    std::fs::write(&coordinator_log, edited).unwrap();
+    let out = verify(&coordinator_log, &party_log);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("entry "),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A bad specification gets a message naming the file and the problem, and no job.
     std::fs::write(&job, "dataset = \"cells\"\ncolumns = []\n").unwrap();
     let out = veil(&["submit", job.to_str().unwrap(), "--config", analyst.to_str().unwrap()]);

@@ -245,6 +245,32 @@ impl PartyFile {
 mod tests {
     use super::*;
 
+    /// The annotated governance example of docs/GOVERNANCE.md parses, with every field.
+    #[test]
+    fn the_governance_example_parses() {
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/jobs/party-governance.toml"),
+        )
+        .unwrap();
+        let text = format!(
+            "id = 1\nname = \"jfk\"\ncoordinator = \"https://127.0.0.1:7443\"\nroster = \"r\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\nidentity = \"i\"\n{example}"
+        );
+        let f: PartyFile = toml::from_str(&text).unwrap();
+        let d = &f.datasets[0];
+        assert_eq!(d.grade, Grade::General);
+        assert_eq!(d.tags["tailnum"], ColumnTag::Identifier);
+        let p = &d.policy;
+        assert_eq!(p.purposes, vec!["research", "operations"]);
+        assert_eq!((p.min_cohort, p.k_threshold, p.require_dp), (Some(3), Some(10), true));
+        assert_eq!(
+            (p.max_rho_per_release, p.budget_per_consumer, p.budget_total),
+            (Some(0.5), Some(2.0), Some(5.0))
+        );
+        assert_eq!((p.expires.as_deref(), p.max_uses), (Some("2027-12-31"), Some(1000)));
+        let typo = text.replace("k_threshold", "k_treshold");
+        assert!(toml::from_str::<PartyFile>(&typo).is_err(), "a misspelt policy field is refused");
+    }
+
     /// The dataset section shown in `examples/jobs/party-flights.toml` parses as part of a
     /// party file.
     #[test]
