@@ -170,6 +170,7 @@ pub(crate) async fn run() -> Result<()> {
         parties,
         stage_timeout: Duration::from_secs(10),
         offer_timeout: Duration::from_secs(10),
+        analyst_quota: None,
     };
     let mut cluster = Cluster::start(spec).await;
     println!(

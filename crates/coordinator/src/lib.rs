@@ -240,6 +240,23 @@ pub async fn serve(
     let protocol_roster =
         Arc::new(config.roster.protocol_roster().map_err(CoordinatorError::Roster)?);
     let (status, _) = broadcast::channel(1024);
+    // The roster and quotas in force, logged whenever they change.
+    let roster_text = format!("{:?}", config.roster);
+    let what = format!(
+        "roster of {} parties and {} consumers, fingerprint {}",
+        config.roster.parties.len(),
+        config.roster.consumers.len(),
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(roster_text.as_bytes()))
+    );
+    let last = store.audit_log()?.into_iter().rev().find_map(|t| {
+        match serde_json::from_str::<veil_governance::audit::Entry>(&t).ok()?.event {
+            veil_governance::audit::Event::ConfigChanged { what } => Some(what),
+            _ => None,
+        }
+    });
+    if last.as_deref() != Some(what.as_str()) {
+        store.audit(veil_governance::audit::Event::ConfigChanged { what }, now_ms())?;
+    }
     let store = Arc::new(store);
     let (progress, writes) = std::sync::mpsc::channel::<ProgressWrite>();
     let writer_store = store.clone();

@@ -87,6 +87,7 @@ pub async fn run(
     let endpoint = endpoint(&config)?;
     let signing = SigningKey::from_bytes(&config.identity_seed);
     let store = Arc::new(PartyStore::open(&config.state, &config.id.to_string(), signing.clone())?);
+    record_configuration(&config, &store)?;
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = BACKOFF_MIN;
     let mut state = State::new(store, signing, &options);
@@ -114,6 +115,25 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// Logs a `config-changed` entry when the datasets, grades, tags or policies differ from
+/// what the log last recorded (and on first start).
+fn record_configuration(config: &PartyConfig, store: &PartyStore) -> Result<(), WorkerError> {
+    let described = format!("{:?} min_cohort={}", config.datasets, config.min_cohort);
+    let fingerprint = hex::encode(Sha256::digest(described.as_bytes()));
+    let what = format!(
+        "datasets {} and their policies, fingerprint {fingerprint}",
+        config.datasets.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    let last = store.audit_log()?.into_iter().rev().find_map(|e| match e.event {
+        Event::ConfigChanged { what } => Some(what),
+        _ => None,
+    });
+    if last.as_deref() != Some(what.as_str()) {
+        store.audit(Event::ConfigChanged { what }, now_ms())?;
+    }
+    Ok(())
 }
 
 fn endpoint(config: &PartyConfig) -> Result<Endpoint, WorkerError> {

@@ -53,6 +53,8 @@ pub struct ClusterSpec {
     pub stage_timeout: Duration,
     /// Offer timeout of the coordinator.
     pub offer_timeout: Duration,
+    /// Quotas of the consumer `analyst`: jobs and result fetches per 24 hours.
+    pub analyst_quota: Option<(u32, u32)>,
 }
 
 impl ClusterSpec {
@@ -65,6 +67,7 @@ impl ClusterSpec {
                 .collect(),
             stage_timeout: Duration::from_secs(5),
             offer_timeout: Duration::from_secs(5),
+            analyst_quota: None,
         }
     }
 }
@@ -163,6 +166,14 @@ impl Cluster {
             },
         )
         .expect("consortium created");
+        if let Some((jobs, fetches)) = spec.analyst_quota {
+            let mut roster = veil_proto::roster::RosterFile::load(&layout.roster).expect("roster");
+            for c in roster.consumers.iter_mut().filter(|c| c.name == "analyst") {
+                c.jobs_per_day = Some(jobs);
+                c.fetches_per_day = Some(fetches);
+            }
+            std::fs::write(&layout.roster, roster.to_toml()).expect("roster written");
+        }
         for (p, path) in spec.parties.iter().zip(&layout.party_configs) {
             let mut text = std::fs::read_to_string(path).expect("party.toml");
             for d in &p.datasets {

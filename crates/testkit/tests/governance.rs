@@ -423,3 +423,30 @@ async fn a_coordinator_cannot_make_a_party_run_a_forbidden_job() {
     assert_eq!(refused, vec!["core-grade", "cohort"]);
     assert!(!log.iter().any(|e| matches!(e.event, Event::BudgetCharged { .. })));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_quotas_are_enforced_before_anything_is_offered() {
+    let cluster = Cluster::start(ClusterSpec {
+        parties: hospitals(""),
+        analyst_quota: Some((2, 1)),
+        ..ClusterSpec::named(&[])
+    })
+    .await;
+    let (first, result) = cluster.run_job(&job("research", "mean_radius", None)).await;
+    assert_eq!(first.state, "succeeded");
+    let mut jobs = cluster.jobs().await;
+    // run_job fetched the result once: the fetch quota of 1 is used up.
+    let status = jobs.result(JobRef { job_id: result.unwrap().job_id }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    assert!(status.message().contains("fetch"), "{status}");
+    jobs.submit(SubmitRequest { spec: job("research", "mean_radius", None) }).await.unwrap();
+    let status = jobs
+        .submit(SubmitRequest { spec: job("research", "mean_radius", None) })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    assert!(status.message().contains("2 jobs per 24 hours"), "{status}");
+    // Every party logged its configuration on first start.
+    assert!(matches!(party_log(&cluster, 0)[0].event, Event::ConfigChanged { .. }));
+    cluster.shutdown().await;
+}
