@@ -15,10 +15,12 @@
 //! - [`shamir`]: threshold sharing over the Ed25519 scalar field.
 //! - [`prg`]: AES-128-CTR mask expansion and the Z_2^64 vector kernels.
 //! - [`fixed_point`]: encoding reals and integers into Z_2^64 without wrap-around.
+//! - [`dp`]: exact discrete Gaussian and discrete Laplace samplers, and a fast CSPRNG for them.
 
 mod codec;
 pub mod coordinator;
 pub mod crypto;
+pub mod dp;
 mod error;
 pub mod fixed_point;
 mod ids;
