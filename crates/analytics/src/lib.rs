@@ -22,7 +22,9 @@ pub mod plan;
 pub mod schema;
 pub mod spec;
 
-pub use plan::{Answer, ColumnAnswer, Histogram, Layout, LocalAggregate, Plan};
+pub use plan::{
+    Answer, ColumnAnswer, DpCalibration, Histogram, Layout, LocalAggregate, NoiseReport, Plan,
+};
 pub use schema::{ColumnType, DatasetSchema, Value};
 pub use spec::{ColumnRequest, Condition, Job, JobSpec, Literal, Op, Privacy, SyntheticSpec};
 

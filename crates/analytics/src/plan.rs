@@ -1,7 +1,9 @@
 //! A specification checked against a schema: the vector layout, local aggregation, and the
 //! answer decoded from the secure sum.
 
+use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
+use veil_protocol::dp::{NoiseRng, discrete_gaussian, zcdp_epsilon};
 use veil_protocol::fixed_point::WIDE_LIMBS;
 use veil_protocol::{decode_wide, encode_wide};
 
@@ -14,6 +16,39 @@ pub const FRACTION_BITS: u32 = 20;
 const SCALE: f64 = (1u64 << FRACTION_BITS) as f64;
 /// Most rows one party may contribute (keeps every exact total within the wide encoding).
 pub const MAX_ROWS: u64 = 1 << 32;
+/// In differentially private jobs, a value's share of its bound is encoded in this many units,
+/// so one row moves a sum by at most this much.
+pub const DP_UNITS: i128 = 1 << 10;
+/// The δ at which ε is reported.
+pub const DP_DELTA: f64 = 1e-6;
+
+/// How a differentially private job is noised. Every party adds discrete Gaussian noise to
+/// every element of its vector before masking, with variance calibrated so that the sum over
+/// the fewest parties the round allows carries the job's ρ.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DpCalibration {
+    /// zCDP ρ of the release.
+    pub rho: f64,
+    /// ε at [`DP_DELTA`].
+    pub epsilon: f64,
+    /// δ.
+    pub delta: f64,
+    /// Elements one row can change at once.
+    pub components: u32,
+    /// Standard deviation of the total noise per unit of sensitivity: √(components / 2ρ).
+    pub multiplier: f64,
+    /// The fewest parties whose noise is in the sum (the job's `min_parties`).
+    pub parties: u32,
+}
+
+impl DpCalibration {
+    /// Each party's discrete Gaussian variance for an element of sensitivity `delta`, rounded
+    /// up (more noise, never less).
+    pub fn party_variance(&self, delta: i128) -> u64 {
+        let total = self.multiplier * self.multiplier * (delta * delta) as f64;
+        ((total / f64::from(self.parties)).ceil() as u64).max(1)
+    }
+}
 
 struct ColumnPlan {
     name: String,
@@ -37,6 +72,11 @@ impl ColumnPlan {
 
     fn len(&self) -> usize {
         Self::HISTOGRAM + if self.edges.is_empty() { 0 } else { self.edges.len() + 1 }
+    }
+
+    /// The largest magnitude a clipped value can have.
+    fn bound(&self) -> f64 {
+        self.min.abs().max(self.max.abs())
     }
 
     /// The histogram slot of `x`: 0 below the first edge, `i + 1` for bin `[e_i, e_{i+1})` (the
@@ -189,13 +229,32 @@ impl Plan {
         v
     }
 
-    /// A fresh local aggregate.
-    pub fn aggregate(&self) -> LocalAggregate<'_> {
+    /// The noise calibration, for a job that declares a privacy charge.
+    pub fn dp(&self) -> Option<DpCalibration> {
+        let rho = self.spec.privacy.as_ref()?.rho;
+        // One row changes the row count, and per column its count, at most one clipping
+        // counter, its sum, its sum of squares and at most one histogram slot.
+        let components =
+            1 + self.columns.iter().map(|c| 4 + u32::from(!c.edges.is_empty())).sum::<u32>();
+        Some(DpCalibration {
+            rho,
+            epsilon: zcdp_epsilon(rho, DP_DELTA),
+            delta: DP_DELTA,
+            components,
+            multiplier: (f64::from(components) / (2.0 * rho)).sqrt(),
+            parties: self.spec.min_parties.max(1),
+        })
+    }
+
+    /// A fresh local aggregate. `noise_seed` (uniformly random) seeds the stochastic rounding
+    /// and the noise of differentially private jobs; exact jobs ignore it.
+    pub fn aggregate(&self, noise_seed: [u8; 32]) -> LocalAggregate<'_> {
         LocalAggregate {
             plan: self,
             rows: 0,
             counts: vec![0; self.len],
             sums: vec![0; self.columns.len() * 2],
+            rng: self.dp().map(|_| NoiseRng::from_seed(noise_seed)),
         }
     }
 
@@ -214,52 +273,88 @@ impl Plan {
                 sum[at..at + WIDE_LIMBS].try_into().expect("layout slots are WIDE_LIMBS long");
             decode_wide(&limbs)
         };
+        let dp = self.dp();
+        let k = self.spec.k_threshold.unwrap_or(0);
+        // Counts are sums of (possibly noisy) integers: read them signed, release them ≥ 0.
+        let count_at = |at: usize| (sum[at] as i64).max(0) as u64;
+        // Standard deviation of the total noise of an element of sensitivity `delta`.
+        let noise_sd = |delta: i128| {
+            dp.map(|d| (d.party_variance(delta) as f64 * contributors.len() as f64).sqrt())
+        };
         let columns = self
             .columns
             .iter()
             .map(|c| {
                 let o = c.offset;
-                let count = sum[o + ColumnPlan::COUNT];
-                let total = wide(o + ColumnPlan::SUM) as f64 / SCALE;
-                let squares = wide(o + ColumnPlan::SQUARES) as f64 / SCALE;
-                let mean = (count > 0).then(|| total / count as f64);
+                let count = count_at(o + ColumnPlan::COUNT);
+                let (total, squares) = match dp {
+                    None => (
+                        wide(o + ColumnPlan::SUM) as f64 / SCALE,
+                        wide(o + ColumnPlan::SQUARES) as f64 / SCALE,
+                    ),
+                    Some(_) => {
+                        let b = c.bound();
+                        (
+                            wide(o + ColumnPlan::SUM) as f64 * b / DP_UNITS as f64,
+                            (wide(o + ColumnPlan::SQUARES) as f64 * b * b / DP_UNITS as f64)
+                                .max(0.0),
+                        )
+                    }
+                };
+                let mean = (count > 0).then(|| {
+                    let m = total / count as f64;
+                    if dp.is_some() { m.clamp(c.min, c.max) } else { m }
+                });
                 let variance = (count > 1).then(|| {
                     let m = total / count as f64;
                     ((squares - count as f64 * m * m) / (count - 1) as f64).max(0.0)
                 });
-                let k = self.spec.k_threshold.unwrap_or(0);
                 let histogram = (!c.edges.is_empty()).then(|| {
                     let h = o + ColumnPlan::HISTOGRAM;
-                    let slots = &sum[h..h + c.edges.len() + 1];
-                    let shown = |n: u64| (n >= k).then_some(n);
+                    let shown = |at: usize| {
+                        let n = count_at(at);
+                        (n >= k).then_some(n)
+                    };
                     Histogram {
                         edges: c.edges.clone(),
-                        counts: slots[1..slots.len() - 1].iter().map(|&n| shown(n)).collect(),
-                        below: shown(slots[0]),
-                        above: shown(slots[slots.len() - 1]),
+                        counts: (h + 1..h + c.edges.len()).map(shown).collect(),
+                        below: shown(h),
+                        above: shown(h + c.edges.len()),
+                    }
+                });
+                let noise = dp.map(|_| {
+                    let unit = noise_sd(1).unwrap_or(0.0);
+                    let sum_sd = noise_sd(DP_UNITS).unwrap_or(0.0) * c.bound() / DP_UNITS as f64;
+                    NoiseReport {
+                        count_ci95: 1.96 * unit,
+                        sum_ci95: 1.96 * sum_sd,
+                        mean_ci95: 1.96 * sum_sd / (count.max(1) as f64),
+                        histogram_bin_ci95: 1.96 * unit,
                     }
                 });
                 ColumnAnswer {
                     name: c.name.clone(),
                     count,
-                    clipped_below: sum[o + ColumnPlan::BELOW],
-                    clipped_above: sum[o + ColumnPlan::ABOVE],
+                    clipped_below: count_at(o + ColumnPlan::BELOW),
+                    clipped_above: count_at(o + ColumnPlan::ABOVE),
                     sum: total,
                     sum_of_squares: squares,
                     mean,
                     variance,
                     std_dev: variance.map(f64::sqrt),
                     histogram,
+                    noise,
                 }
             })
             .collect();
         Ok(Answer {
             dataset: self.spec.dataset.clone(),
-            rows: sum[0],
+            rows: count_at(0),
             columns,
             contributors,
             dropped,
             fraction_bits: FRACTION_BITS,
+            privacy: dp,
         })
     }
 }
@@ -312,8 +407,18 @@ pub struct LocalAggregate<'p> {
     rows: u64,
     /// The integer slots of the layout (counts and histogram bins).
     counts: Vec<u64>,
-    /// Exact fixed-point sum and sum of squares per column.
+    /// Exact fixed-point sum and sum of squares per column (in sensitivity units for
+    /// differentially private jobs).
     sums: Vec<i128>,
+    /// Stochastic rounding and noise, for differentially private jobs.
+    rng: Option<NoiseRng>,
+}
+
+/// Rounds `x` to an integer, up with probability equal to its fractional part (unbiased).
+fn round_stochastically(x: f64, rng: &mut NoiseRng) -> i128 {
+    let floor = x.floor();
+    let u = (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+    (if u < x - floor { floor + 1.0 } else { floor }) as i128
 }
 
 impl LocalAggregate<'_> {
@@ -343,8 +448,20 @@ impl LocalAggregate<'_> {
             } else {
                 x
             };
-            self.sums[2 * k] += (clipped * SCALE).round() as i128;
-            self.sums[2 * k + 1] += (clipped * clipped * SCALE).round() as i128;
+            match &mut self.rng {
+                None => {
+                    self.sums[2 * k] += (clipped * SCALE).round() as i128;
+                    self.sums[2 * k + 1] += (clipped * clipped * SCALE).round() as i128;
+                }
+                Some(rng) => {
+                    // The value's share of the bound, in [−1, 1] and [0, 1], in DP_UNITS.
+                    let b = c.bound();
+                    let units = DP_UNITS as f64;
+                    self.sums[2 * k] += round_stochastically(clipped / b * units, rng);
+                    self.sums[2 * k + 1] +=
+                        round_stochastically(clipped * clipped / (b * b) * units, rng);
+                }
+            }
             if !c.edges.is_empty() {
                 self.counts[o + ColumnPlan::HISTOGRAM + c.bin(x)] += 1;
             }
@@ -357,10 +474,30 @@ impl LocalAggregate<'_> {
         self.rows
     }
 
-    /// The party's vector, ready to be masked.
-    pub fn finish(self) -> Vec<u64> {
+    /// The party's vector, ready to be masked; for differentially private jobs, with this
+    /// party's share of the noise already added to every element.
+    pub fn finish(mut self) -> Vec<u64> {
         let mut v = self.counts;
         v[0] = self.rows;
+        if let (Some(rng), Some(dp)) = (&mut self.rng, self.plan.dp()) {
+            let unit = dp.party_variance(1);
+            let wide = dp.party_variance(DP_UNITS);
+            let slots: Vec<usize> = std::iter::once(0)
+                .chain(self.plan.columns.iter().flat_map(|c| {
+                    let o = c.offset;
+                    let hist = if c.edges.is_empty() { 0 } else { c.edges.len() + 1 };
+                    [o + ColumnPlan::COUNT, o + ColumnPlan::BELOW, o + ColumnPlan::ABOVE]
+                        .into_iter()
+                        .chain((0..hist).map(move |i| o + ColumnPlan::HISTOGRAM + i))
+                }))
+                .collect();
+            for at in slots {
+                v[at] = v[at].wrapping_add(discrete_gaussian(rng, unit) as u64);
+            }
+            for s in self.sums.iter_mut() {
+                *s += i128::from(discrete_gaussian(rng, wide));
+            }
+        }
         for (k, c) in self.plan.columns.iter().enumerate() {
             let o = c.offset;
             v[o + ColumnPlan::SUM..o + ColumnPlan::SUM + WIDE_LIMBS]
@@ -385,8 +522,26 @@ pub struct Answer {
     pub contributors: Vec<u32>,
     /// Parties that took part but dropped out before their input was in.
     pub dropped: Vec<u32>,
-    /// Values were rounded to multiples of 2^-fraction_bits before summing.
+    /// Values were rounded to multiples of 2^-fraction_bits before summing (exact jobs).
     pub fraction_bits: u32,
+    /// For differentially private jobs: the guarantee and the noise calibration. Every number
+    /// in the answer was computed from noisy sums only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<DpCalibration>,
+}
+
+/// Half-widths of 95% confidence intervals for the noise in a differentially private answer
+/// (the noise is known exactly; clipping and rounding are not included).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NoiseReport {
+    /// Of the count (and of the row count).
+    pub count_ci95: f64,
+    /// Of the sum.
+    pub sum_ci95: f64,
+    /// Of the mean, approximately (the sum's over the count).
+    pub mean_ci95: f64,
+    /// Of each histogram slot.
+    pub histogram_bin_ci95: f64,
 }
 
 /// Statistics of one column.
@@ -412,6 +567,9 @@ pub struct ColumnAnswer {
     pub std_dev: Option<f64>,
     /// Histogram of the values (unclipped), if asked for.
     pub histogram: Option<Histogram>,
+    /// Confidence intervals of the noise, for differentially private jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<NoiseReport>,
 }
 
 /// Counts per bin. A count below the job's `k_threshold` is suppressed (`None`).
@@ -472,7 +630,7 @@ mod tests {
     }
 
     fn vector(plan: &Plan, rows: &[(f64, &'static str, Option<f64>)]) -> Vec<u64> {
-        let mut agg = plan.aggregate();
+        let mut agg = plan.aggregate([0; 32]);
         for (a, g, n) in rows {
             let row = [Value::Number(*a), Value::Text(g), n.map_or(Value::Null, Value::Number)];
             agg.push_row(&row).unwrap();
@@ -506,6 +664,75 @@ mod tests {
         let m = xs.iter().sum::<f64>() / 4.0;
         let var = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / 3.0;
         assert!((n.variance.unwrap() - var).abs() < 1e-6);
+    }
+
+    /// Three parties each add their share of the noise; over many releases the errors of the
+    /// counts and sums are centred with the declared spread, and the answer says so.
+    #[test]
+    fn differentially_private_answers_carry_the_declared_noise() {
+        let mut s = spec(SPEC);
+        s.privacy = Some(crate::spec::Privacy { rho: 0.5 });
+        s.min_parties = 3;
+        let plan = Plan::new(&s, &schema()).unwrap();
+        let dp = plan.dp().unwrap();
+        assert_eq!(dp.components, 1 + 5 + 4);
+        assert!((dp.epsilon - zcdp_epsilon(0.5, DP_DELTA)).abs() < 1e-12);
+        let all = rows();
+        let exact = Plan::new(&spec(SPEC), &schema()).unwrap();
+        let truth = exact.answer(&vector(&exact, &all), vec![0], vec![]).unwrap();
+        let trials = 400;
+        let (mut count_err, mut sum_err): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+        let mut declared = None;
+        for t in 0..trials {
+            let mut total = vec![0u64; plan.vector_len()];
+            for p in 0..3u8 {
+                let mut seed = [7u8; 32];
+                seed[..3].copy_from_slice(&[t as u8, (t >> 8) as u8, p]);
+                let mut agg = plan.aggregate(seed);
+                let part = if p == 0 {
+                    &all[..2]
+                } else if p == 1 {
+                    &all[2..4]
+                } else {
+                    &all[4..]
+                };
+                for (a, g, n) in part {
+                    let row =
+                        [Value::Number(*a), Value::Text(g), n.map_or(Value::Null, Value::Number)];
+                    agg.push_row(&row).unwrap();
+                }
+                for (x, y) in total.iter_mut().zip(agg.finish()) {
+                    *x = x.wrapping_add(y);
+                }
+            }
+            let a = plan.answer(&total, vec![0, 1, 2], vec![]).unwrap();
+            let c = &a.columns[1];
+            // The raw noisy count, before it is clamped at zero for release.
+            let raw = (total[plan.columns[1].offset] as i64) as f64;
+            count_err.push(raw - truth.columns[1].count as f64);
+            sum_err.push(c.sum - truth.columns[1].sum);
+            declared = c.noise.clone();
+            assert_eq!(a.privacy, Some(dp));
+        }
+        let declared = declared.unwrap();
+        let sd = |v: &[f64]| {
+            let m = v.iter().sum::<f64>() / v.len() as f64;
+            (m, (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt())
+        };
+        let (m, s_count) = sd(&count_err);
+        let expected = declared.count_ci95 / 1.96;
+        assert!(
+            (s_count / expected - 1.0).abs() < 0.15,
+            "count noise sd {s_count} vs declared {expected}"
+        );
+        assert!(m.abs() < 4.0 * expected / (trials as f64).sqrt(), "count noise is centred: {m}");
+        let (m, s_sum) = sd(&sum_err);
+        let expected = declared.sum_ci95 / 1.96;
+        assert!(
+            (s_sum / expected - 1.0).abs() < 0.15,
+            "sum noise sd {s_sum} vs declared {expected}"
+        );
+        assert!(m.abs() < 4.0 * expected / (trials as f64).sqrt(), "sum noise is centred: {m}");
     }
 
     #[test]

@@ -12,10 +12,7 @@ pub const REPORT_DELTA: f64 = 1e-6;
 
 /// ε of ρ-zCDP at `delta`.
 pub fn epsilon(rho: f64, delta: f64) -> f64 {
-    if rho <= 0.0 {
-        return 0.0;
-    }
-    rho + 2.0 * (rho * (1.0 / delta).ln()).sqrt()
+    veil_protocol::dp::zcdp_epsilon(rho, delta)
 }
 
 /// Caps on a dataset's budget.

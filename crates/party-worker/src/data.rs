@@ -68,8 +68,13 @@ fn parse_cell(raw: &str, ty: ColumnType) -> Result<Value<'_>, &'static str> {
     }
 }
 
-/// Streams the dataset's CSV file through `plan` and returns the party's vector.
-pub fn aggregate_csv(dataset: &DatasetConfig, plan: &Plan) -> Result<Vec<u64>, DataError> {
+/// Streams the dataset's CSV file through `plan` and returns the party's vector (noised, for a
+/// differentially private job, with randomness from `noise_seed`).
+pub fn aggregate_csv(
+    dataset: &DatasetConfig,
+    plan: &Plan,
+    noise_seed: [u8; 32],
+) -> Result<Vec<u64>, DataError> {
     let file = dataset.path.display().to_string();
     let read_error = |e: csv::Error| DataError::Read { file: file.clone(), message: e.to_string() };
     let mut reader = csv::ReaderBuilder::new()
@@ -88,7 +93,7 @@ pub fn aggregate_csv(dataset: &DatasetConfig, plan: &Plan) -> Result<Vec<u64>, D
             .ok_or_else(|| DataError::MissingColumn { file: file.clone(), column: name.clone() })?;
         positions.push((index, pos, *ty, name));
     }
-    let mut aggregate = plan.aggregate();
+    let mut aggregate = plan.aggregate(noise_seed);
     let mut record = csv::StringRecord::new();
     loop {
         match reader.read_record(&mut record) {
@@ -150,7 +155,7 @@ mod tests {
     fn bad_cells_name_file_row_and_column() {
         let dir = tempfile::tempdir().unwrap();
         let d = dataset(dir.path(), "x,n,other\n1.5,2,a\n,3,b\n2.0,x7,c\n");
-        let e = aggregate_csv(&d, &plan(&d)).unwrap_err().to_string();
+        let e = aggregate_csv(&d, &plan(&d), [0; 32]).unwrap_err().to_string();
         assert!(e.ends_with("d.csv, row 4, column \"n\": \"x7\" is not an integer"), "{e}");
     }
 
@@ -158,14 +163,14 @@ mod tests {
     fn missing_columns_and_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let d = dataset(dir.path(), "x,other\n1,2\n");
-        let e = aggregate_csv(&d, &plan(&d)).unwrap_err().to_string();
+        let e = aggregate_csv(&d, &plan(&d), [0; 32]).unwrap_err().to_string();
         assert!(e.contains("column \"n\" is declared"), "{e}");
         let mut gone = d.clone();
         gone.path = dir.path().join("absent.csv");
-        let e = aggregate_csv(&gone, &plan(&gone)).unwrap_err().to_string();
+        let e = aggregate_csv(&gone, &plan(&gone), [0; 32]).unwrap_err().to_string();
         assert!(e.contains("absent.csv: cannot read"), "{e}");
         let ragged = dataset(dir.path(), "x,n\n1,2\n3\n");
-        let e = aggregate_csv(&ragged, &plan(&ragged)).unwrap_err().to_string();
+        let e = aggregate_csv(&ragged, &plan(&ragged), [0; 32]).unwrap_err().to_string();
         assert!(e.contains("d.csv: cannot read"), "{e}");
     }
 
@@ -174,7 +179,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dataset(dir.path(), "x,n\n1.5,2\n,3\n2.5,\n");
         let p = plan(&d);
-        let v = aggregate_csv(&d, &p).unwrap();
+        let v = aggregate_csv(&d, &p, [0; 32]).unwrap();
         let a = p.answer(&v, vec![0], vec![]).unwrap();
         assert_eq!(a.rows, 3);
         assert_eq!((a.columns[0].count, a.columns[0].sum), (2, 4.0));

@@ -513,7 +513,9 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                     let fingerprint = std::fs::read(&dataset.path)
                         .map(|b| hex::encode(Sha256::digest(&b)))
                         .unwrap_or_default();
-                    aggregate_csv(&dataset, &plan).map(|v| (v, fingerprint))
+                    let mut noise_seed = [0u8; 32];
+                    rand::rngs::OsRng.fill_bytes(&mut noise_seed);
+                    aggregate_csv(&dataset, &plan, noise_seed).map(|v| (v, fingerprint))
                 })
                 .await;
                 let result = match scan {

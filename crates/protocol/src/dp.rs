@@ -160,6 +160,15 @@ pub fn discrete_laplace(rng: &mut impl RngCore, t: u64) -> i64 {
     }
 }
 
+/// ε of ρ-zero-concentrated DP at δ: ε = ρ + 2·√(ρ·ln(1/δ)) (Bun and Steinke, "Concentrated
+/// Differential Privacy", TCC 2016, Proposition 1.3).
+pub fn zcdp_epsilon(rho: f64, delta: f64) -> f64 {
+    if rho <= 0.0 {
+        return 0.0;
+    }
+    rho + 2.0 * (rho * (1.0 / delta).ln()).sqrt()
+}
+
 /// The largest variance [`discrete_gaussian`] accepts (2^50).
 pub const MAX_VARIANCE: u64 = 1 << 50;
 

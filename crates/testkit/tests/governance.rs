@@ -450,3 +450,63 @@ async fn consumer_quotas_are_enforced_before_anything_is_offered() {
     assert!(matches!(party_log(&cluster, 0)[0].event, Event::ConfigChanged { .. }));
     cluster.shutdown().await;
 }
+
+/// Distributed differential privacy end to end: every party adds its share of discrete
+/// Gaussian noise before masking; over repeated releases the errors of the released counts
+/// and sums are centred with the spread the answers declare, and each release is charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_answers_carry_the_declared_noise_and_are_charged() {
+    let cluster =
+        Cluster::start(ClusterSpec { parties: hospitals(""), ..ClusterSpec::named(&[]) }).await;
+    let spec = "dataset = \"cells\"\npurpose = \"research\"\nmin_parties = 3\nprivacy = { rho = 1.0 }\n\
+                [[columns]]\nname = \"mean_radius\"\nmin = 0\nmax = 50\n";
+    let truth_rows = 569.0;
+    let truth_sum: f64 = ["hospital_a", "hospital_b", "hospital_c"]
+        .iter()
+        .flat_map(|h| {
+            let mut r = csv::Reader::from_path(data(&format!("breast_cancer/{h}.csv"))).unwrap();
+            let i = r.headers().unwrap().iter().position(|c| c == "mean_radius").unwrap();
+            r.records().map(move |rec| rec.unwrap()[i].parse::<f64>().unwrap()).collect::<Vec<_>>()
+        })
+        .sum();
+    let runs = 24;
+    let (mut count_err, mut sum_err) = (Vec::new(), Vec::new());
+    let mut declared = None;
+    for _ in 0..runs {
+        let (status, result) = cluster.run_job(spec).await;
+        assert_eq!(status.state, "succeeded", "{status:?}");
+        let a: veil_analytics::Answer = serde_json::from_str(&result.unwrap().answer_json).unwrap();
+        let privacy = a.privacy.expect("the answer reports its guarantee");
+        assert_eq!((privacy.rho, privacy.parties), (1.0, 3));
+        let c = &a.columns[0];
+        count_err.push(c.count as f64 - truth_rows);
+        sum_err.push(c.sum - truth_sum);
+        declared = c.noise.clone();
+    }
+    let declared = declared.unwrap();
+    let spread = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        (m, (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt())
+    };
+    for (name, errors, ci) in
+        [("count", &count_err, declared.count_ci95), ("sum", &sum_err, declared.sum_ci95)]
+    {
+        let (mean, sd) = spread(errors);
+        let expected = ci / 1.96;
+        // With 24 releases the sample deviation lies within ±40% of the truth with
+        // probability above 0.999; stochastic rounding adds a little spread to sums.
+        assert!(
+            sd > 0.6 * expected && sd < 1.4 * expected + 0.5,
+            "{name}: sd {sd} vs declared {expected}"
+        );
+        assert!(
+            mean.abs() < 4.0 * expected / (runs as f64).sqrt() + 0.5,
+            "{name}: mean error {mean}"
+        );
+    }
+    let spent =
+        veil_governance::budget::Ledger::spent(&party_store(&cluster, 0), "cells", "analyst")
+            .unwrap();
+    assert!((spent.total - runs as f64).abs() < 1e-9, "each release charged ρ = 1: {spent:?}");
+    cluster.shutdown().await;
+}
