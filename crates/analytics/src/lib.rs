@@ -21,12 +21,16 @@
 pub mod plan;
 pub mod schema;
 pub mod spec;
+pub mod sql;
 
 pub use plan::{
     Answer, ColumnAnswer, DpCalibration, Histogram, Layout, LocalAggregate, NoiseReport, Plan,
 };
-pub use schema::{ColumnType, DatasetSchema, Value};
-pub use spec::{ColumnRequest, Condition, Job, JobSpec, Literal, Op, Privacy, SyntheticSpec};
+pub use schema::{ColumnInfo, ColumnType, DatasetCatalog, DatasetSchema, Value};
+pub use spec::{
+    ColumnRequest, Condition, GroupBy, Job, JobSpec, Literal, Op, Output, OutputKind, Predicate,
+    Privacy, SqlRequest, SyntheticSpec,
+};
 
 /// Errors of job specifications and local aggregation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

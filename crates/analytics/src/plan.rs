@@ -9,7 +9,7 @@ use veil_protocol::{decode_wide, encode_wide};
 
 use crate::AnalyticsError;
 use crate::schema::{ColumnType, DatasetSchema, Value};
-use crate::spec::{JobSpec, Literal, Op};
+use crate::spec::{Condition, JobSpec, Literal, Op, Predicate};
 
 /// Fractional bits of the fixed-point encoding of values and squares.
 pub const FRACTION_BITS: u32 = 20;
@@ -125,11 +125,97 @@ impl ConditionPlan {
     }
 }
 
+/// A predicate with its columns resolved to schema positions.
+enum PredicatePlan {
+    And(Vec<PredicatePlan>),
+    Or(Vec<PredicatePlan>),
+    Not(Box<PredicatePlan>),
+    Compare(ConditionPlan),
+    In { index: usize, values: Vec<Literal>, negated: bool },
+    IsNull { index: usize, negated: bool },
+}
+
+impl PredicatePlan {
+    fn indices(&self) -> Vec<usize> {
+        match self {
+            PredicatePlan::And(v) | PredicatePlan::Or(v) => {
+                v.iter().flat_map(PredicatePlan::indices).collect()
+            }
+            PredicatePlan::Not(p) => p.indices(),
+            PredicatePlan::Compare(c) => vec![c.index],
+            PredicatePlan::In { index, .. } | PredicatePlan::IsNull { index, .. } => vec![*index],
+        }
+    }
+
+    fn holds<'a>(&self, row: &dyn Fn(usize) -> Value<'a>) -> bool {
+        match self {
+            PredicatePlan::And(v) => v.iter().all(|p| p.holds(row)),
+            PredicatePlan::Or(v) => v.iter().any(|p| p.holds(row)),
+            PredicatePlan::Not(p) => !p.holds(row),
+            PredicatePlan::Compare(c) => c.holds(row(c.index)),
+            PredicatePlan::In { index, values, negated } => {
+                let v = row(*index);
+                if v == Value::Null {
+                    return false;
+                }
+                let found = values.iter().any(|l| {
+                    ConditionPlan { index: *index, op: Op::Eq, value: l.clone() }.holds(v)
+                });
+                found != *negated
+            }
+            PredicatePlan::IsNull { index, negated } => (row(*index) == Value::Null) != *negated,
+        }
+    }
+}
+
+/// A group-by column resolved: its position and its domain.
+struct GroupPlan {
+    index: usize,
+    values: Vec<String>,
+}
+
+/// The group key of a cell: text as is, whole numbers without a decimal point.
+fn key_of(v: Value<'_>) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::Text(t) => Some(t.to_string()),
+        Value::Number(x) if x.fract() == 0.0 && x.abs() < 1e15 => Some(format!("{}", x as i64)),
+        Value::Number(x) => Some(format!("{x}")),
+    }
+}
+
+/// Groups a specification produces (1 when it does not group).
+fn group_count(group_by: &[crate::spec::GroupBy]) -> usize {
+    group_by.iter().map(|g| g.values.len() + 1).product()
+}
+
+/// Whether a literal fits its column's type (and text is only compared for (in)equality).
+fn check_literal(
+    column: &str,
+    ty: ColumnType,
+    op: Op,
+    value: &Literal,
+) -> Result<(), AnalyticsError> {
+    let wrong =
+        |needed| Err(AnalyticsError::WrongType { column: column.to_string(), found: ty, needed });
+    match (value, ty) {
+        (Literal::Number(_), ColumnType::Int | ColumnType::Float) => Ok(()),
+        (Literal::Text(_), ColumnType::String) if matches!(op, Op::Eq | Op::Ne) => Ok(()),
+        (Literal::Text(_), ColumnType::String) => wrong("text can only be compared with == or !="),
+        (Literal::Number(_), _) => wrong("the filter compares it with a number"),
+        (Literal::Text(_), _) => wrong("the filter compares it with text"),
+    }
+}
+
 /// A job specification checked against a dataset's schema.
 pub struct Plan {
     spec: JobSpec,
     columns: Vec<ColumnPlan>,
     conditions: Vec<ConditionPlan>,
+    predicate: Option<PredicatePlan>,
+    groups: Vec<GroupPlan>,
+    /// Elements per group: the group's row count and its column blocks.
+    segment: usize,
     len: usize,
 }
 
@@ -172,38 +258,51 @@ impl Plan {
             offset += plan.len();
             columns.push(plan);
         }
-        let mut conditions = Vec::with_capacity(spec.filter.len());
-        for f in &spec.filter {
+        let resolve_condition = |f: &Condition| -> Result<ConditionPlan, AnalyticsError> {
             let (index, ty) = lookup(&f.column)?;
-            match (&f.value, ty) {
-                (Literal::Number(_), ColumnType::Int | ColumnType::Float) => {}
-                (Literal::Text(_), ColumnType::String) => {
-                    if !matches!(f.op, Op::Eq | Op::Ne) {
-                        return Err(AnalyticsError::WrongType {
-                            column: f.column.clone(),
-                            found: ty,
-                            needed: "text can only be compared with == or !=",
-                        });
+            check_literal(&f.column, ty, f.op, &f.value)?;
+            Ok(ConditionPlan { index, op: f.op, value: f.value.clone() })
+        };
+        type Lookup<'a> = &'a dyn Fn(&str) -> Result<(usize, ColumnType), AnalyticsError>;
+        type Resolve<'a> = &'a dyn Fn(&Condition) -> Result<ConditionPlan, AnalyticsError>;
+        fn resolve(
+            p: &Predicate,
+            condition: Resolve<'_>,
+            lookup: Lookup<'_>,
+        ) -> Result<PredicatePlan, AnalyticsError> {
+            Ok(match p {
+                Predicate::And(v) => PredicatePlan::And(
+                    v.iter().map(|x| resolve(x, condition, lookup)).collect::<Result<_, _>>()?,
+                ),
+                Predicate::Or(v) => PredicatePlan::Or(
+                    v.iter().map(|x| resolve(x, condition, lookup)).collect::<Result<_, _>>()?,
+                ),
+                Predicate::Not(x) => PredicatePlan::Not(Box::new(resolve(x, condition, lookup)?)),
+                Predicate::Compare(c) => PredicatePlan::Compare(condition(c)?),
+                Predicate::In { column, values, negated } => {
+                    let (index, ty) = lookup(column)?;
+                    for v in values {
+                        check_literal(column, ty, Op::Eq, v)?;
                     }
+                    PredicatePlan::In { index, values: values.clone(), negated: *negated }
                 }
-                (Literal::Number(_), _) => {
-                    return Err(AnalyticsError::WrongType {
-                        column: f.column.clone(),
-                        found: ty,
-                        needed: "the filter compares it with a number",
-                    });
+                Predicate::IsNull { column, negated } => {
+                    PredicatePlan::IsNull { index: lookup(column)?.0, negated: *negated }
                 }
-                (Literal::Text(_), _) => {
-                    return Err(AnalyticsError::WrongType {
-                        column: f.column.clone(),
-                        found: ty,
-                        needed: "the filter compares it with text",
-                    });
-                }
-            }
-            conditions.push(ConditionPlan { index, op: f.op, value: f.value.clone() });
+            })
         }
-        Ok(Self { spec: spec.clone(), columns, conditions, len: offset })
+        let conditions =
+            spec.filter.iter().map(resolve_condition).collect::<Result<Vec<_>, _>>()?;
+        let predicate =
+            spec.predicate.as_ref().map(|p| resolve(p, &resolve_condition, &lookup)).transpose()?;
+        let groups = spec
+            .group_by
+            .iter()
+            .map(|g| Ok(GroupPlan { index: lookup(&g.column)?.0, values: g.values.clone() }))
+            .collect::<Result<Vec<_>, AnalyticsError>>()?;
+        let segment = offset;
+        let len = segment * group_count(&spec.group_by);
+        Ok(Self { spec: spec.clone(), columns, conditions, predicate, groups, segment, len })
     }
 
     /// The specification.
@@ -223,6 +322,8 @@ impl Plan {
             .iter()
             .map(|c| c.index)
             .chain(self.conditions.iter().map(|c| c.index))
+            .chain(self.groups.iter().map(|g| g.index))
+            .chain(self.predicate.iter().flat_map(PredicatePlan::indices))
             .collect();
         v.sort_unstable();
         v.dedup();
@@ -253,7 +354,7 @@ impl Plan {
             plan: self,
             rows: 0,
             counts: vec![0; self.len],
-            sums: vec![0; self.columns.len() * 2],
+            sums: vec![0; self.columns.len() * 2 * (self.len / self.segment.max(1))],
             rng: self.dp().map(|_| NoiseRng::from_seed(noise_seed)),
         }
     }
@@ -281,76 +382,109 @@ impl Plan {
         let noise_sd = |delta: i128| {
             dp.map(|d| (d.party_variance(delta) as f64 * contributors.len() as f64).sqrt())
         };
-        let columns = self
-            .columns
-            .iter()
-            .map(|c| {
-                let o = c.offset;
-                let count = count_at(o + ColumnPlan::COUNT);
-                let (total, squares) = match dp {
-                    None => (
-                        wide(o + ColumnPlan::SUM) as f64 / SCALE,
-                        wide(o + ColumnPlan::SQUARES) as f64 / SCALE,
-                    ),
-                    Some(_) => {
-                        let b = c.bound();
-                        (
-                            wide(o + ColumnPlan::SUM) as f64 * b / DP_UNITS as f64,
-                            (wide(o + ColumnPlan::SQUARES) as f64 * b * b / DP_UNITS as f64)
-                                .max(0.0),
-                        )
-                    }
-                };
-                let mean = (count > 0).then(|| {
-                    let m = total / count as f64;
-                    if dp.is_some() { m.clamp(c.min, c.max) } else { m }
-                });
-                let variance = (count > 1).then(|| {
-                    let m = total / count as f64;
-                    ((squares - count as f64 * m * m) / (count - 1) as f64).max(0.0)
-                });
-                let histogram = (!c.edges.is_empty()).then(|| {
-                    let h = o + ColumnPlan::HISTOGRAM;
-                    let shown = |at: usize| {
-                        let n = count_at(at);
-                        (n >= k).then_some(n)
+        let decode = |base: usize| -> Vec<ColumnAnswer> {
+            self.columns
+                .iter()
+                .map(|c| {
+                    let o = base + c.offset;
+                    let count = count_at(o + ColumnPlan::COUNT);
+                    let (total, squares) = match dp {
+                        None => (
+                            wide(o + ColumnPlan::SUM) as f64 / SCALE,
+                            wide(o + ColumnPlan::SQUARES) as f64 / SCALE,
+                        ),
+                        Some(_) => {
+                            let b = c.bound();
+                            (
+                                wide(o + ColumnPlan::SUM) as f64 * b / DP_UNITS as f64,
+                                (wide(o + ColumnPlan::SQUARES) as f64 * b * b / DP_UNITS as f64)
+                                    .max(0.0),
+                            )
+                        }
                     };
-                    Histogram {
-                        edges: c.edges.clone(),
-                        counts: (h + 1..h + c.edges.len()).map(shown).collect(),
-                        below: shown(h),
-                        above: shown(h + c.edges.len()),
+                    let mean = (count > 0).then(|| {
+                        let m = total / count as f64;
+                        if dp.is_some() { m.clamp(c.min, c.max) } else { m }
+                    });
+                    let variance = (count > 1).then(|| {
+                        let m = total / count as f64;
+                        ((squares - count as f64 * m * m) / (count - 1) as f64).max(0.0)
+                    });
+                    let histogram = (!c.edges.is_empty()).then(|| {
+                        let h = o + ColumnPlan::HISTOGRAM;
+                        let shown = |at: usize| {
+                            let n = count_at(at);
+                            (n >= k).then_some(n)
+                        };
+                        Histogram {
+                            edges: c.edges.clone(),
+                            counts: (h + 1..h + c.edges.len()).map(shown).collect(),
+                            below: shown(h),
+                            above: shown(h + c.edges.len()),
+                        }
+                    });
+                    let noise = dp.map(|_| {
+                        let unit = noise_sd(1).unwrap_or(0.0);
+                        let sum_sd =
+                            noise_sd(DP_UNITS).unwrap_or(0.0) * c.bound() / DP_UNITS as f64;
+                        NoiseReport {
+                            count_ci95: 1.96 * unit,
+                            sum_ci95: 1.96 * sum_sd,
+                            mean_ci95: 1.96 * sum_sd / (count.max(1) as f64),
+                            histogram_bin_ci95: 1.96 * unit,
+                        }
+                    });
+                    ColumnAnswer {
+                        name: c.name.clone(),
+                        count,
+                        clipped_below: count_at(o + ColumnPlan::BELOW),
+                        clipped_above: count_at(o + ColumnPlan::ABOVE),
+                        sum: total,
+                        sum_of_squares: squares,
+                        mean,
+                        variance,
+                        std_dev: variance.map(f64::sqrt),
+                        histogram,
+                        noise,
                     }
-                });
-                let noise = dp.map(|_| {
-                    let unit = noise_sd(1).unwrap_or(0.0);
-                    let sum_sd = noise_sd(DP_UNITS).unwrap_or(0.0) * c.bound() / DP_UNITS as f64;
-                    NoiseReport {
-                        count_ci95: 1.96 * unit,
-                        sum_ci95: 1.96 * sum_sd,
-                        mean_ci95: 1.96 * sum_sd / (count.max(1) as f64),
-                        histogram_bin_ci95: 1.96 * unit,
-                    }
-                });
-                ColumnAnswer {
-                    name: c.name.clone(),
-                    count,
-                    clipped_below: count_at(o + ColumnPlan::BELOW),
-                    clipped_above: count_at(o + ColumnPlan::ABOVE),
-                    sum: total,
-                    sum_of_squares: squares,
-                    mean,
-                    variance,
-                    std_dev: variance.map(f64::sqrt),
-                    histogram,
-                    noise,
+                })
+                .collect()
+        };
+        let (rows, columns, groups) = if self.groups.is_empty() {
+            (count_at(0), decode(0), Vec::new())
+        } else {
+            let count = self.len / self.segment;
+            let mut groups = Vec::with_capacity(count);
+            for g in 0..count {
+                // The group's key, from its index in mixed radix (last column fastest).
+                let mut rest = g;
+                let mut key = vec![String::new(); self.groups.len()];
+                for (j, gp) in self.groups.iter().enumerate().rev() {
+                    let radix = gp.values.len() + 1;
+                    let at = rest % radix;
+                    rest /= radix;
+                    key[j] = gp.values.get(at).cloned().unwrap_or_else(|| OTHER.to_string());
                 }
-            })
-            .collect();
+                let base = g * self.segment;
+                let rows = count_at(base);
+                let suppressed = k > 0 && rows < k;
+                groups.push(GroupAnswer {
+                    key,
+                    rows: (!suppressed).then_some(rows),
+                    columns: if suppressed { Vec::new() } else { decode(base) },
+                    suppressed,
+                });
+            }
+            // The total counts only released groups, so suppressed ones cannot be recovered
+            // by subtraction.
+            let rows = groups.iter().filter_map(|g| g.rows).sum();
+            (rows, Vec::new(), groups)
+        };
         Ok(Answer {
             dataset: self.spec.dataset.clone(),
-            rows: count_at(0),
+            rows,
             columns,
+            groups,
             contributors,
             dropped,
             fraction_bits: FRACTION_BITS,
@@ -382,7 +516,22 @@ impl Layout {
             offset += plan.len();
             columns.push(plan);
         }
-        Ok(Self(Plan { spec: spec.clone(), columns, conditions: Vec::new(), len: offset }))
+        let segment = offset;
+        let len = segment * group_count(&spec.group_by);
+        let groups = spec
+            .group_by
+            .iter()
+            .map(|g| GroupPlan { index: usize::MAX, values: g.values.clone() })
+            .collect();
+        Ok(Self(Plan {
+            spec: spec.clone(),
+            columns,
+            conditions: Vec::new(),
+            predicate: None,
+            groups,
+            segment,
+            len,
+        }))
     }
 
     /// Elements of every party's vector.
@@ -428,16 +577,29 @@ impl LocalAggregate<'_> {
         if !self.plan.conditions.iter().all(|c| c.holds(cell(c.index))) {
             return Ok(());
         }
+        if self.plan.predicate.as_ref().is_some_and(|p| !p.holds(&cell)) {
+            return Ok(());
+        }
         if self.rows >= MAX_ROWS {
             return Err(AnalyticsError::TooManyRows(MAX_ROWS));
         }
         self.rows += 1;
+        let mut group = 0;
+        for g in &self.plan.groups {
+            let key = key_of(cell(g.index));
+            let at =
+                key.and_then(|k| g.values.iter().position(|v| *v == k)).unwrap_or(g.values.len());
+            group = group * (g.values.len() + 1) + at;
+        }
+        let base = group * self.plan.segment;
+        let sums = group * 2 * self.plan.columns.len();
+        self.counts[base] += 1;
         for (k, c) in self.plan.columns.iter().enumerate() {
             let Value::Number(x) = cell(c.index) else { continue };
             if x.is_nan() {
                 continue;
             }
-            let o = c.offset;
+            let o = base + c.offset;
             self.counts[o + ColumnPlan::COUNT] += 1;
             let clipped = if x < c.min {
                 self.counts[o + ColumnPlan::BELOW] += 1;
@@ -450,15 +612,15 @@ impl LocalAggregate<'_> {
             };
             match &mut self.rng {
                 None => {
-                    self.sums[2 * k] += (clipped * SCALE).round() as i128;
-                    self.sums[2 * k + 1] += (clipped * clipped * SCALE).round() as i128;
+                    self.sums[sums + 2 * k] += (clipped * SCALE).round() as i128;
+                    self.sums[sums + 2 * k + 1] += (clipped * clipped * SCALE).round() as i128;
                 }
                 Some(rng) => {
                     // The value's share of the bound, in [−1, 1] and [0, 1], in DP_UNITS.
                     let b = c.bound();
                     let units = DP_UNITS as f64;
-                    self.sums[2 * k] += round_stochastically(clipped / b * units, rng);
-                    self.sums[2 * k + 1] +=
+                    self.sums[sums + 2 * k] += round_stochastically(clipped / b * units, rng);
+                    self.sums[sums + 2 * k + 1] +=
                         round_stochastically(clipped * clipped / (b * b) * units, rng);
                 }
             }
@@ -478,32 +640,40 @@ impl LocalAggregate<'_> {
     /// party's share of the noise already added to every element.
     pub fn finish(mut self) -> Vec<u64> {
         let mut v = self.counts;
-        v[0] = self.rows;
+        let segment = self.plan.segment;
+        let groups = self.plan.len / segment.max(1);
+        let n = self.plan.columns.len();
         if let (Some(rng), Some(dp)) = (&mut self.rng, self.plan.dp()) {
             let unit = dp.party_variance(1);
             let wide = dp.party_variance(DP_UNITS);
-            let slots: Vec<usize> = std::iter::once(0)
-                .chain(self.plan.columns.iter().flat_map(|c| {
-                    let o = c.offset;
-                    let hist = if c.edges.is_empty() { 0 } else { c.edges.len() + 1 };
-                    [o + ColumnPlan::COUNT, o + ColumnPlan::BELOW, o + ColumnPlan::ABOVE]
-                        .into_iter()
-                        .chain((0..hist).map(move |i| o + ColumnPlan::HISTOGRAM + i))
-                }))
-                .collect();
-            for at in slots {
-                v[at] = v[at].wrapping_add(discrete_gaussian(rng, unit) as u64);
+            for g in 0..groups {
+                let base = g * segment;
+                let slots: Vec<usize> = std::iter::once(base)
+                    .chain(self.plan.columns.iter().flat_map(|c| {
+                        let o = base + c.offset;
+                        let hist = if c.edges.is_empty() { 0 } else { c.edges.len() + 1 };
+                        [o + ColumnPlan::COUNT, o + ColumnPlan::BELOW, o + ColumnPlan::ABOVE]
+                            .into_iter()
+                            .chain((0..hist).map(move |i| o + ColumnPlan::HISTOGRAM + i))
+                    }))
+                    .collect();
+                for at in slots {
+                    v[at] = v[at].wrapping_add(discrete_gaussian(rng, unit) as u64);
+                }
             }
             for s in self.sums.iter_mut() {
                 *s += i128::from(discrete_gaussian(rng, wide));
             }
         }
-        for (k, c) in self.plan.columns.iter().enumerate() {
-            let o = c.offset;
-            v[o + ColumnPlan::SUM..o + ColumnPlan::SUM + WIDE_LIMBS]
-                .copy_from_slice(&encode_wide(self.sums[2 * k]));
-            v[o + ColumnPlan::SQUARES..o + ColumnPlan::SQUARES + WIDE_LIMBS]
-                .copy_from_slice(&encode_wide(self.sums[2 * k + 1]));
+        for g in 0..groups {
+            for (k, c) in self.plan.columns.iter().enumerate() {
+                let o = g * segment + c.offset;
+                let at = g * 2 * n + 2 * k;
+                v[o + ColumnPlan::SUM..o + ColumnPlan::SUM + WIDE_LIMBS]
+                    .copy_from_slice(&encode_wide(self.sums[at]));
+                v[o + ColumnPlan::SQUARES..o + ColumnPlan::SQUARES + WIDE_LIMBS]
+                    .copy_from_slice(&encode_wide(self.sums[at + 1]));
+            }
         }
         v
     }
@@ -516,8 +686,12 @@ pub struct Answer {
     pub dataset: String,
     /// Rows that passed the filter, over all contributors.
     pub rows: u64,
-    /// Per requested column.
+    /// Per requested column (when the job does not group).
     pub columns: Vec<ColumnAnswer>,
+    /// Per group (when the job groups), in key order; `(other)` collects values outside a
+    /// declared domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupAnswer>,
     /// Parties whose rows are in the answer.
     pub contributors: Vec<u32>,
     /// Parties that took part but dropped out before their input was in.
@@ -528,6 +702,23 @@ pub struct Answer {
     /// in the answer was computed from noisy sums only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<DpCalibration>,
+}
+
+/// The key of values outside a group-by column's declared domain.
+pub const OTHER: &str = "(other)";
+
+/// One group of a grouped answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupAnswer {
+    /// The group-by columns' values.
+    pub key: Vec<String>,
+    /// Rows in the group, unless suppressed.
+    pub rows: Option<u64>,
+    /// Per requested column, unless suppressed.
+    pub columns: Vec<ColumnAnswer>,
+    /// Whether the group counted fewer rows than the k-threshold: nothing about it is
+    /// released.
+    pub suppressed: bool,
 }
 
 /// Half-widths of 95% confidence intervals for the noise in a differentially private answer
@@ -733,6 +924,53 @@ mod tests {
             "sum noise sd {s_sum} vs declared {expected}"
         );
         assert!(m.abs() < 4.0 * expected / (trials as f64).sqrt(), "sum noise is centred: {m}");
+    }
+
+    #[test]
+    fn groups_and_predicates_split_the_rows() {
+        let mut s = spec("dataset = \"t\"\n[[columns]]\nname = \"a\"\nmin = -10\nmax = 10\n");
+        s.group_by =
+            vec![crate::spec::GroupBy { column: "g".into(), values: vec!["x".into(), "y".into()] }];
+        // (n IS NULL OR n IN (3, 4)) AND NOT a < -6
+        s.predicate = Some(Predicate::And(vec![
+            Predicate::Or(vec![
+                Predicate::IsNull { column: "n".into(), negated: false },
+                Predicate::In {
+                    column: "n".into(),
+                    values: vec![Literal::Number(3.0), Literal::Number(4.0)],
+                    negated: false,
+                },
+            ]),
+            Predicate::Not(Box::new(Predicate::Compare(Condition {
+                column: "a".into(),
+                op: Op::Lt,
+                value: Literal::Number(-6.0),
+            }))),
+        ]));
+        let plan = Plan::new(&s, &schema()).unwrap();
+        assert_eq!(plan.vector_len(), 3 * plan.segment);
+        // Rows kept: (1.5, x, 3), (-5, x, 4); (-20, y, null) fails NOT a < -6; the others fail
+        // the IN.
+        let v = vector(&plan, &rows());
+        let a = plan.answer(&v, vec![0], vec![]).unwrap();
+        assert!(a.columns.is_empty());
+        let keys: Vec<(String, Option<u64>)> =
+            a.groups.iter().map(|g| (g.key[0].clone(), g.rows)).collect();
+        assert_eq!(
+            keys,
+            vec![("x".into(), Some(2)), ("y".into(), Some(0)), (OTHER.into(), Some(0))]
+        );
+        assert_eq!(a.groups[0].columns[0].sum, 1.5 - 5.0);
+        assert_eq!(a.rows, 2);
+        // A k-threshold suppresses the small groups, and the total counts released groups only.
+        s.k_threshold = Some(2);
+        let plan = Plan::new(&s, &schema()).unwrap();
+        let a = plan.answer(&vector(&plan, &rows()), vec![0], vec![]).unwrap();
+        assert_eq!(
+            a.groups.iter().map(|g| g.suppressed).collect::<Vec<_>>(),
+            vec![false, true, true]
+        );
+        assert!(a.groups[1].columns.is_empty() && a.groups[1].rows.is_none());
     }
 
     #[test]

@@ -59,3 +59,39 @@ pub enum Value<'a> {
     /// Text.
     Text(&'a str),
 }
+
+/// What a party announces about a dataset it serves: no data, only the schema, the declared
+/// bounds of numeric columns and the value domains of categorical ones. Queries are planned
+/// against it, so that every party computes the same vector layout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetCatalog {
+    /// The dataset's name.
+    pub name: String,
+    /// Its columns.
+    pub columns: Vec<ColumnInfo>,
+}
+
+/// One column of a catalog entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnInfo {
+    /// The column.
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+    /// Declared clipping bounds `[min, max]` of a numeric column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounds: Option<(f64, f64)>,
+    /// Declared value domain of a categorical column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<Vec<String>>,
+}
+
+impl DatasetCatalog {
+    /// A column's entry.
+    pub fn column(&self, name: &str) -> Option<&ColumnInfo> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}

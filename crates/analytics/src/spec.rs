@@ -22,6 +22,29 @@ pub enum Job {
     Columns(JobSpec),
     /// A synthetic vector sum, for benchmarks: every party contributes `dim` random elements.
     Synthetic(SyntheticSpec),
+    /// A SQL query, planned by the coordinator into column aggregates against the catalog the
+    /// parties announce.
+    Sql(SqlRequest),
+}
+
+/// A SQL query as submitted (`sql = "SELECT …"`), with the job options.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlRequest {
+    /// The query.
+    pub sql: String,
+    /// What the answer is for.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub purpose: String,
+    /// The differential-privacy charge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<Privacy>,
+    /// Groups and histogram bins counting fewer are suppressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k_threshold: Option<u64>,
+    /// The fewest parties (default 2).
+    #[serde(default = "default_min_parties")]
+    pub min_parties: u32,
 }
 
 /// A synthetic vector-sum job (`kind = "synthetic"`), for benchmarks only: parties refuse it
@@ -54,6 +77,24 @@ impl Job {
                 .ok()
                 .and_then(|t| t.get("kind").and_then(|k| k.as_str().map(|k| k == "synthetic")))
         };
+        let is_sql = if text.trim_start().starts_with('{') {
+            serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .is_some_and(|v| v.get("sql").is_some())
+        } else {
+            toml::from_str::<toml::Table>(text).ok().is_some_and(|t| t.contains_key("sql"))
+        };
+        if is_sql {
+            let request: SqlRequest = if text.trim_start().starts_with('{') {
+                serde_json::from_str(text).map_err(|e| AnalyticsError::Parse(e.to_string()))?
+            } else {
+                toml::from_str(text).map_err(|e| AnalyticsError::Parse(e.to_string()))?
+            };
+            if request.sql.len() > 64 * 1024 {
+                return Err(AnalyticsError::Invalid("the query is longer than 64 KiB".into()));
+            }
+            return Ok(Job::Sql(request));
+        }
         if synthetic == Some(true) {
             let spec: SyntheticSpec = if text.trim_start().starts_with('{') {
                 serde_json::from_str(text).map_err(|e| AnalyticsError::Parse(e.to_string()))?
@@ -76,6 +117,7 @@ impl Job {
         match self {
             Job::Columns(s) => s.canonical_json(),
             Job::Synthetic(s) => serde_json::to_string(s).expect("synthetic specs serialise"),
+            Job::Sql(s) => serde_json::to_string(s).expect("SQL requests serialise"),
         }
     }
 
@@ -90,6 +132,7 @@ impl Job {
         match self {
             Job::Columns(s) => &s.dataset,
             Job::Synthetic(_) => "synthetic",
+            Job::Sql(_) => "",
         }
     }
 
@@ -98,6 +141,7 @@ impl Job {
         match self {
             Job::Columns(s) => s.min_parties,
             Job::Synthetic(s) => s.min_parties,
+            Job::Sql(s) => s.min_parties,
         }
     }
 }
@@ -122,10 +166,125 @@ pub struct JobSpec {
     /// The differential-privacy charge the job declares.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<Privacy>,
-    /// Histogram bins counting fewer than this many values are suppressed in the answer.
+    /// Histogram bins and groups counting fewer than this many are suppressed in the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k_threshold: Option<u64>,
+    /// A further row predicate (from a SQL WHERE clause); rows must satisfy it and `filter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicate: Option<Predicate>,
+    /// Categorical columns to group by, each with its declared value domain; the answer has one
+    /// group per combination, values outside a domain falling into `(other)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_by: Vec<GroupBy>,
+    /// The output columns of a SQL query, in order (empty for TOML jobs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub select: Vec<Output>,
 }
+
+/// A row predicate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Predicate {
+    /// All hold.
+    And(Vec<Predicate>),
+    /// At least one holds.
+    Or(Vec<Predicate>),
+    /// It does not hold.
+    Not(Box<Predicate>),
+    /// `column op value`.
+    Compare(Condition),
+    /// `column [NOT] IN (values)`.
+    In {
+        /// The column.
+        column: String,
+        /// The values.
+        values: Vec<Literal>,
+        /// `NOT IN`.
+        negated: bool,
+    },
+    /// `column IS [NOT] NULL`.
+    IsNull {
+        /// The column.
+        column: String,
+        /// `IS NOT NULL`.
+        negated: bool,
+    },
+}
+
+impl Predicate {
+    /// Every column the predicate reads.
+    pub fn columns(&self) -> Vec<&str> {
+        match self {
+            Predicate::And(v) | Predicate::Or(v) => v.iter().flat_map(Predicate::columns).collect(),
+            Predicate::Not(p) => p.columns(),
+            Predicate::Compare(c) => vec![c.column.as_str()],
+            Predicate::In { column, .. } | Predicate::IsNull { column, .. } => {
+                vec![column.as_str()]
+            }
+        }
+    }
+
+    fn depth(&self) -> usize {
+        match self {
+            Predicate::And(v) | Predicate::Or(v) => {
+                1 + v.iter().map(Predicate::depth).max().unwrap_or(0)
+            }
+            Predicate::Not(p) => 1 + p.depth(),
+            _ => 1,
+        }
+    }
+}
+
+/// A group-by column and its declared domain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupBy {
+    /// The column.
+    pub column: String,
+    /// Its declared values.
+    pub values: Vec<String>,
+}
+
+/// One output column of a SQL query.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// The heading (the alias, or the expression as written).
+    pub name: String,
+    /// What it computes.
+    pub kind: OutputKind,
+}
+
+/// What a SQL output computes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputKind {
+    /// A group-by column's value.
+    Key(String),
+    /// `COUNT(*)`: rows.
+    CountRows,
+    /// `COUNT(col)`: non-missing values.
+    Count(String),
+    /// `SUM(col)`.
+    Sum(String),
+    /// `AVG(col)`.
+    Avg(String),
+    /// `VAR(col)`, sample variance.
+    Variance(String),
+    /// `STDDEV(col)`, sample standard deviation.
+    StdDev(String),
+    /// `MIN(col)`, the lower edge of the lowest non-empty histogram bin (within the bounds).
+    Min(String),
+    /// `MAX(col)`, the upper edge of the highest non-empty histogram bin.
+    Max(String),
+    /// `HISTOGRAM(col, edges…)`: the bin counts.
+    Histogram(String),
+    /// `QUANTILE(col, q)`, interpolated from the histogram.
+    Quantile(String, f64),
+}
+
+/// Most groups one job may produce.
+pub const MAX_GROUPS: usize = 10_000;
 
 fn default_min_parties() -> u32 {
     2
@@ -228,7 +387,7 @@ impl JobSpec {
         if self.dataset.is_empty() {
             return bad("the dataset name is empty".into());
         }
-        if self.columns.is_empty() {
+        if self.columns.is_empty() && self.select.is_empty() {
             return bad("ask for at least one column".into());
         }
         if self.columns.len() > MAX_COLUMNS {
@@ -278,6 +437,17 @@ impl JobSpec {
         }
         if self.k_threshold == Some(0) {
             return bad("k_threshold must be at least 1".into());
+        }
+        let groups =
+            self.group_by.iter().try_fold(1usize, |acc, g| acc.checked_mul(g.values.len() + 1));
+        if groups.is_none_or(|n| n > MAX_GROUPS) {
+            return bad(format!("GROUP BY yields more than {MAX_GROUPS} groups"));
+        }
+        if self.group_by.iter().any(|g| g.values.is_empty()) {
+            return bad("a group-by column needs a non-empty declared domain".into());
+        }
+        if self.predicate.as_ref().is_some_and(|p| p.depth() > 64) {
+            return bad("the WHERE clause is nested too deeply".into());
         }
         for f in &self.filter {
             if let Literal::Number(v) = f.value {

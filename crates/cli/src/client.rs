@@ -250,3 +250,83 @@ pub(crate) async fn parties(config: &Path, json: bool, plaintext: bool) -> Resul
     }
     Ok(())
 }
+
+/// Runs a SQL query and prints its result table.
+pub(crate) async fn query(
+    config: &Path,
+    sql: &str,
+    options: serde_json::Value,
+    json: bool,
+    plaintext: bool,
+) -> Result<()> {
+    let mut request = options;
+    request["sql"] = serde_json::Value::String(sql.to_string());
+    let mut jobs = JobsClient::new(channel(config, plaintext).await?);
+    let status = jobs
+        .submit(SubmitRequest { spec: request.to_string() })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let last = follow(&mut jobs, &status.job_id, !json).await?;
+    if last.state != "succeeded" {
+        bail!("query {} {}: {}", last.job_id, last.state, last.detail);
+    }
+    let result =
+        jobs.result(JobRef { job_id: last.job_id }).await.map_err(status_error)?.into_inner();
+    if json {
+        println!(
+            "{}",
+            if result.table_json.is_empty() { &result.answer_json } else { &result.table_json }
+        );
+        return Ok(());
+    }
+    let table: serde_json::Value =
+        serde_json::from_str(&result.table_json).context("the result has no table")?;
+    let headers: Vec<String> = table["headers"]
+        .as_array()
+        .map(|h| h.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect())
+        .unwrap_or_default();
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "—".to_string(),
+        serde_json::Value::Number(n) => n.as_f64().map_or(n.to_string(), |f| {
+            if f.fract() == 0.0 && f.abs() < 1e15 {
+                format!("{}", f as i64)
+            } else {
+                format!("{f:.4}")
+            }
+        }),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let rows: Vec<Vec<String>> = table["rows"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .map(|row| row.as_array().map(|c| c.iter().map(cell).collect()).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    let widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            rows.iter().map(|r| r.get(i).map_or(0, String::len)).max().unwrap_or(0).max(h.len())
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect::<Vec<_>>().join("  ")
+    };
+    println!("{}", line(&headers));
+    for r in &rows {
+        println!("{}", line(r));
+    }
+    if let Ok(answer) = serde_json::from_str::<Answer>(&result.answer_json) {
+        if let Some(p) = answer.privacy {
+            println!(
+                "differentially private: ρ = {} (ε = {:.3} at δ = {}), noise multiplier {:.3} over ≥ {} parties",
+                p.rho, p.epsilon, p.delta, p.multiplier, p.parties
+            );
+        }
+    }
+    Ok(())
+}

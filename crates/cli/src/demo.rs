@@ -72,6 +72,8 @@ fn dataset(name: &str, path: PathBuf) -> DatasetConfig {
         grade: Default::default(),
         tags: Default::default(),
         policy: Default::default(),
+        bounds: Default::default(),
+        domains: Default::default(),
     }
 }
 

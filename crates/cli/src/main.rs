@@ -93,6 +93,29 @@ enum Command {
         #[arg(long)]
         dangerous_plaintext: bool,
     },
+    /// Run a SQL aggregate query over a dataset the parties serve, and print the table.
+    Query {
+        /// The query, e.g. "SELECT carrier, COUNT(*), AVG(dep_delay) FROM flights GROUP BY carrier".
+        sql: String,
+        #[arg(long, short, env = "VEIL_CONSUMER")]
+        config: PathBuf,
+        /// Answer with differential privacy at this zCDP ρ.
+        #[arg(long)]
+        rho: Option<f64>,
+        /// What the answer is for.
+        #[arg(long, default_value = "")]
+        purpose: String,
+        /// Suppress groups and bins counting fewer.
+        #[arg(long)]
+        k_threshold: Option<u64>,
+        /// The fewest parties.
+        #[arg(long, default_value_t = 2)]
+        min_parties: u32,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        dangerous_plaintext: bool,
+    },
     /// List your jobs (all jobs for an administrator).
     Jobs {
         #[arg(long, short, env = "VEIL_CONSUMER")]
@@ -298,6 +321,29 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Submit { spec, config, json, detach, dangerous_plaintext } => {
             logging("warn");
             client::submit(&config, &spec, json, detach, dangerous_plaintext).await
+        }
+        Command::Query {
+            sql,
+            config,
+            rho,
+            purpose,
+            k_threshold,
+            min_parties,
+            json,
+            dangerous_plaintext,
+        } => {
+            logging("warn");
+            let mut options = serde_json::json!({ "min_parties": min_parties });
+            if !purpose.is_empty() {
+                options["purpose"] = purpose.into();
+            }
+            if let Some(r) = rho {
+                options["privacy"] = serde_json::json!({ "rho": r });
+            }
+            if let Some(k) = k_threshold {
+                options["k_threshold"] = k.into();
+            }
+            client::query(&config, &sql, options, json, dangerous_plaintext).await
         }
         Command::Jobs { config, json, dangerous_plaintext } => {
             logging("warn");

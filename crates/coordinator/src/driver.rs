@@ -213,6 +213,9 @@ async fn run(
             Layout::new(spec).map_err(|e| End::Failed(e.to_string()))?.vector_len()
         }
         Job::Synthetic(s) => s.dim as usize,
+        Job::Sql(_) => {
+            return Err(End::Failed("internal: a SQL job reached the driver unplanned".into()));
+        }
     };
     let plain = matches!(job, Job::Synthetic(s) if s.plain);
     let aggregate = if plain {
@@ -232,6 +235,9 @@ async fn run(
                 )
                 .map_err(|e| End::Failed(e.to_string()))?;
             serde_json::to_string(&answer).map_err(|e| End::Failed(e.to_string()))?
+        }
+        Job::Sql(_) => {
+            return Err(End::Failed("internal: a SQL job reached the driver unplanned".into()));
         }
         Job::Synthetic(s) => {
             let mut h = Sha256::new();
@@ -264,7 +270,7 @@ async fn run(
     );
     let rho = match job {
         Job::Columns(spec) => spec.privacy.as_ref().map_or(0.0, |p| p.rho),
-        Job::Synthetic(_) => 0.0,
+        Job::Synthetic(_) | Job::Sql(_) => 0.0,
     };
     let receipt = Receipt {
         job_id: record.id.clone(),

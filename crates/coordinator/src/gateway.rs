@@ -80,6 +80,12 @@ impl PartyGateway for Gateway {
         if hello.datasets.len() > MAX_DATASETS || hello.datasets.iter().any(|d| d.len() > 256) {
             return Err(Status::invalid_argument("too many datasets, or a name over 256 bytes"));
         }
+        let catalog: Vec<veil_analytics::DatasetCatalog> = if hello.catalog_json.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_str(&hello.catalog_json)
+                .map_err(|e| Status::invalid_argument(format!("unreadable catalog: {e}")))?
+        };
         let (tx, rx) = mpsc::channel(256);
         let id = next_connection_id(&self.shared);
         let since = now_ms();
@@ -88,7 +94,13 @@ impl PartyGateway for Gateway {
         }
         let previous = lock(&self.shared.parties).insert(
             party,
-            Connection { id, tx: tx.clone(), datasets: hello.datasets.clone(), since_ms: since },
+            Connection {
+                id,
+                tx: tx.clone(),
+                datasets: hello.datasets.clone(),
+                catalog,
+                since_ms: since,
+            },
         );
         if previous.is_some() {
             // The old stream is replaced; jobs treat the party as gone from their round.

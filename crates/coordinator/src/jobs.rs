@@ -76,6 +76,16 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
+/// The result table of a SQL job (whose specification lists outputs), as JSON.
+fn table(spec_json: &str, answer_json: &str) -> Option<String> {
+    let spec: veil_analytics::JobSpec = serde_json::from_str(spec_json).ok()?;
+    if spec.select.is_empty() {
+        return None;
+    }
+    let answer: veil_analytics::Answer = serde_json::from_str(answer_json).ok()?;
+    serde_json::to_string(&veil_analytics::sql::result_table(&spec, &answer)).ok()
+}
+
 type StatusStream = Pin<Box<dyn Stream<Item = Result<JobStatus, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -91,7 +101,19 @@ impl Jobs for JobsApi {
                 text.len()
             )));
         }
-        let job = Job::parse(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut job = Job::parse(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Job::Sql(request) = &job {
+            let catalogs = self.shared.catalogs().map_err(Status::failed_precondition)?;
+            let options = veil_analytics::sql::SqlOptions {
+                purpose: request.purpose.clone(),
+                rho: request.privacy.as_ref().map(|p| p.rho),
+                k_threshold: request.k_threshold,
+                min_parties: request.min_parties,
+            };
+            let spec = veil_analytics::sql::plan_sql(&request.sql, &catalogs, &options)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            job = Job::Columns(spec);
+        }
         let now = now_ms();
         if let Some(limit) = self.shared.roster.consumer(&consumer).and_then(|c| c.jobs_per_day) {
             let used = self.shared.store.jobs_since(&consumer, now - DAY_MS).map_err(internal)?;
@@ -229,11 +251,13 @@ impl Jobs for JobsApi {
             consumer: caller.0,
         };
         self.shared.store.audit(event, now).map_err(internal)?;
+        let table_json = table(&job.spec_json, &result.answer_json).unwrap_or_default();
         Ok(Response::new(JobResult {
             job_id: result.job_id,
             answer_json: result.answer_json,
             contributors: result.contributors,
             dropped: result.dropped,
+            table_json,
         }))
     }
 }

@@ -111,6 +111,7 @@ pub(crate) struct Connection {
     id: u64,
     tx: mpsc::Sender<Result<CoordinatorEnvelope, tonic::Status>>,
     datasets: Vec<String>,
+    catalog: Vec<veil_analytics::DatasetCatalog>,
     since_ms: i64,
 }
 
@@ -171,6 +172,28 @@ impl Shared {
                 "certificate {fp} is not in the consortium roster"
             ))
         })
+    }
+
+    /// The catalog entries connected parties announce, one per dataset; a dataset whose
+    /// parties announce different entries is reported as an error.
+    pub(crate) fn catalogs(&self) -> Result<Vec<veil_analytics::DatasetCatalog>, String> {
+        let parties = lock(&self.parties);
+        let mut out: Vec<(veil_analytics::DatasetCatalog, PartyId)> = Vec::new();
+        for (p, c) in parties.iter() {
+            for entry in &c.catalog {
+                match out.iter().find(|(e, _)| e.name == entry.name) {
+                    Some((e, first)) if e != entry => {
+                        return Err(format!(
+                            "{first} and {p} announce different catalogs for dataset {:?}; they must agree on columns, bounds and domains",
+                            entry.name
+                        ));
+                    }
+                    Some(_) => {}
+                    None => out.push((entry.clone(), *p)),
+                }
+            }
+        }
+        Ok(out.into_iter().map(|(e, _)| e).collect())
     }
 
     pub(crate) fn connected_parties(&self) -> BTreeMap<PartyId, (Vec<String>, i64)> {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
-use veil_analytics::{ColumnType, DatasetSchema};
+use veil_analytics::{ColumnInfo, ColumnType, DatasetCatalog, DatasetSchema};
 use veil_governance::scan::ColumnTag;
 use veil_governance::{DatasetGovernance, Grade, Policy};
 use veil_proto::ConfigError;
@@ -73,6 +73,12 @@ pub struct DatasetConfig {
     /// The owner's policy.
     #[serde(default)]
     pub policy: Policy,
+    /// Declared clipping bounds `[min, max]` of numeric columns, announced for SQL planning.
+    #[serde(default)]
+    pub bounds: BTreeMap<String, (f64, f64)>,
+    /// Declared value domains of categorical columns, announced for SQL GROUP BY.
+    #[serde(default)]
+    pub domains: BTreeMap<String, Vec<String>>,
 }
 
 impl DatasetConfig {
@@ -83,6 +89,23 @@ impl DatasetConfig {
             grade: self.grade,
             tags: self.tags.clone(),
             policy: self.policy.clone(),
+        }
+    }
+
+    /// What the party announces about the dataset: schema, bounds and domains, never data.
+    pub fn catalog(&self) -> DatasetCatalog {
+        DatasetCatalog {
+            name: self.name.clone(),
+            columns: self
+                .columns
+                .iter()
+                .map(|(c, t)| ColumnInfo {
+                    name: c.clone(),
+                    ty: *t,
+                    bounds: self.bounds.get(c).copied(),
+                    domain: self.domains.get(c).cloned(),
+                })
+                .collect(),
         }
     }
 
@@ -159,6 +182,28 @@ impl PartyFile {
             }
             if d.columns.is_empty() {
                 return Err(parse_error(path, format!("dataset {:?} declares no columns", d.name)));
+            }
+            if let Some(c) =
+                d.bounds.keys().chain(d.domains.keys()).find(|c| !d.columns.contains_key(*c))
+            {
+                return Err(parse_error(
+                    path,
+                    format!(
+                        "dataset {:?} declares bounds or a domain for column {c:?}, which it does not declare",
+                        d.name
+                    ),
+                ));
+            }
+            if let Some((c, (lo, hi))) =
+                d.bounds.iter().find(|(_, (lo, hi))| !(lo.is_finite() && hi.is_finite() && lo < hi))
+            {
+                return Err(parse_error(
+                    path,
+                    format!(
+                        "dataset {:?}: bounds of {c:?} must be finite with min < max, got [{lo}, {hi}]",
+                        d.name
+                    ),
+                ));
             }
             if let Some(c) = d.tags.keys().find(|c| !d.columns.contains_key(*c)) {
                 return Err(parse_error(

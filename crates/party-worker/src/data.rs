@@ -140,6 +140,8 @@ mod tests {
             grade: Default::default(),
             tags: Default::default(),
             policy: Default::default(),
+            bounds: Default::default(),
+            domains: Default::default(),
         }
     }
 

@@ -175,7 +175,11 @@ fn hello(config: &PartyConfig, options: &WorkerOptions) -> PartyEnvelope {
     if options.dangerous_benchmark {
         datasets.push(SYNTHETIC.into());
     }
-    PartyEnvelope { body: Some(Body::Hello(Hello { party_id: config.id.0, datasets })) }
+    let catalog: Vec<_> = config.datasets.iter().map(|d| d.catalog()).collect();
+    let catalog_json = serde_json::to_string(&catalog).unwrap_or_default();
+    PartyEnvelope {
+        body: Some(Body::Hello(Hello { party_id: config.id.0, datasets, catalog_json })),
+    }
 }
 
 enum Ended {
@@ -434,6 +438,11 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
     };
     let min_parties = (job.min_parties() as usize).max(config.min_cohort);
     match job {
+        Job::Sql(_) => refuse(
+            state,
+            Rule::Kind,
+            "a SQL query must be planned by the coordinator before it is offered".into(),
+        ),
         Job::Synthetic(s) => {
             if !state.options.dangerous_benchmark {
                 return refuse(

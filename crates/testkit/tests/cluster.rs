@@ -439,8 +439,11 @@ mod raw {
     ) -> Result<RawParty, tonic::Status> {
         let mut client = PartyGatewayClient::new(channel).max_encoding_message_size(64 << 20);
         let (tx, rx) = mpsc::channel(8);
-        let body =
-            first.unwrap_or(Body::Hello(Hello { party_id: 2, datasets: vec!["cells".into()] }));
+        let body = first.unwrap_or(Body::Hello(Hello {
+            party_id: 2,
+            datasets: vec!["cells".into()],
+            catalog_json: String::new(),
+        }));
         tx.send(PartyEnvelope { body: Some(body) }).await.unwrap();
         let inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
         Ok(RawParty { tx, inbound })
@@ -509,7 +512,12 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
     // A second hello.
     let mut p = raw::connect(party_channel().await, None).await.unwrap();
     assert!(matches!(p.next().await, Ok(Some(_))), "welcome");
-    p.send(Body::Hello(veil_proto::v1::Hello { party_id: 2, datasets: vec![] })).await;
+    p.send(Body::Hello(veil_proto::v1::Hello {
+        party_id: 2,
+        datasets: vec![],
+        catalog_json: String::new(),
+    }))
+    .await;
     let status = p.next().await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status}");
 
@@ -561,6 +569,117 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
         // The round goes on without the misbehaving party.
         let done = cluster.wait_job(&job.job_id).await;
         assert_eq!(done.state, "succeeded", "{done:?}");
+    }
+    cluster.shutdown().await;
+}
+
+const CARRIERS: [&str; 16] = [
+    "9E", "AA", "AS", "B6", "DL", "EV", "F9", "FL", "HA", "MQ", "OO", "UA", "US", "VX", "WN", "YV",
+];
+
+/// A SQL query grouped by carrier over the three airports equals the same statistics over the
+/// pooled rows: counts, sums and histograms exactly, means to fixed-point precision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_group_by_carrier_equals_the_pooled_rows() {
+    use std::collections::BTreeMap;
+    let domain: Vec<String> = CARRIERS.iter().map(|c| format!("\"{c}\"")).collect();
+    let mut parties = airports();
+    for p in &mut parties {
+        p.datasets[0].extra_toml = format!(
+            "bounds = {{ dep_delay = [-100.0, 1500.0], distance = [0.0, 5000.0] }}\ndomains = {{ carrier = [{}] }}\n",
+            domain.join(", ")
+        );
+    }
+    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let sql = "SELECT carrier, COUNT(*) AS flights, AVG(dep_delay), SUM(distance), \
+               HISTOGRAM(dep_delay, -100, 0, 15, 60, 180, 1500) FROM flights \
+               WHERE month <= 6 AND NOT carrier IN ('HA') GROUP BY carrier";
+    let request = serde_json::json!({ "sql": sql }).to_string();
+    let (status, result) = cluster.run_job(&request).await;
+    assert_eq!(status.state, "succeeded", "{status:?}");
+    let result = result.unwrap();
+    let a = answer(&result.answer_json);
+    assert_eq!(a.groups.len(), CARRIERS.len() + 1, "one group per declared carrier and (other)");
+
+    // The pooled rows, straight from the files.
+    #[derive(Default)]
+    struct Acc {
+        rows: u64,
+        dep_n: u64,
+        dep_sum: f64,
+        dist: f64,
+        hist: [u64; 5],
+    }
+    let edges = [-100.0, 0.0, 15.0, 60.0, 180.0, 1500.0];
+    let mut pooled: BTreeMap<String, Acc> = BTreeMap::new();
+    for airport in ["ewr", "jfk", "lga"] {
+        let mut r = csv::Reader::from_path(data(&format!("flights/{airport}.csv"))).unwrap();
+        let h = r.headers().unwrap().clone();
+        let col = |n: &str| h.iter().position(|x| x == n).unwrap();
+        let (month, carrier, dep, dist) =
+            (col("month"), col("carrier"), col("dep_delay"), col("distance"));
+        for rec in r.records() {
+            let rec = rec.unwrap();
+            if rec[month].parse::<i64>().unwrap() > 6 || &rec[carrier] == "HA" {
+                continue;
+            }
+            let acc = pooled.entry(rec[carrier].to_string()).or_default();
+            acc.rows += 1;
+            acc.dist += rec[dist].parse::<f64>().unwrap();
+            if !rec[dep].is_empty() {
+                let x: f64 = rec[dep].parse().unwrap();
+                acc.dep_n += 1;
+                acc.dep_sum += x.clamp(-100.0, 1500.0);
+                if (edges[0]..=edges[5]).contains(&x) {
+                    acc.hist[edges.windows(2).position(|w| x >= w[0] && x < w[1]).unwrap_or(4)] +=
+                        1;
+                }
+            }
+        }
+    }
+    for g in &a.groups {
+        let key = &g.key[0];
+        let empty = Acc::default();
+        let p = pooled.get(key.as_str()).unwrap_or(&empty);
+        assert_eq!(g.rows, Some(p.rows), "rows of {key}");
+        if p.rows == 0 {
+            continue;
+        }
+        let dep = g.columns.iter().find(|c| c.name == "dep_delay").unwrap();
+        let dist = g.columns.iter().find(|c| c.name == "distance").unwrap();
+        assert_eq!(dep.count, p.dep_n, "dep_delay count of {key}");
+        assert!(
+            (dep.mean.unwrap() - p.dep_sum / p.dep_n as f64).abs() < 1e-6,
+            "mean delay of {key}"
+        );
+        assert_eq!(dist.sum, p.dist, "distance of {key}");
+        let expected: Vec<Option<u64>> = p.hist.iter().map(|&n| Some(n)).collect();
+        assert_eq!(dep.histogram.as_ref().unwrap().counts, expected, "histogram of {key}");
+    }
+    assert!(pooled.keys().all(|k| CARRIERS.contains(&k.as_str())));
+    // The result table follows the SELECT list.
+    let table: serde_json::Value = serde_json::from_str(&result.table_json).unwrap();
+    assert_eq!(table["headers"][0], "carrier");
+    assert_eq!(table["headers"][1], "flights");
+    let ua = table["rows"].as_array().unwrap().iter().find(|r| r[0] == "UA").unwrap();
+    assert_eq!(ua[1].as_u64(), Some(pooled["UA"].rows));
+    // Malformed SQL, unknown columns and unsupported features are refused with the cause, and
+    // no job runs.
+    let mut jobs = cluster.jobs().await;
+    for (bad, cause) in [
+        ("SELEC COUNT(*) FROM flights", "parse"),
+        ("SELECT COUNT(*) FROM flights JOIN x ON a = b", "not supported"),
+        ("SELECT SUM(nope) FROM flights", "nope"),
+        ("SELECT COUNT(*) FROM trains", "trains"),
+    ] {
+        let status = jobs
+            .submit(veil_proto::v1::SubmitRequest {
+                spec: serde_json::json!({ "sql": bad }).to_string(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad}: {status}");
+        assert!(status.message().to_lowercase().contains(cause), "{bad}: {status}");
     }
     cluster.shutdown().await;
 }

@@ -1,0 +1,1079 @@
+//! SQL queries over one dataset, planned into a [`JobSpec`].
+//!
+//! A consumer may write a job as one aggregate query instead of TOML. [`plan_sql`] parses it
+//! (generic SQL dialect) and checks it against the [`DatasetCatalog`] of the dataset it names:
+//! the declared bounds give every aggregated column its clipping range, the declared domains
+//! give every GROUP BY column its groups. The result is the [`JobSpec`] parties are offered;
+//! [`result_table`] turns the eventual [`Answer`] into the table the SELECT list asks for.
+//!
+//! The supported subset:
+//! - exactly one `SELECT … FROM dataset [WHERE …] [GROUP BY …]`: no DISTINCT, JOIN, subquery,
+//!   WITH, UNION, ORDER BY, LIMIT, HAVING or window function;
+//! - SELECT items, each optionally `AS alias`: `COUNT(*)`, `COUNT(col)`, `SUM`, `AVG`/`MEAN`,
+//!   `VAR`/`VARIANCE`/`VAR_SAMP`, `STDDEV`/`STDDEV_SAMP`, `MIN`, `MAX`,
+//!   `HISTOGRAM(col, edge, edge, …)`, `QUANTILE`/`APPROX_QUANTILE(col, q)` and `MEDIAN(col)`
+//!   over numeric columns with declared bounds, and bare GROUP BY columns;
+//! - WHERE: `col op literal` either way round with `=`, `<>`/`!=`, `<`, `<=`, `>`, `>=`;
+//!   `[NOT] BETWEEN`, `[NOT] IN (literals)`, `IS [NOT] NULL`, `AND`, `OR`, `NOT` and
+//!   parentheses, over numbers and single-quoted text;
+//! - GROUP BY up to three columns that have a declared value domain.
+//!
+//! MIN, MAX and quantiles are read off a histogram (the query's own `HISTOGRAM` edges for the
+//! column, else 100 equal bins over its bounds): they are bin edges and interpolations, never
+//! a single row's exact value.
+
+use serde_json::Value as Json;
+use sqlparser::ast::{
+    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, InTarget,
+    ObjectNamePart, Query, Select, SelectFlavor, SelectItem, SetExpr, Statement, TableFactor,
+    UnaryOperator, Value as SqlValue,
+};
+use sqlparser::dialect::GenericDialect;
+use sqlparser::parser::Parser;
+
+use crate::AnalyticsError;
+use crate::plan::{Answer, ColumnAnswer, Histogram};
+use crate::schema::{ColumnInfo, DatasetCatalog};
+use crate::spec::{
+    ColumnRequest, Condition, GroupBy, JobSpec, Literal, MAX_BINS, Op, Output, OutputKind,
+    Predicate, Privacy,
+};
+
+/// What the error messages list as supported.
+const SUPPORTED: &str = "supported: SELECT aggregates (COUNT, SUM, AVG, VAR, STDDEV, MIN, MAX, \
+     HISTOGRAM, QUANTILE, MEDIAN) and GROUP BY columns FROM one dataset [WHERE comparisons, \
+     BETWEEN, IN, IS NULL with AND/OR/NOT] [GROUP BY declared categorical columns]";
+/// Bins of the histogram MIN, MAX and QUANTILE use when the query gives no edges.
+const DEFAULT_BINS: usize = 100;
+/// The aggregate functions, lower case.
+const AGGREGATES: &str = "count sum avg mean var variance var_samp stddev stddev_samp min max \
+                          median quantile approx_quantile histogram";
+/// Most GROUP BY columns.
+const MAX_GROUP_COLUMNS: usize = 3;
+
+/// Options a SQL job carries besides the query.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SqlOptions {
+    /// What the answer is for.
+    pub purpose: String,
+    /// The zCDP ρ to charge, for a differentially private job.
+    pub rho: Option<f64>,
+    /// Groups and histogram bins counting fewer rows are suppressed.
+    pub k_threshold: Option<u64>,
+    /// The fewest parties (0 means the default, 2).
+    pub min_parties: u32,
+}
+
+/// A query result as a table.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Table {
+    /// Column headings.
+    pub headers: Vec<String>,
+    /// Rows, one value per heading.
+    pub rows: Vec<Vec<Json>>,
+}
+
+fn unsupported(what: impl std::fmt::Display) -> AnalyticsError {
+    AnalyticsError::Invalid(format!("not supported: {what}; {SUPPORTED}"))
+}
+
+fn invalid(message: String) -> AnalyticsError {
+    AnalyticsError::Invalid(message)
+}
+
+/// Plans a SQL query against the catalog of the dataset it names; returns the [`JobSpec`] that
+/// parties will be offered.
+pub fn plan_sql(
+    sql: &str,
+    catalogs: &[DatasetCatalog],
+    options: &SqlOptions,
+) -> Result<JobSpec, AnalyticsError> {
+    let statements = Parser::parse_sql(&GenericDialect {}, sql)
+        .map_err(|e| AnalyticsError::Parse(e.to_string()))?;
+    let query = match statements.as_slice() {
+        [Statement::Query(q)] => q,
+        [] => return Err(unsupported("an empty query")),
+        [_] => return Err(unsupported("statements other than SELECT")),
+        _ => return Err(unsupported("several statements")),
+    };
+    let select = select_of(query)?;
+    let (catalog, qualifiers) = dataset_of(select, catalogs)?;
+    let mut planner = Planner { catalog, qualifiers, group_by: Vec::new(), requests: Vec::new() };
+    let group_by = planner.group_by(&select.group_by)?;
+    let select_list =
+        select.projection.iter().map(|item| planner.output(item)).collect::<Result<_, _>>()?;
+    let predicate = select.selection.as_ref().map(|e| planner.predicate(e)).transpose()?;
+    let spec = JobSpec {
+        dataset: catalog.name.clone(),
+        filter: Vec::new(),
+        columns: planner.into_columns(),
+        min_parties: if options.min_parties == 0 { 2 } else { options.min_parties },
+        purpose: options.purpose.clone(),
+        privacy: options.rho.map(|rho| Privacy { rho }),
+        k_threshold: options.k_threshold,
+        predicate,
+        group_by,
+        select: select_list,
+    };
+    spec.check()?;
+    Ok(spec)
+}
+
+/// The query's plain SELECT, refusing every clause outside the subset.
+fn select_of(query: &Query) -> Result<&Select, AnalyticsError> {
+    let q = query;
+    let refused = [
+        (q.with.is_some(), "WITH (common table expressions)"),
+        (q.order_by.is_some(), "ORDER BY"),
+        (q.limit_clause.is_some() || q.fetch.is_some(), "LIMIT, OFFSET or FETCH"),
+        (!q.locks.is_empty() || q.for_clause.is_some(), "FOR clauses"),
+        (q.settings.is_some() || q.format_clause.is_some(), "SETTINGS or FORMAT"),
+        (!q.pipe_operators.is_empty(), "pipe operators"),
+    ];
+    if let Some((_, what)) = refused.iter().find(|(bad, _)| *bad) {
+        return Err(unsupported(what));
+    }
+    let s = match q.body.as_ref() {
+        SetExpr::Select(s) => s.as_ref(),
+        SetExpr::SetOperation { op, .. } => return Err(unsupported(op)),
+        SetExpr::Query(_) => return Err(unsupported("a subquery")),
+        _ => return Err(unsupported("statements other than SELECT")),
+    };
+    let refused = [
+        (s.distinct.is_some(), "DISTINCT"),
+        (s.top.is_some(), "TOP"),
+        (s.select_modifiers.is_some() || !s.optimizer_hints.is_empty(), "SELECT modifiers"),
+        (s.exclude.is_some(), "EXCLUDE"),
+        (s.into.is_some(), "SELECT INTO"),
+        (!s.lateral_views.is_empty(), "LATERAL VIEW"),
+        (s.prewhere.is_some(), "PREWHERE"),
+        (!s.connect_by.is_empty(), "CONNECT BY"),
+        (
+            !s.cluster_by.is_empty() || !s.distribute_by.is_empty() || !s.sort_by.is_empty(),
+            "CLUSTER BY, DISTRIBUTE BY or SORT BY",
+        ),
+        (s.having.is_some(), "HAVING"),
+        (!s.named_window.is_empty(), "WINDOW"),
+        (s.qualify.is_some(), "QUALIFY"),
+        (s.value_table_mode.is_some(), "SELECT AS VALUE or STRUCT"),
+        (s.flavor != SelectFlavor::Standard, "FROM before SELECT"),
+    ];
+    if let Some((_, what)) = refused.iter().find(|(bad, _)| *bad) {
+        return Err(unsupported(what));
+    }
+    Ok(s)
+}
+
+/// The catalog of the one table in FROM, and the names columns may be qualified with.
+fn dataset_of<'c>(
+    select: &Select,
+    catalogs: &'c [DatasetCatalog],
+) -> Result<(&'c DatasetCatalog, Vec<String>), AnalyticsError> {
+    let from = match select.from.as_slice() {
+        [] => return Err(unsupported("a query without FROM")),
+        [one] => one,
+        _ => return Err(unsupported("JOIN (several tables in FROM)")),
+    };
+    if !from.joins.is_empty() {
+        return Err(unsupported("JOIN"));
+    }
+    let (name, alias) = match &from.relation {
+        TableFactor::Table { name, alias, args: None, version: None, sample: None, .. } => {
+            (name, alias)
+        }
+        TableFactor::Derived { .. } => return Err(unsupported("a subquery")),
+        TableFactor::NestedJoin { .. } => return Err(unsupported("JOIN")),
+        other => return Err(unsupported(format!("FROM {other} (name one dataset)"))),
+    };
+    let table = match name.0.as_slice() {
+        [ObjectNamePart::Identifier(i)] => i.value.clone(),
+        _ => return Err(unsupported(format!("the qualified table name {name}"))),
+    };
+    let catalog = catalogs
+        .iter()
+        .find(|c| c.name == table)
+        .or_else(|| catalogs.iter().find(|c| c.name.eq_ignore_ascii_case(&table)))
+        .ok_or_else(|| {
+            let known: Vec<&str> = catalogs.iter().map(|c| c.name.as_str()).collect();
+            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+            invalid(format!("no dataset {table:?}; known: {known}"))
+        })?;
+    let mut qualifiers = vec![catalog.name.clone(), table];
+    if let Some(a) = alias {
+        if !a.columns.is_empty() {
+            return Err(unsupported("column aliases on the table"));
+        }
+        qualifiers.push(a.name.value.clone());
+    }
+    Ok((catalog, qualifiers))
+}
+
+/// A numeric column an aggregate reads.
+struct Request {
+    name: String,
+    min: f64,
+    max: f64,
+    /// Edges given by a `HISTOGRAM` in the query.
+    edges: Option<Vec<f64>>,
+    /// MIN, MAX or a quantile reads its histogram.
+    needs_histogram: bool,
+}
+
+/// The state of planning one query.
+struct Planner<'c> {
+    catalog: &'c DatasetCatalog,
+    /// Names a column may be qualified with (the dataset, the table as written, its alias).
+    qualifiers: Vec<String>,
+    /// The GROUP BY columns.
+    group_by: Vec<String>,
+    requests: Vec<Request>,
+}
+
+impl<'c> Planner<'c> {
+    /// The column name an expression is, if it is a bare (or qualified) column.
+    fn column_name<'e>(&self, e: &'e Expr) -> Option<&'e str> {
+        match e {
+            Expr::Identifier(i) => Some(&i.value),
+            Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+                [q, c] if self.qualifiers.iter().any(|x| x.eq_ignore_ascii_case(&q.value)) => {
+                    Some(&c.value)
+                }
+                _ => None,
+            },
+            Expr::Nested(inner) => self.column_name(inner),
+            _ => None,
+        }
+    }
+
+    /// A column of the catalog, matched exactly or else case-insensitively.
+    fn column(&self, name: &str) -> Result<&'c ColumnInfo, AnalyticsError> {
+        let columns = &self.catalog.columns;
+        columns
+            .iter()
+            .find(|c| c.name == name)
+            .or_else(|| {
+                let mut found = columns.iter().filter(|c| c.name.eq_ignore_ascii_case(name));
+                found.next().filter(|_| found.next().is_none())
+            })
+            .ok_or_else(|| AnalyticsError::UnknownColumn {
+                dataset: self.catalog.name.clone(),
+                column: name.to_string(),
+            })
+    }
+
+    /// The column an expression must be, `context` saying where it stands.
+    fn column_of(&self, e: &Expr, context: &str) -> Result<&'c ColumnInfo, AnalyticsError> {
+        match self.column_name(e) {
+            Some(name) => self.column(name),
+            None => Err(unsupported(format!("{e} {context}"))),
+        }
+    }
+
+    fn group_by(&mut self, group_by: &GroupByExpr) -> Result<Vec<GroupBy>, AnalyticsError> {
+        let exprs = match group_by {
+            GroupByExpr::All(_) => return Err(unsupported("GROUP BY ALL")),
+            GroupByExpr::Expressions(_, modifiers) if !modifiers.is_empty() => {
+                return Err(unsupported("GROUP BY modifiers (ROLLUP, CUBE, TOTALS)"));
+            }
+            GroupByExpr::Expressions(exprs, _) => exprs,
+        };
+        if exprs.len() > MAX_GROUP_COLUMNS {
+            return Err(invalid(format!("at most {MAX_GROUP_COLUMNS} GROUP BY columns")));
+        }
+        let mut out = Vec::with_capacity(exprs.len());
+        for e in exprs {
+            let c = self.column_of(e, "in GROUP BY (group by bare column names)")?;
+            if self.group_by.contains(&c.name) {
+                return Err(invalid(format!("GROUP BY names {} twice", c.name)));
+            }
+            let values = match &c.domain {
+                Some(d) if !d.is_empty() => d.clone(),
+                _ => {
+                    return Err(invalid(format!(
+                        "GROUP BY {} needs a declared value domain in the catalog",
+                        c.name
+                    )));
+                }
+            };
+            self.group_by.push(c.name.clone());
+            out.push(GroupBy { column: c.name.clone(), values });
+        }
+        Ok(out)
+    }
+
+    fn output(&mut self, item: &SelectItem) -> Result<Output, AnalyticsError> {
+        let (expr, alias) = match item {
+            SelectItem::UnnamedExpr(e) => (e, None),
+            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                return Err(unsupported("SELECT * (name the aggregates to compute)"));
+            }
+            SelectItem::ExprWithAliases { .. } => return Err(unsupported("several aliases")),
+        };
+        let (kind, name) = self.output_kind(expr)?;
+        Ok(Output { name: alias.unwrap_or(name), kind })
+    }
+
+    /// What a SELECT expression computes, and its readable name.
+    fn output_kind(&mut self, e: &Expr) -> Result<(OutputKind, String), AnalyticsError> {
+        if let Some(name) = self.column_name(e) {
+            let c = self.column(name)?;
+            if !self.group_by.contains(&c.name) {
+                return Err(invalid(format!(
+                    "column {} is selected bare but not in GROUP BY; aggregate it or group by it",
+                    c.name
+                )));
+            }
+            return Ok((OutputKind::Key(c.name.clone()), c.name.clone()));
+        }
+        let f = match e {
+            Expr::Nested(inner) => return self.output_kind(inner),
+            Expr::Function(f) => f,
+            Expr::Subquery(_) | Expr::Exists { .. } => return Err(unsupported("a subquery")),
+            other => return Err(unsupported(format!("the expression {other} in SELECT"))),
+        };
+        let fname = match f.name.0.as_slice() {
+            [ObjectNamePart::Identifier(i)] => i.value.to_lowercase(),
+            _ => return Err(unsupported(format!("the function {}", f.name))),
+        };
+        if f.over.is_some() {
+            return Err(unsupported("window functions (OVER)"));
+        }
+        if f.filter.is_some() {
+            return Err(unsupported("FILTER on aggregates (use WHERE)"));
+        }
+        let list = match &f.args {
+            FunctionArguments::List(list) => list,
+            FunctionArguments::Subquery(_) => return Err(unsupported("a subquery")),
+            FunctionArguments::None => return Err(unsupported(format!("{e} without arguments"))),
+        };
+        if list.duplicate_treatment.is_some() {
+            return Err(unsupported(format!("DISTINCT or ALL in {}", fname.to_uppercase())));
+        }
+        if f.uses_odbc_syntax
+            || !matches!(f.parameters, FunctionArguments::None)
+            || !f.within_group.is_empty()
+            || f.null_treatment.is_some()
+            || !list.clauses.is_empty()
+        {
+            return Err(unsupported(format!("the call {e}")));
+        }
+        let args = list
+            .args
+            .iter()
+            .map(|a| match a {
+                FunctionArg::Unnamed(x) => Ok(x),
+                _ => Err(unsupported("named function arguments")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let shown: Vec<String> = args.iter().map(ToString::to_string).collect();
+        let name = format!("{fname}({})", shown.join(", "));
+        use FunctionArgExpr::{Expr as A, Wildcard};
+        let kind = match (fname.as_str(), args.as_slice()) {
+            ("count", [Wildcard]) => OutputKind::CountRows,
+            ("count", [A(c)]) => OutputKind::Count(self.request(c, false)?),
+            ("sum", [A(c)]) => OutputKind::Sum(self.request(c, false)?),
+            ("avg" | "mean", [A(c)]) => OutputKind::Avg(self.request(c, false)?),
+            ("var" | "variance" | "var_samp", [A(c)]) => {
+                OutputKind::Variance(self.request(c, false)?)
+            }
+            ("stddev" | "stddev_samp", [A(c)]) => OutputKind::StdDev(self.request(c, false)?),
+            ("min", [A(c)]) => OutputKind::Min(self.request(c, true)?),
+            ("max", [A(c)]) => OutputKind::Max(self.request(c, true)?),
+            ("median", [A(c)]) => OutputKind::Quantile(self.request(c, true)?, 0.5),
+            ("quantile" | "approx_quantile", [A(c), A(q)]) => {
+                let q = number(q).filter(|q| (0.0..=1.0).contains(q)).ok_or_else(|| {
+                    invalid(format!("{name}: the quantile must be a number between 0 and 1"))
+                })?;
+                OutputKind::Quantile(self.request(c, true)?, q)
+            }
+            ("histogram", [A(c), edges @ ..]) => {
+                let column = self.request(c, false)?;
+                let edges = edges
+                    .iter()
+                    .map(|a| if let A(x) = a { number(x) } else { None })
+                    .collect::<Option<Vec<f64>>>()
+                    .ok_or_else(|| invalid(format!("{name}: edges must be numeric literals")))?;
+                if edges.len() < 2 || edges.len() > MAX_BINS + 1 {
+                    return Err(invalid(format!(
+                        "{name}: a histogram needs between 2 and {} edges",
+                        MAX_BINS + 1
+                    )));
+                }
+                if !edges.windows(2).all(|w| w[0] < w[1]) {
+                    return Err(invalid(format!("{name}: edges must be strictly increasing")));
+                }
+                self.set_edges(&column, edges)?;
+                OutputKind::Histogram(column)
+            }
+            (f, _) if AGGREGATES.split_whitespace().any(|a| a == f) => {
+                return Err(invalid(format!("{name}: {}", usage(f))));
+            }
+            _ => return Err(unsupported(format!("the function {}", fname.to_uppercase()))),
+        };
+        Ok((kind, name))
+    }
+
+    /// Notes that an aggregate reads column `e`; returns the column's name.
+    fn request(&mut self, e: &Expr, needs_histogram: bool) -> Result<String, AnalyticsError> {
+        let c = self.column_of(e, "as an aggregate's argument (aggregate bare column names)")?;
+        if !c.ty.is_numeric() {
+            return Err(AnalyticsError::WrongType {
+                column: c.name.clone(),
+                found: c.ty,
+                needed: "aggregates other than COUNT(*) need a numeric column",
+            });
+        }
+        let Some((min, max)) = c.bounds else {
+            return Err(invalid(format!(
+                "column {} has no declared bounds; COUNT(column), SUM, AVG, VAR, STDDEV, MIN, \
+                 MAX, HISTOGRAM and QUANTILE need them for clipping and sensitivity",
+                c.name
+            )));
+        };
+        match self.requests.iter_mut().find(|r| r.name == c.name) {
+            Some(r) => r.needs_histogram |= needs_histogram,
+            None => self.requests.push(Request {
+                name: c.name.clone(),
+                min,
+                max,
+                edges: None,
+                needs_histogram,
+            }),
+        }
+        Ok(c.name.clone())
+    }
+
+    fn set_edges(&mut self, column: &str, edges: Vec<f64>) -> Result<(), AnalyticsError> {
+        let Some(r) = self.requests.iter_mut().find(|r| r.name == column) else {
+            return Err(invalid(format!("column {column} is not aggregated")));
+        };
+        if r.edges.as_ref().is_some_and(|e| *e != edges) {
+            return Err(invalid(format!(
+                "column {column} has two different HISTOGRAM edge lists; a column gets one \
+                 histogram"
+            )));
+        }
+        r.edges = Some(edges);
+        Ok(())
+    }
+
+    fn into_columns(self) -> Vec<ColumnRequest> {
+        self.requests
+            .into_iter()
+            .map(|r| {
+                let histogram = match (r.edges, r.needs_histogram) {
+                    (Some(edges), _) => edges,
+                    (None, true) => {
+                        let n = DEFAULT_BINS as f64;
+                        let edge = |i: usize| r.min + (r.max - r.min) * i as f64 / n;
+                        (0..DEFAULT_BINS).map(edge).chain([r.max]).collect()
+                    }
+                    (None, false) => Vec::new(),
+                };
+                ColumnRequest { name: r.name, min: r.min, max: r.max, histogram }
+            })
+            .collect()
+    }
+
+    /// The WHERE clause as a predicate.
+    fn predicate(&self, e: &Expr) -> Result<Predicate, AnalyticsError> {
+        Ok(match e {
+            Expr::Nested(inner) => self.predicate(inner)?,
+            Expr::BinaryOp { left, op: op @ (BinaryOperator::And | BinaryOperator::Or), right } => {
+                let mut parts = Vec::new();
+                for side in [left, right] {
+                    // Chains of the same operator become one list.
+                    match self.predicate(side)? {
+                        Predicate::And(v) | Predicate::Or(v) if same_op(side, op) => {
+                            parts.extend(v)
+                        }
+                        p => parts.push(p),
+                    }
+                }
+                if *op == BinaryOperator::And {
+                    Predicate::And(parts)
+                } else {
+                    Predicate::Or(parts)
+                }
+            }
+            Expr::BinaryOp { left, op, right } => {
+                let op = match op {
+                    BinaryOperator::Eq => Op::Eq,
+                    BinaryOperator::NotEq => Op::Ne,
+                    BinaryOperator::Lt => Op::Lt,
+                    BinaryOperator::LtEq => Op::Le,
+                    BinaryOperator::Gt => Op::Gt,
+                    BinaryOperator::GtEq => Op::Ge,
+                    other => return Err(unsupported(format!("the operator {other} in WHERE"))),
+                };
+                let (column, value, op) = match (self.column_name(left), self.column_name(right)) {
+                    (Some(c), None) => (c, right, op),
+                    (None, Some(c)) => (c, left, flip(op)),
+                    (Some(_), Some(_)) => {
+                        return Err(unsupported("comparing two columns (quote text: 'UA')"));
+                    }
+                    (None, None) => {
+                        return Err(unsupported(format!(
+                            "the condition {e} (compare a column with a literal)"
+                        )));
+                    }
+                };
+                self.compare(self.column(column)?, op, value)?
+            }
+            Expr::Between { expr, negated, low, high } => {
+                let c = self.column_of(expr, "before BETWEEN (put a column there)")?;
+                let p = Predicate::And(vec![
+                    self.compare(c, Op::Ge, low)?,
+                    self.compare(c, Op::Le, high)?,
+                ]);
+                if *negated { Predicate::Not(Box::new(p)) } else { p }
+            }
+            Expr::In { expr, target, negated, .. } => {
+                let list = match target {
+                    InTarget::List(list) => list,
+                    InTarget::Subquery(_) => return Err(unsupported("a subquery")),
+                    other => return Err(unsupported(format!("IN {other}"))),
+                };
+                let c = self.column_of(expr, "before IN (put a column there)")?;
+                let values = list
+                    .iter()
+                    .map(|x| {
+                        let value = literal_of(x)?;
+                        check_literal(c, Op::Eq, &value)?;
+                        Ok(value)
+                    })
+                    .collect::<Result<_, AnalyticsError>>()?;
+                Predicate::In { column: c.name.clone(), values, negated: *negated }
+            }
+            Expr::IsNull(x) | Expr::IsNotNull(x) => Predicate::IsNull {
+                column: self.column_of(x, "before IS NULL (put a column there)")?.name.clone(),
+                negated: matches!(e, Expr::IsNotNull(_)),
+            },
+            Expr::UnaryOp { op: UnaryOperator::Not, expr } => {
+                Predicate::Not(Box::new(self.predicate(expr)?))
+            }
+            Expr::Subquery(_) | Expr::Exists { .. } => return Err(unsupported("a subquery")),
+            other => return Err(unsupported(format!("the condition {other} in WHERE"))),
+        })
+    }
+
+    /// `column op value`, the value a literal of the column's type.
+    fn compare(&self, c: &ColumnInfo, op: Op, value: &Expr) -> Result<Predicate, AnalyticsError> {
+        let value = literal_of(value)?;
+        check_literal(c, op, &value)?;
+        Ok(Predicate::Compare(Condition { column: c.name.clone(), op, value }))
+    }
+}
+
+/// What each aggregate takes, for errors about its arguments.
+fn usage(function: &str) -> &'static str {
+    match function {
+        "count" => "COUNT takes * or one column",
+        "quantile" | "approx_quantile" => "QUANTILE takes a column and a number q in [0, 1]",
+        "histogram" => "HISTOGRAM takes a column and at least two increasing numeric edges",
+        _ => "the aggregate takes one column",
+    }
+}
+
+/// Whether `e` is (in parentheses or not) a binary operation with operator `op`.
+fn same_op(e: &Expr, op: &BinaryOperator) -> bool {
+    match e {
+        Expr::Nested(inner) => same_op(inner, op),
+        Expr::BinaryOp { op: o, .. } => o == op,
+        _ => false,
+    }
+}
+
+/// The comparison with its sides swapped.
+fn flip(op: Op) -> Op {
+    match op {
+        Op::Lt => Op::Gt,
+        Op::Le => Op::Ge,
+        Op::Gt => Op::Lt,
+        Op::Ge => Op::Le,
+        same => same,
+    }
+}
+
+/// A number (possibly signed) or single-quoted text.
+fn literal(e: &Expr) -> Option<Literal> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            SqlValue::Number(s, _) => {
+                s.parse::<f64>().ok().filter(|x| x.is_finite()).map(Literal::Number)
+            }
+            SqlValue::SingleQuotedString(s) => Some(Literal::Text(s.clone())),
+            _ => None,
+        },
+        Expr::UnaryOp { op: UnaryOperator::Minus, expr } => {
+            number(expr).map(|x| Literal::Number(-x))
+        }
+        Expr::UnaryOp { op: UnaryOperator::Plus, expr } => number(expr).map(Literal::Number),
+        Expr::Nested(inner) => literal(inner),
+        _ => None,
+    }
+}
+
+fn number(e: &Expr) -> Option<f64> {
+    match literal(e)? {
+        Literal::Number(x) => Some(x),
+        Literal::Text(_) => None,
+    }
+}
+
+fn literal_of(e: &Expr) -> Result<Literal, AnalyticsError> {
+    literal(e).ok_or_else(|| {
+        unsupported(format!("{e} as a value (compare with numbers or single-quoted text)"))
+    })
+}
+
+/// Whether a literal fits its column's type (text is only compared for (in)equality).
+fn check_literal(c: &ColumnInfo, op: Op, value: &Literal) -> Result<(), AnalyticsError> {
+    let needed = match (value, c.ty.is_numeric()) {
+        (Literal::Number(_), true) => return Ok(()),
+        (Literal::Text(_), false) if matches!(op, Op::Eq | Op::Ne) => return Ok(()),
+        (Literal::Text(_), false) => "text can only be compared with = or <> (or IN)",
+        (Literal::Number(_), false) => "the condition compares it with a number",
+        (Literal::Text(_), true) => "the condition compares it with text",
+    };
+    Err(AnalyticsError::WrongType { column: c.name.clone(), found: c.ty, needed })
+}
+
+/// Turns an answer into the table the query's SELECT list asks for: one row per group when
+/// the query groups (suppressed groups show their key and nulls, and a trailing `suppressed`
+/// column says which), else one row.
+pub fn result_table(spec: &JobSpec, answer: &Answer) -> Table {
+    let grouped = !spec.group_by.is_empty();
+    let mut headers: Vec<String> = spec.select.iter().map(|o| o.name.clone()).collect();
+    let rows = if grouped {
+        headers.push("suppressed".to_string());
+        answer
+            .groups
+            .iter()
+            .map(|g| {
+                let mut row: Vec<Json> = spec
+                    .select
+                    .iter()
+                    .map(|o| match &o.kind {
+                        OutputKind::Key(c) => spec
+                            .group_by
+                            .iter()
+                            .position(|b| b.column == *c)
+                            .and_then(|i| g.key.get(i))
+                            .map_or(Json::Null, |k| Json::String(k.clone())),
+                        _ if g.suppressed => Json::Null,
+                        kind => cell(kind, g.rows, &g.columns),
+                    })
+                    .collect();
+                row.push(Json::Bool(g.suppressed));
+                row
+            })
+            .collect()
+    } else {
+        vec![
+            spec.select.iter().map(|o| cell(&o.kind, Some(answer.rows), &answer.columns)).collect(),
+        ]
+    };
+    Table { headers, rows }
+}
+
+fn json_f64(x: f64) -> Json {
+    serde_json::Number::from_f64(x).map_or(Json::Null, Json::Number)
+}
+
+/// One output's value from a group's (or the whole answer's) rows and column answers.
+fn cell(kind: &OutputKind, rows: Option<u64>, columns: &[ColumnAnswer]) -> Json {
+    let col = |name: &str| columns.iter().find(|c| c.name == name);
+    let hist = |name: &str| col(name).and_then(|c| c.histogram.as_ref());
+    let stat = |name: &str, f: fn(&ColumnAnswer) -> Option<f64>| {
+        col(name).and_then(f).map_or(Json::Null, json_f64)
+    };
+    let from_hist = |name: &str, f: &dyn Fn(&Histogram) -> Option<f64>| {
+        hist(name).and_then(f).map_or(Json::Null, json_f64)
+    };
+    match kind {
+        OutputKind::Key(_) => Json::Null,
+        OutputKind::CountRows => rows.map_or(Json::Null, Json::from),
+        OutputKind::Count(c) => col(c).map_or(Json::Null, |a| Json::from(a.count)),
+        OutputKind::Sum(c) => stat(c, |a| Some(a.sum)),
+        OutputKind::Avg(c) => stat(c, |a| a.mean),
+        OutputKind::Variance(c) => stat(c, |a| a.variance),
+        OutputKind::StdDev(c) => stat(c, |a| a.std_dev),
+        OutputKind::Min(c) => from_hist(c, &histogram_min),
+        OutputKind::Max(c) => from_hist(c, &histogram_max),
+        OutputKind::Quantile(c, q) => from_hist(c, &|h| quantile(h, *q)),
+        OutputKind::Histogram(c) => hist(c).map_or(Json::Null, |h| {
+            Json::Array(h.counts.iter().map(|n| n.map_or(Json::Null, Json::from)).collect())
+        }),
+    }
+}
+
+fn nonzero(n: &Option<u64>) -> bool {
+    n.is_some_and(|n| n > 0)
+}
+
+/// The lower edge of the lowest non-empty bin (the first edge if values lie below it).
+fn histogram_min(h: &Histogram) -> Option<f64> {
+    let (first, last) = (h.edges.first().copied(), h.edges.last().copied());
+    if nonzero(&h.below) {
+        return first;
+    }
+    match h.counts.iter().position(nonzero) {
+        Some(i) => h.edges.get(i).copied(),
+        None => last.filter(|_| nonzero(&h.above)),
+    }
+}
+
+/// The upper edge of the highest non-empty bin (the last edge if values lie above it).
+fn histogram_max(h: &Histogram) -> Option<f64> {
+    let (first, last) = (h.edges.first().copied(), h.edges.last().copied());
+    if nonzero(&h.above) {
+        return last;
+    }
+    match h.counts.iter().rposition(nonzero) {
+        Some(i) => h.edges.get(i + 1).copied(),
+        None => first.filter(|_| nonzero(&h.below)),
+    }
+}
+
+/// The `q` quantile, interpolated linearly within the bin it falls in; values below the first
+/// edge count as at it, values above the last as at that, suppressed bins as empty.
+fn quantile(h: &Histogram, q: f64) -> Option<f64> {
+    let n = |c: &Option<u64>| c.unwrap_or(0) as f64;
+    let (below, above) = (n(&h.below), n(&h.above));
+    let total = below + above + h.counts.iter().map(n).sum::<f64>();
+    if total <= 0.0 {
+        return None;
+    }
+    let target = q * total;
+    if below > 0.0 && target <= below {
+        return h.edges.first().copied();
+    }
+    let mut cumulative = below;
+    for (i, c) in h.counts.iter().enumerate() {
+        let count = n(c);
+        if count > 0.0 && cumulative + count >= target {
+            let (lo, hi) = (*h.edges.get(i)?, *h.edges.get(i + 1)?);
+            let fraction = ((target - cumulative) / count).clamp(0.0, 1.0);
+            return Some(lo + fraction * (hi - lo));
+        }
+        cumulative += count;
+    }
+    h.edges.last().copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::plan::Plan;
+    use crate::schema::{ColumnType, DatasetSchema, Value};
+
+    fn catalog() -> DatasetCatalog {
+        let col = |name: &str, ty, bounds, domain: Option<Vec<String>>| ColumnInfo {
+            name: name.into(),
+            ty,
+            bounds,
+            domain,
+        };
+        let months = (1..=12).map(|m| m.to_string()).collect();
+        let carriers = ["AA", "UA", "DL"].map(String::from).to_vec();
+        DatasetCatalog {
+            name: "flights".into(),
+            columns: vec![
+                col("month", ColumnType::Int, Some((1.0, 12.0)), Some(months)),
+                col("carrier", ColumnType::String, None, Some(carriers)),
+                col("dep_delay", ColumnType::Float, Some((-60.0, 1500.0)), None),
+                col("tailnum", ColumnType::String, None, None),
+            ],
+        }
+    }
+
+    fn plan(sql: &str) -> Result<JobSpec, AnalyticsError> {
+        plan_sql(sql, &[catalog()], &SqlOptions::default())
+    }
+
+    fn error(sql: &str) -> String {
+        plan(sql).unwrap_err().to_string()
+    }
+
+    fn cmp(column: &str, op: Op, value: Literal) -> Predicate {
+        Predicate::Compare(Condition { column: column.into(), op, value })
+    }
+
+    #[test]
+    fn a_grouped_query_becomes_the_expected_spec() {
+        let options = SqlOptions {
+            purpose: "research".into(),
+            rho: Some(0.5),
+            k_threshold: Some(5),
+            min_parties: 0,
+        };
+        let spec = plan_sql(
+            "SELECT carrier, COUNT(*) AS n, AVG(dep_delay), stddev(dep_delay) AS sd, \
+             HISTOGRAM(dep_delay, -60, 0, 60, 1500) AS h FROM flights \
+             WHERE month BETWEEN 1 AND 6 AND carrier IN ('AA', 'UA') OR dep_delay IS NULL \
+             GROUP BY carrier",
+            &[catalog()],
+            &options,
+        )
+        .unwrap();
+        assert_eq!(spec.dataset, "flights");
+        assert!(spec.filter.is_empty());
+        assert_eq!(
+            spec.columns,
+            vec![ColumnRequest {
+                name: "dep_delay".into(),
+                min: -60.0,
+                max: 1500.0,
+                histogram: vec![-60.0, 0.0, 60.0, 1500.0],
+            }]
+        );
+        let text = |s: &str| Literal::Text(s.into());
+        let between = Predicate::And(vec![
+            cmp("month", Op::Ge, Literal::Number(1.0)),
+            cmp("month", Op::Le, Literal::Number(6.0)),
+        ]);
+        let expected = Predicate::Or(vec![
+            Predicate::And(vec![
+                between,
+                Predicate::In {
+                    column: "carrier".into(),
+                    values: vec![text("AA"), text("UA")],
+                    negated: false,
+                },
+            ]),
+            Predicate::IsNull { column: "dep_delay".into(), negated: false },
+        ]);
+        assert_eq!(spec.predicate, Some(expected));
+        assert_eq!(
+            spec.group_by,
+            vec![GroupBy {
+                column: "carrier".into(),
+                values: vec!["AA".into(), "UA".into(), "DL".into()]
+            }]
+        );
+        let out = |name: &str, kind| Output { name: name.into(), kind };
+        let d = || "dep_delay".to_string();
+        assert_eq!(
+            spec.select,
+            vec![
+                out("carrier", OutputKind::Key("carrier".into())),
+                out("n", OutputKind::CountRows),
+                out("avg(dep_delay)", OutputKind::Avg(d())),
+                out("sd", OutputKind::StdDev(d())),
+                out("h", OutputKind::Histogram(d())),
+            ]
+        );
+        assert_eq!(spec.min_parties, 2);
+        assert_eq!(spec.purpose, "research");
+        assert_eq!(spec.privacy, Some(Privacy { rho: 0.5 }));
+        assert_eq!(spec.k_threshold, Some(5));
+    }
+
+    #[test]
+    fn literals_on_the_left_flip_the_comparison() {
+        let spec = plan(
+            "SELECT COUNT(*) FROM flights f WHERE 3 < month AND -5 >= f.dep_delay \
+             AND 'UA' <> carrier AND NOT (month NOT IN (1, 2) OR tailnum IS NOT NULL)",
+        )
+        .unwrap();
+        let expected = Predicate::And(vec![
+            cmp("month", Op::Gt, Literal::Number(3.0)),
+            cmp("dep_delay", Op::Le, Literal::Number(-5.0)),
+            cmp("carrier", Op::Ne, Literal::Text("UA".into())),
+            Predicate::Not(Box::new(Predicate::Or(vec![
+                Predicate::In {
+                    column: "month".into(),
+                    values: vec![Literal::Number(1.0), Literal::Number(2.0)],
+                    negated: true,
+                },
+                Predicate::IsNull { column: "tailnum".into(), negated: true },
+            ]))),
+        ]);
+        assert_eq!(spec.predicate, Some(expected));
+        assert_eq!(
+            spec.select,
+            vec![Output { name: "count(*)".into(), kind: OutputKind::CountRows }]
+        );
+        assert!(spec.columns.is_empty());
+    }
+
+    #[test]
+    fn median_min_and_max_share_a_default_histogram() {
+        let spec =
+            plan("SELECT MEDIAN(dep_delay), MIN(dep_delay), SUM(dep_delay) FROM flights").unwrap();
+        assert_eq!(spec.columns.len(), 1);
+        let h = &spec.columns[0].histogram;
+        assert_eq!(h.len(), DEFAULT_BINS + 1);
+        assert_eq!((h[0], h[DEFAULT_BINS]), (-60.0, 1500.0));
+        assert!(h.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(spec.select[0].kind, OutputKind::Quantile("dep_delay".into(), 0.5));
+        assert_eq!(spec.select[0].name, "median(dep_delay)");
+        let e = error("SELECT HISTOGRAM(dep_delay, 0, 1), HISTOGRAM(dep_delay, 0, 2) FROM flights");
+        assert!(e.contains("two different HISTOGRAM edge lists"), "{e}");
+        let e = error("SELECT QUANTILE(dep_delay, 1.5) FROM flights");
+        assert!(e.contains("between 0 and 1"), "{e}");
+    }
+
+    #[test]
+    fn unsupported_sql_says_what_is_and_is_not_supported() {
+        let refused = [
+            (
+                "SELECT COUNT(*) FROM flights JOIN planes ON flights.tailnum = planes.tailnum",
+                "JOIN",
+            ),
+            ("SELECT COUNT(*) FROM flights ORDER BY 1", "ORDER BY"),
+            (
+                "SELECT COUNT(*) FROM flights WHERE month IN (SELECT month FROM flights)",
+                "a subquery",
+            ),
+            ("SELECT COUNT(*) FROM (SELECT * FROM flights)", "a subquery"),
+            ("SELECT COUNT(*) FROM flights; SELECT SUM(month) FROM flights", "several statements"),
+            ("SELECT * FROM flights", "SELECT *"),
+            ("SELECT DISTINCT carrier FROM flights GROUP BY carrier", "DISTINCT"),
+            ("SELECT COUNT(*) FROM flights GROUP BY carrier HAVING COUNT(*) > 3", "HAVING"),
+            ("SELECT COUNT(*) OVER () FROM flights", "window functions"),
+            ("SELECT LOWER(carrier) FROM flights", "the function LOWER"),
+        ];
+        for (sql, what) in refused {
+            let e = error(sql);
+            assert!(e.contains(&format!("not supported: {what}")), "{sql}: {e}");
+            assert!(e.contains("supported: SELECT aggregates"), "{sql}: {e}");
+        }
+    }
+
+    #[test]
+    fn invalid_queries_get_precise_errors() {
+        assert_eq!(
+            error("SELECT SUM(nope) FROM flights"),
+            "dataset \"flights\" has no column \"nope\""
+        );
+        assert_eq!(
+            error("SELECT COUNT(*) FROM trains"),
+            "invalid job specification: no dataset \"trains\"; known: flights"
+        );
+        assert_eq!(
+            error("SELECT SUM(tailnum) FROM flights"),
+            "column \"tailnum\" is a string column, but aggregates other than COUNT(*) need a \
+             numeric column"
+        );
+        assert_eq!(
+            error("SELECT COUNT(*) FROM flights GROUP BY tailnum"),
+            "invalid job specification: GROUP BY tailnum needs a declared value domain in the \
+             catalog"
+        );
+        let e = error("SELECT month, COUNT(*) FROM flights GROUP BY carrier");
+        assert!(e.contains("column month is selected bare but not in GROUP BY"), "{e}");
+        let e = error("SELECT COUNT(*) FROM flights WHERE carrier < 'B'");
+        assert!(e.contains("text can only be compared with = or <>"), "{e}");
+        let e = error("SELECT COUNT(*) FROM flights WHERE month = 'May'");
+        assert!(e.contains("compares it with text"), "{e}");
+        let e = error("SELECT COUNT(*) FROM flights WHERE month = dep_delay");
+        assert!(e.contains("not supported: comparing two columns"), "{e}");
+        let mut no_bounds = catalog();
+        no_bounds.columns[2].bounds = None;
+        let e =
+            plan_sql("SELECT AVG(dep_delay) FROM flights", &[no_bounds], &SqlOptions::default())
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("column dep_delay has no declared bounds"), "{e}");
+        assert!(matches!(plan("SELECT COUNT(* FROM flights"), Err(AnalyticsError::Parse(_))));
+        assert!(matches!(plan("SELEC 1"), Err(AnalyticsError::Parse(m)) if m.contains("SELEC")));
+    }
+
+    /// Runs `spec` over rows `(month, carrier, dep_delay)` in one party and decodes the answer.
+    fn run(spec: &JobSpec, rows: &[(f64, &str, Option<f64>)]) -> Answer {
+        let c = catalog();
+        let schema = DatasetSchema {
+            name: c.name.clone(),
+            columns: c.columns.iter().map(|c| (c.name.clone(), c.ty)).collect(),
+        };
+        let plan = Plan::new(spec, &schema).unwrap();
+        let mut agg = plan.aggregate([0; 32]);
+        for (month, carrier, delay) in rows {
+            let row = [
+                Value::Number(*month),
+                Value::Text(carrier),
+                delay.map_or(Value::Null, Value::Number),
+                Value::Null,
+            ];
+            agg.push_row(&row).unwrap();
+        }
+        plan.answer(&agg.finish(), vec![0], vec![]).unwrap()
+    }
+
+    fn close(v: &Json, x: f64) -> bool {
+        v.as_f64().is_some_and(|v| (v - x).abs() < 1e-9)
+    }
+
+    #[test]
+    fn ungrouped_results_are_one_row() {
+        let spec = plan(
+            "SELECT COUNT(*), COUNT(dep_delay) AS c, SUM(dep_delay) AS s, MIN(dep_delay) AS lo, \
+             MAX(dep_delay) AS hi, QUANTILE(dep_delay, 0.25) AS q1, MEDIAN(dep_delay) AS med \
+             FROM flights WHERE month <= 6",
+        )
+        .unwrap();
+        let rows = [
+            (1.0, "AA", Some(-10.0)),
+            (2.0, "UA", Some(10.0)),
+            (3.0, "AA", Some(20.0)),
+            (6.0, "DL", Some(30.0)),
+            (4.0, "AA", None),
+            (5.0, "UA", Some(2000.0)),
+            (9.0, "AA", Some(5.0)),
+        ];
+        let table = result_table(&spec, &run(&spec, &rows));
+        assert_eq!(table.headers, ["count(*)", "c", "s", "lo", "hi", "q1", "med"]);
+        let r = &table.rows[0];
+        assert_eq!(table.rows.len(), 1);
+        assert_eq!((&r[0], &r[1]), (&json!(6), &json!(5)));
+        assert!(close(&r[2], -10.0 + 10.0 + 20.0 + 30.0 + 1500.0), "{r:?}");
+        // 100 bins of width 15.6 from -60: -10 is in [-13.2, 2.4), 10 in [2.4, 18), 20 and 30
+        // in [18, 33.6), and 2000 above the last edge.
+        assert!(close(&r[3], -13.2), "{r:?}");
+        assert!(close(&r[4], 1500.0), "{r:?}");
+        assert!(close(&r[5], 2.4 + 0.25 * 15.6), "{r:?}");
+        assert!(close(&r[6], 18.0 + 0.25 * 15.6), "{r:?}");
+    }
+
+    #[test]
+    fn grouped_results_have_a_row_per_group() {
+        let options = SqlOptions { k_threshold: Some(2), ..SqlOptions::default() };
+        let spec = plan_sql(
+            "SELECT carrier, COUNT(*) AS n, AVG(dep_delay) AS mean, MIN(dep_delay) AS lo, \
+             MAX(dep_delay) AS hi, MEDIAN(dep_delay) AS med, \
+             HISTOGRAM(dep_delay, -60, 0, 60, 1500) AS h FROM flights GROUP BY carrier",
+            &[catalog()],
+            &options,
+        )
+        .unwrap();
+        let rows = [
+            (1.0, "AA", Some(-10.0)),
+            (1.0, "AA", Some(10.0)),
+            (1.0, "AA", Some(20.0)),
+            (1.0, "AA", Some(30.0)),
+            (1.0, "UA", Some(100.0)),
+            (1.0, "UA", Some(200.0)),
+            (1.0, "DL", Some(5.0)),
+            (1.0, "XX", Some(7.0)),
+        ];
+        let table = result_table(&spec, &run(&spec, &rows));
+        assert_eq!(table.headers, ["carrier", "n", "mean", "lo", "hi", "med", "h", "suppressed"]);
+        // AA's single value below 0 is a suppressed bin: MIN and the median ignore it.
+        let rows: Vec<Json> = table.rows.into_iter().map(Json::Array).collect();
+        let other = crate::plan::OTHER;
+        assert_eq!(
+            rows,
+            [
+                json!(["AA", 4, 12.5, 0.0, 60.0, 30.0, [null, 3, null], false]),
+                json!(["UA", 2, 150.0, 60.0, 1500.0, 780.0, [null, null, 2], false]),
+                json!(["DL", null, null, null, null, null, null, true]),
+                json!([other, null, null, null, null, null, null, true]),
+            ]
+        );
+    }
+}
