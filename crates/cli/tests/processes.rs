@@ -49,7 +49,8 @@ fn add_dataset(party_toml: &Path, csv: &Path) {
     let mut f = std::fs::OpenOptions::new().append(true).open(party_toml).unwrap();
     writeln!(
         f,
-        "\n[[datasets]]\nname = \"cells\"\npath = {:?}\ncolumns = {{ mean_radius = \"float\", target = \"int\" }}",
+        "\n[[datasets]]\nname = \"cells\"\npath = {:?}\ncolumns = {{ mean_radius = \"float\", target = \"int\" }}\n\
+         bounds = {{ mean_radius = [0.0, 50.0] }}\ndomains = {{ target = [\"0\", \"1\"] }}",
         csv.display().to_string()
     )
     .unwrap();
@@ -172,6 +173,32 @@ fn init_serve_submit_and_survive_a_vanishing_party() {
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("entry "),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A SQL query over the two remaining hospitals, printed as a table.
+    let out = veil(&[
+        "query",
+        "SELECT target, COUNT(*) AS n, AVG(mean_radius) FROM cells GROUP BY target",
+        "--config",
+        analyst.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.lines().next().unwrap().contains("target") && table.contains("(other)"),
+        "{table}"
+    );
+    let out = veil(&[
+        "query",
+        "SELECT COUNT(*) FROM cells ORDER BY 1",
+        "--config",
+        analyst.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not supported"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
