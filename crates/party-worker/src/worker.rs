@@ -486,8 +486,14 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                 purpose: &spec.purpose,
                 kind: "column-aggregates",
                 aggregated: spec.columns.iter().map(|c| c.name.as_str()).collect(),
-                filtered: spec.filter.iter().map(|f| f.column.as_str()).collect(),
-                grouped: Vec::new(),
+                // Every column a row is tested on: the simple filter and the SQL WHERE clause.
+                filtered: spec
+                    .filter
+                    .iter()
+                    .map(|f| f.column.as_str())
+                    .chain(spec.predicate.iter().flat_map(|p| p.columns()))
+                    .collect(),
+                grouped: spec.group_by.iter().map(|g| g.column.as_str()).collect(),
                 rho: spec.privacy.as_ref().map(|p| p.rho),
                 k_threshold: spec.k_threshold,
                 today: &today,

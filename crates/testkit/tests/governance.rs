@@ -510,3 +510,40 @@ async fn private_answers_carry_the_declared_noise_and_are_charged() {
     assert!((spent.total - runs as f64).abs() < 1e-9, "each release charged ρ = 1: {spent:?}");
     cluster.shutdown().await;
 }
+
+/// A SQL query cannot reach an identifier or a disallowed column through its WHERE clause or
+/// its GROUP BY, and a query that never ran charges no budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_where_and_group_by_columns_are_checked_too() {
+    let policy = "bounds = { mean_radius = [0.0, 50.0], mean_area = [0.0, 3000.0] }\n\
+                  domains = { target = [\"0\", \"1\"] }\n\
+                  tags = { mean_area = \"identifier\" }\n\
+                  [datasets.policy]\ncolumns = [\"mean_radius\"]\nbudget_total = 5.0\n";
+    let cluster =
+        Cluster::start(ClusterSpec { parties: hospitals(policy), ..ClusterSpec::named(&[]) }).await;
+    let sql = |q: &str| serde_json::json!({ "sql": q, "privacy": { "rho": 0.5 } }).to_string();
+    let (s, _) =
+        cluster.run_job(&sql("SELECT AVG(mean_radius) FROM cells WHERE mean_area > 100")).await;
+    assert_eq!(s.state, "failed");
+    assert!(s.detail.contains("identifier-column"), "{}", s.detail);
+    let (s, _) =
+        cluster.run_job(&sql("SELECT target, AVG(mean_radius) FROM cells GROUP BY target")).await;
+    assert_eq!(s.state, "failed");
+    assert!(
+        s.detail.contains("refused by rule column") && s.detail.contains("target"),
+        "{}",
+        s.detail
+    );
+    // Refused everywhere: nothing ran, nothing was charged.
+    for i in 0..3 {
+        let spent =
+            veil_governance::budget::Ledger::spent(&party_store(&cluster, i), "cells", "analyst")
+                .unwrap();
+        assert_eq!(spent.total, 0.0, "party {i} charged a job that never ran");
+    }
+    let (ok, _) = cluster
+        .run_job(&sql("SELECT COUNT(*), AVG(mean_radius) FROM cells WHERE mean_radius > 10"))
+        .await;
+    assert_eq!(ok.state, "succeeded", "{ok:?}");
+    cluster.shutdown().await;
+}
