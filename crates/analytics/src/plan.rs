@@ -158,8 +158,10 @@ impl PredicatePlan {
                 if v == Value::Null {
                     return false;
                 }
-                let found = values.iter().any(|l| {
-                    ConditionPlan { index: *index, op: Op::Eq, value: l.clone() }.holds(v)
+                let found = values.iter().any(|l| match (v, l) {
+                    (Value::Number(x), Literal::Number(y)) => x == *y,
+                    (Value::Text(x), Literal::Text(y)) => x == y,
+                    _ => false,
                 });
                 found != *negated
             }
@@ -434,6 +436,20 @@ impl Plan {
                             histogram_bin_ci95: 1.96 * unit,
                         }
                     });
+                    // Under a k-threshold, a column counting fewer values, or one whose
+                    // histogram hides a slot (which the count and the other slots would give
+                    // away), releases nothing.
+                    // (Under differential privacy the released values are noisy and
+                    // subtraction recovers nothing, so only the count rule applies.)
+                    let hidden_slot = histogram.as_ref().is_some_and(|h| {
+                        h.below.is_none()
+                            || h.above.is_none()
+                            || h.counts.iter().any(Option::is_none)
+                    });
+                    let hidden = k > 0 && (count < k || (dp.is_none() && hidden_slot));
+                    if hidden {
+                        return ColumnAnswer::suppressed(&c.name);
+                    }
                     ColumnAnswer {
                         name: c.name.clone(),
                         count,
@@ -446,12 +462,21 @@ impl Plan {
                         std_dev: variance.map(f64::sqrt),
                         histogram,
                         noise,
+                        suppressed: false,
                     }
                 })
                 .collect()
         };
+        let suppressed = self.groups.is_empty() && k > 0 && count_at(0) < k;
         let (rows, columns, groups) = if self.groups.is_empty() {
-            (count_at(0), decode(0), Vec::new())
+            let rows = count_at(0);
+            if suppressed {
+                let hidden =
+                    self.columns.iter().map(|c| ColumnAnswer::suppressed(&c.name)).collect();
+                (0, hidden, Vec::new())
+            } else {
+                (rows, decode(0), Vec::new())
+            }
         } else {
             let count = self.len / self.segment;
             let mut groups = Vec::with_capacity(count);
@@ -485,6 +510,7 @@ impl Plan {
             rows,
             columns,
             groups,
+            suppressed,
             contributors,
             dropped,
             fraction_bits: FRACTION_BITS,
@@ -696,6 +722,9 @@ pub struct Answer {
     pub contributors: Vec<u32>,
     /// Parties that took part but dropped out before their input was in.
     pub dropped: Vec<u32>,
+    /// Whether the k-threshold withheld the whole (ungrouped) answer: fewer rows than k.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suppressed: bool,
     /// Values were rounded to multiples of 2^-fraction_bits before summing (exact jobs).
     pub fraction_bits: u32,
     /// For differentially private jobs: the guarantee and the noise calibration. Every number
@@ -761,6 +790,29 @@ pub struct ColumnAnswer {
     /// Confidence intervals of the noise, for differentially private jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise: Option<NoiseReport>,
+    /// Whether the k-threshold suppressed this column (too few values, or a hidden histogram
+    /// slot the rest would reveal): its numbers are zero and mean nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suppressed: bool,
+}
+
+impl ColumnAnswer {
+    fn suppressed(name: &str) -> Self {
+        ColumnAnswer {
+            name: name.to_string(),
+            count: 0,
+            clipped_below: 0,
+            clipped_above: 0,
+            sum: 0.0,
+            sum_of_squares: 0.0,
+            mean: None,
+            variance: None,
+            std_dev: None,
+            histogram: None,
+            noise: None,
+            suppressed: true,
+        }
+    }
 }
 
 /// Counts per bin. A count below the job's `k_threshold` is suppressed (`None`).
@@ -1009,13 +1061,34 @@ mod tests {
     }
 
     #[test]
-    fn bins_below_the_k_threshold_are_suppressed() {
+    fn small_counts_under_the_k_threshold_are_suppressed() {
         let mut s = spec(SPEC);
         s.k_threshold = Some(2);
         let plan = Plan::new(&s, &schema()).unwrap();
         let a = plan.answer(&vector(&plan, &rows()), vec![0], vec![]).unwrap();
-        let h = a.columns[0].histogram.as_ref().unwrap();
-        assert_eq!((h.below, h.counts.clone(), h.above), (None, vec![None, Some(3)], None));
+        // Column a's histogram has slots below k: in an exact answer the count and the other
+        // slots would give them away, so the whole column is withheld. Column n is released.
+        assert!(
+            a.columns[0].suppressed && a.columns[0].histogram.is_none() && a.columns[0].sum == 0.0
+        );
+        assert!(!a.columns[1].suppressed && a.columns[1].count == 4);
+        // Under differential privacy only the slots themselves are withheld.
+        s.privacy = Some(crate::spec::Privacy { rho: 50.0 });
+        s.min_parties = 1;
+        let plan = Plan::new(&s, &schema()).unwrap();
+        let a = plan.answer(&vector(&plan, &rows()), vec![0], vec![]).unwrap();
+        assert!(!a.columns[0].suppressed);
+        assert!(
+            a.columns[0].histogram.as_ref().unwrap().counts.iter().any(Option::is_none)
+                || a.rows >= 2
+        );
+        // An ungrouped answer over fewer rows than k releases nothing.
+        s.privacy = None;
+        s.k_threshold = Some(100);
+        let plan = Plan::new(&s, &schema()).unwrap();
+        let a = plan.answer(&vector(&plan, &rows()), vec![0], vec![]).unwrap();
+        assert_eq!(a.rows, 0);
+        assert!(a.columns.iter().all(|c| c.suppressed));
     }
 
     #[test]

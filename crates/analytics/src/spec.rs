@@ -224,6 +224,15 @@ impl Predicate {
         }
     }
 
+    fn in_values(&self) -> usize {
+        match self {
+            Predicate::And(v) | Predicate::Or(v) => v.iter().map(Predicate::in_values).sum(),
+            Predicate::Not(p) => p.in_values(),
+            Predicate::In { values, .. } => values.len(),
+            _ => 0,
+        }
+    }
+
     fn depth(&self) -> usize {
         match self {
             Predicate::And(v) | Predicate::Or(v) => {
@@ -285,6 +294,10 @@ pub enum OutputKind {
 
 /// Most groups one job may produce.
 pub const MAX_GROUPS: usize = 10_000;
+/// Most elements of a party's vector (32 MiB of `u64`).
+pub const MAX_ELEMENTS: usize = 1 << 22;
+/// Most values in all the IN lists of a query.
+pub const MAX_IN_VALUES: usize = 10_000;
 
 fn default_min_parties() -> u32 {
     2
@@ -381,6 +394,31 @@ impl JobSpec {
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// Elements of every party's vector: per group, its row count and per column count, two
+    /// clipping counters, two three-limb sums and the histogram slots.
+    pub fn vector_len(&self) -> usize {
+        let segment: usize = 1 + self
+            .columns
+            .iter()
+            .map(|c| {
+                3 + 2 * veil_protocol::fixed_point::WIDE_LIMBS
+                    + if c.histogram.is_empty() { 0 } else { c.histogram.len() + 1 }
+            })
+            .sum::<usize>();
+        let groups = self
+            .group_by
+            .iter()
+            .try_fold(1usize, |acc, g| acc.checked_mul(g.values.len() + 1))
+            .unwrap_or(usize::MAX);
+        segment.saturating_mul(groups)
+    }
+
+    /// Elements of a group one row can change: its row count and, per column, its count, one
+    /// clipping counter, its sum, its sum of squares and one histogram slot.
+    pub fn components(&self) -> u32 {
+        1 + self.columns.iter().map(|c| 4 + u32::from(!c.histogram.is_empty())).sum::<u32>()
+    }
+
     /// Checks what can be checked without a schema.
     pub fn check(&self) -> Result<(), AnalyticsError> {
         let bad = |m: String| Err(AnalyticsError::Invalid(m));
@@ -449,6 +487,28 @@ impl JobSpec {
         if self.predicate.as_ref().is_some_and(|p| p.depth() > 64) {
             return bad("the WHERE clause is nested too deeply".into());
         }
+        if self.predicate.as_ref().is_some_and(|p| p.in_values() > MAX_IN_VALUES) {
+            return bad(format!("IN lists may hold at most {MAX_IN_VALUES} values in all"));
+        }
+        // Every party allocates the whole vector: bound it before anything is offered.
+        let elements = self.vector_len();
+        if elements > MAX_ELEMENTS {
+            return bad(format!(
+                "the job needs {elements} elements per party (groups × columns × bins); the limit is {MAX_ELEMENTS}"
+            ));
+        }
+        if let Some(p) = &self.privacy {
+            // The noise each party adds to a sum must be representable exactly.
+            let components = self.components() as f64;
+            let variance = components / (2.0 * p.rho) * (1u64 << 20) as f64
+                / f64::from(self.min_parties.max(1));
+            if variance > veil_protocol::dp::MAX_VARIANCE as f64 {
+                return bad(format!(
+                    "privacy.rho = {} is too small for this job's noise to be sampled exactly",
+                    p.rho
+                ));
+            }
+        }
         for f in &self.filter {
             if let Literal::Number(v) = f.value {
                 if !v.is_finite() {
@@ -492,6 +552,38 @@ mod tests {
         assert_eq!(Job::parse(&j.canonical_json()).unwrap(), j);
         assert!(matches!(Job::parse(EXAMPLE).unwrap(), Job::Columns(_)));
         assert!(Job::parse("kind = \"synthetic\"\ndim = 0").is_err());
+    }
+
+    /// Specifications that would make every party allocate or compute too much, or whose noise
+    /// could not be sampled exactly, are refused before anything is offered.
+    #[test]
+    fn oversized_jobs_and_tiny_rho_are_refused() {
+        let mut s = JobSpec::parse(EXAMPLE).unwrap();
+        let values: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        s.group_by = ["a", "b", "c"]
+            .iter()
+            .map(|c| GroupBy { column: c.to_string(), values: values.clone() })
+            .collect();
+        s.columns = (0..50)
+            .map(|i| ColumnRequest {
+                name: format!("c{i}"),
+                min: 0.0,
+                max: 1.0,
+                histogram: (0..=1000).map(|e| f64::from(e) / 1000.0).collect(),
+            })
+            .collect();
+        let e = s.check().unwrap_err().to_string();
+        assert!(e.contains("elements per party"), "{e}");
+        let mut small = JobSpec::parse(EXAMPLE).unwrap();
+        small.privacy = Some(Privacy { rho: 1e-10 });
+        assert!(small.check().unwrap_err().to_string().contains("too small"));
+        let mut many = JobSpec::parse(EXAMPLE).unwrap();
+        many.predicate = Some(Predicate::In {
+            column: "month".into(),
+            values: (0..20_000).map(|i| Literal::Number(f64::from(i))).collect(),
+            negated: false,
+        });
+        assert!(many.check().unwrap_err().to_string().contains("IN lists"));
     }
 
     #[test]

@@ -672,7 +672,12 @@ pub fn result_table(spec: &JobSpec, answer: &Answer) -> Table {
             .collect()
     } else {
         vec![
-            spec.select.iter().map(|o| cell(&o.kind, Some(answer.rows), &answer.columns)).collect(),
+            spec.select
+                .iter()
+                .map(|o| {
+                    cell(&o.kind, (!answer.suppressed).then_some(answer.rows), &answer.columns)
+                })
+                .collect(),
         ]
     };
     Table { headers, rows }
@@ -684,7 +689,7 @@ fn json_f64(x: f64) -> Json {
 
 /// One output's value from a group's (or the whole answer's) rows and column answers.
 fn cell(kind: &OutputKind, rows: Option<u64>, columns: &[ColumnAnswer]) -> Json {
-    let col = |name: &str| columns.iter().find(|c| c.name == name);
+    let col = |name: &str| columns.iter().find(|c| c.name == name && !c.suppressed);
     let hist = |name: &str| col(name).and_then(|c| c.histogram.as_ref());
     let stat = |name: &str, f: fn(&ColumnAnswer) -> Option<f64>| {
         col(name).and_then(f).map_or(Json::Null, json_f64)
@@ -1063,14 +1068,16 @@ mod tests {
         ];
         let table = result_table(&spec, &run(&spec, &rows));
         assert_eq!(table.headers, ["carrier", "n", "mean", "lo", "hi", "med", "h", "suppressed"]);
-        // AA's single value below 0 is a suppressed bin: MIN and the median ignore it.
+        // AA's single value below 0 and UA's empty bins are slots below k: an exact answer
+        // would give them away through the count and the other slots, so those columns are
+        // withheld while the groups' row counts are released.
         let rows: Vec<Json> = table.rows.into_iter().map(Json::Array).collect();
         let other = crate::plan::OTHER;
         assert_eq!(
             rows,
             [
-                json!(["AA", 4, 12.5, 0.0, 60.0, 30.0, [null, 3, null], false]),
-                json!(["UA", 2, 150.0, 60.0, 1500.0, 780.0, [null, null, 2], false]),
+                json!(["AA", 4, null, null, null, null, null, false]),
+                json!(["UA", 2, null, null, null, null, null, false]),
                 json!(["DL", null, null, null, null, null, null, true]),
                 json!([other, null, null, null, null, null, null, true]),
             ]

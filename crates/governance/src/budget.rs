@@ -60,6 +60,13 @@ pub enum BudgetError {
     /// A charge that is not a finite, non-negative number.
     #[error("invalid charge ρ = {0}")]
     Invalid(f64),
+    /// The job already took part here: running it again would release a second answer for one
+    /// charge.
+    #[error("job {0} already took part and was charged; a rerun needs a new job")]
+    Reused(String),
+    /// The dataset has taken part in as many jobs as its policy allows.
+    #[error("the dataset has taken part in {0} jobs, its maximum")]
+    UsesExhausted(u64),
 }
 
 /// Whether `charge` fits under `caps` given `spent`. The check and the recording of the charge
@@ -96,6 +103,8 @@ pub struct Reservation {
     pub rho: f64,
     /// Caps that apply.
     pub caps: Caps,
+    /// How many jobs the dataset may take part in, if limited.
+    pub max_uses: Option<u64>,
 }
 
 /// Where charges are kept. Implementations make [`Ledger::reserve`] atomic: two concurrent
@@ -103,8 +112,8 @@ pub struct Reservation {
 pub trait Ledger {
     /// The storage error.
     type Error: std::error::Error;
-    /// Checks the caps and records the charge, atomically. Reserving the same job twice
-    /// charges once.
+    /// Checks the caps and the use count and records the charge, atomically. A job that was
+    /// charged before is refused ([`BudgetError::Reused`]).
     fn reserve(&self, r: &Reservation) -> Result<Result<(), BudgetError>, Self::Error>;
     /// What has been spent on `dataset`, by `consumer` and in all.
     fn spent(&self, dataset: &str, consumer: &str) -> Result<Spent, Self::Error>;

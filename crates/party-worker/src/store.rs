@@ -100,7 +100,6 @@ impl PartyStore {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         match reserve_in(&tx, r)? {
-            Reserved::Already => return Ok(Ok(())),
             Reserved::Refused(e) => return Ok(Err(e)),
             Reserved::New => {}
         }
@@ -186,7 +185,7 @@ impl Ledger for PartyStore {
         tx.commit()?;
         Ok(match outcome {
             Reserved::Refused(e) => Err(e),
-            Reserved::New | Reserved::Already => Ok(()),
+            Reserved::New => Ok(()),
         })
     }
 
@@ -197,7 +196,6 @@ impl Ledger for PartyStore {
 
 enum Reserved {
     New,
-    Already,
     Refused(BudgetError),
 }
 
@@ -211,7 +209,17 @@ fn reserve_in(tx: &rusqlite::Transaction<'_>, r: &Reservation) -> Result<Reserve
         )
         .optional()?;
     if already.is_some() {
-        return Ok(Reserved::Already);
+        return Ok(Reserved::Refused(BudgetError::Reused(r.job_id.clone())));
+    }
+    if let Some(max) = r.max_uses {
+        let uses: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM ledger WHERE dataset = ?1",
+            params![r.dataset],
+            |row| row.get(0),
+        )?;
+        if uses as u64 >= max {
+            return Ok(Reserved::Refused(BudgetError::UsesExhausted(max)));
+        }
     }
     let spent = spent_in(tx, &r.dataset, &r.consumer)?;
     if let Err(e) = check(spent, r.rho, r.caps) {
@@ -265,6 +273,7 @@ mod tests {
                         consumer: if i % 4 < 2 { "x".into() } else { "y".into() },
                         rho: 0.3,
                         caps,
+                        max_uses: None,
                     };
                     s.reserve(&r).unwrap().is_ok()
                 })
@@ -276,16 +285,21 @@ mod tests {
         assert!(total <= 1.5 + 1e-9);
         assert!(a.spent("d", "x").unwrap().consumer <= 1.0 + 1e-9);
         assert!(a.spent("d", "y").unwrap().consumer <= 1.0 + 1e-9);
-        // Reserving the same job again charges nothing more.
+        // A job that was charged cannot be charged, and so released, again.
         let again = Reservation {
-            job_id: "job0".into(),
+            job_id: "job-again".into(),
             dataset: "d".into(),
             consumer: "x".into(),
-            rho: 0.3,
+            rho: 0.0,
             caps,
+            max_uses: None,
         };
-        assert!(a.reserve(&again).unwrap().is_ok() || total >= 1.5 - 1e-9);
+        assert!(a.reserve(&again).unwrap().is_ok());
+        assert_eq!(a.reserve(&again).unwrap(), Err(BudgetError::Reused("job-again".into())));
         assert_eq!(a.spent("d", "x").unwrap().total, total);
+        // The use count is checked in the same transaction.
+        let capped = Reservation { job_id: "one-more".into(), max_uses: Some(6), ..again.clone() };
+        assert_eq!(a.reserve(&capped).unwrap(), Err(BudgetError::UsesExhausted(6)));
     }
 
     #[test]

@@ -510,6 +510,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                 consumer: offer.consumer.clone(),
                 rho: request.rho.unwrap_or(0.0),
                 caps: caps(&governance.policy),
+                max_uses: governance.policy.max_uses,
             };
             // A first look at the budget, to refuse early; the binding check is the atomic
             // reservation when the round starts.
@@ -523,10 +524,24 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
             }
             let tx = state.prepared_tx.clone();
             let consumer = offer.consumer;
+            let fingerprint_key = Sha256::new()
+                .chain_update(b"veil/dataset-fingerprint/v1")
+                .chain_update(config.identity_seed.as_ref())
+                .finalize();
             tokio::spawn(async move {
                 let scan = tokio::task::spawn_blocking(move || {
+                    // Keyed with the party's secret, so the fingerprint identifies the file to
+                    // the party (and to anyone it shows the key) without letting others
+                    // confirm a guessed file.
                     let fingerprint = std::fs::read(&dataset.path)
-                        .map(|b| hex::encode(Sha256::digest(&b)))
+                        .map(|b| {
+                            hex::encode(
+                                Sha256::new()
+                                    .chain_update(fingerprint_key)
+                                    .chain_update(&b)
+                                    .finalize(),
+                            )
+                        })
                         .unwrap_or_default();
                     let mut noise_seed = [0u8; 32];
                     rand::rngs::OsRng.fill_bytes(&mut noise_seed);

@@ -33,6 +33,7 @@ fn write_forever(path: &Path) -> ! {
             consumer: "c".into(),
             rho: 0.001,
             caps,
+            max_uses: None,
         };
         s.reserve_and_log(&r, i as i64).unwrap().unwrap();
     }
