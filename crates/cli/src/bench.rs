@@ -361,6 +361,7 @@ async fn query(repeat: usize) -> Result<()> {
     let dataset = DatasetConfig {
         name: "flights".into(),
         path: pooled_path,
+        postgres: None,
         columns: columns
             .iter()
             .map(|(c, t)| {

@@ -62,6 +62,7 @@ fn dataset(name: &str, path: PathBuf) -> DatasetConfig {
     DatasetConfig {
         name: name.into(),
         path,
+        postgres: None,
         columns: COLUMNS
             .iter()
             .map(|(c, t)| {

@@ -60,8 +60,12 @@ fn default_min_cohort() -> u32 {
 pub struct DatasetConfig {
     /// The name jobs use.
     pub name: String,
-    /// The CSV file.
+    /// The CSV file (when the data is not in PostgreSQL).
+    #[serde(default)]
     pub path: PathBuf,
+    /// A PostgreSQL table instead of a file.
+    #[serde(default)]
+    pub postgres: Option<PostgresSource>,
     /// Column name → type; other columns in the file are never read.
     pub columns: BTreeMap<String, ColumnType>,
     /// The dataset's grade (general, important, core).
@@ -116,6 +120,21 @@ impl DatasetConfig {
             columns: self.columns.iter().map(|(c, t)| (c.clone(), *t)).collect(),
         }
     }
+}
+
+/// A PostgreSQL table a party serves. The party connects read-only; the password comes from
+/// the environment, never from the file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSource {
+    /// libpq-style `key=value` connection settings without the password, e.g.
+    /// `host=127.0.0.1 port=5432 user=reader dbname=warehouse`.
+    pub connection: String,
+    /// The table (or `schema.table`).
+    pub table: String,
+    /// The environment variable holding the password, if one is needed.
+    #[serde(default)]
+    pub password_env: Option<String>,
 }
 
 /// A loaded, checked configuration.
@@ -173,7 +192,9 @@ impl PartyFile {
             resolve(p);
         }
         for d in &mut f.datasets {
-            resolve(&mut d.path);
+            if !d.path.as_os_str().is_empty() {
+                resolve(&mut d.path);
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         for d in &f.datasets {
@@ -182,6 +203,50 @@ impl PartyFile {
             }
             if d.columns.is_empty() {
                 return Err(parse_error(path, format!("dataset {:?} declares no columns", d.name)));
+            }
+            match (&d.postgres, d.path.as_os_str().is_empty()) {
+                (Some(_), false) | (None, true) => {
+                    return Err(parse_error(
+                        path,
+                        format!(
+                            "dataset {:?} needs exactly one source: a `path` or a `postgres` table",
+                            d.name
+                        ),
+                    ));
+                }
+                (Some(pg), true) => {
+                    let valid = |s: &str| {
+                        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    };
+                    if !pg.table.split('.').all(valid) || pg.table.split('.').count() > 2 {
+                        return Err(parse_error(
+                            path,
+                            format!(
+                                "dataset {:?}: table {:?} must be name or schema.name",
+                                d.name, pg.table
+                            ),
+                        ));
+                    }
+                    if pg.connection.contains("password") {
+                        return Err(parse_error(
+                            path,
+                            format!(
+                                "dataset {:?}: put the password in the environment (password_env), not the file",
+                                d.name
+                            ),
+                        ));
+                    }
+                    if let Some(c) = d.columns.keys().find(|c| !valid(c)) {
+                        return Err(parse_error(
+                            path,
+                            format!(
+                                "dataset {:?}: column {c:?} must be a plain identifier for PostgreSQL",
+                                d.name
+                            ),
+                        ));
+                    }
+                }
+                (None, false) => {}
             }
             if let Some(c) =
                 d.bounds.keys().chain(d.domains.keys()).find(|c| !d.columns.contains_key(*c))

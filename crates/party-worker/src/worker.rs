@@ -34,7 +34,7 @@ use veil_protocol::{
 use zeroize::Zeroizing;
 
 use crate::config::PartyConfig;
-use crate::data::aggregate_csv;
+use crate::data::{aggregate_csv, aggregate_postgres};
 use crate::store::{PartyStore, caps};
 
 /// Fault injection for tests and drills of dropout handling.
@@ -529,25 +529,37 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                 .chain_update(config.identity_seed.as_ref())
                 .finalize();
             tokio::spawn(async move {
-                let scan = tokio::task::spawn_blocking(move || {
-                    // Keyed with the party's secret, so the fingerprint identifies the file to
-                    // the party (and to anyone it shows the key) without letting others
-                    // confirm a guessed file.
-                    let fingerprint = std::fs::read(&dataset.path)
-                        .map(|b| {
-                            hex::encode(
-                                Sha256::new()
-                                    .chain_update(fingerprint_key)
-                                    .chain_update(&b)
-                                    .finalize(),
-                            )
+                let mut noise_seed = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut noise_seed);
+                let scan = match dataset.postgres.clone() {
+                    Some(source) => Ok(aggregate_postgres(
+                        &dataset,
+                        &source,
+                        &plan,
+                        noise_seed,
+                        &fingerprint_key,
+                    )
+                    .await),
+                    None => {
+                        tokio::task::spawn_blocking(move || {
+                            // Keyed with the party's secret, so the fingerprint identifies the
+                            // file to the party (and to anyone it shows the key) without
+                            // letting others confirm a guessed file.
+                            let fingerprint = std::fs::read(&dataset.path)
+                                .map(|b| {
+                                    hex::encode(
+                                        Sha256::new()
+                                            .chain_update(fingerprint_key)
+                                            .chain_update(&b)
+                                            .finalize(),
+                                    )
+                                })
+                                .unwrap_or_default();
+                            aggregate_csv(&dataset, &plan, noise_seed).map(|v| (v, fingerprint))
                         })
-                        .unwrap_or_default();
-                    let mut noise_seed = [0u8; 32];
-                    rand::rngs::OsRng.fill_bytes(&mut noise_seed);
-                    aggregate_csv(&dataset, &plan, noise_seed).map(|v| (v, fingerprint))
-                })
-                .await;
+                        .await
+                    }
+                };
                 let result = match scan {
                     Ok(Ok((vector, dataset_sha256))) => Ok(Accepted {
                         vector: Zeroizing::new(vector),

@@ -133,10 +133,14 @@ impl Drop for Cluster {
 
 fn dataset_toml(d: &DatasetSpec) -> String {
     let columns: Vec<String> = d.columns.iter().map(|(c, t)| format!("{c} = \"{t}\"")).collect();
+    let path = if d.path.as_os_str().is_empty() {
+        String::new()
+    } else {
+        format!("path = {:?}\n", d.path.display().to_string())
+    };
     format!(
-        "\n[[datasets]]\nname = \"{}\"\npath = {:?}\ncolumns = {{ {} }}\n{}\n",
+        "\n[[datasets]]\nname = \"{}\"\n{path}columns = {{ {} }}\n{}\n",
         d.name,
-        d.path.display().to_string(),
         columns.join(", "),
         d.extra_toml
     )
