@@ -34,7 +34,7 @@ use veil_protocol::{
 use zeroize::Zeroizing;
 
 use crate::config::PartyConfig;
-use crate::data::{aggregate_csv, aggregate_postgres};
+use crate::data::{aggregate_file, aggregate_postgres};
 use crate::store::{PartyStore, caps};
 
 /// Fault injection for tests and drills of dropout handling.
@@ -555,7 +555,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                                     )
                                 })
                                 .unwrap_or_default();
-                            aggregate_csv(&dataset, &plan, noise_seed).map(|v| (v, fingerprint))
+                            aggregate_file(&dataset, &plan, noise_seed).map(|v| (v, fingerprint))
                         })
                         .await
                     }
