@@ -547,3 +547,34 @@ async fn sql_where_and_group_by_columns_are_checked_too() {
     assert_eq!(ok.state, "succeeded", "{ok:?}");
     cluster.shutdown().await;
 }
+
+/// A public-data operator answering alone: the same path with one party, allowed only when
+/// its own policy accepts a cohort of one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_party_release_needs_its_own_consent() {
+    let mut parties = hospitals("bounds = { mean_radius = [0.0, 50.0] }\n");
+    parties.truncate(1);
+    let mut cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let query = serde_json::json!({
+        "sql": "SELECT COUNT(*), AVG(mean_radius) FROM cells",
+        "min_parties": 1,
+        "privacy": { "rho": 2.0 }
+    })
+    .to_string();
+    // Its configuration says its data is combined with at least two parties' (the default).
+    let (refused, _) = cluster.run_job(&query).await;
+    assert_eq!(refused.state, "failed");
+    // Allowing a cohort of one, it answers alone, with the noise it owes the consumer.
+    let path = cluster.layout.party_configs[0].clone();
+    let text = std::fs::read_to_string(&path).unwrap().replace("min_cohort = 2", "min_cohort = 1");
+    std::fs::write(&path, text).unwrap();
+    cluster.kill_party(0);
+    cluster.start_party(0);
+    cluster.wait_connected(1).await;
+    let (status, result) = cluster.run_job(&query).await;
+    assert_eq!(status.state, "succeeded", "{status:?}");
+    let a: veil_analytics::Answer = serde_json::from_str(&result.unwrap().answer_json).unwrap();
+    assert_eq!(a.contributors, vec![0]);
+    assert_eq!(a.privacy.unwrap().parties, 1);
+    cluster.shutdown().await;
+}
