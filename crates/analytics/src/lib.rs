@@ -24,7 +24,8 @@ pub mod spec;
 pub mod sql;
 
 pub use plan::{
-    Answer, ColumnAnswer, DpCalibration, Histogram, Layout, LocalAggregate, NoiseReport, Plan,
+    AggregateSql, Answer, ColumnAnswer, DpCalibration, Histogram, Layout, LocalAggregate,
+    NoiseReport, Plan,
 };
 pub use schema::{ColumnInfo, ColumnType, DatasetCatalog, DatasetSchema, Value};
 pub use spec::{

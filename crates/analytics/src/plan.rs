@@ -519,6 +519,211 @@ impl Plan {
     }
 }
 
+/// One SQL statement that computes a party's exact totals in its database (see
+/// [`Plan::aggregate_sql`]); `$n` placeholders are bound to `params` in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AggregateSql {
+    /// The statement.
+    pub sql: String,
+    /// Values for `$1`, `$2`, …: text for domain values and text comparisons, numbers otherwise.
+    pub params: Vec<Literal>,
+}
+
+fn sql_number(x: f64) -> String {
+    // Rust's shortest round-trip form; PostgreSQL parses it to the same double.
+    format!("{x:?}::float8")
+}
+
+/// SQL for `round(y)` with halves away from zero, exact for every double (as Rust's `round`).
+fn sql_round(y: &str) -> String {
+    format!(
+        "(trunc({y}) + CASE WHEN abs({y} - trunc({y})) >= 0.5 THEN sign({y}) ELSE 0 END)::bigint"
+    )
+}
+
+struct SqlBuilder<'a> {
+    params: Vec<Literal>,
+    name: &'a dyn Fn(usize) -> String,
+}
+
+impl SqlBuilder<'_> {
+    fn param(&mut self, l: &Literal) -> String {
+        self.params.push(l.clone());
+        let cast = if matches!(l, Literal::Number(_)) { "float8" } else { "text" };
+        format!("${}::{cast}", self.params.len())
+    }
+
+    fn column(&self, index: usize, l: &Literal) -> String {
+        let cast = if matches!(l, Literal::Number(_)) { "float8" } else { "text" };
+        format!("({})::{cast}", (self.name)(index))
+    }
+
+    /// A condition with the party's two-valued meaning: a missing value satisfies nothing.
+    fn condition(&mut self, c: &ConditionPlan) -> String {
+        let op = match c.op {
+            Op::Eq => "=",
+            Op::Ne => "<>",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+        };
+        let column = self.column(c.index, &c.value);
+        let value = self.param(&c.value);
+        format!("COALESCE({column} {op} {value}, false)")
+    }
+
+    fn predicate(&mut self, p: &PredicatePlan) -> String {
+        match p {
+            PredicatePlan::And(v) if v.is_empty() => "true".into(),
+            PredicatePlan::Or(v) if v.is_empty() => "false".into(),
+            PredicatePlan::And(v) => {
+                format!(
+                    "({})",
+                    v.iter().map(|x| self.predicate(x)).collect::<Vec<_>>().join(" AND ")
+                )
+            }
+            PredicatePlan::Or(v) => {
+                format!(
+                    "({})",
+                    v.iter().map(|x| self.predicate(x)).collect::<Vec<_>>().join(" OR ")
+                )
+            }
+            PredicatePlan::Not(x) => format!("(NOT {})", self.predicate(x)),
+            PredicatePlan::Compare(c) => self.condition(c),
+            PredicatePlan::In { index, values, negated } => {
+                let Some(first) = values.first() else { return "false".into() };
+                let column = self.column(*index, first);
+                let items: Vec<String> = values.iter().map(|v| self.param(v)).collect();
+                let test = format!("COALESCE({column} IN ({}), false)", items.join(", "));
+                let test = if *negated { format!("NOT {test}") } else { test };
+                format!("({} IS NOT NULL AND {test})", (self.name)(*index))
+            }
+            PredicatePlan::IsNull { index, negated } => {
+                format!("({} IS {}NULL)", (self.name)(*index), if *negated { "NOT " } else { "" })
+            }
+        }
+    }
+}
+
+impl Plan {
+    /// For an exact job, one SQL statement that computes this party's totals in its database:
+    /// the same filter (with the party's meaning of missing values), the same groups, and per
+    /// column the same counts, clipped fixed-point sums (rounded as in [`LocalAggregate`]) and
+    /// histogram slots. `name` gives each schema position's quoted column reference. `None` for
+    /// differentially private jobs, whose stochastic rounding and noise happen in the party.
+    pub fn aggregate_sql(
+        &self,
+        table: &str,
+        name: &dyn Fn(usize) -> String,
+    ) -> Option<AggregateSql> {
+        if self.dp().is_some() {
+            return None;
+        }
+        let mut b = SqlBuilder { params: Vec::new(), name };
+        let mut filters: Vec<String> = self.conditions.iter().map(|c| b.condition(c)).collect();
+        if let Some(p) = &self.predicate {
+            filters.push(b.predicate(p));
+        }
+        // The group index, in mixed radix with the last column fastest.
+        let mut group = "0".to_string();
+        for g in &self.groups {
+            let mut arms = String::new();
+            for (i, v) in g.values.iter().enumerate() {
+                let placeholder = b.param(&Literal::Text(v.clone()));
+                arms += &format!(" WHEN {placeholder} THEN {i}");
+            }
+            let case =
+                format!("(CASE ({})::text{arms} ELSE {} END)", name(g.index), g.values.len());
+            group = format!("({group} * {} + {case})", g.values.len() + 1);
+        }
+        let mut outputs = vec![format!("({group})::text AS g"), "COUNT(*)::text".to_string()];
+        for c in &self.columns {
+            let v = format!(
+                "(CASE WHEN ({0})::float8 <> 'NaN'::float8 THEN ({0})::float8 END)",
+                name(c.index)
+            );
+            let (lo, hi) = (sql_number(c.min), sql_number(c.max));
+            // PostgreSQL's GREATEST and LEAST ignore a NULL argument: keep missing values missing.
+            let clipped = format!(
+                "(CASE WHEN {v} IS NULL THEN NULL ELSE LEAST(GREATEST({v}, {lo}), {hi}) END)"
+            );
+            let count_if = |cond: String| format!("SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)::text");
+            outputs.push(format!("COUNT({v})::text"));
+            outputs.push(count_if(format!("{v} < {lo}")));
+            outputs.push(count_if(format!("{v} > {hi}")));
+            outputs.push(format!(
+                "COALESCE(SUM({}), 0)::text",
+                sql_round(&format!("({clipped} * 1048576.0::float8)"))
+            ));
+            outputs.push(format!(
+                "COALESCE(SUM({}), 0)::text",
+                sql_round(&format!("({clipped} * {clipped} * 1048576.0::float8)"))
+            ));
+            if !c.edges.is_empty() {
+                let e: Vec<String> = c.edges.iter().map(|x| sql_number(*x)).collect();
+                let last = e.len() - 1;
+                outputs.push(count_if(format!("{v} < {}", e[0])));
+                for i in 0..last {
+                    let upper = if i + 1 == last { "<=" } else { "<" };
+                    outputs.push(count_if(format!("{v} >= {} AND {v} {upper} {}", e[i], e[i + 1])));
+                }
+                outputs.push(count_if(format!("{v} > {}", e[last])));
+            }
+        }
+        let filter = if filters.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", filters.join(" AND "))
+        };
+        Some(AggregateSql {
+            sql: format!("SELECT {} FROM {table}{filter} GROUP BY 1", outputs.join(", ")),
+            params: b.params,
+        })
+    }
+
+    /// The vector from the rows of [`Plan::aggregate_sql`]: each row holds the group index and
+    /// then the totals in the statement's order.
+    pub fn vector_from_sql(&self, rows: &[Vec<i128>]) -> Result<Vec<u64>, AnalyticsError> {
+        let groups = self.len / self.segment.max(1);
+        let mut v = vec![0u64; self.len];
+        let mut total_rows: i128 = 0;
+        for row in rows {
+            let bad = || AnalyticsError::Invalid("the database returned a malformed total".into());
+            let g = usize::try_from(*row.first().ok_or_else(bad)?).map_err(|_| bad())?;
+            if g >= groups {
+                return Err(bad());
+            }
+            let base = g * self.segment;
+            let mut at = row[1..].iter();
+            let mut next = || at.next().copied().ok_or_else(bad);
+            let rows_here = next()?;
+            total_rows += rows_here;
+            v[base] = rows_here as u64;
+            for c in &self.columns {
+                let o = base + c.offset;
+                v[o + ColumnPlan::COUNT] = next()? as u64;
+                v[o + ColumnPlan::BELOW] = next()? as u64;
+                v[o + ColumnPlan::ABOVE] = next()? as u64;
+                let (sum, squares) = (next()?, next()?);
+                v[o + ColumnPlan::SUM..o + ColumnPlan::SUM + WIDE_LIMBS]
+                    .copy_from_slice(&encode_wide(sum));
+                v[o + ColumnPlan::SQUARES..o + ColumnPlan::SQUARES + WIDE_LIMBS]
+                    .copy_from_slice(&encode_wide(squares));
+                if !c.edges.is_empty() {
+                    for slot in 0..=c.edges.len() {
+                        v[o + ColumnPlan::HISTOGRAM + slot] = next()? as u64;
+                    }
+                }
+            }
+        }
+        if total_rows > i128::from(MAX_ROWS) {
+            return Err(AnalyticsError::TooManyRows(MAX_ROWS));
+        }
+        Ok(v)
+    }
+}
+
 /// The vector layout of a specification without a schema: what the coordinator needs to turn
 /// the secure sum into the answer. It cannot aggregate rows.
 #[derive(Debug)]

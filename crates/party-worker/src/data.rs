@@ -185,11 +185,14 @@ impl Pushdown {
     }
 }
 
-/// Streams the dataset's PostgreSQL table through `plan`: the projection (only the columns the
-/// plan reads) and the row filter (where its meaning is the same in SQL) are pushed down to the
-/// database as SQL; aggregation, rounding and noise happen in the party, so the vector is the
-/// same as from a file holding the same rows. Returns the vector and a fingerprint of the rows
-/// read, keyed with `fingerprint_key`.
+/// Computes the party's vector from its PostgreSQL table. For an exact job the whole of the
+/// party's part of the query (filter, groups, counts, clipped fixed-point sums rounded exactly
+/// as the party would, histograms) runs in the database as one SQL statement
+/// ([`Plan::aggregate_sql`]). For a differentially private job the projection and the parts of
+/// the filter whose SQL meaning is the same are pushed down and the rows are streamed, because
+/// stochastic rounding and noise must happen in the party. Either way the vector equals the one
+/// from a file holding the same rows. Returns the vector and a fingerprint of what was read,
+/// keyed with `fingerprint_key`.
 pub async fn aggregate_postgres(
     dataset: &DatasetConfig,
     source: &crate::config::PostgresSource,
@@ -217,6 +220,46 @@ pub async fn aggregate_postgres(
     client.batch_execute("SET default_transaction_read_only = on").await.map_err(fail)?;
 
     let schema = dataset.schema();
+    // Exact jobs: the whole of the party's part runs in the database, one row per group.
+    if let Some(query) = plan.aggregate_sql(&quote(&source.table), &|i| quote(&schema.columns[i].0))
+    {
+        let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = query
+            .params
+            .iter()
+            .map(|l| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+                match l {
+                    veil_analytics::Literal::Number(x) => Box::new(*x),
+                    veil_analytics::Literal::Text(t) => Box::new(t.clone()),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let result = client.query(&query.sql, &refs).await.map_err(fail)?;
+        let mut rows = Vec::with_capacity(result.len());
+        let mut hasher = Sha256::new().chain_update(fingerprint_key);
+        for row in &result {
+            let mut totals = Vec::with_capacity(row.len());
+            for k in 0..row.len() {
+                let text: Option<&str> = row.try_get(k).map_err(fail)?;
+                let value = text.unwrap_or("0");
+                hasher.update(value.as_bytes());
+                hasher.update([0xff]);
+                totals.push(value.parse::<i128>().map_err(|_| DataError::Read {
+                    file: place.clone(),
+                    message: format!("the database returned {value:?} for a total"),
+                })?);
+            }
+            rows.push(totals);
+        }
+        driver.abort();
+        let vector = plan
+            .vector_from_sql(&rows)
+            .map_err(|source| DataError::Aggregate { file: place.clone(), source })?;
+        return Ok((vector, hex::encode(hasher.finalize())));
+    }
     let needed = plan.needed_columns();
     let mut pushdown = Pushdown { clause: String::new(), params: Vec::new() };
     let mut parts: Vec<String> = plan.spec().filter.iter().map(|c| pushdown.condition(c)).collect();
