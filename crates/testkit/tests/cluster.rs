@@ -683,3 +683,67 @@ async fn sql_group_by_carrier_equals_the_pooled_rows() {
     }
     cluster.shutdown().await;
 }
+
+/// The same grouped query with differential privacy: over repeated runs, the errors of every
+/// well-populated carrier's released count and sum, each divided by the spread the answer
+/// declares, are centred with unit deviation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_group_by_carrier_with_dp_has_the_declared_noise() {
+    use std::collections::BTreeMap;
+    let domain: Vec<String> = CARRIERS.iter().map(|c| format!("\"{c}\"")).collect();
+    let mut parties = airports();
+    for p in &mut parties {
+        p.datasets[0].extra_toml = format!(
+            "bounds = {{ distance = [0.0, 5000.0] }}\ndomains = {{ carrier = [{}] }}\n",
+            domain.join(", ")
+        );
+    }
+    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let request = serde_json::json!({
+        "sql": "SELECT carrier, COUNT(distance), SUM(distance) FROM flights GROUP BY carrier",
+        "privacy": { "rho": 0.5 },
+    })
+    .to_string();
+    let mut truth: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for airport in ["ewr", "jfk", "lga"] {
+        let mut r = csv::Reader::from_path(data(&format!("flights/{airport}.csv"))).unwrap();
+        let h = r.headers().unwrap().clone();
+        let col = |n: &str| h.iter().position(|x| x == n).unwrap();
+        let (carrier, dist) = (col("carrier"), col("distance"));
+        for rec in r.records() {
+            let rec = rec.unwrap();
+            let t = truth.entry(rec[carrier].to_string()).or_default();
+            t.0 += 1.0;
+            t.1 += rec[dist].parse::<f64>().unwrap().clamp(0.0, 5000.0);
+        }
+    }
+    // Counts are released as non-negative integers: only carriers far from zero are unbiased.
+    truth.retain(|_, (n, _)| *n > 2000.0);
+    assert!(truth.len() >= 10, "the data has many large carriers");
+    let runs = 6;
+    let (mut count_z, mut sum_z) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (status, result) = cluster.run_job(&request).await;
+        assert_eq!(status.state, "succeeded", "{status:?}");
+        let a = answer(&result.unwrap().answer_json);
+        assert_eq!(a.privacy.as_ref().map(|p| p.rho), Some(0.5));
+        for g in &a.groups {
+            let Some(&(n, sum)) = truth.get(&g.key[0]) else { continue };
+            let c = g.columns.iter().find(|c| c.name == "distance").unwrap();
+            let noise = c.noise.as_ref().expect("each released statistic declares its noise");
+            count_z.push((c.count as f64 - n) / (noise.count_ci95 / 1.96));
+            sum_z.push((c.sum - sum) / (noise.sum_ci95 / 1.96));
+        }
+    }
+    for (name, z) in [("count", &count_z), ("sum", &sum_z)] {
+        let m = z.len() as f64;
+        assert_eq!(z.len(), runs * truth.len(), "{name}: every large carrier released each run");
+        let mean = z.iter().sum::<f64>() / m;
+        let sd = (z.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (m - 1.0)).sqrt();
+        // Over at least 60 independent draws the standardised mean lies within ±0.5 and the
+        // deviation within ±35% of one with probability above 0.999.
+        assert!(mean.abs() < 0.5, "{name}: mean standardised error {mean}");
+        assert!((0.65..1.35).contains(&sd), "{name}: standardised deviation {sd}");
+    }
+    cluster.shutdown().await;
+}
