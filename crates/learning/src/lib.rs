@@ -1,0 +1,29 @@
+//! Federated training, with no I/O: models with exact gradients, local training, the
+//! server's strategies, how updates enter the secure sum, and evaluation counts that add up.
+//!
+//! A round: the server's [`model::Model`] goes to the parties; each runs
+//! [`train::train_local`] on its own rows and puts `rows·Δ` and `rows` into the secure sum
+//! ([`strategy::UpdateEncoding`]); the server decodes only the weighted mean and applies it
+//! with its [`strategy::Strategy`]. Evaluation is another sum, of [`eval::EvalCounts`].
+
+pub mod eval;
+pub mod model;
+pub mod strategy;
+pub mod train;
+
+/// What can go wrong in training.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Data or parameters of the wrong shape, or labels a model cannot take.
+    #[error("shape: {0}")]
+    Shape(String),
+    /// Settings out of range.
+    #[error("settings: {0}")]
+    Settings(String),
+    /// Training produced non-finite values.
+    #[error("diverged: {0}")]
+    Diverged(String),
+}
+
+/// Training results.
+pub type Result<T> = std::result::Result<T, Error>;
