@@ -5,9 +5,12 @@
 //! [`train::train_local`] on its own rows and puts `rows·Δ` and `rows` into the secure sum
 //! ([`strategy::UpdateEncoding`]); the server decodes only the weighted mean and applies it
 //! with its [`strategy::Strategy`]. Evaluation is another sum, of [`eval::EvalCounts`].
+//! [`privacy`] holds DP-FedAvg's clipping and distributed noise, the accountant and cohort
+//! sampling.
 
 pub mod eval;
 pub mod model;
+pub mod privacy;
 pub mod strategy;
 pub mod train;
 
@@ -20,6 +23,12 @@ pub enum Error {
     /// Settings out of range.
     #[error("settings: {0}")]
     Settings(String),
+    /// The privacy budget does not pay for another round.
+    #[error("budget: {0}")]
+    Budget(String),
+    /// Too few parties for a round.
+    #[error("cohort: {0}")]
+    Cohort(String),
     /// Training produced non-finite values.
     #[error("diverged: {0}")]
     Diverged(String),

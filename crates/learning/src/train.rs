@@ -260,7 +260,7 @@ pub fn train_local(
 }
 
 /// Fisher–Yates; the index is a multiply-shift of 64 random bits, biased by at most n/2^64.
-fn shuffle(v: &mut [usize], rng: &mut impl RngCore) {
+pub(crate) fn shuffle(v: &mut [usize], rng: &mut impl RngCore) {
     for i in (1..v.len()).rev() {
         let j = ((u128::from(rng.next_u64()) * (i as u128 + 1)) >> 64) as usize;
         v.swap(i, j);
