@@ -12,6 +12,7 @@ mod bench;
 mod client;
 mod demo;
 mod governance;
+mod predict;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -177,6 +178,16 @@ enum Command {
     Audit {
         #[command(subcommand)]
         what: AuditCommand,
+    },
+    /// Score a local CSV file with a model file (format `veil-model/1`); nothing leaves this
+    /// machine. Writes CSV to standard output: the predicted class and its probabilities, or
+    /// the predicted value.
+    Predict {
+        /// The model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Rows with the model's feature columns (by name; other columns are ignored).
+        data: PathBuf,
     },
     /// Measure performance.
     Bench {
@@ -375,6 +386,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Audit { what: AuditCommand::Verify { log, roster, against } } => {
             governance::verify(&log, &roster, against.as_deref())
+        }
+        Command::Predict { model, data } => {
+            predict::predict(&model, &data, &mut std::io::stdout().lock())
         }
         Command::Bench { what } => {
             logging("warn");

@@ -9,6 +9,7 @@
 //! sampling.
 
 pub mod eval;
+pub mod export;
 pub mod model;
 pub mod privacy;
 pub mod strategy;

@@ -1,0 +1,233 @@
+//! The model file: everything needed to score new rows locally, as JSON that states its
+//! shapes, so other tools can read the weights without this crate.
+
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Model, ModelSpec};
+use crate::train::Standardizer;
+use crate::{Error, Result};
+
+/// The format tag of model files this version writes and reads.
+pub const FORMAT: &str = "veil-model/1";
+
+/// Largest model file read: 1 GiB.
+pub const MAX_FILE_BYTES: usize = 1 << 30;
+
+/// One dense layer's shape and where its numbers are in `parameters`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerShape {
+    /// Input width.
+    pub inputs: usize,
+    /// Output width.
+    pub outputs: usize,
+    /// Offset of the weights, `inputs × outputs` row-major (input index major).
+    pub weights_at: usize,
+    /// Offset of the `outputs` biases.
+    pub biases_at: usize,
+    /// `relu` for hidden layers; the last layer's output is the head's input.
+    pub activation: String,
+}
+
+/// How the model came to be.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Dataset name at the parties.
+    pub dataset: String,
+    /// Rounds trained.
+    pub rounds: u32,
+    /// Strategy, as given in the job.
+    pub strategy: String,
+    /// Parties that contributed to the last round.
+    pub parties: u32,
+    /// ε at `delta` spent by differentially private training, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// δ of `epsilon`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<f64>,
+    /// Last federated evaluation (name → value).
+    #[serde(default)]
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// A trained model as written to disk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// [`FORMAT`].
+    pub format: String,
+    /// The model.
+    pub spec: ModelSpec,
+    /// Feature column names, in input order.
+    pub features: Vec<String>,
+    /// The label column's name.
+    pub label: String,
+    /// Standardisation applied to the features before the first layer.
+    pub standardizer: Option<Standardizer>,
+    /// The layers, input side first.
+    pub layers: Vec<LayerShape>,
+    /// All parameters.
+    pub parameters: Vec<f64>,
+    /// How it was trained.
+    pub provenance: Provenance,
+}
+
+impl ModelFile {
+    /// The file for a trained model.
+    pub fn new(
+        model: &Model,
+        features: Vec<String>,
+        label: String,
+        standardizer: Option<Standardizer>,
+        provenance: Provenance,
+    ) -> Result<Self> {
+        if features.len() != model.features {
+            return Err(Error::Shape(format!(
+                "{} feature names for a model of {} features",
+                features.len(),
+                model.features
+            )));
+        }
+        let widths = model.spec.widths(model.features);
+        let mut at = 0;
+        let last = widths.len() - 2;
+        let layers = widths
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| {
+                let layer = LayerShape {
+                    inputs: w[0],
+                    outputs: w[1],
+                    weights_at: at,
+                    biases_at: at + w[0] * w[1],
+                    activation: if i < last { "relu" } else { "none" }.into(),
+                };
+                at += w[0] * w[1] + w[1];
+                layer
+            })
+            .collect();
+        let file = Self {
+            format: FORMAT.into(),
+            spec: model.spec.clone(),
+            features,
+            label,
+            standardizer,
+            layers,
+            parameters: model.parameters.clone(),
+            provenance,
+        };
+        file.model()?;
+        Ok(file)
+    }
+
+    /// Parses and checks a model file.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > MAX_FILE_BYTES {
+            return Err(Error::Shape(format!("a model file over {MAX_FILE_BYTES} bytes")));
+        }
+        let file: Self = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Shape(format!("not a model file: {e}")))?;
+        if file.format != FORMAT {
+            return Err(Error::Shape(format!(
+                "model format {:?}; this version reads {FORMAT:?}",
+                file.format
+            )));
+        }
+        let model = file.model()?;
+        let widths = model.spec.widths(model.features);
+        let consistent = file.layers.len() + 1 == widths.len()
+            && file.layers.iter().zip(widths.windows(2)).all(|(l, w)| {
+                l.inputs == w[0] && l.outputs == w[1] && l.biases_at == l.weights_at + w[0] * w[1]
+            });
+        if !consistent {
+            return Err(Error::Shape("the layer shapes do not match the model".into()));
+        }
+        if let Some(s) = &file.standardizer {
+            let ok = s.mean.len() == file.features.len()
+                && s.scale.len() == file.features.len()
+                && s.mean.iter().chain(&s.scale).all(|v| v.is_finite())
+                && s.scale.iter().all(|v| *v > 0.0);
+            if !ok {
+                return Err(Error::Shape("the standardisation does not fit the features".into()));
+            }
+        }
+        Ok(file)
+    }
+
+    /// The JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a model file serialises")
+    }
+
+    /// The model it holds.
+    pub fn model(&self) -> Result<Model> {
+        Model::from_parameters(self.spec.clone(), self.features.len(), self.parameters.clone())
+    }
+
+    /// Predictions for raw (unstandardised) feature rows, as [`Model::predict`] gives them.
+    pub fn score(&self, mut x: Array2<f64>) -> Result<Array2<f64>> {
+        if let Some(s) = &self.standardizer {
+            s.apply(&mut x)?;
+        }
+        self.model()?.predict(x.view())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    fn file() -> ModelFile {
+        let model = Model::from_parameters(
+            ModelSpec::SoftmaxRegression { classes: 3 },
+            2,
+            vec![1.0, 0.0, -1.0, 0.0, 1.0, 0.0, 0.1, 0.2, 0.3],
+        )
+        .unwrap();
+        let s = Standardizer { mean: vec![1.0, 2.0], scale: vec![2.0, 1.0] };
+        ModelFile::new(
+            &model,
+            vec!["a".into(), "b".into()],
+            "y".into(),
+            Some(s),
+            Provenance::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_scores() {
+        let f = file();
+        let back = ModelFile::from_json(f.to_json().as_bytes()).unwrap();
+        assert_eq!(back, f);
+        assert_eq!(back.layers[0].biases_at, 6);
+        let p = back.score(array![[1.0, 2.0]]).unwrap();
+        // Standardised to zeros: only the biases speak.
+        let e = [0.1f64.exp(), 0.2f64.exp(), 0.3f64.exp()];
+        let total: f64 = e.iter().sum();
+        for (got, want) in p.row(0).iter().zip(e.iter().map(|v| v / total)) {
+            assert!((got - want).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn damaged_files_are_refused() {
+        let good = file().to_json();
+        for (from, to) in [
+            ("veil-model/1", "veil-model/9"),
+            ("\"outputs\": 3", "\"outputs\": 4"),
+            ("0.3", "\"x\""),
+            ("\"scale\": [\n      2.0", "\"scale\": [\n      0.0"),
+        ] {
+            assert!(good.contains(from), "{from}");
+            let bad = good.replacen(from, to, 1);
+            assert!(ModelFile::from_json(bad.as_bytes()).is_err(), "{from} → {to} accepted");
+        }
+        assert!(ModelFile::from_json(b"{").is_err());
+        let mut short = file();
+        short.parameters.pop();
+        assert!(ModelFile::from_json(short.to_json().as_bytes()).is_err());
+    }
+}
