@@ -35,6 +35,13 @@ pub(crate) enum BenchTarget {
         #[arg(long, default_value_t = 5)]
         repeat: usize,
     },
+    /// Federated rounds of a multilayer perceptron on the digits (four parties, in one
+    /// process): local training, then a secure or a plain sum of the updates.
+    Train {
+        /// Rounds per kind; the median is reported.
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+    },
     /// Exact discrete Gaussian samples per second on one core.
     Dp {
         /// Samples per variance.
@@ -63,6 +70,7 @@ pub(crate) async fn run(what: BenchTarget) -> Result<()> {
         }
         BenchTarget::Rounds { parties, dim, repeat } => rounds(parties, dim, repeat).await,
         BenchTarget::Query { repeat } => query(repeat).await,
+        BenchTarget::Train { rounds } => crate::bench_train::train(rounds),
         BenchTarget::Dp { samples } => {
             dp(samples);
             Ok(())

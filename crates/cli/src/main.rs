@@ -9,6 +9,7 @@
 //! - `veil bench secagg`, `veil bench rounds`: performance.
 
 mod bench;
+mod bench_train;
 mod client;
 mod demo;
 mod governance;

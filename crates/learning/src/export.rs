@@ -117,7 +117,7 @@ impl ModelFile {
             parameters: model.parameters.clone(),
             provenance,
         };
-        file.model()?;
+        file.check()?;
         Ok(file)
     }
 
@@ -128,31 +128,53 @@ impl ModelFile {
         }
         let file: Self = serde_json::from_slice(bytes)
             .map_err(|e| Error::Shape(format!("not a model file: {e}")))?;
-        if file.format != FORMAT {
+        file.check()?;
+        Ok(file)
+    }
+
+    /// Everything a reader relies on: the format, the shapes, offsets and activations the
+    /// layers state, finite numbers everywhere (JSON has no NaN).
+    fn check(&self) -> Result<()> {
+        if self.format != FORMAT {
             return Err(Error::Shape(format!(
                 "model format {:?}; this version reads {FORMAT:?}",
-                file.format
+                self.format
             )));
         }
-        let model = file.model()?;
+        let model = self.model()?;
         let widths = model.spec.widths(model.features);
-        let consistent = file.layers.len() + 1 == widths.len()
-            && file.layers.iter().zip(widths.windows(2)).all(|(l, w)| {
-                l.inputs == w[0] && l.outputs == w[1] && l.biases_at == l.weights_at + w[0] * w[1]
+        let mut at = 0usize;
+        let last = widths.len() - 2;
+        let consistent = self.layers.len() + 1 == widths.len()
+            && self.layers.iter().zip(widths.windows(2)).enumerate().all(|(i, (l, w))| {
+                let ok = l.inputs == w[0]
+                    && l.outputs == w[1]
+                    && l.weights_at == at
+                    && l.biases_at == at + w[0] * w[1]
+                    && l.activation == if i < last { "relu" } else { "none" };
+                at += w[0] * w[1] + w[1];
+                ok
             });
         if !consistent {
             return Err(Error::Shape("the layer shapes do not match the model".into()));
         }
-        if let Some(s) = &file.standardizer {
-            let ok = s.mean.len() == file.features.len()
-                && s.scale.len() == file.features.len()
+        if let Some(s) = &self.standardizer {
+            let ok = s.mean.len() == self.features.len()
+                && s.scale.len() == self.features.len()
                 && s.mean.iter().chain(&s.scale).all(|v| v.is_finite())
                 && s.scale.iter().all(|v| *v > 0.0);
             if !ok {
                 return Err(Error::Shape("the standardisation does not fit the features".into()));
             }
         }
-        Ok(file)
+        let p = &self.provenance;
+        if !(p.metrics.iter().all(|(_, v)| v.is_finite())
+            && p.epsilon.is_none_or(f64::is_finite)
+            && p.delta.is_none_or(f64::is_finite))
+        {
+            return Err(Error::Shape("a provenance figure is not finite".into()));
+        }
+        Ok(())
     }
 
     /// The JSON text.
@@ -220,6 +242,8 @@ mod tests {
             ("\"outputs\": 3", "\"outputs\": 4"),
             ("0.3", "\"x\""),
             ("\"scale\": [\n      2.0", "\"scale\": [\n      0.0"),
+            ("\"weights_at\": 0", "\"weights_at\": 18446744073709551615"),
+            ("\"activation\": \"none\"", "\"activation\": \"relu\""),
         ] {
             assert!(good.contains(from), "{from}");
             let bad = good.replacen(from, to, 1);

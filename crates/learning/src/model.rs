@@ -36,6 +36,9 @@ pub enum ModelSpec {
 /// Largest parameter count a model may have: 2^24 (128 MiB of f64).
 pub const MAX_PARAMETERS: usize = 1 << 24;
 
+/// Widest layer a model may have (its activations are kept per row while scoring).
+pub const MAX_WIDTH: usize = 1 << 14;
+
 /// How the output layer turns scores into a loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Head {
@@ -93,6 +96,9 @@ impl ModelSpec {
         let widths = self.widths(features);
         if widths.contains(&0) {
             return Err(Error::Shape("a hidden layer has width 0".into()));
+        }
+        if let Some(w) = widths.iter().find(|w| **w > MAX_WIDTH) {
+            return Err(Error::Shape(format!("a layer of width {w}: at most {MAX_WIDTH}")));
         }
         let mut total = 0usize;
         for w in widths.windows(2) {

@@ -64,19 +64,23 @@ impl DpFedAvg {
         Ok(())
     }
 
-    /// Each party's discrete Gaussian variance, in fixed-point units, rounded up.
-    pub fn party_variance(&self) -> u64 {
+    /// Each party's discrete Gaussian variance, in fixed-point units, rounded up; call after
+    /// [`Self::validate`].
+    fn party_variance(&self) -> u64 {
         let sd = self.noise_multiplier * self.clip * self.scale();
         ((sd * sd / f64::from(self.min_parties)).ceil() as u64).max(1)
     }
 
-    /// zCDP ρ of one round for a model of `parameters` parameters, against a party joining or
-    /// leaving: its rounded contribution has L2 norm at most `clip·2^f + √parameters` (each
-    /// element moves by less than one unit in rounding).
-    pub fn rho_per_round(&self, parameters: usize) -> f64 {
+    /// zCDP ρ of one round for a model of `parameters` parameters, for neighbouring rounds in
+    /// which one party's contribution is replaced by zeros (its noise stays in the sum): the
+    /// rounded contribution has L2 norm at most `clip·2^f + √parameters`, since rounding moves
+    /// each element by less than one unit. Like the analytics' calibration, this leaves out the
+    /// small correction for sums of discrete Gaussians (Kairouz, Liu and Steinke, 2021).
+    pub fn rho_per_round(&self, parameters: usize) -> Result<f64> {
+        self.validate()?;
         let sensitivity = self.clip * self.scale() + (parameters as f64).sqrt();
         let variance = self.party_variance() as f64 * f64::from(self.min_parties);
-        sensitivity * sensitivity / (2.0 * variance)
+        Ok(sensitivity * sensitivity / (2.0 * variance))
     }
 
     fn encoding(&self, max_parties: usize) -> Result<FixedPoint> {
@@ -93,6 +97,9 @@ impl DpFedAvg {
         rng: &mut impl rand_core::RngCore,
     ) -> Result<(Vec<u64>, f64)> {
         self.validate()?;
+        if delta.iter().any(|d| !d.is_finite()) {
+            return Err(Error::Diverged("an update with a non-finite element".into()));
+        }
         let mut clipped = delta.to_vec();
         let norm = clip_l2(&mut clipped, self.clip);
         let mut v = self.encoding(max_parties)?.encode(&clipped, rng);
@@ -105,8 +112,11 @@ impl DpFedAvg {
 
     /// The mean update from the noised sum over `contributors` parties.
     pub fn decode(&self, sum: &[u64], contributors: usize, max_parties: usize) -> Result<Vec<f64>> {
-        if contributors == 0 {
-            return Err(Error::Shape("an update sum over no parties".into()));
+        if contributors < self.min_parties.max(1) as usize {
+            return Err(Error::Cohort(format!(
+                "an update sum over {contributors} parties carries less noise than calibrated for {}",
+                self.min_parties
+            )));
         }
         let v = self
             .encoding(max_parties)?
@@ -230,7 +240,9 @@ mod tests {
         assert!((sd / want - 1.0).abs() < 0.08, "sd {sd} vs {want}");
         let (_, norm) = d.encode(&[3.0, 4.0], 8, &mut rng).unwrap();
         assert_eq!(norm, 5.0);
-        assert!((d.rho_per_round(1) - 1.0 / (2.0 * 0.64)).abs() < 1e-3);
+        assert!((d.rho_per_round(1).unwrap() - 1.0 / (2.0 * 0.64)).abs() < 1e-3);
+        assert!(matches!(d.decode(&sum, 2, 8), Err(Error::Cohort(_))));
+        assert!(DpFedAvg { fractional_bits: 64, ..dp() }.rho_per_round(1).is_err());
         let too_loud = DpFedAvg { noise_multiplier: 1e12, ..dp() };
         assert!(too_loud.encode(&[0.0], 8, &mut rng).is_err());
     }

@@ -78,6 +78,7 @@ impl Strategy {
                     && (0.0..1.0).contains(beta1)
                     && (0.0..1.0).contains(beta2)
                     && *tau > 0.0
+                    && (tau * tau).is_finite()
             }
         };
         if ok { Ok(()) } else { Err(Error::Settings(format!("invalid strategy {self:?}"))) }
@@ -137,7 +138,8 @@ impl Server {
                     *m = beta1 * *m + (1.0 - beta1) * d;
                     let d2 = d * d;
                     *v = if yogi {
-                        *v - (1.0 - beta2) * d2 * (*v - d2).signum()
+                        let sign = if *v == d2 { 0.0 } else { (*v - d2).signum() };
+                        *v - (1.0 - beta2) * d2 * sign
                     } else {
                         beta2 * *v + (1.0 - beta2) * d2
                     };
@@ -181,7 +183,8 @@ impl UpdateEncoding {
         if !(bound.is_finite() && bound > 0.0) || max_rows == 0 {
             return Err(Error::Settings("update bound and row limit must be positive".into()));
         }
-        let range = bound * max_rows as f64;
+        // The row count goes through the same encoding, so the range covers it too.
+        let range = bound.max(1.0) * max_rows as f64;
         let fixed = FixedPoint::new(-range, range, fractional_bits, max_parties)
             .map_err(|e| Error::Settings(e.to_string()))?;
         Ok(Self { fixed, bound, max_rows })

@@ -207,7 +207,7 @@ pub fn train_local(
     let mut rng = ChaCha20Rng::from_seed(seed);
     let mut order: Vec<usize> = (0..data.len()).collect();
     let (mut first, mut second) = (vec![0.0; n], vec![0.0; n]);
-    let mut step = 0i32;
+    let mut step = 0u64;
     let mut last_loss = 0.0;
     for _ in 0..settings.epochs {
         shuffle(&mut order, &mut rng);
@@ -237,7 +237,7 @@ pub fn train_local(
                     }
                 }
                 Optimizer::Adam { beta1, beta2, epsilon } => {
-                    let (c1, c2) = (1.0 - beta1.powi(step), 1.0 - beta2.powi(step));
+                    let (c1, c2) = (1.0 - beta1.powf(step as f64), 1.0 - beta2.powf(step as f64));
                     for (((w, m), v), gi) in
                         model.parameters.iter_mut().zip(&mut first).zip(&mut second).zip(&g)
                     {

@@ -279,7 +279,7 @@ fn dp_fedavg_stops_at_its_budget_and_still_learns() {
     let mut rng = ChaCha20Rng::seed_from_u64(6);
     let model = Model::new(ModelSpec::LogisticRegression, train[0].x.ncols(), &mut rng).unwrap();
     let parameters = model.parameters.len();
-    let mut accountant = Accountant::new(dp.rho_per_round(parameters), 6.0, 1e-6).unwrap();
+    let mut accountant = Accountant::new(dp.rho_per_round(parameters).unwrap(), 6.0, 1e-6).unwrap();
     let planned = accountant.remaining_rounds();
     assert!(planned >= 5, "the budget pays for {planned} rounds");
     let mut server = Server::new(model, Strategy::FedAvg).unwrap();
