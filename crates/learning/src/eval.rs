@@ -7,8 +7,18 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Head, Model, check_labels, classes_of};
 use crate::{Error, Result};
 
-/// Score bins for the AUC of a binary classifier.
+/// Score bins for the AUC of a binary classifier, uniform in log-odds over
+/// [−`AUC_LOGIT_RANGE`, `AUC_LOGIT_RANGE`], so confident scores near 0 or 1 stay apart.
 pub const AUC_BINS: usize = 200;
+
+/// Half-width of the log-odds range the AUC bins cover; scores beyond share the end bins.
+pub const AUC_LOGIT_RANGE: f64 = 10.0;
+
+fn auc_bin(p: f64) -> usize {
+    let logit = (p / (1.0 - p)).ln();
+    let t = ((logit + AUC_LOGIT_RANGE) / (2.0 * AUC_LOGIT_RANGE)).clamp(0.0, 1.0);
+    ((t * AUC_BINS as f64) as usize).min(AUC_BINS - 1)
+}
 
 /// Additive evaluation counts of one party or of all.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -56,7 +66,7 @@ impl EvalCounts {
             counts.positives = vec![0.0; AUC_BINS];
             counts.negatives = vec![0.0; AUC_BINS];
             for (p, t) in predictions.column(0).iter().zip(y) {
-                let bin = ((p * AUC_BINS as f64) as usize).min(AUC_BINS - 1);
+                let bin = auc_bin(*p);
                 if *t == 1.0 {
                     counts.positives[bin] += 1.0;
                 } else {
@@ -156,5 +166,10 @@ mod tests {
         assert_eq!(a.auc, Some(1.0));
         assert_eq!(a.accuracy, Some(0.8));
         assert!(EvalCounts::from_vector(&[1.0], true).is_err());
+        // Bins keep the scores' order, also where probabilities saturate.
+        let ps = [0.0, 1e-12, 1e-6, 0.01, 0.5, 0.99, 1.0 - 1e-6, 1.0];
+        assert!(ps.windows(2).all(|w| auc_bin(w[0]) <= auc_bin(w[1])));
+        assert!(auc_bin(1e-4) < auc_bin(1e-3) && auc_bin(1.0 - 1e-3) < auc_bin(1.0 - 1e-4));
+        assert_eq!((auc_bin(0.0), auc_bin(1.0)), (0, AUC_BINS - 1));
     }
 }
