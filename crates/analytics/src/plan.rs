@@ -9,7 +9,7 @@ use veil_protocol::{decode_wide, encode_wide};
 
 use crate::AnalyticsError;
 use crate::schema::{ColumnType, DatasetSchema, Value};
-use crate::spec::{Condition, JobSpec, Literal, Op, Predicate};
+use crate::spec::{ColumnRequest, Condition, JobSpec, Literal, Op, Predicate};
 
 /// Fractional bits of the fixed-point encoding of values and squares.
 pub const FRACTION_BITS: u32 = 20;
@@ -61,6 +61,17 @@ struct ColumnPlan {
 }
 
 impl ColumnPlan {
+    fn new(c: &ColumnRequest, index: usize, offset: usize) -> Self {
+        Self {
+            name: c.name.clone(),
+            index,
+            min: c.min,
+            max: c.max,
+            edges: c.histogram.clone(),
+            offset,
+        }
+    }
+
     // Block layout: count, below, above, sum (3 limbs), sum of squares (3 limbs), then
     // histogram bins: under the first edge, one per bin, over the last edge.
     const COUNT: usize = 0;
@@ -249,14 +260,7 @@ impl Plan {
                     needed: "only numeric columns can be aggregated",
                 });
             }
-            let plan = ColumnPlan {
-                name: c.name.clone(),
-                index,
-                min: c.min,
-                max: c.max,
-                edges: c.histogram.clone(),
-                offset,
-            };
+            let plan = ColumnPlan::new(c, index, offset);
             offset += plan.len();
             columns.push(plan);
         }
@@ -560,14 +564,7 @@ impl SqlBuilder<'_> {
 
     /// A condition with the party's two-valued meaning: a missing value satisfies nothing.
     fn condition(&mut self, c: &ConditionPlan) -> String {
-        let op = match c.op {
-            Op::Eq => "=",
-            Op::Ne => "<>",
-            Op::Lt => "<",
-            Op::Le => "<=",
-            Op::Gt => ">",
-            Op::Ge => ">=",
-        };
+        let op = c.op.sql();
         let column = self.column(c.index, &c.value);
         let value = self.param(&c.value);
         format!("COALESCE({column} {op} {value}, false)")
@@ -736,14 +733,7 @@ impl Layout {
         let mut columns = Vec::with_capacity(spec.columns.len());
         let mut offset = 1;
         for c in &spec.columns {
-            let plan = ColumnPlan {
-                name: c.name.clone(),
-                index: usize::MAX,
-                min: c.min,
-                max: c.max,
-                edges: c.histogram.clone(),
-                offset,
-            };
+            let plan = ColumnPlan::new(c, usize::MAX, offset);
             offset += plan.len();
             columns.push(plan);
         }

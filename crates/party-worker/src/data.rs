@@ -146,18 +146,9 @@ impl Pushdown {
         format!("{}::{cast}", quote(c))
     }
 
-    /// SQL for a condition whose SQL meaning equals the party's (a missing value satisfies
-    /// nothing), or `None` to leave it to local evaluation.
+    /// SQL for a condition with the party's meaning (a missing value satisfies nothing).
     fn condition(&mut self, c: &veil_analytics::Condition) -> String {
-        use veil_analytics::Op;
-        let op = match c.op {
-            Op::Eq => "=",
-            Op::Ne => "<>",
-            Op::Lt => "<",
-            Op::Le => "<=",
-            Op::Gt => ">",
-            Op::Ge => ">=",
-        };
+        let op = c.op.sql();
         let column = Self::column(&c.column, &c.value);
         let value = self.literal(&c.value);
         format!("{column} {op} {value}")

@@ -315,6 +315,13 @@ fn audit(config: &PartyConfig, state: &State, event: Event) {
     }
 }
 
+/// Leaves a job at round start, logging the refusal with the rule that caused it.
+fn leave(config: &PartyConfig, state: &State, job_id: String, rule: Rule, message: String) {
+    tracing::warn!(party = %config.id, job = %job_id, %message, "leaving the job");
+    let event = Event::JobRefused { job_id, party: config.id.0, rule: rule.name().into(), message };
+    audit(config, state, event);
+}
+
 /// Turns a finished preparation into the signed reply, recording the decision.
 fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskReply {
     let Prepared { job_id, job_hash, result } = prepared;
@@ -628,17 +635,7 @@ async fn start_round(
             "refused by rule cohort: the round has {} parties; this party's data is combined with at least {minimum}",
             start.parties.len()
         );
-        tracing::warn!(party = %config.id, job = %job_id, %message, "leaving the job");
-        audit(
-            config,
-            state,
-            Event::JobRefused {
-                job_id,
-                party: config.id.0,
-                rule: Rule::Cohort.name().into(),
-                message,
-            },
-        );
+        leave(config, state, job_id, Rule::Cohort, message);
         return Ok(false);
     }
     let round = RoundConfig {
@@ -664,18 +661,7 @@ async fn start_round(
         match state.store.reserve_and_log(charge, now_ms()) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                let message = format!("refused by rule budget: {e}");
-                tracing::warn!(party = %config.id, job = %job_id, %message, "leaving the job");
-                audit(
-                    config,
-                    state,
-                    Event::JobRefused {
-                        job_id,
-                        party: config.id.0,
-                        rule: Rule::Budget.name().into(),
-                        message,
-                    },
-                );
+                leave(config, state, job_id, Rule::Budget, format!("refused by rule budget: {e}"));
                 return Ok(false);
             }
             Err(e) => {

@@ -577,20 +577,24 @@ const CARRIERS: [&str; 16] = [
     "9E", "AA", "AS", "B6", "DL", "EV", "F9", "FL", "HA", "MQ", "OO", "UA", "US", "VX", "WN", "YV",
 ];
 
+/// The three airports with the carriers' domain declared and the given bounds.
+async fn carriers(bounds: &str) -> Cluster {
+    let domain: Vec<String> = CARRIERS.iter().map(|c| format!("\"{c}\"")).collect();
+    let mut parties = airports();
+    for p in &mut parties {
+        p.datasets[0].extra_toml =
+            format!("{bounds}\ndomains = {{ carrier = [{}] }}\n", domain.join(", "));
+    }
+    Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await
+}
+
 /// A SQL query grouped by carrier over the three airports equals the same statistics over the
 /// pooled rows: counts, sums and histograms exactly, means to fixed-point precision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_group_by_carrier_equals_the_pooled_rows() {
     use std::collections::BTreeMap;
-    let domain: Vec<String> = CARRIERS.iter().map(|c| format!("\"{c}\"")).collect();
-    let mut parties = airports();
-    for p in &mut parties {
-        p.datasets[0].extra_toml = format!(
-            "bounds = {{ dep_delay = [-100.0, 1500.0], distance = [0.0, 5000.0] }}\ndomains = {{ carrier = [{}] }}\n",
-            domain.join(", ")
-        );
-    }
-    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let cluster =
+        carriers("bounds = { dep_delay = [-100.0, 1500.0], distance = [0.0, 5000.0] }").await;
     let sql = "SELECT carrier, COUNT(*) AS flights, AVG(dep_delay), SUM(distance), \
                HISTOGRAM(dep_delay, -100, 0, 15, 60, 180, 1500) FROM flights \
                WHERE month <= 6 AND NOT carrier IN ('HA') GROUP BY carrier";
@@ -690,15 +694,7 @@ async fn sql_group_by_carrier_equals_the_pooled_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_group_by_carrier_with_dp_has_the_declared_noise() {
     use std::collections::BTreeMap;
-    let domain: Vec<String> = CARRIERS.iter().map(|c| format!("\"{c}\"")).collect();
-    let mut parties = airports();
-    for p in &mut parties {
-        p.datasets[0].extra_toml = format!(
-            "bounds = {{ distance = [0.0, 5000.0] }}\ndomains = {{ carrier = [{}] }}\n",
-            domain.join(", ")
-        );
-    }
-    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let cluster = carriers("bounds = { distance = [0.0, 5000.0] }").await;
     let request = serde_json::json!({
         "sql": "SELECT carrier, COUNT(distance), SUM(distance) FROM flights GROUP BY carrier",
         "privacy": { "rho": 0.5 },
