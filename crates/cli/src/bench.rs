@@ -24,7 +24,7 @@ pub(crate) enum BenchTarget {
         #[arg(long, default_value_t = 0.0)]
         dropout: f64,
         /// Repetitions per configuration; the fastest is reported.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one())]
         repeat: usize,
     },
     /// A SQL query over the three flight airports (336,776 rows) grouped by carrier with five
@@ -32,20 +32,20 @@ pub(crate) enum BenchTarget {
     /// engine over the pooled file.
     Query {
         /// Repetitions; the median is reported.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = at_least_one())]
         repeat: usize,
     },
     /// Federated rounds of a multilayer perceptron on the digits (four parties, in one
     /// process): local training, then a secure or a plain sum of the updates.
     Train {
         /// Rounds per kind; the median is reported.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
     },
     /// Exact discrete Gaussian samples per second on one core.
     Dp {
         /// Samples per variance.
-        #[arg(long, default_value_t = 2_000_000)]
+        #[arg(long, default_value_t = 2_000_000, value_parser = at_least_one())]
         samples: usize,
     },
     /// Whole jobs over loopback gRPC with mutual TLS: an in-process coordinator and one party
@@ -58,9 +58,14 @@ pub(crate) enum BenchTarget {
         #[arg(long, default_value_t = 100_000)]
         dim: u32,
         /// Rounds of each kind; the median and the fastest are reported.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = at_least_one())]
         repeat: usize,
     },
+}
+
+/// Counts of repetitions and samples start at one: a rate or median of nothing is no figure.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 pub(crate) async fn run(what: BenchTarget) -> Result<()> {
