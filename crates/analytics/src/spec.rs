@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use veil_learning::job::TrainSpec;
+
 use crate::AnalyticsError;
 
 /// Most columns one job may ask about.
@@ -25,6 +27,8 @@ pub enum Job {
     /// A SQL query, planned by the coordinator into column aggregates against the catalog the
     /// parties announce.
     Sql(SqlRequest),
+    /// Federated training.
+    Train(Box<TrainSpec>),
 }
 
 /// A SQL query as submitted (`sql = "SELECT …"`), with the job options.
@@ -65,51 +69,45 @@ pub struct SyntheticSpec {
 }
 
 impl Job {
-    /// Parses TOML (or JSON starting with `{`); `kind = "synthetic"` selects a synthetic job,
-    /// anything else is a column-aggregate specification.
+    /// Parses TOML (or JSON starting with `{`): `kind = "synthetic"` selects a synthetic job,
+    /// `kind = "train"` a training job, a `sql` key a SQL query, anything else a
+    /// column-aggregate specification.
     pub fn parse(text: &str) -> Result<Self, AnalyticsError> {
-        let synthetic = if text.trim_start().starts_with('{') {
-            serde_json::from_str::<serde_json::Value>(text)
-                .ok()
-                .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(|k| k == "synthetic")))
+        let json = text.trim_start().starts_with('{');
+        let value: serde_json::Value = if json {
+            serde_json::from_str(text).map_err(|e| AnalyticsError::Parse(e.to_string()))?
         } else {
-            toml::from_str::<toml::Table>(text)
-                .ok()
-                .and_then(|t| t.get("kind").and_then(|k| k.as_str().map(|k| k == "synthetic")))
+            let table: toml::Table =
+                toml::from_str(text).map_err(|e| AnalyticsError::Parse(e.to_string()))?;
+            serde_json::to_value(table).map_err(|e| AnalyticsError::Parse(e.to_string()))?
         };
-        let is_sql = if text.trim_start().starts_with('{') {
-            serde_json::from_str::<serde_json::Value>(text)
-                .ok()
-                .is_some_and(|v| v.get("sql").is_some())
-        } else {
-            toml::from_str::<toml::Table>(text).ok().is_some_and(|t| t.contains_key("sql"))
-        };
-        if is_sql {
-            let request: SqlRequest = if text.trim_start().starts_with('{') {
-                serde_json::from_str(text).map_err(|e| AnalyticsError::Parse(e.to_string()))?
-            } else {
-                toml::from_str(text).map_err(|e| AnalyticsError::Parse(e.to_string()))?
-            };
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+        let typed = |e: serde_json::Error| AnalyticsError::Parse(e.to_string());
+        if value.get("sql").is_some() {
+            let request: SqlRequest = serde_json::from_value(value).map_err(typed)?;
             if request.sql.len() > 64 * 1024 {
                 return Err(AnalyticsError::Invalid("the query is longer than 64 KiB".into()));
             }
             return Ok(Job::Sql(request));
         }
-        if synthetic == Some(true) {
-            let spec: SyntheticSpec = if text.trim_start().starts_with('{') {
-                serde_json::from_str(text).map_err(|e| AnalyticsError::Parse(e.to_string()))?
-            } else {
-                toml::from_str(text).map_err(|e| AnalyticsError::Parse(e.to_string()))?
-            };
-            if spec.dim == 0 || spec.dim as usize > veil_protocol::params::MAX_VECTOR_LEN {
-                return Err(AnalyticsError::Invalid("dim must be between 1 and 2^25".into()));
+        match kind.as_str() {
+            "synthetic" => {
+                let spec: SyntheticSpec = serde_json::from_value(value).map_err(typed)?;
+                if spec.dim == 0 || spec.dim as usize > veil_protocol::params::MAX_VECTOR_LEN {
+                    return Err(AnalyticsError::Invalid("dim must be between 1 and 2^25".into()));
+                }
+                if spec.min_parties == 0 {
+                    return Err(AnalyticsError::Invalid("min_parties must be at least 1".into()));
+                }
+                Ok(Job::Synthetic(spec))
             }
-            if spec.min_parties == 0 {
-                return Err(AnalyticsError::Invalid("min_parties must be at least 1".into()));
+            veil_learning::job::KIND => {
+                let spec: TrainSpec = serde_json::from_value(value).map_err(typed)?;
+                spec.validate().map_err(|e| AnalyticsError::Invalid(e.to_string()))?;
+                Ok(Job::Train(Box::new(spec)))
             }
-            return Ok(Job::Synthetic(spec));
+            _ => JobSpec::parse(text).map(Job::Columns),
         }
-        JobSpec::parse(text).map(Job::Columns)
     }
 
     /// The canonical JSON form.
@@ -118,6 +116,7 @@ impl Job {
             Job::Columns(s) => s.canonical_json(),
             Job::Synthetic(s) => serde_json::to_string(s).expect("synthetic specs serialise"),
             Job::Sql(s) => serde_json::to_string(s).expect("SQL requests serialise"),
+            Job::Train(s) => serde_json::to_string(s).expect("training specs serialise"),
         }
     }
 
@@ -133,6 +132,7 @@ impl Job {
             Job::Columns(s) => &s.dataset,
             Job::Synthetic(_) => "synthetic",
             Job::Sql(_) => "",
+            Job::Train(s) => &s.dataset,
         }
     }
 
@@ -142,6 +142,7 @@ impl Job {
             Job::Columns(s) => s.min_parties,
             Job::Synthetic(s) => s.min_parties,
             Job::Sql(s) => s.min_parties,
+            Job::Train(s) => s.min_parties,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The consumer and administrator commands: submit, jobs, result, cancel, parties.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -53,6 +53,7 @@ pub(crate) async fn submit(
     spec_path: &Path,
     json: bool,
     detach: bool,
+    exports: &Exports,
     plaintext: bool,
 ) -> Result<()> {
     let spec = std::fs::read_to_string(spec_path)
@@ -87,7 +88,49 @@ pub(crate) async fn submit(
         .await
         .map_err(status_error)?
         .into_inner();
+    exports.write(&result)?;
     print_result(&result, json)
+}
+
+/// Where to write a training job's model.
+pub(crate) struct Exports {
+    /// The model file (JSON).
+    pub(crate) model: Option<PathBuf>,
+    /// The weights as safetensors.
+    pub(crate) safetensors: Option<PathBuf>,
+}
+
+impl Exports {
+    /// Writes the requested files from a training job's result; an error for other jobs.
+    fn write(&self, result: &JobResult) -> Result<()> {
+        if self.model.is_none() && self.safetensors.is_none() {
+            return Ok(());
+        }
+        let answer: serde_json::Value =
+            serde_json::from_str(&result.answer_json).context("the result is not JSON")?;
+        let Some(model) = answer.get("model") else {
+            bail!("job {} is not a training job: it has no model to write", result.job_id);
+        };
+        let file = veil_learning::export::ModelFile::from_json(model.to_string().as_bytes())
+            .context("the job's model")?;
+        if let Some(path) = &self.model {
+            write_atomically(path, file.to_json().as_bytes())?;
+            eprintln!("model written to {}", path.display());
+        }
+        if let Some(path) = &self.safetensors {
+            write_atomically(path, &file.to_safetensors())?;
+            eprintln!("weights written to {}", path.display());
+        }
+        Ok(())
+    }
+}
+
+/// Writes through a temporary file in the same directory and a rename, so a reader never
+/// sees half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Watches a job to its end, printing each change unless quiet.
@@ -113,11 +156,57 @@ pub(crate) fn print_result(result: &JobResult, json: bool) -> Result<()> {
         println!("{}", result.answer_json);
         return Ok(());
     }
+    if let Ok(answer) = serde_json::from_str::<serde_json::Value>(&result.answer_json) {
+        if answer.get("kind").and_then(|k| k.as_str()) == Some("train") {
+            print_training(&answer);
+            return Ok(());
+        }
+    }
     match serde_json::from_str::<Answer>(&result.answer_json) {
         Ok(a) => print_answer(&a),
         Err(_) => println!("{}", result.answer_json),
     }
     Ok(())
+}
+
+/// A readable summary of a training job's result.
+fn print_training(answer: &serde_json::Value) {
+    let model = &answer["model"];
+    let rounds = answer["rounds"].as_array().map_or(0, Vec::len);
+    println!(
+        "model {} on {} features of dataset {:?}, label {:?}: {rounds} rounds",
+        model["spec"]["kind"].as_str().unwrap_or("?"),
+        model["features"].as_array().map_or(0, Vec::len),
+        model["provenance"]["dataset"].as_str().unwrap_or("?"),
+        model["label"].as_str().unwrap_or("?"),
+    );
+    let metric = |m: &serde_json::Value| {
+        let mut line = format!("loss {:.4}", m["loss"].as_f64().unwrap_or(f64::NAN));
+        if let Some(a) = m["accuracy"].as_f64() {
+            line += &format!(", accuracy {a:.4}");
+        }
+        if let Some(a) = m["auc"].as_f64() {
+            line += &format!(", AUC {a:.4}");
+        }
+        line
+    };
+    if let Some(f) = answer.get("final").filter(|f| !f.is_null()) {
+        println!(
+            "held-out evaluation of the final model over {} rows: {}",
+            f["rows"].as_u64().unwrap_or(0),
+            metric(f)
+        );
+    }
+    if let Some(e) = answer["epsilon"].as_f64() {
+        println!(
+            "differential privacy: ε = {e:.3} at δ = {}",
+            answer["delta"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    if let Some(s) = answer["stopped_early"].as_str() {
+        println!("{s}");
+    }
+    println!("write the model with `veil result <id> --model model.json` (or --safetensors)");
 }
 
 /// A readable table of a column-aggregate answer.
@@ -205,13 +294,20 @@ pub(crate) async fn jobs(config: &Path, json: bool, plaintext: bool) -> Result<(
     Ok(())
 }
 
-pub(crate) async fn result(config: &Path, job_id: &str, json: bool, plaintext: bool) -> Result<()> {
+pub(crate) async fn result(
+    config: &Path,
+    job_id: &str,
+    json: bool,
+    exports: &Exports,
+    plaintext: bool,
+) -> Result<()> {
     let mut jobs = JobsClient::new(channel(config, plaintext).await?);
     let r = jobs
         .result(JobRef { job_id: job_id.to_string() })
         .await
         .map_err(status_error)?
         .into_inner();
+    exports.write(&r)?;
     print_result(&r, json)
 }
 

@@ -91,6 +91,12 @@ enum Command {
         /// Return as soon as the job is accepted.
         #[arg(long)]
         detach: bool,
+        /// Training jobs: write the model file (JSON) here.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Training jobs: write the weights in the safetensors format here.
+        #[arg(long)]
+        safetensors: Option<PathBuf>,
         /// Connect without TLS.
         #[arg(long)]
         dangerous_plaintext: bool,
@@ -135,6 +141,12 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Training jobs: write the model file (JSON) here.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Training jobs: write the weights in the safetensors format here.
+        #[arg(long)]
+        safetensors: Option<PathBuf>,
         #[arg(long)]
         dangerous_plaintext: bool,
     },
@@ -330,9 +342,10 @@ async fn run(cli: Cli) -> Result<()> {
             veil_party_worker::run(config, options, ctrl_c()).await?;
             Ok(())
         }
-        Command::Submit { spec, config, json, detach, dangerous_plaintext } => {
+        Command::Submit { spec, config, json, detach, model, safetensors, dangerous_plaintext } => {
             logging("warn");
-            client::submit(&config, &spec, json, detach, dangerous_plaintext).await
+            let exports = client::Exports { model, safetensors };
+            client::submit(&config, &spec, json, detach, &exports, dangerous_plaintext).await
         }
         Command::Query {
             sql,
@@ -361,9 +374,10 @@ async fn run(cli: Cli) -> Result<()> {
             logging("warn");
             client::jobs(&config, json, dangerous_plaintext).await
         }
-        Command::Result { id, config, json, dangerous_plaintext } => {
+        Command::Result { id, config, json, model, safetensors, dangerous_plaintext } => {
             logging("warn");
-            client::result(&config, &id, json, dangerous_plaintext).await
+            let exports = client::Exports { model, safetensors };
+            client::result(&config, &id, json, &exports, dangerous_plaintext).await
         }
         Command::Cancel { id, config, dangerous_plaintext } => {
             logging("warn");

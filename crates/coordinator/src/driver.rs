@@ -10,6 +10,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::Status;
 use veil_analytics::{Job, Layout};
+use veil_learning::job::{Step, TrainSpec, Training};
+use veil_learning::train::Standardizer;
 use veil_proto::v1::{
     CoordinatorEnvelope, RoundPayload, RoundStart, TaskEnd, TaskOffer, coordinator_envelope::Body,
 };
@@ -34,13 +36,13 @@ enum End {
 const ALL_PAIRS_UP_TO: usize = 16;
 
 /// Starts the job's task.
-pub(crate) fn start(shared: Arc<Shared>, record: JobRecord, job: Job) {
+pub(crate) fn start(shared: Arc<Shared>, record: JobRecord, job: Job, resume: Option<Training>) {
     let (tx, rx) = mpsc::unbounded_channel();
     lock(&shared.jobs).insert(record.id.clone(), tx);
     tokio::spawn(async move {
         let mut record = record;
         let mut offered = Vec::new();
-        let outcome = run(&shared, &mut record, &job, rx, &mut offered).await;
+        let outcome = run(&shared, &mut record, &job, rx, &mut offered, resume).await;
         lock(&shared.jobs).remove(&record.id);
         let mut receipt_json = String::new();
         let (succeeded, reason) = match &outcome {
@@ -114,15 +116,27 @@ async fn run(
     job: &Job,
     mut inbox: mpsc::UnboundedReceiver<JobInput>,
     offered: &mut Vec<PartyId>,
+    resume: Option<Training>,
 ) -> Result<String, End> {
     let dataset = job.dataset();
     let min = job.min_parties() as usize;
-    let candidates: Vec<PartyId> = shared
-        .connected_parties()
-        .into_iter()
-        .filter(|(_, (datasets, _))| datasets.iter().any(|d| d == dataset))
-        .map(|(p, _)| p)
-        .collect();
+    let serving = || -> Vec<PartyId> {
+        shared
+            .connected_parties()
+            .into_iter()
+            .filter(|(_, (datasets, _))| datasets.iter().any(|d| d == dataset))
+            .map(|(p, _)| p)
+            .collect()
+    };
+    let mut candidates = serving();
+    if resume.is_some() {
+        // After a restart the parties reconnect with backoff: give them the offer timeout.
+        let deadline = tokio::time::Instant::now() + shared.offer_timeout;
+        while candidates.len() < min && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            candidates = serving();
+        }
+    }
     if candidates.len() < min {
         return Err(End::Failed(format!(
             "{} connected parties serve dataset {dataset:?}; the job needs at least {min}",
@@ -208,50 +222,12 @@ async fn run(
     let ids: Vec<u32> = parties.iter().map(|p| p.0).collect();
     set_state(shared, record, JobState::Running, "round started", Some(&ids)).await;
 
-    let vector_len = match job {
-        Job::Columns(spec) => {
-            Layout::new(spec).map_err(|e| End::Failed(e.to_string()))?.vector_len()
+    let (answer_json, aggregate) = match job {
+        Job::Train(spec) => {
+            let trained = train(shared, record, spec, parties, resume, &mut inbox).await?;
+            (trained.answer_json, trained.aggregate)
         }
-        Job::Synthetic(s) => s.dim as usize,
-        Job::Sql(_) => {
-            return Err(End::Failed("internal: a SQL job reached the driver unplanned".into()));
-        }
-    };
-    let plain = matches!(job, Job::Synthetic(s) if s.plain);
-    let aggregate = if plain {
-        plain_round(shared, &*record, &parties, vector_len, &mut inbox).await?
-    } else {
-        secure_round(shared, record, &parties, min, vector_len, &mut inbox).await?
-    };
-
-    let answer_json = match job {
-        Job::Columns(spec) => {
-            let layout = Layout::new(spec).map_err(|e| End::Failed(e.to_string()))?;
-            let answer = layout
-                .answer(
-                    &aggregate.sum,
-                    aggregate.contributors.iter().map(|p| p.0).collect(),
-                    aggregate.dropped.iter().map(|p| p.0).collect(),
-                )
-                .map_err(|e| End::Failed(e.to_string()))?;
-            serde_json::to_string(&answer).map_err(|e| End::Failed(e.to_string()))?
-        }
-        Job::Sql(_) => {
-            return Err(End::Failed("internal: a SQL job reached the driver unplanned".into()));
-        }
-        Job::Synthetic(s) => {
-            let mut h = Sha256::new();
-            for x in &aggregate.sum {
-                h.update(x.to_le_bytes());
-            }
-            serde_json::json!({
-                "dim": s.dim,
-                "plain": s.plain,
-                "sum_sha256": hex::encode(h.finalize()),
-                "contributors": aggregate.contributors.iter().map(|p| p.0).collect::<Vec<_>>(),
-            })
-            .to_string()
-        }
+        _ => one_round(shared, record, job, &parties, min, &mut inbox).await?,
     };
     let result = ResultRecord {
         job_id: record.id.clone(),
@@ -270,6 +246,7 @@ async fn run(
     );
     let rho = match job {
         Job::Columns(spec) => spec.privacy.as_ref().map_or(0.0, |p| p.rho),
+        Job::Train(spec) => spec.rho_total().map_err(|e| End::Failed(e.to_string()))?,
         Job::Synthetic(_) | Job::Sql(_) => 0.0,
     };
     let receipt = Receipt {
@@ -306,6 +283,69 @@ async fn run(
 
     tracing::info!(job = %record.id, contributors = result.contributors.len(), "job finished");
     Ok(receipt_json)
+}
+
+/// A column-aggregate, SQL or synthetic job: one round, and the answer from its sum.
+async fn one_round(
+    shared: &Arc<Shared>,
+    record: &mut JobRecord,
+    job: &Job,
+    parties: &[PartyId],
+    min: usize,
+    inbox: &mut mpsc::UnboundedReceiver<JobInput>,
+) -> Result<(String, Aggregate), End> {
+    let vector_len = match job {
+        Job::Columns(spec) => {
+            Layout::new(spec).map_err(|e| End::Failed(e.to_string()))?.vector_len()
+        }
+        Job::Synthetic(s) => s.dim as usize,
+        Job::Sql(_) | Job::Train(_) => {
+            return Err(End::Failed("internal: a SQL job reached the driver unplanned".into()));
+        }
+    };
+    let plain = matches!(job, Job::Synthetic(s) if s.plain);
+    let aggregate = if plain {
+        plain_round(shared, record, parties, vector_len, inbox, &RoundStart::default()).await?
+    } else {
+        secure_round(shared, record, parties, min, vector_len, inbox, &RoundStart::default())
+            .await?
+    };
+
+    let answer_json = match job {
+        Job::Train(_) => {
+            return Err(End::Failed(
+                "internal: a training job reached the one-round driver".into(),
+            ));
+        }
+        Job::Columns(spec) => {
+            let layout = Layout::new(spec).map_err(|e| End::Failed(e.to_string()))?;
+            let answer = layout
+                .answer(
+                    &aggregate.sum,
+                    aggregate.contributors.iter().map(|p| p.0).collect(),
+                    aggregate.dropped.iter().map(|p| p.0).collect(),
+                )
+                .map_err(|e| End::Failed(e.to_string()))?;
+            serde_json::to_string(&answer).map_err(|e| End::Failed(e.to_string()))?
+        }
+        Job::Sql(_) => {
+            return Err(End::Failed("internal: a SQL job reached the driver unplanned".into()));
+        }
+        Job::Synthetic(s) => {
+            let mut h = Sha256::new();
+            for x in &aggregate.sum {
+                h.update(x.to_le_bytes());
+            }
+            serde_json::json!({
+                "dim": s.dim,
+                "plain": s.plain,
+                "sum_sha256": hex::encode(h.finalize()),
+                "contributors": aggregate.contributors.iter().map(|p| p.0).collect::<Vec<_>>(),
+            })
+            .to_string()
+        }
+    };
+    Ok((answer_json, aggregate))
 }
 
 /// Whether a party's decision carries its valid signature.
@@ -349,7 +389,9 @@ async fn secure_round(
     min: usize,
     vector_len: usize,
     inbox: &mut mpsc::UnboundedReceiver<JobInput>,
+    template: &RoundStart,
 ) -> Result<Aggregate, End> {
+    let report_stages = template.parameters.is_empty() && template.mean.is_empty();
     let mut nonce = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let session: [u8; 32] = Sha256::new()
@@ -376,6 +418,7 @@ async fn secure_round(
             min_cohort: params.min_cohort() as u32,
             vector_len: vector_len as u32,
             plain: false,
+            ..template.clone()
         };
         shared.send(p, CoordinatorEnvelope { body: Some(Body::Start(start)) }).await;
     }
@@ -410,6 +453,7 @@ async fn secure_round(
         }
         while let Some(event) = coordinator.poll_event() {
             match event {
+                CoordinatorEvent::StageClosed { .. } if !report_stages => {}
                 CoordinatorEvent::StageClosed { stage, responders } => {
                     let detail = format!("round: {stage} done with {responders} parties");
                     set_state(shared, record, JobState::Running, &detail, None).await;
@@ -431,6 +475,7 @@ async fn plain_round(
     parties: &[PartyId],
     vector_len: usize,
     inbox: &mut mpsc::UnboundedReceiver<JobInput>,
+    template: &RoundStart,
 ) -> Result<Aggregate, End> {
     for &p in parties {
         let start = RoundStart {
@@ -442,6 +487,7 @@ async fn plain_round(
             min_cohort: 0,
             vector_len: vector_len as u32,
             plain: true,
+            ..template.clone()
         };
         shared.send(p, CoordinatorEnvelope { body: Some(Body::Start(start)) }).await;
     }
@@ -476,4 +522,156 @@ async fn plain_round(
     contributors.sort();
     let dropped = parties.iter().copied().filter(|p| !contributors.contains(p)).collect();
     Ok(Aggregate { sum, contributors, dropped })
+}
+
+/// What a training job produced.
+struct Trained {
+    answer_json: String,
+    /// The last step's contributors, and every party that dropped out on the way.
+    aggregate: Aggregate,
+}
+
+/// Runs a training job's steps from `resume` (a checkpoint) or from the start, checkpointing
+/// after every step and streaming each round's report as progress.
+async fn train(
+    shared: &Arc<Shared>,
+    record: &mut JobRecord,
+    spec: &TrainSpec,
+    parties: Vec<PartyId>,
+    resume: Option<Training>,
+    inbox: &mut mpsc::UnboundedReceiver<JobInput>,
+) -> Result<Trained, End> {
+    let failed = |e: veil_learning::Error| End::Failed(e.to_string());
+    let mut state = match resume {
+        Some(s) => s,
+        None => Training::new(spec).map_err(failed)?,
+    };
+    if spec.standardizes_by_bounds() && state.standardizer.is_none() {
+        state.standardizer = Some(declared_standardizer(shared, spec)?);
+    }
+    let rounds = spec.rounds_to_run().map_err(failed)?;
+    let mut live = parties;
+    let mut dropped = BTreeSet::new();
+    let mut contributors = Vec::new();
+    while let Some(step) = state.next_step(spec) {
+        let ids: Vec<u32> = live.iter().map(|p| p.0).collect();
+        let cohort: Vec<PartyId> = state
+            .cohort(spec, step, &ids)
+            .map_err(|e| End::Failed(format!("{step}: {e}")))?
+            .into_iter()
+            .map(PartyId)
+            .collect();
+        let standardizer =
+            state.standardizer.clone().unwrap_or(Standardizer { mean: vec![], scale: vec![] });
+        let template = RoundStart {
+            step: step.code(),
+            parameters: if step == Step::Moments {
+                Vec::new()
+            } else {
+                state.server.model.parameters.clone()
+            },
+            mean: standardizer.mean,
+            scale: standardizer.scale,
+            ..RoundStart::default()
+        };
+        let len = spec.vector_len(step).map_err(failed)?;
+        let min = spec.min_parties as usize;
+        let aggregate = if spec.plain {
+            plain_round(shared, record, &cohort, len, inbox, &template).await?
+        } else {
+            secure_round(shared, record, &cohort, min, len, inbox, &template).await?
+        };
+        for p in &aggregate.dropped {
+            live.retain(|q| q != p);
+            dropped.insert(*p);
+        }
+        let report = state
+            .absorb(spec, step, &aggregate.sum, aggregate.contributors.len())
+            .map_err(|e| End::Failed(format!("{step}: {e}")))?;
+        contributors = aggregate.contributors;
+        let checkpoint = serde_json::to_string(&state).map_err(|e| End::Failed(e.to_string()))?;
+        let store = shared.store.clone();
+        let (id, live_ids, at) =
+            (record.id.clone(), live.iter().map(|p| p.0).collect::<Vec<_>>(), now_ms());
+        tokio::task::spawn_blocking(move || store.put_checkpoint(&id, &checkpoint, &live_ids, at))
+            .await
+            .map_err(|e| End::Failed(format!("store: {e}")))?
+            .map_err(|e| End::Failed(format!("checkpoint: {e}")))?;
+        let detail = match &report {
+            Some(r) => {
+                record.progress_json = serde_json::to_string(r).unwrap_or_default();
+                describe_round(r, rounds)
+            }
+            None => format!("{step} done over {} parties", contributors.len()),
+        };
+        set_state(shared, record, JobState::Running, &detail, None).await;
+    }
+    if let Some(a) = &state.accountant {
+        if (state.history.len() as u32) < spec.rounds {
+            state.stopped_early = Some(format!(
+                "stopped after {} of {} rounds: the budget ρ = {} pays for no more at ρ = {:.4} per round",
+                state.history.len(),
+                spec.rounds,
+                a.budget,
+                a.per_round
+            ));
+        }
+    }
+    let file = state.model_file(spec, contributors.len() as u32).map_err(failed)?;
+    let answer = serde_json::json!({
+        "kind": "train",
+        "model": file,
+        "rounds": state.history,
+        "final": state.final_metrics,
+        "epsilon": state.accountant.as_ref().map(veil_learning::privacy::Accountant::epsilon),
+        "delta": spec.privacy.as_ref().map(|p| p.delta),
+        "stopped_early": state.stopped_early,
+    });
+    let answer_json = serde_json::to_string(&answer).map_err(|e| End::Failed(e.to_string()))?;
+    Ok(Trained {
+        answer_json,
+        aggregate: Aggregate {
+            sum: Vec::new(),
+            contributors,
+            dropped: dropped.into_iter().collect(),
+        },
+    })
+}
+
+/// One line of progress for a finished round.
+fn describe_round(r: &veil_learning::job::RoundReport, rounds: u32) -> String {
+    let mut line = format!("round {}/{rounds} over {} parties", r.round + 1, r.contributors);
+    if let Some(m) = &r.metrics {
+        line += &format!(": held-out loss {:.4}", m.loss);
+        if let Some(a) = m.accuracy {
+            line += &format!(", accuracy {a:.4}");
+        }
+        if let Some(a) = m.auc {
+            line += &format!(", AUC {a:.4}");
+        }
+    }
+    if let Some(e) = r.epsilon {
+        line += &format!(", ε = {e:.3} spent");
+    }
+    line
+}
+
+/// The standardisation from the bounds the parties declare for the job's features.
+fn declared_standardizer(shared: &Shared, spec: &TrainSpec) -> Result<Standardizer, End> {
+    let catalogs = shared.catalogs().map_err(End::Failed)?;
+    let catalog = catalogs.iter().find(|c| c.name == spec.dataset).ok_or_else(|| {
+        End::Failed(format!("no connected party announces dataset {:?}", spec.dataset))
+    })?;
+    let bounds = spec
+        .features
+        .iter()
+        .map(|f| {
+            catalog.columns.iter().find(|c| &c.name == f).and_then(|c| c.bounds).ok_or_else(|| {
+                End::Failed(format!(
+                    "a differentially private job standardises with declared bounds, and feature {f:?} has none: declare its bounds at the parties or set standardize = false"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Standardizer::from_bounds(&bounds).map_err(|e| End::Failed(e.to_string()))
 }

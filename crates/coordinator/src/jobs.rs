@@ -69,6 +69,7 @@ pub(crate) fn status_of(j: &JobRecord) -> JobStatus {
         parties: j.parties.clone(),
         created_unix_ms: j.created_ms,
         updated_unix_ms: j.updated_ms,
+        progress_json: j.progress_json.clone(),
     }
 }
 
@@ -142,11 +143,12 @@ impl Jobs for JobsApi {
             parties: Vec::new(),
             created_ms: now,
             updated_ms: now,
+            progress_json: String::new(),
         };
         self.shared.store.insert_job(&record).map_err(internal)?;
         tracing::info!(job = %record.id, consumer = %record.consumer, dataset = %record.dataset, "job submitted");
         let status = status_of(&record);
-        crate::driver::start(self.shared.clone(), record, job);
+        crate::driver::start(self.shared.clone(), record, job, None);
         Ok(Response::new(status))
     }
 

@@ -309,6 +309,7 @@ pub async fn serve(
         status,
         next_connection: AtomicU64::new(1),
     });
+    resume_interrupted(&shared);
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -343,6 +344,50 @@ pub async fn serve(
         )
         .await?;
     Ok(())
+}
+
+/// Restarts the training jobs a previous run left with a checkpoint, from their last finished
+/// step; a checkpoint that cannot be read fails its job with the reason.
+fn resume_interrupted(shared: &Arc<Shared>) {
+    let resumable = match shared.store.resumable() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the checkpoints");
+            return;
+        }
+    };
+    for (mut record, checkpoint, _) in resumable {
+        let parsed = veil_analytics::Job::parse(&record.spec_json)
+            .map_err(|e| e.to_string())
+            .and_then(|job| {
+                serde_json::from_str::<veil_learning::job::Training>(&checkpoint)
+                    .map(|t| (job, t))
+                    .map_err(|e| format!("unreadable checkpoint: {e}"))
+            });
+        match parsed {
+            Ok((job, training)) => {
+                let done = training.history.len();
+                tracing::warn!(job = %record.id, rounds = done, "resuming a training job");
+                record.state = store::JobState::Queued;
+                record.detail = format!("resuming after {done} rounds: the coordinator restarted");
+                record.updated_ms = now_ms();
+                shared.progress(&record);
+                driver::start(shared.clone(), record, job, Some(training));
+            }
+            Err(reason) => {
+                let detail = format!("interrupted and cannot resume: {reason}");
+                if let Err(e) = shared.store.update_job(
+                    &record.id,
+                    store::JobState::Failed,
+                    &detail,
+                    &record.parties,
+                    now_ms(),
+                ) {
+                    tracing::error!(job = %record.id, error = %e, "cannot record the job's end");
+                }
+            }
+        }
+    }
 }
 
 pub(crate) fn next_connection_id(shared: &Shared) -> u64 {

@@ -90,6 +90,9 @@ pub struct JobRecord {
     pub created_ms: i64,
     /// Last change, Unix milliseconds.
     pub updated_ms: i64,
+    /// Training jobs: the last finished round's report as JSON (kept in memory only; the
+    /// checkpoint holds the whole history).
+    pub progress_json: String,
 }
 
 /// A stored result.
@@ -145,6 +148,12 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, entry TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS receipts (job_id TEXT PRIMARY KEY, consumer TEXT NOT NULL, receipt TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS fetches (job_id TEXT NOT NULL, consumer TEXT NOT NULL, time_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+    state TEXT NOT NULL,
+    parties TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS parties (
     id INTEGER PRIMARY KEY,
     datasets TEXT NOT NULL,
@@ -177,9 +186,46 @@ impl Store {
             "UPDATE jobs SET state = 'failed', updated_ms = ?1,
                  detail = 'interrupted: the coordinator stopped while the job was ' || state ||
                           '; no result was released; submit the job again'
-             WHERE state IN ('queued', 'offering', 'running')",
+             WHERE state IN ('queued', 'offering', 'running')
+               AND id NOT IN (SELECT job_id FROM checkpoints)",
             params![now_ms],
         )?)
+    }
+
+    /// Jobs under way when the coordinator stopped that have a checkpoint to resume from,
+    /// with the checkpoint and the parties it was taken with.
+    pub fn resumable(&self) -> Result<Vec<(JobRecord, String, Vec<u32>)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT j.id, j.consumer, j.dataset, j.spec, j.state, j.detail, j.parties,
+                    j.created_ms, j.updated_ms, c.state, c.parties
+             FROM jobs j JOIN checkpoints c ON c.job_id = j.id
+             WHERE j.state IN ('queued', 'offering', 'running') ORDER BY j.created_ms",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((Self::job_from_row(row)?, row.get::<_, String>(9)?, row.get::<_, String>(10)?))
+        })?;
+        rows.map(|r| {
+            let (job, checkpoint, parties) = r?;
+            Ok((Self::finish_job(job)?, checkpoint, ids_from_text(&parties)?))
+        })
+        .collect()
+    }
+
+    /// Records a training job's state after a finished step, replacing the previous one.
+    pub fn put_checkpoint(
+        &self,
+        job_id: &str,
+        state_json: &str,
+        parties: &[u32],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO checkpoints (job_id, state, parties, updated_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (job_id) DO UPDATE SET state = ?2, parties = ?3, updated_ms = ?4",
+            params![job_id, state_json, ids_to_text(parties), now_ms],
+        )?;
+        Ok(())
     }
 
     /// Stores a new job.
@@ -252,6 +298,7 @@ impl Store {
                 parties: Vec::new(),
                 created_ms: row.get(7)?,
                 updated_ms: row.get(8)?,
+                progress_json: String::new(),
             },
             row.get::<_, String>(4)?,
             row.get::<_, String>(6)?,
@@ -443,6 +490,7 @@ mod tests {
             parties: vec![0, 2],
             created_ms: 1,
             updated_ms: 1,
+            progress_json: String::new(),
         }
     }
 

@@ -77,6 +77,11 @@ impl EvalCounts {
         Ok(counts)
     }
 
+    /// The length of [`Self::to_vector`]: with the AUC bins for binary classifiers.
+    pub fn vector_len(binary: bool) -> usize {
+        3 + if binary { 2 * AUC_BINS } else { 0 }
+    }
+
     /// The counts as one vector for the secure sum.
     pub fn to_vector(&self) -> Vec<f64> {
         let mut v = vec![self.rows, self.loss, self.correct];
@@ -87,7 +92,7 @@ impl EvalCounts {
 
     /// Counts from a summed vector; `binary` says whether it carries the AUC bins.
     pub fn from_vector(v: &[f64], binary: bool) -> Result<Self> {
-        let want = 3 + if binary { 2 * AUC_BINS } else { 0 };
+        let want = Self::vector_len(binary);
         if v.len() != want {
             return Err(Error::Shape(format!("{} evaluation values, expected {want}", v.len())));
         }

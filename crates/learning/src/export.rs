@@ -182,6 +182,58 @@ impl ModelFile {
         serde_json::to_string_pretty(self).expect("a model file serialises")
     }
 
+    /// The weights in the safetensors format (a little-endian header length, a JSON header,
+    /// then the raw tensors), which PyTorch, NumPy and JAX tools read: `layers.{i}.weight`
+    /// (inputs × outputs) and `layers.{i}.bias` per layer, `standardizer.mean` and
+    /// `standardizer.scale` when present, all F64; the header's metadata holds the model
+    /// specification, feature names and label.
+    pub fn to_safetensors(&self) -> Vec<u8> {
+        let mut tensors: Vec<(String, Vec<usize>, &[f64])> = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let w = &self.parameters[l.weights_at..l.weights_at + l.inputs * l.outputs];
+            let b = &self.parameters[l.biases_at..l.biases_at + l.outputs];
+            tensors.push((format!("layers.{i}.weight"), vec![l.inputs, l.outputs], w));
+            tensors.push((format!("layers.{i}.bias"), vec![l.outputs], b));
+        }
+        if let Some(s) = &self.standardizer {
+            tensors.push(("standardizer.mean".into(), vec![s.mean.len()], &s.mean));
+            tensors.push(("standardizer.scale".into(), vec![s.scale.len()], &s.scale));
+        }
+        let mut header = serde_json::Map::new();
+        header.insert(
+            "__metadata__".into(),
+            serde_json::json!({
+                "format": FORMAT,
+                "spec": serde_json::to_string(&self.spec).unwrap_or_default(),
+                "features": serde_json::to_string(&self.features).unwrap_or_default(),
+                "label": self.label,
+            }),
+        );
+        let mut at = 0usize;
+        for (name, shape, data) in &tensors {
+            let end = at + data.len() * 8;
+            header.insert(
+                name.clone(),
+                serde_json::json!({ "dtype": "F64", "shape": shape, "data_offsets": [at, end] }),
+            );
+            at = end;
+        }
+        let mut head = serde_json::Value::Object(header).to_string().into_bytes();
+        // The data starts 8-byte aligned.
+        while head.len() % 8 != 0 {
+            head.push(b' ');
+        }
+        let mut out = Vec::with_capacity(8 + head.len() + at);
+        out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+        out.extend_from_slice(&head);
+        for (_, _, data) in &tensors {
+            for v in *data {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
+    }
+
     /// The model it holds.
     pub fn model(&self) -> Result<Model> {
         Model::from_parameters(self.spec.clone(), self.features.len(), self.parameters.clone())
@@ -232,6 +284,33 @@ mod tests {
         for (got, want) in p.row(0).iter().zip(e.iter().map(|v| v / total)) {
             assert!((got - want).abs() < 1e-12);
         }
+    }
+
+    #[test]
+    fn safetensors_layout() {
+        let f = file();
+        let bytes = f.to_safetensors();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(n % 8, 0);
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let data = &bytes[8 + n..];
+        let w = &header["layers.0.weight"];
+        assert_eq!(w["dtype"], "F64");
+        let l = &f.layers[0];
+        assert_eq!(w["shape"], serde_json::json!([l.inputs, l.outputs]));
+        let at = w["data_offsets"][0].as_u64().unwrap() as usize;
+        let first = f64::from_le_bytes(data[at..at + 8].try_into().unwrap());
+        assert_eq!(first, f.parameters[l.weights_at]);
+        let total: usize = header
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__")
+            .map(|(_, v)| v["data_offsets"][1].as_u64().unwrap() as usize)
+            .max()
+            .unwrap();
+        assert_eq!(total, data.len());
+        assert_eq!(header["__metadata__"]["format"], FORMAT);
     }
 
     #[test]

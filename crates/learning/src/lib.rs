@@ -10,6 +10,7 @@
 
 pub mod eval;
 pub mod export;
+pub mod job;
 pub mod model;
 pub mod privacy;
 pub mod strategy;

@@ -308,6 +308,21 @@ impl Standardizer {
         Ok(Self { mean, scale })
     }
 
+    /// Statistics from declared bounds, mapping each feature's `[min, max]` onto `[-1, 1]`:
+    /// data-independent, for jobs whose every release must be differentially private.
+    pub fn from_bounds(bounds: &[(f64, f64)]) -> Result<Self> {
+        if bounds.iter().any(|(lo, hi)| !(lo.is_finite() && hi.is_finite() && lo <= hi)) {
+            return Err(Error::Shape("declared bounds must be finite with min ≤ max".into()));
+        }
+        Ok(Self {
+            mean: bounds.iter().map(|(lo, hi)| (lo + hi) / 2.0).collect(),
+            scale: bounds
+                .iter()
+                .map(|(lo, hi)| if hi > lo { (hi - lo) / 2.0 } else { 1.0 })
+                .collect(),
+        })
+    }
+
     /// Standardises `x` in place.
     pub fn apply(&self, x: &mut Array2<f64>) -> Result<()> {
         if x.ncols() != self.mean.len() {

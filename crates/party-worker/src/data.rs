@@ -69,6 +69,23 @@ pub(crate) fn parse_cell(raw: &str, ty: ColumnType) -> Result<Value<'_>, &'stati
     }
 }
 
+/// Opens a dataset's CSV file (strict: every record as wide as the header) and reads its header.
+fn open_csv(
+    dataset: &DatasetConfig,
+) -> Result<(csv::Reader<std::fs::File>, csv::StringRecord), DataError> {
+    let read_error = |e: csv::Error| DataError::Read {
+        file: dataset.path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_path(&dataset.path)
+        .map_err(read_error)?;
+    let headers = reader.headers().map_err(read_error)?.clone();
+    Ok((reader, headers))
+}
+
 /// Streams the dataset's CSV file through `plan` and returns the party's vector (noised, for a
 /// differentially private job, with randomness from `noise_seed`).
 pub fn aggregate_csv(
@@ -78,12 +95,7 @@ pub fn aggregate_csv(
 ) -> Result<Vec<u64>, DataError> {
     let file = dataset.path.display().to_string();
     let read_error = |e: csv::Error| DataError::Read { file: file.clone(), message: e.to_string() };
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_path(&dataset.path)
-        .map_err(read_error)?;
-    let headers = reader.headers().map_err(read_error)?.clone();
+    let (mut reader, headers) = open_csv(dataset)?;
     let schema = dataset.schema();
     let mut positions = Vec::new();
     for index in plan.needed_columns() {
@@ -545,4 +557,65 @@ mod tests {
         assert_eq!((a.columns[0].count, a.columns[0].sum), (2, 4.0));
         assert_eq!((a.columns[1].count, a.columns[1].sum), (2, 5.0));
     }
+}
+
+/// Most rows a party loads for training.
+pub const MAX_TRAINING_ROWS: usize = 10_000_000;
+
+/// Reads a training job's feature and label columns from the dataset's CSV file, in the job's
+/// order: every cell must be a number (a missing or unparsable one is refused, naming its
+/// place).
+pub fn load_training(
+    dataset: &DatasetConfig,
+    features: &[String],
+    label: &str,
+) -> Result<(ndarray::Array2<f64>, ndarray::Array1<f64>), DataError> {
+    let file = dataset.path.display().to_string();
+    let read_error = |e: csv::Error| DataError::Read { file: file.clone(), message: e.to_string() };
+    let (mut reader, headers) = open_csv(dataset)?;
+    let schema = dataset.schema();
+    let mut positions = Vec::new();
+    for name in features.iter().map(String::as_str).chain([label]) {
+        let ty =
+            schema.columns.iter().find(|(c, _)| c == name).map(|(_, t)| *t).ok_or_else(|| {
+                DataError::MissingColumn { file: file.clone(), column: name.to_string() }
+            })?;
+        let pos = headers
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or_else(|| DataError::MissingColumn { file: file.clone(), column: name.into() })?;
+        positions.push((pos, ty, name));
+    }
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    let mut record = csv::StringRecord::new();
+    while reader.read_record(&mut record).map_err(read_error)? {
+        if y.len() >= MAX_TRAINING_ROWS {
+            return Err(DataError::Read {
+                file,
+                message: format!("more than {MAX_TRAINING_ROWS} rows to train on"),
+            });
+        }
+        let line = record.position().map_or(0, |p| p.line());
+        for (i, &(pos, ty, name)) in positions.iter().enumerate() {
+            let raw = record.get(pos).unwrap_or("");
+            let cell = |expected| DataError::Cell {
+                file: file.clone(),
+                row: line,
+                column: name.to_string(),
+                value: raw.chars().take(40).collect(),
+                expected,
+            };
+            let value = match parse_cell(raw, ty).map_err(cell)? {
+                Value::Number(v) => v,
+                Value::Null => return Err(cell("a number (training needs every cell)")),
+                _ => return Err(cell("a number (training reads numeric columns)")),
+            };
+            if i < features.len() { x.push(value) } else { y.push(value) }
+        }
+    }
+    let rows = y.len();
+    let x = ndarray::Array2::from_shape_vec((rows, features.len()), x)
+        .map_err(|e| DataError::Read { file: file.clone(), message: e.to_string() })?;
+    Ok((x, ndarray::Array1::from(y)))
 }

@@ -39,6 +39,11 @@ CREATE TABLE IF NOT EXISTS ledger (
     PRIMARY KEY (job_id, dataset)
 );
 CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS training_steps (
+    job_id TEXT PRIMARY KEY,
+    job_hash TEXT NOT NULL,
+    next_step INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, entry TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS receipts (job_id TEXT PRIMARY KEY, receipt TEXT NOT NULL);
 ";
@@ -130,6 +135,48 @@ impl PartyStore {
             params![hex::encode(session)],
         )?;
         Ok(n == 1)
+    }
+
+    /// Claims a training job's step before the party contributes to it: steps only move
+    /// forward, except that `repeat_last` lets the step last claimed run again (a round the
+    /// coordinator lost in a restart, repeated exactly by a job without DP). A job id first
+    /// claimed for another specification is refused. Returns why a claim is refused.
+    pub fn claim_training_step(
+        &self,
+        job_id: &str,
+        job_hash: &str,
+        step: u32,
+        repeat_last: bool,
+    ) -> Result<Result<(), String>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT job_hash, next_step FROM training_steps WHERE job_id = ?1",
+                params![job_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((hash, next)) = row {
+            if hash != job_hash {
+                return Ok(Err(format!(
+                    "job id {job_id} was first used for another training specification"
+                )));
+            }
+            let lowest = if repeat_last { next - 1 } else { next };
+            if i64::from(step) < lowest {
+                return Ok(Err(format!(
+                    "step {step} of job {job_id} was already contributed to; a step runs once"
+                )));
+            }
+        }
+        tx.execute(
+            "INSERT INTO training_steps (job_id, job_hash, next_step) VALUES (?1, ?2, ?3)
+             ON CONFLICT (job_id) DO UPDATE SET next_step = MAX(next_step, ?3)",
+            params![job_id, job_hash, i64::from(step) + 1],
+        )?;
+        tx.commit()?;
+        Ok(Ok(()))
     }
 
     /// How many jobs a dataset has taken part in.

@@ -21,7 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use veil_analytics::{Job, Plan};
 use veil_governance::audit::{Event, Head};
-use veil_governance::budget::{Ledger as _, Reservation};
+use veil_governance::budget::{BudgetError, Ledger as _, Reservation};
 use veil_governance::receipt::{Receipt, decision_statement};
 use veil_governance::{Request, Rule};
 use veil_proto::v1::coordinator_envelope::Body as Outbound;
@@ -33,9 +33,11 @@ use veil_protocol::{
 };
 use zeroize::Zeroizing;
 
-use crate::config::PartyConfig;
-use crate::data::{aggregate_file, aggregate_postgres};
+use crate::config::{DatasetConfig, PartyConfig};
+use crate::data::{aggregate_file, aggregate_postgres, load_training};
 use crate::store::{PartyStore, caps};
+use veil_learning::job::{LocalData, Step, StepInput, TrainSpec, party_vector};
+use veil_learning::train::Standardizer;
 
 /// Fault injection for tests and drills of dropout handling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,6 +212,17 @@ struct Accepted {
     dataset_sha256: String,
     consumer: String,
     coordinator_head: Option<Head>,
+    /// A training job's rows and specification (its vectors are computed step by step).
+    training: Option<Arc<TrainingJob>>,
+}
+
+/// A training job this party accepted: it contributes to its steps until the job ends.
+struct TrainingJob {
+    spec: TrainSpec,
+    job_hash: String,
+    data: LocalData,
+    /// The standardisation its declared bounds give, for DP jobs.
+    declared: Option<Standardizer>,
 }
 
 /// What the background preparation of a job reports.
@@ -219,8 +232,17 @@ struct Prepared {
     result: Result<Accepted, (Rule, String)>,
 }
 
+/// An accepted training job, between and during its steps.
+#[derive(Clone)]
+struct TrainingSlot {
+    job: Arc<TrainingJob>,
+    min_parties: usize,
+    charge: Reservation,
+}
+
 struct State {
     jobs: HashMap<String, JobState>,
+    training: HashMap<String, TrainingSlot>,
     store: Arc<PartyStore>,
     signing: SigningKey,
     prepared_tx: mpsc::Sender<Prepared>,
@@ -234,6 +256,7 @@ impl State {
         let (prepared_tx, prepared_rx) = mpsc::channel(64);
         Self {
             jobs: HashMap::new(),
+            training: HashMap::new(),
             store,
             signing,
             prepared_tx,
@@ -270,6 +293,7 @@ async fn session(
     tracing::info!(party = %config.id, coordinator = %config.coordinator, "connected");
     // Jobs from a previous connection cannot continue: the coordinator saw us leave.
     state.jobs.clear();
+    state.training.clear();
     loop {
         tokio::select! {
             message = inbound.message() => {
@@ -339,6 +363,14 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
             );
             audit(config, state, Event::JobAccepted { job_id: job_id.clone(), party: config.id.0 });
             let fingerprint = accepted.dataset_sha256.clone();
+            if let (Some(job), Some(charge)) = (&accepted.training, &accepted.charge) {
+                let slot = TrainingSlot {
+                    job: job.clone(),
+                    min_parties: accepted.min_parties,
+                    charge: charge.clone(),
+                };
+                state.training.insert(job_id.clone(), slot);
+            }
             if let Some(JobState::Preparing) = state.jobs.get(&job_id) {
                 state.jobs.insert(job_id.clone(), JobState::Ready(Box::new(accepted)));
             }
@@ -394,6 +426,7 @@ async fn handle(
         Outbound::Round(payload) => round_message(config, state, tx, payload).await,
         Outbound::End(end) => {
             state.jobs.remove(&end.job_id);
+            state.training.remove(&end.job_id);
             if !end.receipt_json.is_empty() {
                 match serde_json::from_str::<Receipt>(&end.receipt_json) {
                     Ok(r) if r.parties.iter().any(|c| c.party == config.id.0) => {
@@ -409,6 +442,37 @@ async fn handle(
             Ok(false)
         }
     }
+}
+
+/// Evaluates the dataset's policy for a request and takes a first look at the budget (the
+/// binding check is the atomic reservation when the round starts); returns the job's minimum
+/// cohort under the policy and the charge to reserve.
+fn govern(
+    state: &State,
+    dataset: &DatasetConfig,
+    request: &Request<'_>,
+    job_id: &str,
+    min_parties: usize,
+) -> Result<(usize, Reservation), (Rule, String)> {
+    let governance = dataset.governance();
+    veil_governance::policy::evaluate(&governance, request)
+        .map_err(|denial| (denial.rule, denial.to_string()))?;
+    let charge = Reservation {
+        job_id: job_id.to_string(),
+        dataset: dataset.name.clone(),
+        consumer: request.consumer.to_string(),
+        rho: request.rho.unwrap_or(0.0),
+        caps: caps(&governance.policy),
+        max_uses: governance.policy.max_uses,
+    };
+    let spent = state.store.spent(&charge.dataset, &charge.consumer);
+    match spent.map(|spent| veil_governance::budget::check(spent, charge.rho, charge.caps)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err((Rule::Budget, format!("refused by rule budget: {e}"))),
+        Err(e) => return Err((Rule::Budget, e.to_string())),
+    }
+    let min_parties = min_parties.max(governance.policy.min_cohort.unwrap_or(1) as usize);
+    Ok((min_parties, charge))
 }
 
 /// Checks an offer against the party's data and policy and computes the local vector in the
@@ -445,6 +509,102 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
     };
     let min_parties = (job.min_parties() as usize).max(config.min_cohort);
     match job {
+        Job::Train(spec) => {
+            let Some(dataset) = config.datasets.iter().find(|d| d.name == spec.dataset).cloned()
+            else {
+                return refuse(
+                    state,
+                    Rule::Kind,
+                    format!("this party does not serve dataset {:?}", spec.dataset),
+                );
+            };
+            if spec.plain && !state.options.dangerous_benchmark {
+                return refuse(
+                    state,
+                    Rule::Kind,
+                    "plain (unmasked) training is refused unless the party runs with --dangerous-benchmark".into(),
+                );
+            }
+            if dataset.postgres.is_some() || !dataset.path.to_string_lossy().ends_with(".csv") {
+                return refuse(
+                    state,
+                    Rule::Kind,
+                    format!("training reads CSV files; dataset {:?} is not one", dataset.name),
+                );
+            }
+            let declared = if spec.standardizes_by_bounds() {
+                let bounds: Option<Vec<(f64, f64)>> =
+                    spec.features.iter().map(|f| dataset.bounds.get(f).copied()).collect();
+                match bounds.map(|b| Standardizer::from_bounds(&b)) {
+                    Some(Ok(s)) => Some(s),
+                    _ => {
+                        return refuse(
+                            state,
+                            Rule::Column,
+                            "a differentially private job standardises with declared bounds; declare bounds for every feature".into(),
+                        );
+                    }
+                }
+            } else {
+                None
+            };
+            let uses = match state.store.uses(&dataset.name) {
+                Ok(u) => u,
+                Err(e) => return refuse(state, Rule::Budget, e.to_string()),
+            };
+            let rho = match spec.rho_total() {
+                Ok(r) => spec.privacy.as_ref().map(|_| r),
+                Err(e) => return refuse(state, Rule::Budget, e.to_string()),
+            };
+            let today = today();
+            let mut aggregated: Vec<&str> = spec.features.iter().map(String::as_str).collect();
+            aggregated.push(&spec.label);
+            let request = Request {
+                consumer: &offer.consumer,
+                purpose: &spec.purpose,
+                kind: "train",
+                aggregated,
+                filtered: Vec::new(),
+                grouped: Vec::new(),
+                rho,
+                k_threshold: None,
+                today: &today,
+                uses,
+            };
+            let (min_parties, charge) =
+                match govern(state, &dataset, &request, &job_id, min_parties) {
+                    Ok(g) => g,
+                    Err((rule, reason)) => return refuse(state, rule, reason),
+                };
+            let tx = state.prepared_tx.clone();
+            let consumer = offer.consumer;
+            let hash = job_hash.clone();
+            tokio::spawn(async move {
+                let loaded = tokio::task::spawn_blocking(move || {
+                    let (x, y) = load_training(&dataset, &spec.features, &spec.label)
+                        .map_err(|e| e.to_string())?;
+                    let data = LocalData::new(&spec, x, y).map_err(|e| {
+                        format!("dataset {:?} does not fit the job: {e}", dataset.name)
+                    })?;
+                    Ok::<_, String>(TrainingJob { spec: *spec, job_hash: hash, data, declared })
+                })
+                .await;
+                let result = match loaded {
+                    Ok(Ok(training)) => Ok(Accepted {
+                        vector: Zeroizing::new(Vec::new()),
+                        min_parties,
+                        charge: Some(charge),
+                        dataset_sha256: String::new(),
+                        consumer,
+                        coordinator_head,
+                        training: Some(Arc::new(training)),
+                    }),
+                    Ok(Err(e)) => Err((Rule::Column, e)),
+                    Err(e) => Err((Rule::Column, format!("loading the training rows failed: {e}"))),
+                };
+                let _ = tx.send(Prepared { job_id, job_hash, result }).await;
+            });
+        }
         Job::Sql(_) => refuse(
             state,
             Rule::Kind,
@@ -467,6 +627,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                 dataset_sha256: String::new(),
                 consumer: offer.consumer,
                 coordinator_head,
+                training: None,
             };
             let _ = state.prepared_tx.try_send(Prepared { job_id, job_hash, result: Ok(accepted) });
         }
@@ -506,29 +667,11 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                 today: &today,
                 uses,
             };
-            let governance = dataset.governance();
-            if let Err(denial) = veil_governance::policy::evaluate(&governance, &request) {
-                return refuse(state, denial.rule, denial.to_string());
-            }
-            let min_parties = min_parties.max(governance.policy.min_cohort.unwrap_or(1) as usize);
-            let charge = Reservation {
-                job_id: job_id.clone(),
-                dataset: dataset.name.clone(),
-                consumer: offer.consumer.clone(),
-                rho: request.rho.unwrap_or(0.0),
-                caps: caps(&governance.policy),
-                max_uses: governance.policy.max_uses,
-            };
-            // A first look at the budget, to refuse early; the binding check is the atomic
-            // reservation when the round starts.
-            match state.store.spent(&charge.dataset, &charge.consumer) {
-                Ok(spent) => {
-                    if let Err(e) = veil_governance::budget::check(spent, charge.rho, charge.caps) {
-                        return refuse(state, Rule::Budget, format!("refused by rule budget: {e}"));
-                    }
-                }
-                Err(e) => return refuse(state, Rule::Budget, e.to_string()),
-            }
+            let (min_parties, charge) =
+                match govern(state, &dataset, &request, &job_id, min_parties) {
+                    Ok(g) => g,
+                    Err((rule, reason)) => return refuse(state, rule, reason),
+                };
             let tx = state.prepared_tx.clone();
             let consumer = offer.consumer;
             let fingerprint_key = Sha256::new()
@@ -575,6 +718,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                         dataset_sha256,
                         consumer,
                         coordinator_head,
+                        training: None,
                     }),
                     Ok(Err(e)) => Err((Rule::Column, e.to_string())),
                     Err(e) => Err((Rule::Column, format!("local aggregation failed: {e}"))),
@@ -592,11 +736,28 @@ async fn start_round(
     start: RoundStart,
 ) -> Result<bool, Status> {
     let job_id = start.job_id.clone();
-    let Some(JobState::Ready(accepted)) = state.jobs.remove(&job_id) else {
-        tracing::warn!(party = %config.id, job = %job_id, "round start for a job this party did not accept");
-        return Ok(false);
+    let training = state.training.get(&job_id).cloned();
+    let (vector, min_parties, charge) = if let Some(slot) = training {
+        if matches!(state.jobs.get(&job_id), Some(JobState::Preparing) | None) {
+            tracing::warn!(party = %config.id, job = %job_id, "training step before the job was accepted");
+            return Ok(false);
+        }
+        state.jobs.insert(job_id.clone(), JobState::Idle);
+        match training_vector(config, state, &job_id, &slot, &start).await {
+            Ok(v) => (Zeroizing::new(v), slot.min_parties, Some(slot.charge.clone())),
+            Err((rule, message)) => {
+                leave(config, state, job_id, rule, message);
+                return Ok(false);
+            }
+        }
+    } else {
+        let Some(JobState::Ready(accepted)) = state.jobs.remove(&job_id) else {
+            tracing::warn!(party = %config.id, job = %job_id, "round start for a job this party did not accept");
+            return Ok(false);
+        };
+        let Accepted { vector, min_parties, charge, .. } = *accepted;
+        (vector, min_parties, charge)
     };
-    let Accepted { vector, min_parties, charge, .. } = *accepted;
     if start.vector_len as usize != vector.len() {
         tracing::warn!(party = %config.id, job = %job_id, "round start with the wrong vector length; leaving the job");
         return Ok(false);
@@ -660,6 +821,9 @@ async fn start_round(
     if let Some(charge) = &charge {
         match state.store.reserve_and_log(charge, now_ms()) {
             Ok(Ok(())) => {}
+            // A training job reserves its whole charge at its first step; the step claim
+            // binds the job id to its specification, so later steps pay nothing more.
+            Ok(Err(BudgetError::Reused(_))) if state.training.contains_key(&job_id) => {}
             Ok(Err(e)) => {
                 leave(config, state, job_id, Rule::Budget, format!("refused by rule budget: {e}"));
                 return Ok(false);
@@ -748,4 +912,109 @@ async fn flush(
         }
     }
     Ok(false)
+}
+
+/// Checks a training step against the accepted job, claims it in the store and computes the
+/// party's vector for it; a refusal names the rule and the reason.
+async fn training_vector(
+    config: &PartyConfig,
+    state: &State,
+    job_id: &str,
+    slot: &TrainingSlot,
+    start: &RoundStart,
+) -> Result<Vec<u64>, (Rule, String)> {
+    let job = &slot.job;
+    let spec = &job.spec;
+    let kind = |m: String| (Rule::Kind, format!("training step refused: {m}"));
+    let step = Step::from_code(start.step);
+    let rounds = spec.rounds_to_run().map_err(|e| kind(e.to_string()))?;
+    match step {
+        Step::Moments if !spec.standardize || spec.standardizes_by_bounds() => {
+            return Err(kind("the job computes no standardisation statistics".into()));
+        }
+        Step::Train { round } if round >= rounds => {
+            return Err(kind(format!("the job has {rounds} rounds, not {}", round + 1)));
+        }
+        Step::Evaluate if !spec.evaluates() => {
+            return Err(kind("the job releases no evaluation".into()));
+        }
+        _ => {}
+    }
+    if start.plain != spec.plain {
+        return Err(kind("the round's masking differs from the job's".into()));
+    }
+    let want = spec.vector_len(step).map_err(|e| kind(e.to_string()))?;
+    if start.vector_len as usize != want {
+        return Err(kind(format!(
+            "a vector of {} elements, the job's {step} has {want}",
+            start.vector_len
+        )));
+    }
+    let parameters = spec.parameters().map_err(|e| kind(e.to_string()))?;
+    if step != Step::Moments
+        && (start.parameters.len() != parameters || start.parameters.iter().any(|p| !p.is_finite()))
+    {
+        return Err(kind(format!(
+            "the global model has {} parameters or non-finite ones; the job's model has {parameters}",
+            start.parameters.len()
+        )));
+    }
+    let standardizer = if spec.standardize && step != Step::Moments {
+        let s = Standardizer { mean: start.mean.clone(), scale: start.scale.clone() };
+        let features = spec.features.len();
+        if s.mean.len() != features
+            || s.scale.len() != features
+            || s.mean.iter().any(|m| !m.is_finite())
+            || s.scale.iter().any(|v| !(v.is_finite() && *v > 0.0))
+        {
+            return Err(kind("the standardisation does not fit the job's features".into()));
+        }
+        if job.declared.as_ref().is_some_and(|d| *d != s) {
+            return Err(kind(
+                "the standardisation differs from the one this party's declared bounds give".into(),
+            ));
+        }
+        Some(s)
+    } else {
+        None
+    };
+    match state.store.claim_training_step(
+        job_id,
+        &job.job_hash,
+        step.code(),
+        spec.privacy.is_none(),
+    ) {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => return Err(kind(reason)),
+        Err(e) => return Err((Rule::Budget, format!("cannot record the step: {e}"))),
+    }
+    let job = job.clone();
+    let start = start.clone();
+    let party = config.id.0;
+    let computed = tokio::task::spawn_blocking(move || {
+        let spec = &job.spec;
+        // Without DP the rounding is seeded, so a repeated step repeats exactly; under DP the
+        // noise must be unpredictable.
+        let mut rng = if spec.privacy.is_some() {
+            rand_chacha::ChaCha20Rng::from_entropy()
+        } else {
+            let seed: [u8; 32] = Sha256::new()
+                .chain_update(b"veil/training-rounding/v1")
+                .chain_update(job.job_hash.as_bytes())
+                .chain_update(start.step.to_le_bytes())
+                .chain_update(party.to_le_bytes())
+                .finalize()
+                .into();
+            rand_chacha::ChaCha20Rng::from_seed(seed)
+        };
+        let input =
+            StepInput { step, parameters: &start.parameters, standardizer: standardizer.as_ref() };
+        party_vector(spec, &input, &job.data, party, &mut rng)
+    })
+    .await;
+    match computed {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err((Rule::Column, format!("local training failed: {e}"))),
+        Err(e) => Err((Rule::Column, format!("local training stopped: {e}"))),
+    }
 }

@@ -57,6 +57,35 @@ pub struct ClusterSpec {
     pub analyst_quota: Option<(u32, u32)>,
 }
 
+/// A file under the repository's `examples/data`.
+pub fn example_data(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/data").join(path)
+}
+
+/// The three hospitals of `examples/data/breast_cancer`, each serving its file as dataset
+/// `cells` with these columns and extra TOML; `fault` injects a fault into one of them.
+pub fn hospitals(
+    columns: &[(String, String)],
+    extra_toml: &str,
+    fault: Option<(usize, Fault)>,
+) -> Vec<PartySpec> {
+    ["hospital_a", "hospital_b", "hospital_c"]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| PartySpec {
+            name: h.to_string(),
+            datasets: vec![DatasetSpec {
+                name: "cells".into(),
+                path: example_data(&format!("breast_cancer/{h}.csv")),
+                columns: columns.to_vec(),
+                extra_toml: extra_toml.to_string(),
+            }],
+            fault: fault.and_then(|(j, f)| (j == i).then_some(f)),
+            ..PartySpec::default()
+        })
+        .collect()
+}
+
 impl ClusterSpec {
     /// Parties with these names and no datasets, short timeouts.
     pub fn named(names: &[&str]) -> Self {

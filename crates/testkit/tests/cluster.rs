@@ -157,24 +157,10 @@ async fn flights_aggregates_equal_the_pooled_rows() {
 }
 
 fn hospitals(fault: Option<(usize, Fault)>) -> Vec<PartySpec> {
-    ["hospital_a", "hospital_b", "hospital_c"]
-        .iter()
-        .enumerate()
-        .map(|(i, h)| PartySpec {
-            name: h.to_string(),
-            datasets: vec![DatasetSpec {
-                name: "cells".into(),
-                path: data(&format!("breast_cancer/{h}.csv")),
-                columns: vec![
-                    ("mean_radius".into(), "float".into()),
-                    ("target".into(), "int".into()),
-                ],
-                extra_toml: String::new(),
-            }],
-            fault: fault.and_then(|(j, f)| (j == i).then_some(f)),
-            ..PartySpec::default()
-        })
-        .collect()
+    let columns = [("mean_radius", "float"), ("target", "int")];
+    let columns: Vec<(String, String)> =
+        columns.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect();
+    veil_testkit::cluster::hospitals(&columns, "", fault)
 }
 
 const RADIUS: &str = r#"

@@ -398,6 +398,7 @@ async fn a_coordinator_cannot_make_a_party_run_a_forbidden_job() {
             .unwrap()
             .vector_len() as u32,
             plain: false,
+            ..RoundStart::default()
         };
         outbound.send(Ok(CoordinatorEnvelope { body: Some(Out::Start(start)) })).await.unwrap();
         let silent = tokio::time::timeout(Duration::from_millis(800), inbound.recv()).await;

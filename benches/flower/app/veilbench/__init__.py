@@ -1,0 +1,1 @@
+"""Flower timing anchor for veil (see ../../README.md)."""

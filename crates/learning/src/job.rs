@@ -1,0 +1,857 @@
+//! Training jobs: the specification a consumer submits, the steps the coordinator runs, what a
+//! party puts into each step's secure sum, and how the coordinator turns the sums into the
+//! next global model.
+//!
+//! A job is a sequence of secure aggregation rounds ("steps"):
+//!
+//! 1. [`Step::Moments`] (when standardising): each party's row count, Σx and Σx², from which the
+//!    coordinator derives the standardisation every party then applies;
+//! 2. [`Step::Train`] for each round: the party trains the global model it was sent and
+//!    contributes its encoded update, followed (without DP) by the evaluation counts of the
+//!    model it was sent on its held-out rows, so one sum yields the update and the metrics of
+//!    the model before it;
+//! 3. [`Step::Evaluate`] (without DP): the final model's evaluation counts.
+//!
+//! Both sides derive every vector's layout from the specification alone, so a party checks the
+//! length it is asked for, and every seed from the job's seed, so a job resumed from a
+//! checkpoint repeats exactly what an uninterrupted one would have done.
+
+use ndarray::{Array1, Array2};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+use veil_protocol::fixed_point::FixedPoint;
+
+use crate::eval::{EvalCounts, Metrics};
+use crate::export::{ModelFile, Provenance};
+use crate::model::{Model, ModelSpec, check_labels};
+use crate::privacy::{Accountant, DpFedAvg, sample_cohort};
+use crate::strategy::{Server, Strategy, UpdateEncoding};
+use crate::train::{Examples, LocalSettings, Standardizer, train_local};
+use crate::{Error, Result};
+
+/// The `kind` of a training specification.
+pub const KIND: &str = "train";
+
+/// Most parties whose sums a training job's encodings decode.
+pub const MAX_PARTIES: usize = 1024;
+
+/// Most rows one party may train or evaluate on.
+pub const MAX_ROWS: usize = 100_000_000;
+
+/// Most rounds one job may ask for.
+pub const MAX_ROUNDS: u32 = 100_000;
+
+/// Most feature columns.
+pub const MAX_FEATURES: usize = 4096;
+
+/// Largest magnitude of a summed moment (Σx or Σx² of one party): moments beyond it are
+/// refused rather than clipped, since clipped statistics would standardise wrongly.
+pub const MAX_MOMENT: f64 = 1e12;
+
+/// A training job as submitted (TOML or JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// Always [`KIND`].
+    pub kind: String,
+    /// The dataset every party trains on.
+    pub dataset: String,
+    /// Feature columns, in the model's input order.
+    pub features: Vec<String>,
+    /// The label column: class indices `0..classes` (0 and 1 for logistic regression), or the
+    /// real target of linear regression.
+    pub label: String,
+    /// What the model is for, checked against the parties' policies.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub purpose: String,
+    /// The model.
+    pub model: ModelSpec,
+    /// How the coordinator applies each round's mean update.
+    #[serde(default = "fedavg")]
+    pub strategy: Strategy,
+    /// Training rounds.
+    pub rounds: u32,
+    /// What each party does with the global model in a round.
+    pub local: LocalSettings,
+    /// DP-FedAvg instead of sample-weighted FedAvg.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<TrainPrivacy>,
+    /// Held-out rows for federated evaluation.
+    #[serde(default)]
+    pub evaluation: Evaluation,
+    /// Standardise features with statistics from a secure sum of moments.
+    #[serde(default = "yes")]
+    pub standardize: bool,
+    /// Fraction of the accepted parties sampled into each round (at least `min_parties`).
+    #[serde(default = "all")]
+    pub cohort_fraction: f64,
+    /// The fewest parties in any sum.
+    #[serde(default = "two")]
+    pub min_parties: u32,
+    /// Seeds the initial model, cohort sampling, every party's batch order and the held-out
+    /// split.
+    #[serde(default)]
+    pub seed: u64,
+    /// Elements of a party's update are clipped to `[-update_bound, update_bound]` (without DP).
+    #[serde(default = "ten")]
+    pub update_bound: f64,
+    /// Send updates unmasked: for benchmarks only; parties refuse it unless started with the
+    /// dangerous benchmark flag.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plain: bool,
+}
+
+/// DP-FedAvg settings of a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainPrivacy {
+    /// L2 bound of one party's update.
+    pub clip: f64,
+    /// Standard deviation of the summed noise, in units of `clip`.
+    pub noise_multiplier: f64,
+    /// The job's whole zCDP budget ρ; training stops before it would be exceeded.
+    pub rho: f64,
+    /// δ at which ε is reported.
+    #[serde(default = "delta")]
+    pub delta: f64,
+    /// Fixed-point bits after the point.
+    #[serde(default = "sixteen")]
+    pub fractional_bits: u32,
+}
+
+/// Federated evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evaluation {
+    /// Fraction of each party's rows held out of training and evaluated every round
+    /// (0 turns evaluation off).
+    #[serde(default = "fifth")]
+    pub holdout: f64,
+}
+
+impl Default for Evaluation {
+    fn default() -> Self {
+        Self { holdout: fifth() }
+    }
+}
+
+fn fedavg() -> Strategy {
+    Strategy::FedAvg
+}
+fn yes() -> bool {
+    true
+}
+fn all() -> f64 {
+    1.0
+}
+fn two() -> u32 {
+    2
+}
+fn ten() -> f64 {
+    10.0
+}
+fn delta() -> f64 {
+    1e-6
+}
+fn sixteen() -> u32 {
+    16
+}
+fn fifth() -> f64 {
+    0.2
+}
+
+/// One secure sum of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// Row counts, Σx and Σx² of the training rows.
+    Moments,
+    /// Training round `round` (from 0).
+    Train {
+        /// The round.
+        round: u32,
+    },
+    /// The final model's evaluation counts.
+    Evaluate,
+}
+
+impl Step {
+    /// The step's wire code: 0 moments, `1 + round` training, `u32::MAX` evaluation.
+    pub fn code(self) -> u32 {
+        match self {
+            Self::Moments => 0,
+            Self::Train { round } => round.saturating_add(1),
+            Self::Evaluate => u32::MAX,
+        }
+    }
+
+    /// The step of a wire code.
+    pub fn from_code(code: u32) -> Self {
+        match code {
+            0 => Self::Moments,
+            u32::MAX => Self::Evaluate,
+            c => Self::Train { round: c - 1 },
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Moments => write!(f, "standardisation statistics"),
+            Self::Train { round } => write!(f, "round {}", round + 1),
+            Self::Evaluate => write!(f, "final evaluation"),
+        }
+    }
+}
+
+impl TrainSpec {
+    /// Checks every setting's range and the model's size.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Settings(m));
+        if self.kind != KIND {
+            return bad(format!("kind must be {KIND:?}, not {:?}", self.kind));
+        }
+        if self.dataset.is_empty() {
+            return bad("dataset is empty".into());
+        }
+        if self.features.is_empty() || self.features.len() > MAX_FEATURES {
+            return bad(format!(
+                "1 to {MAX_FEATURES} feature columns, not {}",
+                self.features.len()
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for f in self.features.iter().chain([&self.label]) {
+            if f.is_empty() || !seen.insert(f.as_str()) {
+                return bad(format!(
+                    "column {f:?} is empty or named twice among the features and the label"
+                ));
+            }
+        }
+        if self.rounds == 0 || self.rounds > MAX_ROUNDS {
+            return bad(format!("rounds must be 1 to {MAX_ROUNDS}, not {}", self.rounds));
+        }
+        if self.min_parties == 0 || self.min_parties as usize > MAX_PARTIES {
+            return bad(format!("min_parties must be 1 to {MAX_PARTIES}"));
+        }
+        if !(self.cohort_fraction > 0.0 && self.cohort_fraction <= 1.0) {
+            return bad(format!("cohort_fraction must be in (0, 1], not {}", self.cohort_fraction));
+        }
+        if !(0.0..0.9).contains(&self.evaluation.holdout) {
+            return bad(format!(
+                "evaluation.holdout must be in [0, 0.9), not {}",
+                self.evaluation.holdout
+            ));
+        }
+        if !(self.update_bound.is_finite() && self.update_bound > 0.0) {
+            return bad(format!("update_bound must be positive, not {}", self.update_bound));
+        }
+        self.local.validate()?;
+        self.strategy.validate()?;
+        let parameters = self.model.parameter_count(self.features.len())?;
+        if let Some(dp) = self.dp() {
+            let p = self.privacy.as_ref().expect("dp() implies privacy");
+            if !(p.rho.is_finite() && p.rho > 0.0 && p.delta > 0.0 && p.delta < 1.0) {
+                return bad("privacy.rho must be positive and privacy.delta in (0, 1)".into());
+            }
+            let per_round = dp.rho_per_round(parameters)?;
+            if per_round > p.rho {
+                return Err(Error::Budget(format!(
+                    "one round costs ρ = {per_round:.4}, more than the job's budget ρ = {}: raise the noise multiplier or the budget",
+                    p.rho
+                )));
+            }
+        }
+        self.update_encoding()?;
+        Ok(())
+    }
+
+    /// The DP-FedAvg settings, when the job is differentially private.
+    pub fn dp(&self) -> Option<DpFedAvg> {
+        self.privacy.as_ref().map(|p| DpFedAvg {
+            clip: p.clip,
+            noise_multiplier: p.noise_multiplier,
+            min_parties: self.min_parties,
+            fractional_bits: p.fractional_bits,
+        })
+    }
+
+    /// Parameters of the model.
+    pub fn parameters(&self) -> Result<usize> {
+        self.model.parameter_count(self.features.len())
+    }
+
+    /// The rounds that will run: all of them, or under DP as many as the budget pays for.
+    pub fn rounds_to_run(&self) -> Result<u32> {
+        match (&self.privacy, self.dp()) {
+            (Some(p), Some(dp)) => {
+                let per_round = dp.rho_per_round(self.parameters()?)?;
+                let affordable = Accountant::new(per_round, p.rho, p.delta)?.remaining_rounds();
+                Ok(self.rounds.min(affordable))
+            }
+            _ => Ok(self.rounds),
+        }
+    }
+
+    /// The ρ a party reserves for the whole job (0 without DP).
+    pub fn rho_total(&self) -> Result<f64> {
+        match self.dp() {
+            Some(dp) => {
+                Ok(dp.rho_per_round(self.parameters()?)? * f64::from(self.rounds_to_run()?))
+            }
+            None => Ok(0.0),
+        }
+    }
+
+    /// Whether the standardisation comes from the parties' declared bounds rather than from a
+    /// secure sum of moments: so under DP, whose every release must be noised.
+    pub fn standardizes_by_bounds(&self) -> bool {
+        self.standardize && self.privacy.is_some()
+    }
+
+    /// Whether held-out rows are evaluated. Evaluation counts are exact sums, so a
+    /// differentially private job releases none.
+    pub fn evaluates(&self) -> bool {
+        self.evaluation.holdout > 0.0 && self.privacy.is_none()
+    }
+
+    /// Whether the model is a classifier (evaluated with accuracy).
+    pub fn classifier(&self) -> bool {
+        self.model.classes().is_some()
+    }
+
+    fn binary(&self) -> bool {
+        matches!(self.model, ModelSpec::LogisticRegression)
+    }
+
+    fn update_encoding(&self) -> Result<UpdateEncoding> {
+        UpdateEncoding::new(self.update_bound, MAX_ROWS, 20, MAX_PARTIES)
+    }
+
+    fn eval_encoding() -> Result<FixedPoint> {
+        FixedPoint::new(-(MAX_ROWS as f64) * 100.0, MAX_ROWS as f64 * 100.0, 16, MAX_PARTIES)
+            .map_err(|e| Error::Settings(e.to_string()))
+    }
+
+    fn moments_encoding() -> Result<FixedPoint> {
+        FixedPoint::new(-MAX_MOMENT, MAX_MOMENT, 8, MAX_PARTIES)
+            .map_err(|e| Error::Settings(e.to_string()))
+    }
+
+    fn eval_len(&self) -> usize {
+        EvalCounts::vector_len(self.binary())
+    }
+
+    /// The length of a step's vector.
+    pub fn vector_len(&self, step: Step) -> Result<usize> {
+        Ok(match step {
+            Step::Moments => 1 + 2 * self.features.len(),
+            Step::Train { .. } => {
+                let update = UpdateEncoding::len(self.parameters()?);
+                let update = if self.privacy.is_some() { update - 1 } else { update };
+                update + if self.evaluates() { self.eval_len() } else { 0 }
+            }
+            Step::Evaluate => self.eval_len(),
+        })
+    }
+
+    /// The seed of a party's local training in a round.
+    fn local_seed(&self, round: u32, party: u32) -> [u8; 32] {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&self.seed.to_le_bytes());
+        seed[8..12].copy_from_slice(&round.to_le_bytes());
+        seed[12..16].copy_from_slice(&party.to_le_bytes());
+        seed[16..].copy_from_slice(b"veil/local/v1\0\0\0");
+        seed
+    }
+}
+
+/// A party's rows for a job: training and held-out evaluation rows, unstandardised.
+#[derive(Clone, Debug)]
+pub struct LocalData {
+    /// Rows trained on.
+    pub train: Examples,
+    /// Rows held out for evaluation.
+    pub eval: Examples,
+}
+
+/// splitmix64: the held-out split's per-row hash.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl LocalData {
+    /// Splits a party's rows (`x`: one row per example in the spec's feature order; `y`: the
+    /// label) into training and held-out rows by a seeded hash of the row's position, and
+    /// checks the labels against the model.
+    pub fn new(spec: &TrainSpec, x: Array2<f64>, y: Array1<f64>) -> Result<Self> {
+        if x.ncols() != spec.features.len() || x.nrows() != y.len() {
+            return Err(Error::Shape(format!(
+                "{} rows of {} features and {} labels for a job of {} features",
+                x.nrows(),
+                x.ncols(),
+                y.len(),
+                spec.features.len()
+            )));
+        }
+        if x.nrows() > MAX_ROWS {
+            return Err(Error::Shape(format!("{} rows: at most {MAX_ROWS}", x.nrows())));
+        }
+        check_labels(&spec.model, y.view(), x.nrows())?;
+        let all = Examples { x, y };
+        let cut = (spec.evaluation.holdout * u64::MAX as f64) as u64;
+        let (eval, train): (Vec<usize>, Vec<usize>) = (0..all.len())
+            .partition(|&i| spec.evaluation.holdout > 0.0 && mix(spec.seed ^ mix(i as u64)) < cut);
+        if train.is_empty() {
+            return Err(Error::Shape("no rows are left to train on".into()));
+        }
+        Ok(Self { train: all.select(&train), eval: all.select(&eval) })
+    }
+}
+
+/// What the coordinator sends with a training step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepInput<'a> {
+    /// The step.
+    pub step: Step,
+    /// The global model's parameters (training and evaluation steps).
+    pub parameters: &'a [f64],
+    /// The standardisation (when the job standardises, after the moments step).
+    pub standardizer: Option<&'a Standardizer>,
+}
+
+/// A party's vector for a step. `party` seeds its local training (with the job's seed), so
+/// a repeated step is repeated exactly; `rng` supplies stochastic rounding and, under DP, the
+/// noise, and must then be unpredictable.
+pub fn party_vector(
+    spec: &TrainSpec,
+    input: &StepInput<'_>,
+    data: &LocalData,
+    party: u32,
+    rng: &mut impl RngCore,
+) -> Result<Vec<u64>> {
+    let standardized = |e: &Examples| -> Result<Examples> {
+        let mut e = e.clone();
+        match (spec.standardize, input.standardizer) {
+            (true, Some(s)) => s.apply(&mut e.x)?,
+            (true, None) => {
+                return Err(Error::Settings("the step comes without the standardisation".into()));
+            }
+            (false, _) => {}
+        }
+        Ok(e)
+    };
+    let model = || {
+        Model::from_parameters(spec.model.clone(), spec.features.len(), input.parameters.to_vec())
+    };
+    let vector = match input.step {
+        Step::Moments => {
+            let m = Standardizer::local_moments(data.train.x.view());
+            if m.iter().any(|v| !v.is_finite() || v.abs() > MAX_MOMENT) {
+                return Err(Error::Shape(format!(
+                    "the features' moments exceed ±{MAX_MOMENT:e}: rescale the columns, or train without standardisation"
+                )));
+            }
+            TrainSpec::moments_encoding()?.encode(&m, rng)
+        }
+        Step::Train { round } => {
+            let global = model()?;
+            let train = standardized(&data.train)?;
+            let rate = spec.local.rate_at(round, spec.rounds);
+            let update = train_local(
+                &global,
+                &train,
+                &spec.local,
+                rate,
+                spec.strategy.proximal_mu(),
+                spec.local_seed(round, party),
+            )?;
+            let mut v = match spec.dp() {
+                Some(dp) => dp.encode(&update.delta, MAX_PARTIES, rng)?.0,
+                None => spec.update_encoding()?.encode(&update, rng)?,
+            };
+            if spec.evaluates() {
+                v.extend(eval_vector(spec, &global, &standardized(&data.eval)?, rng)?);
+            }
+            v
+        }
+        Step::Evaluate => eval_vector(spec, &model()?, &standardized(&data.eval)?, rng)?,
+    };
+    debug_assert_eq!(vector.len(), spec.vector_len(input.step).unwrap_or(0));
+    Ok(vector)
+}
+
+/// A party's evaluation counts of `model` on its (standardised) held-out rows, encoded.
+fn eval_vector(
+    spec: &TrainSpec,
+    model: &Model,
+    eval: &Examples,
+    rng: &mut impl RngCore,
+) -> Result<Vec<u64>> {
+    let mut v = if eval.is_empty() {
+        Vec::new()
+    } else {
+        EvalCounts::of(model, eval.x.view(), eval.y.view())?.to_vector()
+    };
+    v.resize(spec.eval_len(), 0.0);
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(Error::Diverged("the evaluation loss is not finite".into()));
+    }
+    Ok(TrainSpec::eval_encoding()?.encode(&v, rng))
+}
+
+/// One finished training round, as reported to the consumer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundReport {
+    /// The round (from 0).
+    pub round: u32,
+    /// Parties whose update is in the sum.
+    pub contributors: u32,
+    /// Rows trained on in all (without DP; a DP sum carries no row count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// Evaluation of the model the round started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+    /// ε at the job's δ spent so far (DP jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+}
+
+/// The coordinator's state of a training job: everything a checkpoint holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Training {
+    /// The global model and the server optimiser.
+    pub server: Server,
+    /// The standardisation, once computed.
+    pub standardizer: Option<Standardizer>,
+    /// The privacy spent (DP jobs).
+    pub accountant: Option<Accountant>,
+    /// Finished rounds.
+    pub history: Vec<RoundReport>,
+    /// The final model's evaluation.
+    pub final_metrics: Option<Metrics>,
+    /// Why training stopped before its rounds, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_early: Option<String>,
+}
+
+impl Training {
+    /// A job's starting state: the initial model from the job's seed.
+    pub fn new(spec: &TrainSpec) -> Result<Self> {
+        spec.validate()?;
+        let mut rng = ChaCha20Rng::seed_from_u64(spec.seed);
+        let model = Model::new(spec.model.clone(), spec.features.len(), &mut rng)?;
+        let accountant = match (&spec.privacy, spec.dp()) {
+            (Some(p), Some(dp)) => {
+                Some(Accountant::new(dp.rho_per_round(spec.parameters()?)?, p.rho, p.delta)?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            server: Server::new(model, spec.strategy.clone())?,
+            standardizer: None,
+            accountant,
+            history: Vec::new(),
+            final_metrics: None,
+            stopped_early: None,
+        })
+    }
+
+    /// The next step, or `None` when the job is done.
+    pub fn next_step(&self, spec: &TrainSpec) -> Option<Step> {
+        if spec.standardize && self.standardizer.is_none() && spec.privacy.is_none() {
+            return Some(Step::Moments);
+        }
+        let done = self.history.len() as u32;
+        let budget_left = self.accountant.as_ref().is_none_or(|a| a.remaining_rounds() > 0);
+        if self.stopped_early.is_none() && done < spec.rounds && budget_left {
+            return Some(Step::Train { round: done });
+        }
+        if spec.evaluates() && self.final_metrics.is_none() {
+            return Some(Step::Evaluate);
+        }
+        None
+    }
+
+    /// The parties of a step: every available one, except that training rounds sample
+    /// `cohort_fraction` of them with the job's seed.
+    pub fn cohort(&self, spec: &TrainSpec, step: Step, available: &[u32]) -> Result<Vec<u32>> {
+        let min = spec.min_parties as usize;
+        match step {
+            Step::Train { round } if spec.cohort_fraction < 1.0 => {
+                let mut rng = ChaCha20Rng::seed_from_u64(mix(spec.seed ^ mix(u64::from(round))));
+                sample_cohort(available, spec.cohort_fraction, min, &mut rng)
+            }
+            _ if available.len() < min => Err(Error::Cohort(format!(
+                "{} parties remain, the job needs at least {min}",
+                available.len()
+            ))),
+            _ => Ok(available.to_vec()),
+        }
+    }
+
+    /// Takes a step's sum over `contributors` parties; returns the round's report for
+    /// training steps.
+    pub fn absorb(
+        &mut self,
+        spec: &TrainSpec,
+        step: Step,
+        sum: &[u64],
+        contributors: usize,
+    ) -> Result<Option<RoundReport>> {
+        let want = spec.vector_len(step)?;
+        if sum.len() != want {
+            return Err(Error::Shape(format!("a sum of {} elements, expected {want}", sum.len())));
+        }
+        if contributors < spec.min_parties as usize {
+            return Err(Error::Cohort(format!(
+                "a sum over {contributors} parties; the job needs at least {}",
+                spec.min_parties
+            )));
+        }
+        let metrics = |v: &[u64]| -> Result<Metrics> {
+            let counts = TrainSpec::eval_encoding()?
+                .decode_sum(v, contributors)
+                .map_err(|e| Error::Shape(e.to_string()))?;
+            let counts = EvalCounts::from_vector(&counts, spec.binary())?;
+            Ok(counts.metrics(spec.classifier()))
+        };
+        match step {
+            Step::Moments => {
+                let m = TrainSpec::moments_encoding()?
+                    .decode_sum(sum, contributors)
+                    .map_err(|e| Error::Shape(e.to_string()))?;
+                self.standardizer = Some(Standardizer::from_moments(&m)?);
+                Ok(None)
+            }
+            Step::Train { round } => {
+                let update_len = want - if spec.evaluates() { spec.eval_len() } else { 0 };
+                let (update, eval) = sum.split_at(update_len);
+                let (mean, rows) = match (spec.dp(), self.accountant.as_mut()) {
+                    (Some(dp), Some(accountant)) => {
+                        accountant.charge()?;
+                        (dp.decode(update, contributors, MAX_PARTIES)?, None)
+                    }
+                    _ => {
+                        let (mean, rows) = spec.update_encoding()?.decode(update, contributors)?;
+                        (mean, Some(rows as u64))
+                    }
+                };
+                self.server.apply(&mean)?;
+                let report = RoundReport {
+                    round,
+                    contributors: contributors as u32,
+                    rows,
+                    metrics: if spec.evaluates() { Some(metrics(eval)?) } else { None },
+                    epsilon: self.accountant.as_ref().map(Accountant::epsilon),
+                };
+                self.history.push(report.clone());
+                Ok(Some(report))
+            }
+            Step::Evaluate => {
+                self.final_metrics = Some(metrics(sum)?);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The trained model as a model file.
+    pub fn model_file(&self, spec: &TrainSpec, parties: u32) -> Result<ModelFile> {
+        let metrics = self
+            .final_metrics
+            .as_ref()
+            .or_else(|| self.history.last().and_then(|r| r.metrics.as_ref()));
+        let mut named = Vec::new();
+        if let Some(m) = metrics {
+            named.push(("loss".to_string(), m.loss));
+            named.extend(m.accuracy.map(|a| ("accuracy".to_string(), a)));
+            named.extend(m.auc.map(|a| ("auc".to_string(), a)));
+        }
+        let provenance = Provenance {
+            dataset: spec.dataset.clone(),
+            rounds: self.history.len() as u32,
+            strategy: serde_json::to_string(&spec.strategy).unwrap_or_default(),
+            parties,
+            epsilon: self.accountant.as_ref().map(Accountant::epsilon),
+            delta: spec.privacy.as_ref().map(|p| p.delta),
+            metrics: named,
+        };
+        ModelFile::new(
+            &self.server.model,
+            spec.features.clone(),
+            spec.label.clone(),
+            if spec.standardize { self.standardizer.clone() } else { None },
+            provenance,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::Optimizer;
+
+    fn spec() -> TrainSpec {
+        TrainSpec {
+            kind: KIND.into(),
+            dataset: "d".into(),
+            features: vec!["a".into(), "b".into()],
+            label: "y".into(),
+            purpose: String::new(),
+            model: ModelSpec::LogisticRegression,
+            strategy: Strategy::FedAvg,
+            rounds: 6,
+            local: LocalSettings {
+                epochs: 1,
+                batch_size: 8,
+                learning_rate: 0.5,
+                schedule: crate::train::Schedule::Constant,
+                optimizer: Optimizer::Sgd { momentum: 0.0 },
+                l2: 0.0,
+            },
+            privacy: None,
+            evaluation: Evaluation::default(),
+            standardize: true,
+            cohort_fraction: 1.0,
+            min_parties: 2,
+            seed: 3,
+            update_bound: 10.0,
+            plain: false,
+        }
+    }
+
+    /// Separable rows around a shifted centre, so standardisation matters.
+    fn party_data(spec: &TrainSpec, offset: f64, rows: usize) -> LocalData {
+        let mut x = Array2::zeros((rows, 2));
+        let mut y = Array1::zeros(rows);
+        for i in 0..rows {
+            let t = (i as f64 * 0.37).sin();
+            x[[i, 0]] = 100.0 + 10.0 * t + offset;
+            x[[i, 1]] = (i as f64 * 1.3).cos();
+            y[i] = f64::from(t > 0.0);
+        }
+        LocalData::new(spec, x, y).unwrap()
+    }
+
+    fn run(spec: &TrainSpec, parties: &[LocalData], state: &mut Training, stop_after: usize) {
+        let mut steps = 0;
+        while let Some(step) = state.next_step(spec) {
+            if steps == stop_after {
+                return;
+            }
+            let params = state.server.model.parameters.clone();
+            let input =
+                StepInput { step, parameters: &params, standardizer: state.standardizer.as_ref() };
+            let mut sum = vec![0u64; spec.vector_len(step).unwrap()];
+            for (i, d) in parties.iter().enumerate() {
+                let mut rng = ChaCha20Rng::seed_from_u64(u64::from(step.code()) << 8 | i as u64);
+                let v = party_vector(spec, &input, d, i as u32, &mut rng).unwrap();
+                assert_eq!(v.len(), sum.len(), "{step}");
+                sum.iter_mut().zip(v).for_each(|(s, x)| *s = s.wrapping_add(x));
+            }
+            state.absorb(spec, step, &sum, parties.len()).unwrap();
+            steps += 1;
+        }
+    }
+
+    #[test]
+    fn a_job_standardises_trains_and_evaluates() {
+        let s = spec();
+        let parties = [party_data(&s, 0.0, 200), party_data(&s, 5.0, 150)];
+        let mut state = Training::new(&s).unwrap();
+        assert_eq!(state.next_step(&s), Some(Step::Moments));
+        run(&s, &parties, &mut state, usize::MAX);
+        let mean = &state.standardizer.as_ref().unwrap().mean;
+        assert!((mean[0] - 102.0).abs() < 2.0, "{mean:?}");
+        assert_eq!(state.history.len(), 6);
+        assert_eq!(
+            state.history[0].rows,
+            Some((parties[0].train.len() + parties[1].train.len()) as u64)
+        );
+        let last = state.final_metrics.as_ref().unwrap();
+        assert!(last.accuracy.unwrap() > 0.85, "{last:?}");
+        let first = state.history[0].metrics.as_ref().unwrap();
+        assert!(first.loss > last.loss, "training lowers the held-out loss");
+        assert_eq!(state.next_step(&s), None);
+        let file = state.model_file(&s, 2).unwrap();
+        assert_eq!(file.provenance.rounds, 6);
+    }
+
+    /// A job resumed from a serialised checkpoint ends exactly where an uninterrupted one does.
+    #[test]
+    fn a_resumed_job_repeats_the_uninterrupted_one() {
+        let s = spec();
+        let parties = [party_data(&s, 0.0, 120), party_data(&s, 1.0, 90)];
+        let mut whole = Training::new(&s).unwrap();
+        run(&s, &parties, &mut whole, usize::MAX);
+        let mut part = Training::new(&s).unwrap();
+        run(&s, &parties, &mut part, 3);
+        let checkpoint = serde_json::to_string(&part).unwrap();
+        let mut resumed: Training = serde_json::from_str(&checkpoint).unwrap();
+        run(&s, &parties, &mut resumed, usize::MAX);
+        assert_eq!(resumed.server.model.parameters, whole.server.model.parameters);
+    }
+
+    #[test]
+    fn dp_jobs_stop_at_their_budget_and_release_no_counts() {
+        let mut s = spec();
+        s.privacy = Some(TrainPrivacy {
+            clip: 1.0,
+            noise_multiplier: 2.0,
+            rho: 0.4,
+            delta: 1e-6,
+            fractional_bits: 10,
+        });
+        s.rounds = 50;
+        s.validate().unwrap();
+        let per_round = s.dp().unwrap().rho_per_round(3).unwrap();
+        let affordable = s.rounds_to_run().unwrap();
+        assert!(affordable < 50 && affordable > 0, "{affordable} rounds of ρ {per_round}");
+        assert!(s.rho_total().unwrap() <= 0.4 + 1e-12);
+        assert!(!s.evaluates());
+        assert_eq!(s.vector_len(Step::Train { round: 0 }).unwrap(), 3);
+        let parties = [party_data(&s, 0.0, 100), party_data(&s, 0.0, 100)];
+        let mut state = Training::new(&s).unwrap();
+        assert!(s.standardizes_by_bounds());
+        state.standardizer =
+            Some(Standardizer::from_bounds(&[(80.0, 130.0), (-1.0, 1.0)]).unwrap());
+        run(&s, &parties, &mut state, usize::MAX);
+        assert_eq!(state.history.len() as u32, affordable);
+        let eps = state.history.last().unwrap().epsilon.unwrap();
+        assert!(eps.is_finite() && eps > 0.0);
+        assert_eq!(state.next_step(&s), None);
+        // A budget smaller than one round is refused outright.
+        s.privacy.as_mut().unwrap().rho = per_round / 2.0;
+        assert!(matches!(s.validate(), Err(Error::Budget(_))));
+    }
+
+    #[test]
+    fn bad_specifications_are_refused() {
+        let bad = [
+            TrainSpec { rounds: 0, ..spec() },
+            TrainSpec { features: vec![], ..spec() },
+            TrainSpec { label: "a".into(), ..spec() },
+            TrainSpec { cohort_fraction: 0.0, ..spec() },
+            TrainSpec { evaluation: Evaluation { holdout: 0.95 }, ..spec() },
+            TrainSpec { kind: "columns".into(), ..spec() },
+            TrainSpec { min_parties: 0, ..spec() },
+        ];
+        for s in bad {
+            assert!(s.validate().is_err(), "{s:?}");
+        }
+        let s = spec();
+        let wrong_labels =
+            LocalData::new(&s, Array2::zeros((3, 2)), Array1::from(vec![0.0, 2.0, 1.0]));
+        assert!(wrong_labels.is_err());
+        assert!(LocalData::new(&s, Array2::zeros((3, 3)), Array1::zeros(3)).is_err());
+        for code in [0, 1, 7, u32::MAX] {
+            assert_eq!(Step::from_code(code).code(), code);
+        }
+    }
+}
