@@ -35,12 +35,19 @@ pub(crate) enum BenchTarget {
         #[arg(long, default_value_t = 5, value_parser = at_least_one())]
         repeat: usize,
     },
-    /// Federated rounds of a multilayer perceptron on the digits (four parties, in one
-    /// process): local training, then a secure or a plain sum of the updates.
+    /// Training jobs over loopback gRPC with mutual TLS, secure against plain aggregation: an
+    /// MLP on the digits (four parties) and the breast-cancer logistic regression of
+    /// benches/flower (three).
     Train {
-        /// Rounds per kind; the median is reported.
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        /// Rounds per job (per kind with --in-memory); the median round is reported.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(2..))]
         rounds: u32,
+        /// Jobs of each kind.
+        #[arg(long, default_value_t = 3, value_parser = at_least_one())]
+        repeat: usize,
+        /// Run the MLP rounds in one process instead, with in-memory secure aggregation.
+        #[arg(long)]
+        in_memory: bool,
     },
     /// Exact discrete Gaussian samples per second on one core.
     Dp {
@@ -75,7 +82,10 @@ pub(crate) async fn run(what: BenchTarget) -> Result<()> {
         }
         BenchTarget::Rounds { parties, dim, repeat } => rounds(parties, dim, repeat).await,
         BenchTarget::Query { repeat } => query(repeat).await,
-        BenchTarget::Train { rounds } => crate::bench_train::train(rounds),
+        BenchTarget::Train { rounds, in_memory: true, .. } => crate::bench_train::in_memory(rounds),
+        BenchTarget::Train { rounds, repeat, in_memory: false } => {
+            crate::bench_train::services(rounds, repeat).await
+        }
         BenchTarget::Dp { samples } => {
             dp(samples);
             Ok(())

@@ -1,6 +1,9 @@
-//! `veil bench train`: federated rounds of a multilayer perceptron on the digits, four
-//! label-skewed parties, in one process: local training (the parties in parallel threads),
-//! then the update sum by a whole secure aggregation round in memory, or by a plain sum.
+//! `veil bench train`: whole training jobs through the services (a coordinator and party
+//! workers over loopback gRPC with mutual TLS), secure against plain aggregation in the same
+//! run: a multilayer perceptron on the digits over four label-skewed parties, and the
+//! breast-cancer logistic regression that `benches/flower` runs with Flower. `--in-memory`
+//! runs the MLP rounds in one process instead: local training in parallel threads, then a
+//! whole secure aggregation round in memory, or a plain sum.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,7 +49,7 @@ fn median(v: &mut [Duration]) -> Duration {
     v[v.len() / 2]
 }
 
-pub(crate) fn train(rounds: u32) -> Result<()> {
+pub(crate) fn in_memory(rounds: u32) -> Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/digits");
     let (train, test): (Vec<Examples>, Vec<Examples>) = (0..4)
         .map(|i| load(&dir.join(format!("party_{i}.csv"))))
@@ -143,3 +146,193 @@ pub(crate) fn train(rounds: u32) -> Result<()> {
     println!("  the secure and the plain rounds trained the identical model");
     Ok(())
 }
+
+/// A training job's per-round wall times, from the progress the coordinator streams.
+struct JobTiming {
+    /// Between consecutive round reports.
+    rounds: Vec<Duration>,
+    /// Submission to result.
+    whole: Duration,
+    /// The final held-out accuracy.
+    accuracy: f64,
+}
+
+async fn timed_job(cluster: &veil_testkit::cluster::Cluster, spec: &str) -> Result<JobTiming> {
+    use veil_proto::v1::{JobRef, SubmitRequest};
+    let mut jobs = cluster.jobs().await;
+    let start = Instant::now();
+    let s = jobs.submit(SubmitRequest { spec: spec.into() }).await?.into_inner();
+    let mut stream = jobs.watch(JobRef { job_id: s.job_id.clone() }).await?.into_inner();
+    let mut reports = Vec::new();
+    let mut last = None;
+    while let Some(status) = stream.message().await? {
+        if !status.progress_json.is_empty()
+            && last
+                .as_ref()
+                .is_none_or(|l: &veil_proto::v1::JobStatus| l.progress_json != status.progress_json)
+        {
+            reports.push(Instant::now());
+        }
+        last = Some(status);
+    }
+    let last = last.context("no status")?;
+    anyhow::ensure!(last.state == "succeeded", "benchmark job {}: {}", last.state, last.detail);
+    let result = jobs.result(JobRef { job_id: s.job_id }).await?.into_inner();
+    let whole = start.elapsed();
+    let answer: serde_json::Value = serde_json::from_str(&result.answer_json)?;
+    Ok(JobTiming {
+        rounds: reports.windows(2).map(|w| w[1] - w[0]).collect(),
+        whole,
+        accuracy: answer["final"]["accuracy"].as_f64().unwrap_or(f64::NAN),
+    })
+}
+
+fn columns(file: &Path) -> Result<Vec<String>> {
+    let mut reader = csv::Reader::from_path(file).with_context(|| file.display().to_string())?;
+    Ok(reader.headers()?.iter().filter(|h| *h != "target").map(str::to_string).collect())
+}
+
+/// A cluster of parties serving `files` as `dataset`, every column numeric; plain rounds
+/// allowed (benchmark parties).
+async fn cluster(
+    dataset: &str,
+    files: &[std::path::PathBuf],
+) -> Result<veil_testkit::cluster::Cluster> {
+    use veil_testkit::cluster::{Cluster, ClusterSpec, DatasetSpec, PartySpec};
+    let mut cols: Vec<(String, String)> =
+        columns(&files[0])?.into_iter().map(|c| (c, "float".into())).collect();
+    cols.push(("target".into(), "int".into()));
+    let parties = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| PartySpec {
+            name: format!("party{i}"),
+            datasets: vec![DatasetSpec {
+                name: dataset.into(),
+                path: f.clone(),
+                columns: cols.clone(),
+                extra_toml: String::new(),
+            }],
+            benchmark: true,
+            ..PartySpec::default()
+        })
+        .collect();
+    Ok(Cluster::start(ClusterSpec {
+        parties,
+        stage_timeout: Duration::from_secs(30),
+        offer_timeout: Duration::from_secs(30),
+        analyst_quota: None,
+    })
+    .await)
+}
+
+fn train_spec(
+    dataset: &str,
+    features: &[String],
+    model: &str,
+    local: &str,
+    rounds: u32,
+    plain: bool,
+) -> String {
+    let list: Vec<String> = features.iter().map(|f| format!("{f:?}")).collect();
+    format!(
+        "kind = \"train\"\ndataset = \"{dataset}\"\nfeatures = [{}]\nlabel = \"target\"\nrounds = {rounds}\nseed = 1\nplain = {plain}\n{model}\n{local}\n",
+        list.join(", ")
+    )
+}
+
+/// Runs secure and plain jobs alternately (`repeat` of each) and prints the per-round medians.
+async fn compare(
+    label: &str,
+    cluster: &veil_testkit::cluster::Cluster,
+    spec: impl Fn(bool) -> String,
+    repeat: usize,
+) -> Result<Duration> {
+    let (mut secure, mut plain) = (Vec::new(), Vec::new());
+    let (mut whole_secure, mut whole_plain) = (Vec::new(), Vec::new());
+    let mut accuracy = (f64::NAN, f64::NAN);
+    for _ in 0..repeat {
+        for is_plain in [false, true] {
+            let t = timed_job(cluster, &spec(is_plain)).await?;
+            if is_plain {
+                plain.extend(t.rounds);
+                whole_plain.push(t.whole);
+                accuracy.1 = t.accuracy;
+            } else {
+                secure.extend(t.rounds);
+                whole_secure.push(t.whole);
+                accuracy.0 = t.accuracy;
+            }
+        }
+    }
+    anyhow::ensure!(!secure.is_empty() && !plain.is_empty(), "no rounds were timed");
+    let (s, p) = (median(&mut secure), median(&mut plain));
+    println!("{label}");
+    println!(
+        "  secure round: median {:>7.2} ms   (whole job, submit to result: {:.2} s; held-out accuracy {:.3})",
+        s.as_secs_f64() * 1e3,
+        median(&mut whole_secure).as_secs_f64(),
+        accuracy.0
+    );
+    println!(
+        "  plain round:  median {:>7.2} ms   (whole job, submit to result: {:.2} s; held-out accuracy {:.3})",
+        p.as_secs_f64() * 1e3,
+        median(&mut whole_plain).as_secs_f64(),
+        accuracy.1
+    );
+    println!("  secure / plain: {:.2}x", s.as_secs_f64() / p.as_secs_f64());
+    Ok(s)
+}
+
+/// The training benchmark over the services.
+pub(crate) async fn services(rounds: u32, repeat: usize) -> Result<()> {
+    anyhow::ensure!(rounds >= 2, "--rounds must be at least 2 to time a round");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data");
+    let digits: Vec<_> = (0..4).map(|i| data.join(format!("digits/party_{i}.csv"))).collect();
+    let features = columns(&digits[0])?;
+    let c = cluster("digits", &digits).await?;
+    let mlp = "[model]\nkind = \"mlp\"\nhidden = [32]\nclasses = 10";
+    let local = "[local]\nepochs = 5\nbatch_size = 32\nlearning_rate = 0.01\nl2 = 1e-4\noptimizer = { kind = \"adam\" }";
+    compare(
+        &format!(
+            "MLP 64-32-10 on the digits, 4 label-skewed parties, 5 local epochs of Adam, {rounds} rounds per job, \
+             loopback gRPC with mutual TLS, {repeat} jobs of each kind (a round: model out, local training, \
+             aggregation with the held-out evaluation, server update, checkpoint)"
+        ),
+        &c,
+        |plain| train_spec("digits", &features, mlp, local, rounds, plain),
+        repeat,
+    )
+    .await?;
+    c.shutdown().await;
+
+    let hospitals: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|h| data.join(format!("breast_cancer/hospital_{h}.csv")))
+        .collect();
+    let features = columns(&hospitals[0])?;
+    let c = cluster("cells", &hospitals).await?;
+    let logistic = "[model]\nkind = \"logistic_regression\"";
+    let local = "[local]\nepochs = 1\nbatch_size = 16\nlearning_rate = 0.1\nl2 = 0.05\noptimizer = { kind = \"sgd\" }";
+    let secure = compare(
+        &format!(
+            "logistic regression on breast_cancer, 3 hospitals, 1 local epoch of SGD, {rounds} rounds per job \
+             (the workload of benches/flower)"
+        ),
+        &c,
+        |plain| train_spec("cells", &features, logistic, local, rounds, plain),
+        repeat,
+    )
+    .await?;
+    c.shutdown().await;
+    println!(
+        "  against Flower 1.41 with SecAgg+ on the same workload (benches/flower): {FLOWER_SECAGG_MS} ms per round, \
+         {:.0}x this round (target ≥ 20x)",
+        FLOWER_SECAGG_MS / (secure.as_secs_f64() * 1e3)
+    );
+    Ok(())
+}
+
+/// Flower 1.41's per-round time with SecAgg+ on the breast-cancer logistic regression, as
+/// `benches/flower/run.sh` measured it on the machine BENCHMARKS.md names.
+const FLOWER_SECAGG_MS: f64 = f64::NAN;

@@ -61,6 +61,7 @@ features = [{}]
 label = "target"
 rounds = {rounds}
 seed = 11
+{extra}
 [model]
 kind = "logistic_regression"
 [local]
@@ -70,7 +71,6 @@ learning_rate = 0.1
 l2 = 0.05
 schedule = {{ kind = "cosine", floor = 0.02 }}
 optimizer = {{ kind = "sgd" }}
-{extra}
 "#,
         list.join(", ")
     )
@@ -178,5 +178,97 @@ async fn a_party_that_vanishes_mid_training_does_not_stop_the_job() {
     }
     assert!(a["final"]["accuracy"].as_f64().unwrap() > 0.85, "{}", a["final"]);
     assert!(matches!(cluster.party_outcome(2).await, Some(Ok(()))), "the faulty party exited");
+    cluster.shutdown().await;
+}
+
+/// The parameters of a finished training job's model.
+async fn parameters(cluster: &Cluster, job_id: &str) -> Vec<f64> {
+    let a = answer(cluster, job_id).await;
+    serde_json::from_value(a["model"]["parameters"].clone()).unwrap()
+}
+
+/// A coordinator killed mid-training resumes the job from its last checkpoint after a
+/// restart, and ends with exactly the model an uninterrupted run of the same job trains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_coordinator_resumes_training_from_its_checkpoint() {
+    let mut cluster = Cluster::start(cluster_spec("", None)).await;
+    let text = logistic(40, "");
+    let mut jobs = cluster.jobs().await;
+    let job = jobs.submit(SubmitRequest { spec: text.clone() }).await.unwrap().into_inner().job_id;
+    let mut stream = jobs.watch(JobRef { job_id: job.clone() }).await.unwrap().into_inner();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = tokio::time::timeout_at(deadline, stream.message()).await.unwrap().unwrap();
+        let s = s.expect("the job runs until it is interrupted");
+        assert_ne!(s.state, "succeeded", "the job ended before the kill");
+        if s.detail.starts_with("round 10/40") {
+            break;
+        }
+    }
+    cluster.kill_coordinator().await;
+    cluster.restart_coordinator().await;
+    let resumed = cluster.wait_job(&job).await;
+    assert_eq!(resumed.state, "succeeded", "{resumed:?}");
+    let a = answer(&cluster, &job).await;
+    assert_eq!(a["rounds"].as_array().unwrap().len(), 40);
+
+    let (whole, _) = cluster.run_job(&text).await;
+    assert_eq!(whole.state, "succeeded", "{whole:?}");
+    assert_eq!(
+        parameters(&cluster, &job).await,
+        parameters(&cluster, &whole.job_id).await,
+        "the resumed job trains the very model the uninterrupted one does"
+    );
+    cluster.shutdown().await;
+}
+
+/// Declared bounds of every feature, widened from the data (owners declare them in practice).
+fn declared_bounds() -> String {
+    let names = features();
+    let mut lo = vec![f64::INFINITY; names.len()];
+    let mut hi = vec![f64::NEG_INFINITY; names.len()];
+    for h in HOSPITALS {
+        let (_, x, _) = rows(h);
+        for row in x.rows() {
+            for (j, v) in row.iter().enumerate() {
+                lo[j] = lo[j].min(*v);
+                hi[j] = hi[j].max(*v);
+            }
+        }
+    }
+    let entries: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(j, n)| format!("{n} = [{:?}, {:?}]", lo[j].min(0.0), hi[j] * 1.5))
+        .collect();
+    format!("bounds = {{ {} }}", entries.join(", "))
+}
+
+/// DP-FedAvg through the services: standardised by declared bounds, stopped by its own
+/// budget with a finite ε, and a second job that the parties' budgets cannot pay for is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dp_training_reports_epsilon_stops_at_its_budget_and_parties_refuse_beyond_theirs() {
+    let extra = format!("{}\n[datasets.policy]\nbudget_per_consumer = 3.0\n", declared_bounds());
+    let cluster = Cluster::start(cluster_spec(&extra, None)).await;
+    let dp =
+        "min_parties = 3\n[privacy]\nclip = 0.5\nnoise_multiplier = 2.0\nrho = 2.0\ndelta = 1e-6";
+    let text = logistic(40, dp);
+    let (status, result) = cluster.run_job(&text).await;
+    assert_eq!(status.state, "succeeded", "{status:?}");
+    let a: serde_json::Value = serde_json::from_str(&result.unwrap().answer_json).unwrap();
+    let rounds = a["rounds"].as_array().unwrap().len();
+    assert!(rounds > 0 && rounds < 40, "{rounds} rounds");
+    let epsilon = a["epsilon"].as_f64().unwrap();
+    assert!(epsilon.is_finite() && epsilon > 0.0, "ε {epsilon}");
+    assert!(a["stopped_early"].as_str().unwrap().contains("budget"), "{a}");
+    assert!(a["final"].is_null(), "a DP job releases no exact evaluation counts");
+    let standardizer = &a["model"]["standardizer"];
+    assert!(standardizer["mean"].as_array().is_some(), "standardised by the declared bounds");
+
+    // The first job reserved ρ = 2 of each party's 3; the same job again does not fit.
+    let (refused, _) = cluster.run_job(&text).await;
+    assert_eq!(refused.state, "failed", "{refused:?}");
+    assert!(refused.detail.contains("budget"), "{}", refused.detail);
     cluster.shutdown().await;
 }
