@@ -272,3 +272,123 @@ async fn dp_training_reports_epsilon_stops_at_its_budget_and_parties_refuse_beyo
     assert!(refused.detail.contains("budget"), "{}", refused.detail);
     cluster.shutdown().await;
 }
+
+/// The exact vector party `party` contributes to the first training round of a job (the
+/// rounding is seeded from the job's hash without DP, as the worker seeds it).
+fn first_round_vector(text: &str, standardizer: &Standardizer, party: usize) -> Vec<u64> {
+    use rand::SeedableRng;
+    use sha2::{Digest, Sha256};
+    use veil_learning::job::{Step, StepInput, party_vector};
+    let job = veil_analytics::Job::parse(text).unwrap();
+    let veil_analytics::Job::Train(spec) = &job else { unreachable!() };
+    let (_, x, y) = rows(HOSPITALS[party]);
+    let data = LocalData::new(spec, x, y).unwrap();
+    let start = Training::new(spec).unwrap().server.model.parameters;
+    let step = Step::Train { round: 0 };
+    let seed: [u8; 32] = Sha256::new()
+        .chain_update(b"veil/training-rounding/v1")
+        .chain_update(job.hash().as_bytes())
+        .chain_update(step.code().to_le_bytes())
+        .chain_update((party as u32).to_le_bytes())
+        .finalize()
+        .into();
+    let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
+    let input = StepInput { step, parameters: &start, standardizer: Some(standardizer) };
+    party_vector(spec, &input, &data, party as u32, &mut rng).unwrap()
+}
+
+/// No party's own update (nor its evaluation counts) ever reaches the coordinator: the exact
+/// bytes of hospital A's first-round vector appear in nothing the coordinator receives in a
+/// secure job, while in a plain benchmark job of the same model they do, so the check can
+/// see them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_never_receives_a_party_update() {
+    let mut spec = cluster_spec("", None);
+    for p in &mut spec.parties {
+        p.benchmark = true;
+    }
+    let cluster = Cluster::start(spec).await;
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for plain in [true, false] {
+        let text = logistic(2, if plain { "plain = true" } else { "" });
+        cluster.inbound.lock().unwrap().clear();
+        let (status, _) = cluster.run_job(&text).await;
+        assert_eq!(status.state, "succeeded", "{status:?}");
+        let a = answer(&cluster, &status.job_id).await;
+        let standardizer: Standardizer =
+            serde_json::from_value(a["model"]["standardizer"].clone()).unwrap();
+        let vector = first_round_vector(&text, &standardizer, 0);
+        // The update's first eight elements and the evaluation counts' first eight, as sent.
+        let eval_at = vector.len() - veil_learning::eval::EvalCounts::vector_len(true);
+        let bytes = |v: &[u64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let update = bytes(&vector[..8]);
+        let counts = bytes(&vector[eval_at..eval_at + 8]);
+        let inbound = cluster.inbound.lock().unwrap().clone();
+        let seen = inbound.iter().any(|b| contains(b, &update) || contains(b, &counts));
+        assert_eq!(seen, plain, "plain {plain}: party A's vector visible: {seen}");
+    }
+    cluster.shutdown().await;
+}
+
+/// Softmax regression and the MLP learn the digits over four label-skewed parties through the
+/// services; the MLP samples three of the four parties into each round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn softmax_and_mlp_learn_the_digits_with_sampled_cohorts() {
+    use veil_testkit::cluster::{DatasetSpec, PartySpec};
+    let file = |i: usize| example_data(&format!("digits/party_{i}.csv"));
+    let header = std::fs::read_to_string(file(0)).unwrap().lines().next().unwrap().to_string();
+    let pixels: Vec<String> =
+        header.split(',').filter(|c| *c != "target").map(str::to_string).collect();
+    let mut columns: Vec<(String, String)> =
+        pixels.iter().map(|p| (p.clone(), "float".to_string())).collect();
+    columns.push(("target".into(), "int".into()));
+    let parties = (0..4)
+        .map(|i| PartySpec {
+            name: format!("clinic_{i}"),
+            datasets: vec![DatasetSpec {
+                name: "digits".into(),
+                path: file(i),
+                columns: columns.clone(),
+                extra_toml: String::new(),
+            }],
+            ..PartySpec::default()
+        })
+        .collect();
+    let cluster = Cluster::start(ClusterSpec {
+        parties,
+        stage_timeout: Duration::from_secs(20),
+        ..ClusterSpec::named(&[])
+    })
+    .await;
+    let list: Vec<String> = pixels.iter().map(|p| format!("{p:?}")).collect();
+    let job = |model: &str, extra: &str| {
+        format!(
+            "kind = \"train\"\ndataset = \"digits\"\nfeatures = [{}]\nlabel = \"target\"\nrounds = 15\n{extra}\n\
+             [model]\n{model}\n[local]\nepochs = 3\nbatch_size = 32\nlearning_rate = 0.01\nl2 = 1e-4\n\
+             optimizer = {{ kind = \"adam\" }}\n",
+            list.join(", ")
+        )
+    };
+    for (model, extra, sampled) in [
+        ("kind = \"softmax_regression\"\nclasses = 10", "", false),
+        (
+            "kind = \"mlp\"\nhidden = [32]\nclasses = 10",
+            "cohort_fraction = 0.75\nmin_parties = 3",
+            true,
+        ),
+    ] {
+        let (status, result) = cluster.run_job(&job(model, extra)).await;
+        assert_eq!(status.state, "succeeded", "{status:?}");
+        let a: serde_json::Value = serde_json::from_str(&result.unwrap().answer_json).unwrap();
+        let accuracy = a["final"]["accuracy"].as_f64().unwrap();
+        assert!(accuracy > 0.9, "{model}: held-out accuracy {accuracy}");
+        let cohorts: Vec<u64> = a["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["contributors"].as_u64().unwrap())
+            .collect();
+        assert!(cohorts.iter().all(|c| *c == if sampled { 3 } else { 4 }), "{cohorts:?}");
+    }
+    cluster.shutdown().await;
+}
