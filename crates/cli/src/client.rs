@@ -206,7 +206,6 @@ fn print_training(answer: &serde_json::Value) {
     if let Some(s) = answer["stopped_early"].as_str() {
         println!("{s}");
     }
-    println!("write the model with `veil result <id> --model model.json` (or --safetensors)");
 }
 
 /// A readable table of a column-aggregate answer.

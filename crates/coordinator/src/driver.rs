@@ -220,7 +220,8 @@ async fn run(
     }
     let parties: Vec<PartyId> = accepted.into_iter().collect();
     let ids: Vec<u32> = parties.iter().map(|p| p.0).collect();
-    set_state(shared, record, JobState::Running, "round started", Some(&ids)).await;
+    let started = if matches!(job, Job::Train(_)) { "training started" } else { "round started" };
+    set_state(shared, record, JobState::Running, started, Some(&ids)).await;
 
     let (answer_json, aggregate) = match job {
         Job::Train(spec) => {
@@ -305,10 +306,9 @@ async fn one_round(
     };
     let plain = matches!(job, Job::Synthetic(s) if s.plain);
     let aggregate = if plain {
-        plain_round(shared, record, parties, vector_len, inbox, &RoundStart::default()).await?
+        plain_round(shared, record, parties, vector_len, inbox, None).await?
     } else {
-        secure_round(shared, record, parties, min, vector_len, inbox, &RoundStart::default())
-            .await?
+        secure_round(shared, record, parties, min, vector_len, inbox, None).await?
     };
 
     let answer_json = match job {
@@ -389,9 +389,11 @@ async fn secure_round(
     min: usize,
     vector_len: usize,
     inbox: &mut mpsc::UnboundedReceiver<JobInput>,
-    template: &RoundStart,
+    training: Option<&RoundStart>,
 ) -> Result<Aggregate, End> {
-    let report_stages = template.parameters.is_empty() && template.mean.is_empty();
+    // A training step's progress is its round's report, not the protocol's stages.
+    let report_stages = training.is_none();
+    let template = training.cloned().unwrap_or_default();
     let mut nonce = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let session: [u8; 32] = Sha256::new()
@@ -475,8 +477,9 @@ async fn plain_round(
     parties: &[PartyId],
     vector_len: usize,
     inbox: &mut mpsc::UnboundedReceiver<JobInput>,
-    template: &RoundStart,
+    training: Option<&RoundStart>,
 ) -> Result<Aggregate, End> {
+    let template = training.cloned().unwrap_or_default();
     for &p in parties {
         let start = RoundStart {
             job_id: record.id.clone(),
@@ -577,9 +580,9 @@ async fn train(
         let len = spec.vector_len(step).map_err(failed)?;
         let min = spec.min_parties as usize;
         let aggregate = if spec.plain {
-            plain_round(shared, record, &cohort, len, inbox, &template).await?
+            plain_round(shared, record, &cohort, len, inbox, Some(&template)).await?
         } else {
-            secure_round(shared, record, &cohort, min, len, inbox, &template).await?
+            secure_round(shared, record, &cohort, min, len, inbox, Some(&template)).await?
         };
         for p in &aggregate.dropped {
             live.retain(|q| q != p);

@@ -31,7 +31,7 @@ pub struct Policy {
     /// Purposes a job may declare.
     #[serde(default)]
     pub purposes: Vec<String>,
-    /// Job kinds allowed (`column-aggregates`, `synthetic`).
+    /// Job kinds allowed (`column-aggregates`, `train`, `synthetic`).
     #[serde(default)]
     pub kinds: Vec<String>,
     /// Columns a job may read; when empty, every column not tagged identifier.
