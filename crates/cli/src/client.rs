@@ -88,8 +88,8 @@ pub(crate) async fn submit(
         .await
         .map_err(status_error)?
         .into_inner();
-    exports.write(&result)?;
-    print_result(&result, json)
+    print_result(&result, json)?;
+    exports.write(&result)
 }
 
 /// Where to write a training job's model.
@@ -125,12 +125,23 @@ impl Exports {
     }
 }
 
-/// Writes through a temporary file in the same directory and a rename, so a reader never
-/// sees half a file.
+/// Writes through a new temporary file in the same directory, synced, then renamed over the
+/// target, so a reader never sees half a file and a crash leaves the old one.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// Watches a job to its end, printing each change unless quiet.
@@ -306,8 +317,8 @@ pub(crate) async fn result(
         .await
         .map_err(status_error)?
         .into_inner();
-    exports.write(&r)?;
-    print_result(&r, json)
+    print_result(&r, json)?;
+    exports.write(&r)
 }
 
 pub(crate) async fn cancel(config: &Path, job_id: &str, plaintext: bool) -> Result<()> {

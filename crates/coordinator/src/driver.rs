@@ -36,7 +36,12 @@ enum End {
 const ALL_PAIRS_UP_TO: usize = 16;
 
 /// Starts the job's task.
-pub(crate) fn start(shared: Arc<Shared>, record: JobRecord, job: Job, resume: Option<Training>) {
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    record: JobRecord,
+    job: Job,
+    resume: Option<(Training, Vec<u32>)>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     lock(&shared.jobs).insert(record.id.clone(), tx);
     tokio::spawn(async move {
@@ -116,15 +121,18 @@ async fn run(
     job: &Job,
     mut inbox: mpsc::UnboundedReceiver<JobInput>,
     offered: &mut Vec<PartyId>,
-    resume: Option<Training>,
+    resume: Option<(Training, Vec<u32>)>,
 ) -> Result<String, End> {
     let dataset = job.dataset();
     let min = job.min_parties() as usize;
+    // A resumed job goes on with the parties of its checkpoint only.
+    let resumed_with = resume.as_ref().map(|(_, parties)| parties.clone());
     let serving = || -> Vec<PartyId> {
         shared
             .connected_parties()
             .into_iter()
             .filter(|(_, (datasets, _))| datasets.iter().any(|d| d == dataset))
+            .filter(|(p, _)| resumed_with.as_ref().is_none_or(|r| r.contains(&p.0)))
             .map(|(p, _)| p)
             .collect()
     };
@@ -181,15 +189,17 @@ async fn run(
     let mut accepted = BTreeSet::new();
     let mut fingerprints = Vec::new();
     let mut refused = Vec::new();
+    let mut next_step = 0u64;
     let deadline = tokio::time::Instant::now() + shared.offer_timeout;
     while !pending.is_empty() {
         tokio::select! {
             input = inbox.recv() => match input {
-                Some(JobInput::Reply { from, accept, reason, job_hash: hash, signature, dataset_sha256 }) if pending.remove(&from) => {
+                Some(JobInput::Reply { from, accept, reason, job_hash: hash, signature, dataset_sha256, next_step: next }) if pending.remove(&from) => {
                     if !decision_signed(shared, from, &record.id, &hash, accept, &reason, &signature) || hash != job_hash {
                         refused.push(format!("{from} sent an unsigned or mismatched decision"));
                     } else if accept {
                         accepted.insert(from);
+                        next_step = next_step.max(next);
                         fingerprints.push(Contribution { party: from.0, dataset_sha256 });
                     } else {
                         refused.push(format!("{from} refused: {reason}"));
@@ -225,7 +235,9 @@ async fn run(
 
     let (answer_json, aggregate) = match job {
         Job::Train(spec) => {
-            let trained = train(shared, record, spec, parties, resume, &mut inbox).await?;
+            let trained =
+                train(shared, record, spec, parties, resume.map(|r| r.0), next_step, &mut inbox)
+                    .await?;
             (trained.answer_json, trained.aggregate)
         }
         _ => one_round(shared, record, job, &parties, min, &mut inbox).await?,
@@ -389,11 +401,11 @@ async fn secure_round(
     min: usize,
     vector_len: usize,
     inbox: &mut mpsc::UnboundedReceiver<JobInput>,
-    training: Option<&RoundStart>,
+    mut training: Option<&mut TrainingRound>,
 ) -> Result<Aggregate, End> {
     // A training step's progress is its round's report, not the protocol's stages.
     let report_stages = training.is_none();
-    let template = training.cloned().unwrap_or_default();
+    let template = training.as_ref().map(|t| t.start.clone()).unwrap_or_default();
     let mut nonce = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let session: [u8; 32] = Sha256::new()
@@ -444,7 +456,12 @@ async fn secure_round(
                 }
                 Some(JobInput::Departed(p)) => coordinator.handle_departure(p, Instant::now()),
                 Some(JobInput::Cancel) => return Err(End::Cancelled),
-                Some(JobInput::Reply { .. }) => {}
+                Some(input @ JobInput::Reply { .. }) => {
+                    let left = training.as_mut().and_then(|t| t.left(shared, &record.id, &input));
+                    if let Some(p) = left.filter(|p| parties.contains(p)) {
+                        coordinator.handle_departure(p, Instant::now());
+                    }
+                }
                 None => return Err(End::Failed("internal: the job's channel closed".into())),
             },
             _ = tokio::time::sleep_until(deadline.into()) => coordinator.handle_timeout(Instant::now()),
@@ -462,7 +479,9 @@ async fn secure_round(
                 }
                 CoordinatorEvent::Finished(aggregate) => return Ok(aggregate),
                 CoordinatorEvent::Aborted(e) => {
-                    return Err(End::Failed(format!("the secure round stopped: {e}")));
+                    let left = training.as_ref().map(|t| t.left.join("; ")).unwrap_or_default();
+                    let left = if left.is_empty() { left } else { format!(" ({left})") };
+                    return Err(End::Failed(format!("the secure round stopped: {e}{left}")));
                 }
             }
         }
@@ -477,9 +496,9 @@ async fn plain_round(
     parties: &[PartyId],
     vector_len: usize,
     inbox: &mut mpsc::UnboundedReceiver<JobInput>,
-    training: Option<&RoundStart>,
+    mut training: Option<&mut TrainingRound>,
 ) -> Result<Aggregate, End> {
-    let template = training.cloned().unwrap_or_default();
+    let template = training.as_ref().map(|t| t.start.clone()).unwrap_or_default();
     for &p in parties {
         let start = RoundStart {
             job_id: record.id.clone(),
@@ -516,6 +535,11 @@ async fn plain_round(
                 }
                 Some(JobInput::Departed(p)) => { waiting.remove(&p); }
                 Some(JobInput::Cancel) => return Err(End::Cancelled),
+                Some(input @ JobInput::Reply { .. }) => {
+                    if let Some(p) = training.as_mut().and_then(|t| t.left(shared, &record.id, &input)) {
+                        waiting.remove(&p);
+                    }
+                }
                 Some(_) => {}
                 None => return Err(End::Failed("internal: the job's channel closed".into())),
             },
@@ -525,6 +549,27 @@ async fn plain_round(
     contributors.sort();
     let dropped = parties.iter().copied().filter(|p| !contributors.contains(p)).collect();
     Ok(Aggregate { sum, contributors, dropped })
+}
+
+/// A training step's round: the round start's training fields, and why parties left it.
+struct TrainingRound {
+    start: RoundStart,
+    /// Signed reasons of parties that left the step.
+    left: Vec<String>,
+}
+
+impl TrainingRound {
+    /// Takes a signed refusal from a party in the round as its departure, with the reason.
+    fn left(&mut self, shared: &Shared, job_id: &str, input: &JobInput) -> Option<PartyId> {
+        let JobInput::Reply { from, accept: false, reason, job_hash, signature, .. } = input else {
+            return None;
+        };
+        if !decision_signed(shared, *from, job_id, job_hash, false, reason, signature) {
+            return None;
+        }
+        self.left.push(format!("{from} left: {reason}"));
+        Some(*from)
+    }
 }
 
 /// What a training job produced.
@@ -542,6 +587,7 @@ async fn train(
     spec: &TrainSpec,
     parties: Vec<PartyId>,
     resume: Option<Training>,
+    next_step: u64,
     inbox: &mut mpsc::UnboundedReceiver<JobInput>,
 ) -> Result<Trained, End> {
     let failed = |e: veil_learning::Error| End::Failed(e.to_string());
@@ -549,6 +595,11 @@ async fn train(
         Some(s) => s,
         None => Training::new(spec).map_err(failed)?,
     };
+    // Steps the parties contributed to before a restart lost them run no more.
+    let lost = state.skip_lost(spec, next_step).map_err(failed)?;
+    if !lost.is_empty() {
+        tracing::warn!(job = %record.id, ?lost, "steps lost in the coordinator's restart are skipped");
+    }
     if spec.standardizes_by_bounds() && state.standardizer.is_none() {
         state.standardizer = Some(declared_standardizer(shared, spec)?);
     }
@@ -556,17 +607,25 @@ async fn train(
     let mut live = parties;
     let mut dropped = BTreeSet::new();
     let mut contributors = Vec::new();
+    let mut left: Vec<String> = Vec::new();
     while let Some(step) = state.next_step(spec) {
+        // Parties that disconnected while not sampled are gone too.
+        let connected = shared.connected_parties();
+        live.retain(|p| connected.contains_key(p));
         let ids: Vec<u32> = live.iter().map(|p| p.0).collect();
         let cohort: Vec<PartyId> = state
             .cohort(spec, step, &ids)
-            .map_err(|e| End::Failed(format!("{step}: {e}")))?
+            .map_err(|e| {
+                let why =
+                    if left.is_empty() { String::new() } else { format!(" ({})", left.join("; ")) };
+                End::Failed(format!("{step}: {e}{why}"))
+            })?
             .into_iter()
             .map(PartyId)
             .collect();
         let standardizer =
             state.standardizer.clone().unwrap_or(Standardizer { mean: vec![], scale: vec![] });
-        let template = RoundStart {
+        let start = RoundStart {
             step: step.code(),
             parameters: if step == Step::Moments {
                 Vec::new()
@@ -579,11 +638,13 @@ async fn train(
         };
         let len = spec.vector_len(step).map_err(failed)?;
         let min = spec.min_parties as usize;
+        let mut round = TrainingRound { start, left: Vec::new() };
         let aggregate = if spec.plain {
-            plain_round(shared, record, &cohort, len, inbox, Some(&template)).await?
+            plain_round(shared, record, &cohort, len, inbox, Some(&mut round)).await?
         } else {
-            secure_round(shared, record, &cohort, min, len, inbox, Some(&template)).await?
+            secure_round(shared, record, &cohort, min, len, inbox, Some(&mut round)).await?
         };
+        left.append(&mut round.left);
         for p in &aggregate.dropped {
             live.retain(|q| q != p);
             dropped.insert(*p);

@@ -180,6 +180,7 @@ async fn read_loop(
                     job_hash: r.job_hash,
                     signature: r.signature,
                     dataset_sha256: r.dataset_sha256.chars().take(64).collect(),
+                    next_step: r.next_step,
                 };
                 (r.job_id, input)
             }

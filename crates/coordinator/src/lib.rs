@@ -98,6 +98,8 @@ pub(crate) enum JobInput {
         job_hash: String,
         signature: Vec<u8>,
         dataset_sha256: String,
+        /// Training jobs: the first step the party still contributes to.
+        next_step: u64,
     },
     /// A round message from a party.
     Round { from: PartyId, bytes: Vec<u8> },
@@ -356,7 +358,7 @@ fn resume_interrupted(shared: &Arc<Shared>) {
             return;
         }
     };
-    for (mut record, checkpoint, _) in resumable {
+    for (mut record, checkpoint, parties) in resumable {
         let parsed = veil_analytics::Job::parse(&record.spec_json)
             .map_err(|e| e.to_string())
             .and_then(|job| {
@@ -372,7 +374,7 @@ fn resume_interrupted(shared: &Arc<Shared>) {
                 record.detail = format!("resuming after {done} rounds: the coordinator restarted");
                 record.updated_ms = now_ms();
                 shared.progress(&record);
-                driver::start(shared.clone(), record, job, Some(training));
+                driver::start(shared.clone(), record, job, Some((training, parties)));
             }
             Err(reason) => {
                 let detail = format!("interrupted and cannot resume: {reason}");

@@ -184,20 +184,24 @@ impl ModelFile {
 
     /// The weights in the safetensors format (a little-endian header length, a JSON header,
     /// then the raw tensors), which PyTorch, NumPy and JAX tools read: `layers.{i}.weight`
-    /// (inputs × outputs) and `layers.{i}.bias` per layer, `standardizer.mean` and
+    /// (outputs × inputs, as PyTorch's `nn.Linear` holds it) and `layers.{i}.bias` per layer, `standardizer.mean` and
     /// `standardizer.scale` when present, all F64; the header's metadata holds the model
     /// specification, feature names and label.
     pub fn to_safetensors(&self) -> Vec<u8> {
-        let mut tensors: Vec<(String, Vec<usize>, &[f64])> = Vec::new();
+        let mut tensors: Vec<(String, Vec<usize>, Vec<f64>)> = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
+            // Stored input-major here; PyTorch's `nn.Linear.weight` is outputs × inputs.
             let w = &self.parameters[l.weights_at..l.weights_at + l.inputs * l.outputs];
-            let b = &self.parameters[l.biases_at..l.biases_at + l.outputs];
-            tensors.push((format!("layers.{i}.weight"), vec![l.inputs, l.outputs], w));
+            let transposed: Vec<f64> = (0..l.outputs)
+                .flat_map(|o| (0..l.inputs).map(move |j| w[j * l.outputs + o]))
+                .collect();
+            let b = self.parameters[l.biases_at..l.biases_at + l.outputs].to_vec();
+            tensors.push((format!("layers.{i}.weight"), vec![l.outputs, l.inputs], transposed));
             tensors.push((format!("layers.{i}.bias"), vec![l.outputs], b));
         }
         if let Some(s) = &self.standardizer {
-            tensors.push(("standardizer.mean".into(), vec![s.mean.len()], &s.mean));
-            tensors.push(("standardizer.scale".into(), vec![s.scale.len()], &s.scale));
+            tensors.push(("standardizer.mean".into(), vec![s.mean.len()], s.mean.clone()));
+            tensors.push(("standardizer.scale".into(), vec![s.scale.len()], s.scale.clone()));
         }
         let mut header = serde_json::Map::new();
         header.insert(
@@ -227,7 +231,7 @@ impl ModelFile {
         out.extend_from_slice(&(head.len() as u64).to_le_bytes());
         out.extend_from_slice(&head);
         for (_, _, data) in &tensors {
-            for v in *data {
+            for v in data {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
@@ -297,10 +301,14 @@ mod tests {
         let w = &header["layers.0.weight"];
         assert_eq!(w["dtype"], "F64");
         let l = &f.layers[0];
-        assert_eq!(w["shape"], serde_json::json!([l.inputs, l.outputs]));
+        assert_eq!(w["shape"], serde_json::json!([l.outputs, l.inputs]));
         let at = w["data_offsets"][0].as_u64().unwrap() as usize;
-        let first = f64::from_le_bytes(data[at..at + 8].try_into().unwrap());
-        assert_eq!(first, f.parameters[l.weights_at]);
+        let element =
+            |k: usize| f64::from_le_bytes(data[at + 8 * k..at + 8 * k + 8].try_into().unwrap());
+        // Row o, column j of the stored tensor is the weight from input j to output o.
+        for (o, j) in [(0, 0), (l.outputs - 1, 0), (0, l.inputs - 1)] {
+            assert_eq!(element(o * l.inputs + j), f.parameters[l.weights_at + j * l.outputs + o]);
+        }
         let total: usize = header
             .as_object()
             .unwrap()

@@ -20,7 +20,7 @@ use ndarray::{Array1, Array2};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
-use veil_protocol::fixed_point::FixedPoint;
+use veil_protocol::fixed_point::{WIDE_LIMBS, decode_wide, encode_wide};
 
 use crate::eval::{EvalCounts, Metrics};
 use crate::export::{ModelFile, Provenance};
@@ -45,9 +45,27 @@ pub const MAX_ROUNDS: u32 = 100_000;
 /// Most feature columns.
 pub const MAX_FEATURES: usize = 4096;
 
-/// Largest magnitude of a summed moment (Σx or Σx² of one party): moments beyond it are
-/// refused rather than clipped, since clipped statistics would standardise wrongly.
-pub const MAX_MOMENT: f64 = 1e12;
+/// Most parameters a job's model may have: the global model travels in every round start,
+/// which must stay well inside the wire's message limit (16 MiB of parameters).
+pub const MAX_JOB_PARAMETERS: usize = 1 << 21;
+
+/// Most rows per local batch.
+pub const MAX_BATCH: usize = 1 << 16;
+
+/// Most activations one batch (or one evaluation chunk) may hold in its widest layer.
+pub const MAX_ACTIVATIONS: usize = 1 << 24;
+
+/// Rows evaluated at once.
+const EVAL_CHUNK: usize = 4096;
+
+/// Exact sums of reals (standardisation moments, evaluation counts): each value scaled by
+/// 2^16, rounded, and carried as a wide integer in three limbs, so no count or moment a party
+/// can hold overflows the ring.
+const EXACT_SCALE: f64 = 65536.0;
+
+/// Largest magnitude of one value in an exact sum: its scaled value stays below 2^100, so sums
+/// over [`MAX_PARTIES`] parties stay far inside the wide encoding.
+const EXACT_MAX: f64 = 1.9e25;
 
 /// A training job as submitted (TOML or JSON).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -251,6 +269,18 @@ impl TrainSpec {
         self.local.validate()?;
         self.strategy.validate()?;
         let parameters = self.model.parameter_count(self.features.len())?;
+        if parameters > MAX_JOB_PARAMETERS {
+            return bad(format!(
+                "the model has {parameters} parameters; a training job's model has at most {MAX_JOB_PARAMETERS}"
+            ));
+        }
+        let widest = self.model.widths(self.features.len()).into_iter().max().unwrap_or(1);
+        if self.local.batch_size > MAX_BATCH || self.local.batch_size * widest > MAX_ACTIVATIONS {
+            return bad(format!(
+                "batch_size {} is too large for layers {widest} wide: at most {MAX_BATCH} rows and {MAX_ACTIVATIONS} activations per batch",
+                self.local.batch_size
+            ));
+        }
         if let Some(dp) = self.dp() {
             let p = self.privacy.as_ref().expect("dp() implies privacy");
             if !(p.rho.is_finite() && p.rho > 0.0 && p.delta > 0.0 && p.delta < 1.0) {
@@ -263,8 +293,9 @@ impl TrainSpec {
                     p.rho
                 )));
             }
+        } else {
+            self.update_encoding()?;
         }
-        self.update_encoding()?;
         Ok(())
     }
 
@@ -326,28 +357,30 @@ impl TrainSpec {
         matches!(self.model, ModelSpec::LogisticRegression)
     }
 
+    /// The fixed-point encoding of updates without DP: as many fractional bits (up to 20) as
+    /// the bound leaves room for in sums over [`MAX_PARTIES`] parties of [`MAX_ROWS`] rows.
     fn update_encoding(&self) -> Result<UpdateEncoding> {
-        UpdateEncoding::new(self.update_bound, MAX_ROWS, 20, MAX_PARTIES)
+        let range = self.update_bound.max(1.0) * MAX_ROWS as f64;
+        let room = (2f64.powi(61) / (range * MAX_PARTIES as f64)).log2().floor();
+        if room < 8.0 {
+            return Err(Error::Settings(format!(
+                "update_bound {} is too large to encode with 8 fractional bits: at most about {:.0}",
+                self.update_bound,
+                2f64.powi(53) / (MAX_ROWS as f64 * MAX_PARTIES as f64)
+            )));
+        }
+        UpdateEncoding::new(self.update_bound, MAX_ROWS, room.min(20.0) as u32, MAX_PARTIES)
     }
 
-    fn eval_encoding() -> Result<FixedPoint> {
-        FixedPoint::new(-(MAX_ROWS as f64) * 100.0, MAX_ROWS as f64 * 100.0, 16, MAX_PARTIES)
-            .map_err(|e| Error::Settings(e.to_string()))
-    }
-
-    fn moments_encoding() -> Result<FixedPoint> {
-        FixedPoint::new(-MAX_MOMENT, MAX_MOMENT, 8, MAX_PARTIES)
-            .map_err(|e| Error::Settings(e.to_string()))
-    }
-
+    /// Elements of the evaluation counts in the sum (three limbs per count).
     fn eval_len(&self) -> usize {
-        EvalCounts::vector_len(self.binary())
+        WIDE_LIMBS * EvalCounts::vector_len(self.binary())
     }
 
     /// The length of a step's vector.
     pub fn vector_len(&self, step: Step) -> Result<usize> {
         Ok(match step {
-            Step::Moments => 1 + 2 * self.features.len(),
+            Step::Moments => WIDE_LIMBS * (1 + 2 * self.features.len()),
             Step::Train { .. } => {
                 let update = UpdateEncoding::len(self.parameters()?);
                 let update = if self.privacy.is_some() { update - 1 } else { update };
@@ -402,7 +435,24 @@ impl LocalData {
         if x.nrows() > MAX_ROWS {
             return Err(Error::Shape(format!("{} rows: at most {MAX_ROWS}", x.nrows())));
         }
-        check_labels(&spec.model, y.view(), x.nrows())?;
+        // The reason reaches the coordinator: it names how many labels are wrong, never one.
+        if check_labels(&spec.model, y.view(), x.nrows()).is_err() {
+            let bad = y
+                .iter()
+                .filter(|v| {
+                    check_labels(&spec.model, ndarray::ArrayView1::from(&[**v][..]), 1).is_err()
+                })
+                .count();
+            let want = match spec.model.classes() {
+                Some(c) => format!("class indices 0 to {}", c - 1),
+                None => "finite numbers".into(),
+            };
+            return Err(Error::Shape(format!(
+                "{bad} of {} labels in column {:?} are not {want}",
+                y.len(),
+                spec.label
+            )));
+        }
         let all = Examples { x, y };
         let cut = (spec.evaluation.holdout * u64::MAX as f64) as u64;
         let (eval, train): (Vec<usize>, Vec<usize>) = (0..all.len())
@@ -450,15 +500,10 @@ pub fn party_vector(
         Model::from_parameters(spec.model.clone(), spec.features.len(), input.parameters.to_vec())
     };
     let vector = match input.step {
-        Step::Moments => {
-            let m = Standardizer::local_moments(data.train.x.view());
-            if m.iter().any(|v| !v.is_finite() || v.abs() > MAX_MOMENT) {
-                return Err(Error::Shape(format!(
-                    "the features' moments exceed ±{MAX_MOMENT:e}: rescale the columns, or train without standardisation"
-                )));
-            }
-            TrainSpec::moments_encoding()?.encode(&m, rng)
-        }
+        Step::Moments => encode_exact(
+            &Standardizer::local_moments(data.train.x.view()),
+            "the features' moments",
+        )?,
         Step::Train { round } => {
             let global = model()?;
             let train = standardized(&data.train)?;
@@ -476,33 +521,58 @@ pub fn party_vector(
                 None => spec.update_encoding()?.encode(&update, rng)?,
             };
             if spec.evaluates() {
-                v.extend(eval_vector(spec, &global, &standardized(&data.eval)?, rng)?);
+                v.extend(eval_vector(spec, &global, &standardized(&data.eval)?)?);
             }
             v
         }
-        Step::Evaluate => eval_vector(spec, &model()?, &standardized(&data.eval)?, rng)?,
+        Step::Evaluate => eval_vector(spec, &model()?, &standardized(&data.eval)?)?,
     };
     debug_assert_eq!(vector.len(), spec.vector_len(input.step).unwrap_or(0));
     Ok(vector)
 }
 
-/// A party's evaluation counts of `model` on its (standardised) held-out rows, encoded.
-fn eval_vector(
-    spec: &TrainSpec,
-    model: &Model,
-    eval: &Examples,
-    rng: &mut impl RngCore,
-) -> Result<Vec<u64>> {
-    let mut v = if eval.is_empty() {
-        Vec::new()
-    } else {
-        EvalCounts::of(model, eval.x.view(), eval.y.view())?.to_vector()
-    };
-    v.resize(spec.eval_len(), 0.0);
-    if v.iter().any(|x| !x.is_finite()) {
-        return Err(Error::Diverged("the evaluation loss is not finite".into()));
+/// A party's evaluation counts of `model` on its (standardised) held-out rows, in chunks so
+/// that no forward pass holds more than [`EVAL_CHUNK`] rows, encoded exactly.
+fn eval_vector(spec: &TrainSpec, model: &Model, eval: &Examples) -> Result<Vec<u64>> {
+    let mut counts = EvalCounts::default();
+    let mut at = 0;
+    while at < eval.len() {
+        let end = (at + EVAL_CHUNK).min(eval.len());
+        let chunk = eval.select(&(at..end).collect::<Vec<_>>());
+        counts.add(&EvalCounts::of(model, chunk.x.view(), chunk.y.view())?);
+        at = end;
     }
-    Ok(TrainSpec::eval_encoding()?.encode(&v, rng))
+    let mut v = counts.to_vector();
+    v.resize(EvalCounts::vector_len(spec.binary()), 0.0);
+    encode_exact(&v, "the evaluation counts")
+}
+
+/// Values as exact wide integers (scaled by 2^16 and rounded), three limbs each.
+fn encode_exact(values: &[f64], what: &str) -> Result<Vec<u64>> {
+    let mut out = Vec::with_capacity(values.len() * WIDE_LIMBS);
+    for v in values {
+        if !(v.is_finite() && v.abs() < EXACT_MAX) {
+            return Err(Error::Shape(format!(
+                "{what} are not finite or exceed ±{EXACT_MAX:e}: rescale the columns"
+            )));
+        }
+        out.extend(encode_wide((v * EXACT_SCALE).round() as i128));
+    }
+    Ok(out)
+}
+
+/// The reals of an exact sum.
+fn decode_exact(sum: &[u64]) -> Result<Vec<f64>> {
+    if sum.len() % WIDE_LIMBS != 0 {
+        return Err(Error::Shape(format!("an exact sum of {} limbs", sum.len())));
+    }
+    Ok(sum
+        .chunks_exact(WIDE_LIMBS)
+        .map(|c| {
+            let limbs: [u64; WIDE_LIMBS] = [c[0], c[1], c[2]];
+            decode_wide(&limbs) as f64 / EXACT_SCALE
+        })
+        .collect())
 }
 
 /// One finished training round, as reported to the consumer.
@@ -521,6 +591,10 @@ pub struct RoundReport {
     /// ε at the job's δ spent so far (DP jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epsilon: Option<f64>,
+    /// The round was interrupted by a coordinator restart after the parties had contributed to
+    /// it, and no result of it was kept: parties contribute to a step once, so it is skipped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lost: bool,
 }
 
 /// The coordinator's state of a training job: everything a checkpoint holds.
@@ -536,6 +610,9 @@ pub struct Training {
     pub history: Vec<RoundReport>,
     /// The final model's evaluation.
     pub final_metrics: Option<Metrics>,
+    /// Whether the final evaluation step ran (or was lost).
+    #[serde(default)]
+    pub evaluated: bool,
     /// Why training stopped before its rounds, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_early: Option<String>,
@@ -559,6 +636,7 @@ impl Training {
             accountant,
             history: Vec::new(),
             final_metrics: None,
+            evaluated: false,
             stopped_early: None,
         })
     }
@@ -573,10 +651,47 @@ impl Training {
         if self.stopped_early.is_none() && done < spec.rounds && budget_left {
             return Some(Step::Train { round: done });
         }
-        if spec.evaluates() && self.final_metrics.is_none() {
+        if spec.evaluates() && !self.evaluated {
             return Some(Step::Evaluate);
         }
         None
+    }
+
+    /// Skips the steps the parties already contributed to before a coordinator restart
+    /// (`next_code` is the first step code they still accept): a lost training round is
+    /// recorded as such (and under DP charged, since its noisy sum may have been seen), a lost
+    /// evaluation leaves no metrics; a lost standardisation cannot be skipped. Returns the
+    /// steps skipped.
+    pub fn skip_lost(&mut self, spec: &TrainSpec, next_code: u64) -> Result<Vec<Step>> {
+        let mut skipped = Vec::new();
+        while let Some(step) = self.next_step(spec) {
+            if u64::from(step.code()) >= next_code {
+                break;
+            }
+            match step {
+                Step::Moments => {
+                    return Err(Error::Cohort(
+                        "the standardisation step was interrupted after the parties contributed to it, and each step runs once: submit the job again".into(),
+                    ));
+                }
+                Step::Train { round } => {
+                    if let Some(a) = self.accountant.as_mut() {
+                        a.charge()?;
+                    }
+                    self.history.push(RoundReport {
+                        round,
+                        contributors: 0,
+                        rows: None,
+                        metrics: None,
+                        epsilon: self.accountant.as_ref().map(Accountant::epsilon),
+                        lost: true,
+                    });
+                }
+                Step::Evaluate => self.evaluated = true,
+            }
+            skipped.push(step);
+        }
+        Ok(skipped)
     }
 
     /// The parties of a step: every available one, except that training rounds sample
@@ -615,19 +730,14 @@ impl Training {
                 spec.min_parties
             )));
         }
-        let metrics = |v: &[u64]| -> Result<Metrics> {
-            let counts = TrainSpec::eval_encoding()?
-                .decode_sum(v, contributors)
-                .map_err(|e| Error::Shape(e.to_string()))?;
-            let counts = EvalCounts::from_vector(&counts, spec.binary())?;
-            Ok(counts.metrics(spec.classifier()))
+        // No metrics when no party held out a row.
+        let metrics = |v: &[u64]| -> Result<Option<Metrics>> {
+            let counts = EvalCounts::from_vector(&decode_exact(v)?, spec.binary())?;
+            Ok((counts.rows >= 1.0).then(|| counts.metrics(spec.classifier())))
         };
         match step {
             Step::Moments => {
-                let m = TrainSpec::moments_encoding()?
-                    .decode_sum(sum, contributors)
-                    .map_err(|e| Error::Shape(e.to_string()))?;
-                self.standardizer = Some(Standardizer::from_moments(&m)?);
+                self.standardizer = Some(Standardizer::from_moments(&decode_exact(sum)?)?);
                 Ok(None)
             }
             Step::Train { round } => {
@@ -648,14 +758,16 @@ impl Training {
                     round,
                     contributors: contributors as u32,
                     rows,
-                    metrics: if spec.evaluates() { Some(metrics(eval)?) } else { None },
+                    metrics: if spec.evaluates() { metrics(eval)? } else { None },
+                    lost: false,
                     epsilon: self.accountant.as_ref().map(Accountant::epsilon),
                 };
                 self.history.push(report.clone());
                 Ok(Some(report))
             }
             Step::Evaluate => {
-                self.final_metrics = Some(metrics(sum)?);
+                self.final_metrics = metrics(sum)?;
+                self.evaluated = true;
                 Ok(None)
             }
         }
@@ -831,6 +943,26 @@ mod tests {
         assert!(matches!(s.validate(), Err(Error::Budget(_))));
     }
 
+    /// Steps the parties already contributed to before a restart are skipped: a lost round is
+    /// recorded (and charged under DP), a lost standardisation cannot be skipped.
+    #[test]
+    fn lost_steps_are_skipped_and_recorded() {
+        let s = spec();
+        let parties = [party_data(&s, 0.0, 80), party_data(&s, 1.0, 80)];
+        let mut state = Training::new(&s).unwrap();
+        run(&s, &parties, &mut state, 3);
+        assert_eq!(state.next_step(&s), Some(Step::Train { round: 2 }));
+        let skipped = state.skip_lost(&s, Step::Train { round: 2 }.code().into()).unwrap();
+        assert!(skipped.is_empty());
+        let skipped = state.skip_lost(&s, Step::Train { round: 3 }.code().into()).unwrap();
+        assert_eq!(skipped, vec![Step::Train { round: 2 }]);
+        assert!(state.history[2].lost && state.history[2].contributors == 0);
+        run(&s, &parties, &mut state, usize::MAX);
+        assert_eq!(state.history.len(), 6);
+        let mut fresh = Training::new(&s).unwrap();
+        assert!(matches!(fresh.skip_lost(&s, 1), Err(Error::Cohort(_))));
+    }
+
     #[test]
     fn bad_specifications_are_refused() {
         let bad = [
@@ -841,6 +973,8 @@ mod tests {
             TrainSpec { evaluation: Evaluation { holdout: 0.95 }, ..spec() },
             TrainSpec { kind: "columns".into(), ..spec() },
             TrainSpec { min_parties: 0, ..spec() },
+            TrainSpec { update_bound: 1e9, ..spec() },
+            TrainSpec { model: ModelSpec::Mlp { hidden: vec![4096, 4096], classes: 2 }, ..spec() },
         ];
         for s in bad {
             assert!(s.validate().is_err(), "{s:?}");

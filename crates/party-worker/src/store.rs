@@ -137,46 +137,59 @@ impl PartyStore {
         Ok(n == 1)
     }
 
-    /// Claims a training job's step before the party contributes to it: steps only move
-    /// forward, except that `repeat_last` lets the step last claimed run again (a round the
-    /// coordinator lost in a restart, repeated exactly by a job without DP). A job id first
-    /// claimed for another specification is refused. Returns why a claim is refused.
+    /// Claims a training job's step before the party contributes to it, in one transaction:
+    /// at the job's first step the whole job's charge is reserved (with its audit entry) and
+    /// the job id is bound to the specification's hash; steps then only move forward, each
+    /// contributed to once. Returns why a claim is refused.
     pub fn claim_training_step(
         &self,
-        job_id: &str,
+        charge: &Reservation,
         job_hash: &str,
         step: u32,
-        repeat_last: bool,
+        time_ms: i64,
     ) -> Result<Result<(), String>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let row: Option<(String, i64)> = tx
-            .query_row(
-                "SELECT job_hash, next_step FROM training_steps WHERE job_id = ?1",
-                params![job_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        if let Some((hash, next)) = row {
-            if hash != job_hash {
+        match training_progress_in(&tx, &charge.job_id)? {
+            Some((hash, _)) if hash != job_hash => {
                 return Ok(Err(format!(
-                    "job id {job_id} was first used for another training specification"
+                    "job id {} was first used for another training specification",
+                    charge.job_id
                 )));
             }
-            let lowest = if repeat_last { next - 1 } else { next };
-            if i64::from(step) < lowest {
+            Some((_, next)) if i64::from(step) < next => {
                 return Ok(Err(format!(
-                    "step {step} of job {job_id} was already contributed to; a step runs once"
+                    "step {step} of job {} was already contributed to, and a step runs once",
+                    charge.job_id
                 )));
+            }
+            Some(_) => {}
+            None => {
+                if let Reserved::Refused(e) = reserve_in(&tx, charge)? {
+                    return Ok(Err(format!("refused by rule budget: {e}")));
+                }
+                let event = Event::BudgetCharged {
+                    job_id: charge.job_id.clone(),
+                    dataset: charge.dataset.clone(),
+                    consumer: charge.consumer.clone(),
+                    rho: charge.rho,
+                };
+                self.append(&tx, event, time_ms)?;
             }
         }
         tx.execute(
             "INSERT INTO training_steps (job_id, job_hash, next_step) VALUES (?1, ?2, ?3)
-             ON CONFLICT (job_id) DO UPDATE SET next_step = MAX(next_step, ?3)",
-            params![job_id, job_hash, i64::from(step) + 1],
+             ON CONFLICT (job_id) DO UPDATE SET next_step = ?3",
+            params![charge.job_id, job_hash, i64::from(step) + 1],
         )?;
         tx.commit()?;
         Ok(Ok(()))
+    }
+
+    /// A training job's recorded progress: the hash its id is bound to and the first step code
+    /// it still accepts.
+    pub fn training_progress(&self, job_id: &str) -> Result<Option<(String, i64)>, StoreError> {
+        training_progress_in(&self.conn(), job_id)
     }
 
     /// How many jobs a dataset has taken part in.
@@ -279,6 +292,19 @@ fn reserve_in(tx: &rusqlite::Transaction<'_>, r: &Reservation) -> Result<Reserve
     Ok(Reserved::New)
 }
 
+fn training_progress_in(
+    conn: &Connection,
+    job_id: &str,
+) -> Result<Option<(String, i64)>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT job_hash, next_step FROM training_steps WHERE job_id = ?1",
+            params![job_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
 fn spent_in(conn: &Connection, dataset: &str, consumer: &str) -> Result<Spent, StoreError> {
     let (consumer_sum, total): (f64, f64) = conn.query_row(
         "SELECT COALESCE(SUM(CASE WHEN consumer = ?2 THEN rho END), 0), COALESCE(SUM(rho), 0)
@@ -301,6 +327,40 @@ mod tests {
 
     fn store(dir: &Path) -> PartyStore {
         PartyStore::open(&dir.join("p.db"), "party 0", SigningKey::from_bytes(&[3; 32])).unwrap()
+    }
+
+    /// A training job reserves its whole charge at its first step, binds its id to its
+    /// specification, and contributes to each step once; a job id used before by another job
+    /// gets no free steps.
+    #[test]
+    fn training_steps_run_once_and_pay_at_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let caps = Caps { per_consumer: Some(1.0), total: None };
+        let charge = |job: &str, rho: f64| Reservation {
+            job_id: job.into(),
+            dataset: "d".into(),
+            consumer: "x".into(),
+            rho,
+            caps,
+            max_uses: None,
+        };
+        let t = charge("t", 0.6);
+        assert_eq!(s.claim_training_step(&t, "h", 0, 1).unwrap(), Ok(()));
+        assert_eq!(s.spent("d", "x").unwrap().consumer, 0.6);
+        assert_eq!(s.claim_training_step(&t, "h", 1, 2).unwrap(), Ok(()));
+        assert_eq!(s.spent("d", "x").unwrap().consumer, 0.6, "later steps pay nothing more");
+        assert!(s.claim_training_step(&t, "h", 1, 3).unwrap().is_err(), "a step runs once");
+        assert!(s.claim_training_step(&t, "h", 0, 3).unwrap().is_err());
+        assert!(s.claim_training_step(&t, "other", 5, 3).unwrap().is_err(), "bound to its hash");
+        assert_eq!(s.training_progress("t").unwrap(), Some(("h".to_string(), 2)));
+        // A job id that a column job used (and paid for) starts no training.
+        s.reserve_and_log(&charge("c", 0.1), 4).unwrap().unwrap();
+        assert!(s.claim_training_step(&charge("c", 0.2), "h", 0, 5).unwrap().is_err());
+        // A job the budget cannot pay for claims nothing.
+        let big = charge("u", 0.5);
+        assert!(s.claim_training_step(&big, "h", 0, 6).unwrap().unwrap_err().contains("budget"));
+        assert_eq!(s.training_progress("u").unwrap(), None);
     }
 
     /// Many jobs reserving at once, from many threads and two connections, never overspend.

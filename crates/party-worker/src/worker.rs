@@ -21,7 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use veil_analytics::{Job, Plan};
 use veil_governance::audit::{Event, Head};
-use veil_governance::budget::{BudgetError, Ledger as _, Reservation};
+use veil_governance::budget::{Ledger as _, Reservation};
 use veil_governance::receipt::{Receipt, decision_statement};
 use veil_governance::{Request, Rule};
 use veil_proto::v1::coordinator_envelope::Body as Outbound;
@@ -74,6 +74,9 @@ pub enum WorkerError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
+
+/// Most training jobs a party takes part in at once (each keeps its rows in memory).
+const MAX_TRAINING_JOBS: usize = 4;
 
 /// Reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -214,6 +217,8 @@ struct Accepted {
     coordinator_head: Option<Head>,
     /// A training job's rows and specification (its vectors are computed step by step).
     training: Option<Arc<TrainingJob>>,
+    /// A training job's first step this party still contributes to.
+    next_step: u64,
 }
 
 /// A training job this party accepted: it contributes to its steps until the job ends.
@@ -349,6 +354,7 @@ fn leave(config: &PartyConfig, state: &State, job_id: String, rule: Rule, messag
 /// Turns a finished preparation into the signed reply, recording the decision.
 fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskReply {
     let Prepared { job_id, job_hash, result } = prepared;
+    let mut next_step = 0;
     let (accept, reason, dataset_sha256) = match result {
         Ok(accepted) => {
             audit(
@@ -363,6 +369,7 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
             );
             audit(config, state, Event::JobAccepted { job_id: job_id.clone(), party: config.id.0 });
             let fingerprint = accepted.dataset_sha256.clone();
+            next_step = accepted.next_step;
             if let (Some(job), Some(charge)) = (&accepted.training, &accepted.charge) {
                 let slot = TrainingSlot {
                     job: job.clone(),
@@ -400,7 +407,33 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
         job_hash,
         signature: signature.to_bytes().to_vec(),
         dataset_sha256,
+        next_step,
     }
+}
+
+/// Leaves a training job's step, and tells the coordinator why in a signed refusal, so the
+/// consumer sees the reason rather than a timeout.
+async fn leave_step(
+    config: &PartyConfig,
+    state: &State,
+    tx: &mpsc::Sender<PartyEnvelope>,
+    job_id: String,
+    job_hash: &str,
+    rule: Rule,
+    message: String,
+) -> Result<(), Status> {
+    let signature = state.signing.sign(&decision_statement(&job_id, job_hash, false, &message));
+    let reply = TaskReply {
+        job_id: job_id.clone(),
+        accept: false,
+        reason: message.clone(),
+        job_hash: job_hash.to_string(),
+        signature: signature.to_bytes().to_vec(),
+        dataset_sha256: String::new(),
+        next_step: 0,
+    };
+    leave(config, state, job_id, rule, message);
+    send(tx, Body::Reply(reply)).await
 }
 
 async fn send(tx: &mpsc::Sender<PartyEnvelope>, body: Body) -> Result<(), Status> {
@@ -445,14 +478,16 @@ async fn handle(
 }
 
 /// Evaluates the dataset's policy for a request and takes a first look at the budget (the
-/// binding check is the atomic reservation when the round starts); returns the job's minimum
-/// cohort under the policy and the charge to reserve.
+/// binding check is the atomic reservation when the round starts; `reserved` skips it for a job
+/// whose charge the party already holds); returns the job's minimum cohort under the policy
+/// and the charge to reserve.
 fn govern(
     state: &State,
     dataset: &DatasetConfig,
     request: &Request<'_>,
     job_id: &str,
     min_parties: usize,
+    reserved: bool,
 ) -> Result<(usize, Reservation), (Rule, String)> {
     let governance = dataset.governance();
     veil_governance::policy::evaluate(&governance, request)
@@ -465,11 +500,13 @@ fn govern(
         caps: caps(&governance.policy),
         max_uses: governance.policy.max_uses,
     };
-    let spent = state.store.spent(&charge.dataset, &charge.consumer);
-    match spent.map(|spent| veil_governance::budget::check(spent, charge.rho, charge.caps)) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err((Rule::Budget, format!("refused by rule budget: {e}"))),
-        Err(e) => return Err((Rule::Budget, e.to_string())),
+    if !reserved {
+        let spent = state.store.spent(&charge.dataset, &charge.consumer);
+        match spent.map(|spent| veil_governance::budget::check(spent, charge.rho, charge.caps)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err((Rule::Budget, format!("refused by rule budget: {e}"))),
+            Err(e) => return Err((Rule::Budget, e.to_string())),
+        }
     }
     let min_parties = min_parties.max(governance.policy.min_cohort.unwrap_or(1) as usize);
     Ok((min_parties, charge))
@@ -518,6 +555,15 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                     format!("this party does not serve dataset {:?}", spec.dataset),
                 );
             };
+            if state.training.len() >= MAX_TRAINING_JOBS {
+                return refuse(
+                    state,
+                    Rule::Kind,
+                    format!(
+                        "this party already holds the rows of {MAX_TRAINING_JOBS} training jobs in memory; submit again when one ends"
+                    ),
+                );
+            }
             if spec.plain && !state.options.dangerous_benchmark {
                 return refuse(
                     state,
@@ -548,8 +594,25 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
             } else {
                 None
             };
+            // A job this party already took part in (offered again by a restarted
+            // coordinator) is bound to its specification, holds its reservation and counts
+            // among the dataset's uses already.
+            let (resumed, next_step) = match state.store.training_progress(&job_id) {
+                Ok(None) => (false, 0),
+                Ok(Some((hash, next))) if hash == job_hash => (true, next.max(0) as u64),
+                Ok(Some(_)) => {
+                    return refuse(
+                        state,
+                        Rule::Kind,
+                        format!(
+                            "job id {job_id} was first used for another training specification"
+                        ),
+                    );
+                }
+                Err(e) => return refuse(state, Rule::Budget, e.to_string()),
+            };
             let uses = match state.store.uses(&dataset.name) {
-                Ok(u) => u,
+                Ok(u) => u.saturating_sub(u64::from(resumed)),
                 Err(e) => return refuse(state, Rule::Budget, e.to_string()),
             };
             let rho = match spec.rho_total() {
@@ -572,7 +635,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                 uses,
             };
             let (min_parties, charge) =
-                match govern(state, &dataset, &request, &job_id, min_parties) {
+                match govern(state, &dataset, &request, &job_id, min_parties, resumed) {
                     Ok(g) => g,
                     Err((rule, reason)) => return refuse(state, rule, reason),
                 };
@@ -598,6 +661,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                         consumer,
                         coordinator_head,
                         training: Some(Arc::new(training)),
+                        next_step,
                     }),
                     Ok(Err(e)) => Err((Rule::Column, e)),
                     Err(e) => Err((Rule::Column, format!("loading the training rows failed: {e}"))),
@@ -628,6 +692,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                 consumer: offer.consumer,
                 coordinator_head,
                 training: None,
+                next_step: 0,
             };
             let _ = state.prepared_tx.try_send(Prepared { job_id, job_hash, result: Ok(accepted) });
         }
@@ -668,7 +733,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                 uses,
             };
             let (min_parties, charge) =
-                match govern(state, &dataset, &request, &job_id, min_parties) {
+                match govern(state, &dataset, &request, &job_id, min_parties, false) {
                     Ok(g) => g,
                     Err((rule, reason)) => return refuse(state, rule, reason),
                 };
@@ -719,6 +784,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                         consumer,
                         coordinator_head,
                         training: None,
+                        next_step: 0,
                     }),
                     Ok(Err(e)) => Err((Rule::Column, e.to_string())),
                     Err(e) => Err((Rule::Column, format!("local aggregation failed: {e}"))),
@@ -743,10 +809,12 @@ async fn start_round(
             return Ok(false);
         }
         state.jobs.insert(job_id.clone(), JobState::Idle);
-        match training_vector(config, state, &job_id, &slot, &start).await {
-            Ok(v) => (Zeroizing::new(v), slot.min_parties, Some(slot.charge.clone())),
+        match training_vector(config, state, &slot, &start).await {
+            // The step's claim reserved the job's charge with the first step.
+            Ok(v) => (Zeroizing::new(v), slot.min_parties, None),
             Err((rule, message)) => {
-                leave(config, state, job_id, rule, message);
+                let hash = slot.job.job_hash.clone();
+                leave_step(config, state, tx, job_id, &hash, rule, message).await?;
                 return Ok(false);
             }
         }
@@ -821,9 +889,6 @@ async fn start_round(
     if let Some(charge) = &charge {
         match state.store.reserve_and_log(charge, now_ms()) {
             Ok(Ok(())) => {}
-            // A training job reserves its whole charge at its first step; the step claim
-            // binds the job id to its specification, so later steps pay nothing more.
-            Ok(Err(BudgetError::Reused(_))) if state.training.contains_key(&job_id) => {}
             Ok(Err(e)) => {
                 leave(config, state, job_id, Rule::Budget, format!("refused by rule budget: {e}"));
                 return Ok(false);
@@ -871,7 +936,21 @@ async fn round_message(
     }
     if let PartyStatus::Aborted(e) = party.status() {
         tracing::warn!(party = %config.id, job = %payload.job_id, error = %e, "left the round");
-        state.jobs.insert(payload.job_id, JobState::Idle);
+        let (rule, message) = match e {
+            veil_protocol::Error::CohortTooSmall { size, minimum } => (
+                Rule::Cohort,
+                format!(
+                    "refused by rule cohort: {size} parties remain in the round; this party's data is combined with at least {minimum}"
+                ),
+            ),
+            other => (Rule::Kind, format!("left the round: {other}")),
+        };
+        state.jobs.insert(payload.job_id.clone(), JobState::Idle);
+        // A training job goes on after this step: tell the coordinator why this party left.
+        if let Some(slot) = state.training.get(&payload.job_id) {
+            let hash = slot.job.job_hash.clone();
+            leave_step(config, state, tx, payload.job_id, &hash, rule, message).await?;
+        }
         return Ok(false);
     }
     flush(config, state, tx, &payload.job_id).await
@@ -919,7 +998,6 @@ async fn flush(
 async fn training_vector(
     config: &PartyConfig,
     state: &State,
-    job_id: &str,
     slot: &TrainingSlot,
     start: &RoundStart,
 ) -> Result<Vec<u64>, (Rule, String)> {
@@ -978,13 +1056,19 @@ async fn training_vector(
     } else {
         None
     };
-    match state.store.claim_training_step(
-        job_id,
-        &job.job_hash,
-        step.code(),
-        spec.privacy.is_none(),
-    ) {
+    let minimum = slot.min_parties.max(start.min_cohort as usize);
+    if start.parties.len() < minimum {
+        return Err((
+            Rule::Cohort,
+            format!(
+                "refused by rule cohort: the round has {} parties; this party's data is combined with at least {minimum}",
+                start.parties.len()
+            ),
+        ));
+    }
+    match state.store.claim_training_step(&slot.charge, &job.job_hash, step.code(), now_ms()) {
         Ok(Ok(())) => {}
+        Ok(Err(reason)) if reason.contains("rule budget") => return Err((Rule::Budget, reason)),
         Ok(Err(reason)) => return Err(kind(reason)),
         Err(e) => return Err((Rule::Budget, format!("cannot record the step: {e}"))),
     }

@@ -483,6 +483,7 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
             signature: identity.sign(&statement).to_bytes().to_vec(),
             job_hash,
             dataset_sha256: String::new(),
+            next_step: 0,
         })
     };
 
