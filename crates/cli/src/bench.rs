@@ -181,60 +181,96 @@ fn bytes(b: usize) -> String {
     }
 }
 
+/// A coordinator in this process and one `veil party --dangerous-benchmark` process per
+/// party, on loopback with mutual TLS; stopped (and the processes killed) on drop.
+pub(crate) struct ProcessCluster {
+    /// A jobs client for the consumer `analyst`.
+    pub(crate) jobs: veil_proto::v1::jobs_client::JobsClient<tonic::transport::Channel>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _children: Vec<tokio::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl ProcessCluster {
+    /// Starts it; `datasets(i)` is TOML appended to party `i`'s configuration (its dataset
+    /// sections).
+    pub(crate) async fn start(parties: usize, datasets: impl Fn(usize) -> String) -> Result<Self> {
+        use std::io::Write;
+        use veil_proto::v1::ListPartiesRequest;
+        use veil_proto::v1::admin_client::AdminClient;
+        use veil_proto::v1::jobs_client::JobsClient;
+
+        let dir = tempfile::tempdir()?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let names: Vec<String> = (0..parties).map(|i| format!("p{i}")).collect();
+        let layout = veil_coordinator::consortium::create(
+            dir.path(),
+            &veil_coordinator::consortium::ConsortiumSpec {
+                name: "bench".into(),
+                parties: names,
+                consumers: vec![("analyst".into(), false), ("operator".into(), true)],
+                coordinator: addr,
+            },
+        )?;
+        for (i, p) in layout.party_configs.iter().enumerate() {
+            let mut f = std::fs::OpenOptions::new().append(true).open(p)?;
+            f.write_all(datasets(i).as_bytes())?;
+        }
+        let config = veil_coordinator::CoordinatorFile::load(&layout.coordinator_config)?
+            .into_config(false)?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(veil_coordinator::serve(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let exe = std::env::current_exe()?;
+        let mut children = Vec::new();
+        for p in &layout.party_configs {
+            let child = tokio::process::Command::new(&exe)
+                .args(["party", "--dangerous-benchmark", "--config"])
+                .arg(p)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start a party process")?;
+            children.push(child);
+        }
+        let consumer = |name: &str| layout.root.join("consumers").join(name).join("consumer.toml");
+        let mut admin =
+            AdminClient::new(crate::client::channel(&consumer("operator"), false).await?);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let list = admin.list_parties(ListPartiesRequest {}).await?.into_inner().parties;
+            if list.iter().filter(|p| p.connected).count() == parties {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the party processes did not all connect within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let jobs = JobsClient::new(crate::client::channel(&consumer("analyst"), false).await?);
+        Ok(Self { jobs, stop: Some(stop), _children: children, _dir: dir })
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
-    use veil_proto::v1::admin_client::AdminClient;
-    use veil_proto::v1::jobs_client::JobsClient;
-    use veil_proto::v1::{JobRef, ListPartiesRequest, SubmitRequest};
+    use veil_proto::v1::{JobRef, SubmitRequest};
 
     anyhow::ensure!((2..=200).contains(&parties), "--parties must be between 2 and 200");
-    let dir = tempfile::tempdir()?;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let names: Vec<String> = (0..parties).map(|i| format!("p{i}")).collect();
-    let layout = veil_coordinator::consortium::create(
-        dir.path(),
-        &veil_coordinator::consortium::ConsortiumSpec {
-            name: "bench".into(),
-            parties: names,
-            consumers: vec![("analyst".into(), false), ("operator".into(), true)],
-            coordinator: addr,
-        },
-    )?;
-    let config =
-        veil_coordinator::CoordinatorFile::load(&layout.coordinator_config)?.into_config(false)?;
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(veil_coordinator::serve(config, listener, async {
-        let _ = stopped.await;
-    }));
-    let exe = std::env::current_exe()?;
-    let mut children = Vec::new();
-    for p in &layout.party_configs {
-        let child = tokio::process::Command::new(&exe)
-            .args(["party", "--dangerous-benchmark", "--config"])
-            .arg(p)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start a party process")?;
-        children.push(child);
-    }
-    let consumer = |name: &str| layout.root.join("consumers").join(name).join("consumer.toml");
-    let mut admin = AdminClient::new(crate::client::channel(&consumer("operator"), false).await?);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let list = admin.list_parties(ListPartiesRequest {}).await?.into_inner().parties;
-        if list.iter().filter(|p| p.connected).count() == parties {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the party processes did not all connect within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut jobs = JobsClient::new(crate::client::channel(&consumer("analyst"), false).await?);
+    let cluster = ProcessCluster::start(parties, |_| String::new()).await?;
+    let mut jobs = cluster.jobs.clone();
     let mut secure = Vec::new();
     let mut plain = Vec::new();
     // One warm-up job of each kind, then interleaved measurements.
@@ -256,9 +292,7 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
             }
         }
     }
-    let _ = stop.send(());
-    drop(children);
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    drop(cluster);
     secure.sort();
     plain.sort();
     let median = |v: &[Duration]| v[v.len() / 2];
