@@ -488,6 +488,72 @@ mod parquet_tests {
     }
 }
 
+/// Most rows a party loads for training.
+pub const MAX_TRAINING_ROWS: usize = 10_000_000;
+
+/// Most feature cells a party holds in memory for one training job (1 GiB of f64).
+pub const MAX_TRAINING_CELLS: usize = 1 << 27;
+
+/// Reads a training job's feature and label columns from the dataset's CSV file, in the job's
+/// order: every cell must be a number (a missing or unparsable one is refused, naming its
+/// place).
+pub fn load_training(
+    dataset: &DatasetConfig,
+    features: &[String],
+    label: &str,
+) -> Result<(ndarray::Array2<f64>, ndarray::Array1<f64>), DataError> {
+    let file = dataset.path.display().to_string();
+    let read_error = |e: csv::Error| DataError::Read { file: file.clone(), message: e.to_string() };
+    let (mut reader, headers) = open_csv(dataset)?;
+    let schema = dataset.schema();
+    let mut positions = Vec::new();
+    for name in features.iter().map(String::as_str).chain([label]) {
+        let ty =
+            schema.columns.iter().find(|(c, _)| c == name).map(|(_, t)| *t).ok_or_else(|| {
+                DataError::MissingColumn { file: file.clone(), column: name.to_string() }
+            })?;
+        let pos = headers
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or_else(|| DataError::MissingColumn { file: file.clone(), column: name.into() })?;
+        positions.push((pos, ty, name));
+    }
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    let mut record = csv::StringRecord::new();
+    while reader.read_record(&mut record).map_err(read_error)? {
+        if y.len() >= MAX_TRAINING_ROWS || x.len() + features.len() > MAX_TRAINING_CELLS {
+            return Err(DataError::Read {
+                file,
+                message: format!(
+                    "more rows than a training job holds in memory (at most {MAX_TRAINING_ROWS} rows and {MAX_TRAINING_CELLS} feature values)"
+                ),
+            });
+        }
+        let line = record.position().map_or(0, |p| p.line());
+        for (i, &(pos, ty, name)) in positions.iter().enumerate() {
+            let raw = record.get(pos).unwrap_or("");
+            let cell = |expected| DataError::Cell {
+                file: file.clone(),
+                row: line,
+                column: name.to_string(),
+                value: raw.chars().take(40).collect(),
+                expected,
+            };
+            let value = match parse_cell(raw, ty).map_err(cell)? {
+                Value::Number(v) => v,
+                Value::Null => return Err(cell("a number (training needs every cell)")),
+                _ => return Err(cell("a number (training reads numeric columns)")),
+            };
+            if i < features.len() { x.push(value) } else { y.push(value) }
+        }
+    }
+    let rows = y.len();
+    let x = ndarray::Array2::from_shape_vec((rows, features.len()), x)
+        .map_err(|e| DataError::Read { file: file.clone(), message: e.to_string() })?;
+    Ok((x, ndarray::Array1::from(y)))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -557,65 +623,23 @@ mod tests {
         assert_eq!((a.columns[0].count, a.columns[0].sum), (2, 4.0));
         assert_eq!((a.columns[1].count, a.columns[1].sum), (2, 5.0));
     }
-}
 
-/// Most rows a party loads for training.
-pub const MAX_TRAINING_ROWS: usize = 10_000_000;
-
-/// Reads a training job's feature and label columns from the dataset's CSV file, in the job's
-/// order: every cell must be a number (a missing or unparsable one is refused, naming its
-/// place).
-pub fn load_training(
-    dataset: &DatasetConfig,
-    features: &[String],
-    label: &str,
-) -> Result<(ndarray::Array2<f64>, ndarray::Array1<f64>), DataError> {
-    let file = dataset.path.display().to_string();
-    let read_error = |e: csv::Error| DataError::Read { file: file.clone(), message: e.to_string() };
-    let (mut reader, headers) = open_csv(dataset)?;
-    let schema = dataset.schema();
-    let mut positions = Vec::new();
-    for name in features.iter().map(String::as_str).chain([label]) {
-        let ty =
-            schema.columns.iter().find(|(c, _)| c == name).map(|(_, t)| *t).ok_or_else(|| {
-                DataError::MissingColumn { file: file.clone(), column: name.to_string() }
-            })?;
-        let pos = headers
-            .iter()
-            .position(|h| h.trim() == name)
-            .ok_or_else(|| DataError::MissingColumn { file: file.clone(), column: name.into() })?;
-        positions.push((pos, ty, name));
-    }
-    let mut x = Vec::new();
-    let mut y = Vec::new();
-    let mut record = csv::StringRecord::new();
-    while reader.read_record(&mut record).map_err(read_error)? {
-        if y.len() >= MAX_TRAINING_ROWS {
-            return Err(DataError::Read {
-                file,
-                message: format!("more than {MAX_TRAINING_ROWS} rows to train on"),
-            });
+    #[test]
+    fn training_rows_load_in_order_and_bad_cells_are_named_without_their_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dataset(dir.path(), "x,n\n1.5,2\n2.5,0\n");
+        let (x, y) = load_training(&d, &["x".to_string()], "n").unwrap();
+        assert_eq!(
+            (x.as_slice().unwrap(), y.as_slice().unwrap()),
+            (&[1.5, 2.5][..], &[2.0, 0.0][..])
+        );
+        for text in ["x,n\n1.5,2\n,1\n", "x,n\n1.5,2\nsecret-7,1\n"] {
+            let d = dataset(dir.path(), text);
+            let e = load_training(&d, &["x".to_string()], "n").unwrap_err().to_string();
+            assert!(e.contains("row 3") && e.contains("\"x\""), "{e}");
+            assert!(!e.contains("secret"), "the value stays local: {e}");
         }
-        let line = record.position().map_or(0, |p| p.line());
-        for (i, &(pos, ty, name)) in positions.iter().enumerate() {
-            let raw = record.get(pos).unwrap_or("");
-            let cell = |expected| DataError::Cell {
-                file: file.clone(),
-                row: line,
-                column: name.to_string(),
-                value: raw.chars().take(40).collect(),
-                expected,
-            };
-            let value = match parse_cell(raw, ty).map_err(cell)? {
-                Value::Number(v) => v,
-                Value::Null => return Err(cell("a number (training needs every cell)")),
-                _ => return Err(cell("a number (training reads numeric columns)")),
-            };
-            if i < features.len() { x.push(value) } else { y.push(value) }
-        }
+        let e = load_training(&d, &["missing".to_string()], "n").unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
     }
-    let rows = y.len();
-    let x = ndarray::Array2::from_shape_vec((rows, features.len()), x)
-        .map_err(|e| DataError::Read { file: file.clone(), message: e.to_string() })?;
-    Ok((x, ndarray::Array1::from(y)))
 }
