@@ -346,8 +346,9 @@ async fn the_coordinator_never_receives_a_party_update() {
     cluster.shutdown().await;
 }
 
-/// Softmax regression and the MLP learn the digits over four label-skewed parties through the
-/// services; the MLP samples three of the four parties into each round.
+/// Softmax regression (with FedAvg and with the FedAdam server optimiser) and the MLP learn
+/// the digits over four label-skewed parties through the services; the MLP samples three of
+/// the four parties into each round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn softmax_and_mlp_learn_the_digits_with_sampled_cohorts() {
     use veil_testkit::cluster::{DatasetSpec, PartySpec};
@@ -387,6 +388,11 @@ async fn softmax_and_mlp_learn_the_digits_with_sampled_cohorts() {
     };
     for (model, extra, sampled) in [
         ("kind = \"softmax_regression\"\nclasses = 10", "", false),
+        (
+            "kind = \"softmax_regression\"\nclasses = 10",
+            "[strategy]\nkind = \"fed_adam\"\nlearning_rate = 0.05",
+            false,
+        ),
         (
             "kind = \"mlp\"\nhidden = [32]\nclasses = 10",
             "cohort_fraction = 0.75\nmin_parties = 3",
