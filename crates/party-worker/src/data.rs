@@ -93,12 +93,30 @@ pub fn aggregate_csv(
     plan: &Plan,
     noise_seed: [u8; 32],
 ) -> Result<Vec<u64>, DataError> {
+    let mut aggregate = plan.aggregate(noise_seed);
+    let file = dataset.path.display().to_string();
+    scan_csv(dataset, &plan.needed_columns(), |row, _| {
+        aggregate
+            .push_row(row)
+            .map_err(|source| DataError::Aggregate { file: file.clone(), source })
+    })?;
+    Ok(aggregate.finish())
+}
+
+/// Calls `f` with every row of the dataset's CSV file: the values of the schema columns at
+/// indices `needed` (the others null) and the row's line number. A missing column or a cell
+/// that does not parse is an error naming file, row and column.
+fn scan_csv(
+    dataset: &DatasetConfig,
+    needed: &[usize],
+    mut f: impl FnMut(&[Value<'_>], u64) -> Result<(), DataError>,
+) -> Result<(), DataError> {
     let file = dataset.path.display().to_string();
     let read_error = |e: csv::Error| DataError::Read { file: file.clone(), message: e.to_string() };
     let (mut reader, headers) = open_csv(dataset)?;
     let schema = dataset.schema();
     let mut positions = Vec::new();
-    for index in plan.needed_columns() {
+    for &index in needed {
         let (name, ty) = &schema.columns[index];
         let pos = headers
             .iter()
@@ -106,7 +124,6 @@ pub fn aggregate_csv(
             .ok_or_else(|| DataError::MissingColumn { file: file.clone(), column: name.clone() })?;
         positions.push((index, pos, *ty, name));
     }
-    let mut aggregate = plan.aggregate(noise_seed);
     let mut record = csv::StringRecord::new();
     loop {
         match reader.read_record(&mut record) {
@@ -126,11 +143,9 @@ pub fn aggregate_csv(
                 expected,
             })?;
         }
-        aggregate
-            .push_row(&row)
-            .map_err(|source| DataError::Aggregate { file: file.clone(), source })?;
+        f(&row, line)?;
     }
-    Ok(aggregate.finish())
+    Ok(())
 }
 
 /// What the predicate pushdown sends: a WHERE clause with `$n` placeholders and its values.
@@ -327,6 +342,23 @@ pub fn aggregate_parquet(
     plan: &Plan,
     noise_seed: [u8; 32],
 ) -> Result<Vec<u64>, DataError> {
+    let mut aggregate = plan.aggregate(noise_seed);
+    let file = dataset.path.display().to_string();
+    scan_parquet(dataset, &plan.needed_columns(), |row, _| {
+        aggregate
+            .push_row(row)
+            .map_err(|source| DataError::Aggregate { file: file.clone(), source })
+    })?;
+    Ok(aggregate.finish())
+}
+
+/// [`scan_csv`] for a Parquet file: numeric physical types read as numbers, text parsed by
+/// the column's declared type; rows are numbered from 1.
+fn scan_parquet(
+    dataset: &DatasetConfig,
+    needed: &[usize],
+    mut f: impl FnMut(&[Value<'_>], u64) -> Result<(), DataError>,
+) -> Result<(), DataError> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::Field;
 
@@ -343,8 +375,7 @@ pub fn aggregate_parquet(
         .iter()
         .map(|c| c.name().to_string())
         .collect();
-    let needed = plan.needed_columns();
-    for &i in &needed {
+    for &i in needed {
         let name = &schema.columns[i].0;
         if !present.iter().any(|p| p == name) {
             return Err(DataError::MissingColumn { file: file.clone(), column: name.clone() });
@@ -352,7 +383,6 @@ pub fn aggregate_parquet(
     }
     let wanted: Vec<(usize, ColumnType, &str)> =
         needed.iter().map(|&i| (i, schema.columns[i].1, schema.columns[i].0.as_str())).collect();
-    let mut aggregate = plan.aggregate(noise_seed);
     let rows = reader.get_row_iter(None).map_err(|e| read_error(e.to_string()))?;
     for (n, row) in rows.enumerate() {
         let row = row.map_err(|e| read_error(e.to_string()))?;
@@ -391,11 +421,14 @@ pub fn aggregate_parquet(
                 _ => return Err(bad("a number, text or null")),
             };
         }
-        aggregate
-            .push_row(&values)
-            .map_err(|source| DataError::Aggregate { file: file.clone(), source })?;
+        f(&values, line)?;
     }
-    Ok(aggregate.finish())
+    Ok(())
+}
+
+/// Whether the dataset's file is Parquet (by its extension); otherwise it is CSV.
+fn is_parquet(dataset: &DatasetConfig) -> bool {
+    dataset.path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
 }
 
 /// Streams a file dataset through `plan`: Parquet when the path ends in `.parquet`, CSV
@@ -405,11 +438,72 @@ pub fn aggregate_file(
     plan: &Plan,
     noise_seed: [u8; 32],
 ) -> Result<Vec<u64>, DataError> {
-    if dataset.path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet")) {
+    if is_parquet(dataset) {
         aggregate_parquet(dataset, plan, noise_seed)
     } else {
         aggregate_csv(dataset, plan, noise_seed)
     }
+}
+
+/// Most rows a party loads for training.
+pub const MAX_TRAINING_ROWS: usize = 10_000_000;
+
+/// Most feature cells a party holds in memory for one training job (1 GiB of f64).
+pub const MAX_TRAINING_CELLS: usize = 1 << 27;
+
+/// Reads a training job's feature and label columns from the dataset's file (CSV or Parquet),
+/// in the job's order: every cell must be a number (a missing or unparsable one is refused,
+/// naming its place but not its value).
+pub fn load_training(
+    dataset: &DatasetConfig,
+    features: &[String],
+    label: &str,
+) -> Result<(ndarray::Array2<f64>, ndarray::Array1<f64>), DataError> {
+    let file = dataset.path.display().to_string();
+    let schema = dataset.schema();
+    let mut needed = Vec::new();
+    for name in features.iter().map(String::as_str).chain([label]) {
+        let index = schema.columns.iter().position(|(c, _)| c == name).ok_or_else(|| {
+            DataError::MissingColumn { file: file.clone(), column: name.to_string() }
+        })?;
+        needed.push(index);
+    }
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let row = |values: &[Value<'_>], line: u64| -> Result<(), DataError> {
+        if y.len() >= MAX_TRAINING_ROWS || x.len() + features.len() > MAX_TRAINING_CELLS {
+            return Err(DataError::Read {
+                file: file.clone(),
+                message: format!(
+                    "more rows than a training job holds in memory (at most {MAX_TRAINING_ROWS} rows and {MAX_TRAINING_CELLS} feature values)"
+                ),
+            });
+        }
+        for (k, &index) in needed.iter().enumerate() {
+            let cell = |expected| DataError::Cell {
+                file: file.clone(),
+                row: line,
+                column: schema.columns[index].0.clone(),
+                value: String::new(),
+                expected,
+            };
+            let value = match values[index] {
+                Value::Number(v) => v,
+                Value::Null => return Err(cell("a number (training needs every cell)")),
+                _ => return Err(cell("a number (training reads numeric columns)")),
+            };
+            if k < features.len() { x.push(value) } else { y.push(value) }
+        }
+        Ok(())
+    };
+    if is_parquet(dataset) {
+        scan_parquet(dataset, &needed, row)?
+    } else {
+        scan_csv(dataset, &needed, row)?
+    }
+    let rows = y.len();
+    let x = ndarray::Array2::from_shape_vec((rows, features.len()), x)
+        .map_err(|e| DataError::Read { file: file.clone(), message: e.to_string() })?;
+    Ok((x, ndarray::Array1::from(y)))
 }
 
 #[cfg(test)]
@@ -485,73 +579,20 @@ mod parquet_tests {
         assert_eq!(from_csv, from_parquet);
         let a = plan.answer(&from_parquet, vec![0], vec![]).unwrap();
         assert_eq!((a.rows, a.columns[0].count, a.columns[0].clipped_above), (3, 2, 1));
-    }
-}
 
-/// Most rows a party loads for training.
-pub const MAX_TRAINING_ROWS: usize = 10_000_000;
-
-/// Most feature cells a party holds in memory for one training job (1 GiB of f64).
-pub const MAX_TRAINING_CELLS: usize = 1 << 27;
-
-/// Reads a training job's feature and label columns from the dataset's CSV file, in the job's
-/// order: every cell must be a number (a missing or unparsable one is refused, naming its
-/// place).
-pub fn load_training(
-    dataset: &DatasetConfig,
-    features: &[String],
-    label: &str,
-) -> Result<(ndarray::Array2<f64>, ndarray::Array1<f64>), DataError> {
-    let file = dataset.path.display().to_string();
-    let read_error = |e: csv::Error| DataError::Read { file: file.clone(), message: e.to_string() };
-    let (mut reader, headers) = open_csv(dataset)?;
-    let schema = dataset.schema();
-    let mut positions = Vec::new();
-    for name in features.iter().map(String::as_str).chain([label]) {
-        let ty =
-            schema.columns.iter().find(|(c, _)| c == name).map(|(_, t)| *t).ok_or_else(|| {
-                DataError::MissingColumn { file: file.clone(), column: name.to_string() }
-            })?;
-        let pos = headers
-            .iter()
-            .position(|h| h.trim() == name)
-            .ok_or_else(|| DataError::MissingColumn { file: file.clone(), column: name.into() })?;
-        positions.push((pos, ty, name));
-    }
-    let mut x = Vec::new();
-    let mut y = Vec::new();
-    let mut record = csv::StringRecord::new();
-    while reader.read_record(&mut record).map_err(read_error)? {
-        if y.len() >= MAX_TRAINING_ROWS || x.len() + features.len() > MAX_TRAINING_CELLS {
-            return Err(DataError::Read {
-                file,
-                message: format!(
-                    "more rows than a training job holds in memory (at most {MAX_TRAINING_ROWS} rows and {MAX_TRAINING_CELLS} feature values)"
-                ),
-            });
-        }
-        let line = record.position().map_or(0, |p| p.line());
-        for (i, &(pos, ty, name)) in positions.iter().enumerate() {
-            let raw = record.get(pos).unwrap_or("");
-            let cell = |expected| DataError::Cell {
-                file: file.clone(),
-                row: line,
-                column: name.to_string(),
-                value: raw.chars().take(40).collect(),
-                expected,
-            };
-            let value = match parse_cell(raw, ty).map_err(cell)? {
-                Value::Number(v) => v,
-                Value::Null => return Err(cell("a number (training needs every cell)")),
-                _ => return Err(cell("a number (training reads numeric columns)")),
-            };
-            if i < features.len() { x.push(value) } else { y.push(value) }
+        // Training reads both alike, and both refuse the missing cell.
+        let n = ["n".to_string()];
+        let (csv_d, pq_d) =
+            (dataset(dir.path().join("d.csv")), dataset(dir.path().join("d.parquet")));
+        let (cx, cy) = load_training(&csv_d, &n, "n").unwrap();
+        let (px, py) = load_training(&pq_d, &n, "n").unwrap();
+        assert_eq!((cx, cy), (px, py.clone()));
+        assert_eq!(py.to_vec(), vec![0.0, 1.0, 1.0, 0.0, 1.0]);
+        for d in [&csv_d, &pq_d] {
+            let e = load_training(d, &["x".to_string()], "n").unwrap_err().to_string();
+            assert!(e.contains("column \"x\"") && e.contains("training needs every cell"), "{e}");
         }
     }
-    let rows = y.len();
-    let x = ndarray::Array2::from_shape_vec((rows, features.len()), x)
-        .map_err(|e| DataError::Read { file: file.clone(), message: e.to_string() })?;
-    Ok((x, ndarray::Array1::from(y)))
 }
 
 #[cfg(test)]

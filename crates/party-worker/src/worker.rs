@@ -571,11 +571,14 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                     "plain (unmasked) training is refused unless the party runs with --dangerous-benchmark".into(),
                 );
             }
-            if dataset.postgres.is_some() || !dataset.path.to_string_lossy().ends_with(".csv") {
+            if dataset.postgres.is_some() {
                 return refuse(
                     state,
                     Rule::Kind,
-                    format!("training reads CSV files; dataset {:?} is not one", dataset.name),
+                    format!(
+                        "training reads CSV and Parquet files; dataset {:?} is a PostgreSQL table",
+                        dataset.name
+                    ),
                 );
             }
             let declared = if spec.standardizes_by_bounds() {
