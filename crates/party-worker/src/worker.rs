@@ -237,6 +237,13 @@ struct Prepared {
     result: Result<Accepted, (Rule, String)>,
 }
 
+/// A training step's vector, computed in the background.
+struct Trained {
+    start: RoundStart,
+    job_id: String,
+    computed: Result<Vec<u64>, (Rule, String)>,
+}
+
 /// An accepted training job, between and during its steps.
 #[derive(Clone)]
 struct TrainingSlot {
@@ -252,6 +259,8 @@ struct State {
     signing: SigningKey,
     prepared_tx: mpsc::Sender<Prepared>,
     prepared_rx: mpsc::Receiver<Prepared>,
+    trained_tx: mpsc::Sender<Trained>,
+    trained_rx: mpsc::Receiver<Trained>,
     options: WorkerOptions,
     rng: rand_chacha::ChaCha20Rng,
 }
@@ -259,6 +268,7 @@ struct State {
 impl State {
     fn new(store: Arc<PartyStore>, signing: SigningKey, options: &WorkerOptions) -> Self {
         let (prepared_tx, prepared_rx) = mpsc::channel(64);
+        let (trained_tx, trained_rx) = mpsc::channel(64);
         Self {
             jobs: HashMap::new(),
             training: HashMap::new(),
@@ -266,6 +276,8 @@ impl State {
             signing,
             prepared_tx,
             prepared_rx,
+            trained_tx,
+            trained_rx,
             options: options.clone(),
             // Reseeded from the OS for every round (see `start_round`); this seed only covers
             // the synthetic benchmark vectors.
@@ -311,6 +323,11 @@ async fn session(
             Some(prepared) = state.prepared_rx.recv() => {
                 let reply = decide(config, state, prepared);
                 send(&tx, Body::Reply(reply)).await?;
+            }
+            Some(step) = state.trained_rx.recv() => {
+                if trained(config, state, &tx, step).await? {
+                    return Ok(Ended::Exit);
+                }
             }
         }
     }
@@ -812,15 +829,39 @@ async fn start_round(
             return Ok(false);
         }
         state.jobs.insert(job_id.clone(), JobState::Idle);
-        match training_vector(config, state, &slot, &start).await {
-            // The step's claim reserved the job's charge with the first step.
-            Ok(v) => (Zeroizing::new(v), slot.min_parties, None),
+        // Local training runs in the background; the stream keeps being served meanwhile, and
+        // the party joins the round when its vector is ready (`trained`).
+        match check_step(state, &slot, &start) {
+            Ok((step, standardizer)) => {
+                // A secure round is joined at once: keys are advertised and shared, and the
+                // mask expanded, while the party trains; the input follows.
+                if !start.plain
+                    && join_round(config, state, tx, start.clone(), None, slot.min_parties, None)
+                        .await?
+                {
+                    return Ok(true);
+                }
+                let results = state.trained_tx.clone();
+                let party = config.id.0;
+                let job = slot.job.clone();
+                let parameters = start.parameters.clone();
+                tokio::spawn(async move {
+                    let computed = tokio::task::spawn_blocking(move || {
+                        compute_step(&job, step, &parameters, standardizer.as_ref(), party)
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err((Rule::Column, format!("local training stopped: {e}")))
+                    });
+                    let _ = results.send(Trained { start, job_id, computed }).await;
+                });
+            }
             Err((rule, message)) => {
                 let hash = slot.job.job_hash.clone();
                 leave_step(config, state, tx, job_id, &hash, rule, message).await?;
-                return Ok(false);
             }
         }
+        return Ok(false);
     } else {
         let Some(JobState::Ready(accepted)) = state.jobs.remove(&job_id) else {
             tracing::warn!(party = %config.id, job = %job_id, "round start for a job this party did not accept");
@@ -829,11 +870,68 @@ async fn start_round(
         let Accepted { vector, min_parties, charge, .. } = *accepted;
         (vector, min_parties, charge)
     };
-    if start.vector_len as usize != vector.len() {
+    join_round(config, state, tx, start, Some(vector), min_parties, charge).await
+}
+
+/// A training step's vector, computed in the background, arrives: the party joins the round
+/// (or, if training failed, leaves the step saying why).
+async fn trained(
+    config: &PartyConfig,
+    state: &mut State,
+    tx: &mpsc::Sender<PartyEnvelope>,
+    trained: Trained,
+) -> Result<bool, Status> {
+    let Trained { start, job_id, computed } = trained;
+    // The job may have ended, or the connection been replaced, while the party trained.
+    let Some(slot) = state.training.get(&job_id).cloned() else { return Ok(false) };
+    match computed {
+        // The step's claim reserved the job's charge with the first step.
+        Ok(v) if start.plain => {
+            join_round(config, state, tx, start, Some(Zeroizing::new(v)), slot.min_parties, None)
+                .await
+        }
+        Ok(v) => {
+            // The round was joined at its start; it may have ended since (the party left it,
+            // or the coordinator gave up on it).
+            let Some(JobState::Round(party)) = state.jobs.get_mut(&job_id) else {
+                return Ok(false);
+            };
+            if let Err(e) = party.provide_input(v) {
+                tracing::warn!(party = %config.id, job = %job_id, error = %e, "the round took no input");
+                return Ok(false);
+            }
+            flush(config, state, tx, &job_id).await
+        }
+        Err((rule, message)) => {
+            let hash = slot.job.job_hash.clone();
+            leave_step(config, state, tx, job_id, &hash, rule, message).await?;
+            Ok(false)
+        }
+    }
+}
+
+/// Joins a round with the party's vector: a plain round sends it as it is (benchmark parties
+/// only); a secure round checks the session, the cohort and the parameters, reserves the
+/// charge, and starts the protocol's party state machine.
+async fn join_round(
+    config: &PartyConfig,
+    state: &mut State,
+    tx: &mpsc::Sender<PartyEnvelope>,
+    start: RoundStart,
+    vector: Option<Zeroizing<Vec<u64>>>,
+    min_parties: usize,
+    charge: Option<Reservation>,
+) -> Result<bool, Status> {
+    let job_id = start.job_id.clone();
+    if vector.as_ref().is_some_and(|v| start.vector_len as usize != v.len()) {
         tracing::warn!(party = %config.id, job = %job_id, "round start with the wrong vector length; leaving the job");
         return Ok(false);
     }
     if start.plain {
+        let Some(vector) = vector else {
+            tracing::warn!(party = %config.id, job = %job_id, "internal: a plain round without its vector");
+            return Ok(false);
+        };
         if !state.options.dangerous_benchmark {
             tracing::warn!(party = %config.id, job = %job_id, "refusing a plain round");
             return Ok(false);
@@ -877,7 +975,7 @@ async fn start_round(
         neighbours: start.neighbours as usize,
         max_corrupt: 0,
         min_cohort: min_parties.max(start.min_cohort as usize),
-        vector_len: vector.len(),
+        vector_len: start.vector_len as usize,
         stage_timeout: Duration::from_secs(30),
     };
     let params = match round.validate() {
@@ -904,14 +1002,13 @@ async fn start_round(
     }
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
     let identity = IdentityKey::from_seed(&config.identity_seed);
-    let party = match Party::new(
-        params,
-        config.id,
-        identity,
-        config.roster.clone(),
-        vector.to_vec(),
-        &mut rng,
-    ) {
+    let roster = config.roster.clone();
+    let joined = match vector {
+        Some(v) => Party::new(params, config.id, identity, roster, v.to_vec(), &mut rng),
+        // The input follows with `provide_input` once local training is done.
+        None => Party::awaiting_input(params, config.id, identity, roster, &mut rng),
+    };
+    let party = match joined {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(party = %config.id, job = %job_id, error = %e, "cannot join the round");
@@ -996,14 +1093,14 @@ async fn flush(
     Ok(false)
 }
 
-/// Checks a training step against the accepted job, claims it in the store and computes the
-/// party's vector for it; a refusal names the rule and the reason.
-async fn training_vector(
-    config: &PartyConfig,
+/// Checks a training step against the accepted job and claims it in the store (reserving the
+/// job's charge at its first step); returns the step and the standardisation to train with,
+/// or the refusing rule and the reason.
+fn check_step(
     state: &State,
     slot: &TrainingSlot,
     start: &RoundStart,
-) -> Result<Vec<u64>, (Rule, String)> {
+) -> Result<(Step, Option<Standardizer>), (Rule, String)> {
     let job = &slot.job;
     let spec = &job.spec;
     let kind = |m: String| (Rule::Kind, format!("training step refused: {m}"));
@@ -1075,33 +1172,33 @@ async fn training_vector(
         Ok(Err(reason)) => return Err(kind(reason)),
         Err(e) => return Err((Rule::Budget, format!("cannot record the step: {e}"))),
     }
-    let job = job.clone();
-    let start = start.clone();
-    let party = config.id.0;
-    let computed = tokio::task::spawn_blocking(move || {
-        let spec = &job.spec;
-        // Without DP the rounding is seeded, so a repeated step repeats exactly; under DP the
-        // noise must be unpredictable.
-        let mut rng = if spec.privacy.is_some() {
-            rand_chacha::ChaCha20Rng::from_entropy()
-        } else {
-            let seed: [u8; 32] = Sha256::new()
-                .chain_update(b"veil/training-rounding/v1")
-                .chain_update(job.job_hash.as_bytes())
-                .chain_update(start.step.to_le_bytes())
-                .chain_update(party.to_le_bytes())
-                .finalize()
-                .into();
-            rand_chacha::ChaCha20Rng::from_seed(seed)
-        };
-        let input =
-            StepInput { step, parameters: &start.parameters, standardizer: standardizer.as_ref() };
-        party_vector(spec, &input, &job.data, party, &mut rng)
-    })
-    .await;
-    match computed {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err((Rule::Column, format!("local training failed: {e}"))),
-        Err(e) => Err((Rule::Column, format!("local training stopped: {e}"))),
-    }
+    Ok((step, standardizer))
+}
+
+/// A party's vector for a checked step. Without DP the rounding is seeded from the job, the
+/// step and the party, so a step computes the same vector wherever it is repeated; under DP
+/// the noise must be unpredictable.
+fn compute_step(
+    job: &TrainingJob,
+    step: Step,
+    parameters: &[f64],
+    standardizer: Option<&Standardizer>,
+    party: u32,
+) -> Result<Vec<u64>, (Rule, String)> {
+    let spec = &job.spec;
+    let mut rng = if spec.privacy.is_some() {
+        rand_chacha::ChaCha20Rng::from_entropy()
+    } else {
+        let seed: [u8; 32] = Sha256::new()
+            .chain_update(b"veil/training-rounding/v1")
+            .chain_update(job.job_hash.as_bytes())
+            .chain_update(step.code().to_le_bytes())
+            .chain_update(party.to_le_bytes())
+            .finalize()
+            .into();
+        rand_chacha::ChaCha20Rng::from_seed(seed)
+    };
+    let input = StepInput { step, parameters, standardizer };
+    party_vector(spec, &input, &job.data, party, &mut rng)
+        .map_err(|e| (Rule::Column, format!("local training failed: {e}")))
 }

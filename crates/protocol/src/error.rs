@@ -59,6 +59,9 @@ pub enum Error {
         /// Elements the round is configured for.
         expected: usize,
     },
+    /// The local input was provided twice.
+    #[error("the input was already provided")]
+    InputAlreadyProvided,
     /// A message arrived that belongs to another stage (a duplicate or out-of-order delivery).
     /// The message is ignored; the round continues.
     #[error("unexpected {got} message while in stage {expected}")]
@@ -170,6 +173,7 @@ impl Error {
         !matches!(
             self,
             Error::UnexpectedMessage { .. }
+                | Error::InputAlreadyProvided
                 | Error::Duplicate { .. }
                 | Error::WrongSession { .. }
                 | Error::RoundEnded

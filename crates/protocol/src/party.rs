@@ -87,7 +87,8 @@ struct ExpectKeys {
     encryption: AgreementSecret,
     mask: AgreementSecret,
     own: AdvertiseKeys,
-    input: Zeroizing<Vec<u64>>,
+    /// `None` until [`Party::provide_input`].
+    input: Option<Zeroizing<Vec<u64>>>,
 }
 
 struct ExpectShares {
@@ -96,7 +97,14 @@ struct ExpectShares {
     self_mask: Zeroizing<Scalar>,
     peers: BTreeMap<PartyId, PeerKeys>,
     own_shares: HeldShares,
-    input: Zeroizing<Vec<u64>>,
+    input: Option<Zeroizing<Vec<u64>>>,
+}
+
+/// The shares are in and the whole mask is expanded; the input has not come yet.
+struct AwaitInput {
+    /// PRG(b) ± the pairwise masks, to be added to the input.
+    mask: Zeroizing<Vec<u64>>,
+    held: BTreeMap<PartyId, HeldShares>,
 }
 
 struct ExpectSurvivors {
@@ -111,6 +119,7 @@ struct ExpectSignatures {
 enum State {
     ExpectKeys(ExpectKeys),
     ExpectShares(ExpectShares),
+    AwaitInput(AwaitInput),
     ExpectSurvivors(ExpectSurvivors),
     ExpectSignatures(ExpectSignatures),
     Finished,
@@ -122,6 +131,7 @@ impl State {
         match self {
             State::ExpectKeys(_) => "expect-keys",
             State::ExpectShares(_) => "expect-shares",
+            State::AwaitInput(_) => "await-input",
             State::ExpectSurvivors(_) => "expect-survivors",
             State::ExpectSignatures(_) => "expect-signatures",
             State::Finished => "finished",
@@ -136,6 +146,8 @@ impl State {
             State::ExpectShares(_) => Some(Stage::MaskedInput),
             State::ExpectSurvivors(_) => Some(Stage::ConsistencyCheck),
             State::ExpectSignatures(_) => Some(Stage::Unmask),
+            // Nothing may come before this party's masked input has gone out.
+            State::AwaitInput(_) => Some(Stage::MaskedInput),
             State::Finished | State::Aborted(_) => None,
         }
     }
@@ -181,10 +193,36 @@ impl Party {
         input: Vec<u64>,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Self> {
-        let input = Zeroizing::new(input);
+        Self::join(params, me, identity, roster, Some(input), rng)
+    }
+
+    /// Joins a round before the input exists (while it is still being computed): the keys
+    /// are advertised and shared at once, the mask is expanded as soon as the shares are in,
+    /// and the masked input goes out when [`Self::provide_input`] delivers the input.
+    pub fn awaiting_input(
+        params: Arc<RoundParams>,
+        me: PartyId,
+        identity: IdentityKey,
+        roster: Arc<Roster>,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Self> {
+        Self::join(params, me, identity, roster, None, rng)
+    }
+
+    fn join(
+        params: Arc<RoundParams>,
+        me: PartyId,
+        identity: IdentityKey,
+        roster: Arc<Roster>,
+        input: Option<Vec<u64>>,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Self> {
+        let input = input.map(Zeroizing::new);
         let index = params.index_of(me).ok_or(Error::UnexpectedParty(me))?;
-        if input.len() != params.vector_len() {
-            return Err(Error::WrongLength { got: input.len(), expected: params.vector_len() });
+        if let Some(input) = &input {
+            if input.len() != params.vector_len() {
+                return Err(Error::WrongLength { got: input.len(), expected: params.vector_len() });
+            }
         }
         match roster.key(me) {
             Some(k) if *k == identity.verifying_key() => {}
@@ -209,6 +247,51 @@ impl Party {
             ledger: RevealLedger::default(),
             outbox,
         })
+    }
+
+    /// Delivers the input of a party that joined [`Self::awaiting_input`]; the masked input
+    /// is queued at once if the shares are already in. An input of the wrong length, a second
+    /// input, or one after the round ended is refused and changes nothing.
+    pub fn provide_input(&mut self, input: Vec<u64>) -> Result<()> {
+        let input = Zeroizing::new(input);
+        if input.len() != self.params.vector_len() {
+            return Err(Error::WrongLength {
+                got: input.len(),
+                expected: self.params.vector_len(),
+            });
+        }
+        let slot = match &mut self.state {
+            State::ExpectKeys(s) => &mut s.input,
+            State::ExpectShares(s) => &mut s.input,
+            State::AwaitInput(_) => {
+                let State::AwaitInput(s) = std::mem::replace(&mut self.state, State::Finished)
+                else {
+                    unreachable!("matched above")
+                };
+                self.state = self.send_masked(input, s.mask, s.held);
+                return Ok(());
+            }
+            _ => return Err(Error::RoundEnded),
+        };
+        if slot.is_some() {
+            return Err(Error::InputAlreadyProvided);
+        }
+        *slot = Some(input);
+        Ok(())
+    }
+
+    /// Queues `input + mask` and moves on to wait for the survivors.
+    fn send_masked(
+        &mut self,
+        mut input: Zeroizing<Vec<u64>>,
+        mask: Zeroizing<Vec<u64>>,
+        held: BTreeMap<PartyId, HeldShares>,
+    ) -> State {
+        input.iter_mut().zip(mask.iter()).for_each(|(x, m)| *x = x.wrapping_add(*m));
+        let vector = std::mem::take(&mut *input);
+        let session = self.session();
+        self.outbox.push_back(PartyMessage::MaskedInput { session, party: self.me, vector });
+        State::ExpectSurvivors(ExpectSurvivors { held })
     }
 
     /// This party's id.
@@ -260,6 +343,10 @@ impl Party {
             return Err(Error::WrongSession { expected: session, got: msg.session() });
         }
         let state = std::mem::replace(&mut self.state, State::Finished);
+        if let State::AwaitInput(_) = state {
+            self.state = state;
+            return Err(Error::UnexpectedMessage { expected: "await-input", got: msg.stage() });
+        }
         let next = match (state, msg) {
             (State::ExpectKeys(s), CoordinatorMessage::Keys { keys, .. }) => {
                 self.handle_keys(s, keys, rng)
@@ -418,11 +505,24 @@ impl Party {
             let sign = if self.me < v { Sign::Add } else { Sign::Subtract };
             masks.push(Mask::new(&pair_mask_seed(&shared, &session), sign));
         }
-        let mut vector = std::mem::take(&mut *s.input);
-        apply_masks(&mut vector, &masks);
         held.insert(self.me, s.own_shares.clone());
-        self.outbox.push_back(PartyMessage::MaskedInput { session, party: self.me, vector });
-        Ok(State::ExpectSurvivors(ExpectSurvivors { held }))
+        match s.input.take() {
+            Some(mut input) => {
+                let mut vector = std::mem::take(&mut *input);
+                apply_masks(&mut vector, &masks);
+                self.outbox.push_back(PartyMessage::MaskedInput {
+                    session,
+                    party: self.me,
+                    vector,
+                });
+                Ok(State::ExpectSurvivors(ExpectSurvivors { held }))
+            }
+            None => {
+                let mut mask = Zeroizing::new(vec![0u64; self.params.vector_len()]);
+                apply_masks(&mut mask, &masks);
+                Ok(State::AwaitInput(AwaitInput { mask, held }))
+            }
+        }
     }
 
     fn handle_survivors(&mut self, s: ExpectSurvivors, survivors: Vec<PartyId>) -> Result<State> {

@@ -221,6 +221,8 @@ pub struct Simulation<'a> {
     interceptor: Option<Interceptor>,
     party_interceptor: Option<PartyInterceptor>,
     inputs: Option<BTreeMap<PartyId, Vec<u64>>>,
+    /// Parties that join before their input exists, with the state in which it arrives.
+    late_input: BTreeMap<PartyId, &'static str>,
     seed: u64,
     record: bool,
 }
@@ -253,6 +255,7 @@ impl<'a> Simulation<'a> {
             interceptor: None,
             party_interceptor: None,
             inputs: None,
+            late_input: BTreeMap::new(),
             seed,
             record: true,
         })
@@ -279,6 +282,13 @@ impl<'a> Simulation<'a> {
     /// Uses these inputs instead of random ones.
     pub fn inputs(mut self, inputs: BTreeMap<PartyId, Vec<u64>>) -> Self {
         self.inputs = Some(inputs);
+        self
+    }
+
+    /// Party `p` joins the round before its input exists and is given it once it reaches the
+    /// state named `when` (`expect-keys`, `expect-shares` or `await-input`).
+    pub fn late_input(mut self, p: PartyId, when: &'static str) -> Self {
+        self.late_input.insert(p, when);
         self
     }
 
@@ -318,17 +328,16 @@ impl<'a> Simulation<'a> {
         let mut transcript = Vec::new();
         let mut unmask = BTreeMap::new();
         for &p in params.parties() {
-            let party = Party::new(
-                params.clone(),
-                p,
-                self.consortium.identity(p),
-                self.consortium.roster(),
-                inputs[&p].clone(),
-                &mut rng,
-            )
+            let (identity, roster) = (self.consortium.identity(p), self.consortium.roster());
+            let party = if self.late_input.contains_key(&p) {
+                Party::awaiting_input(params.clone(), p, identity, roster, &mut rng)
+            } else {
+                Party::new(params.clone(), p, identity, roster, inputs[&p].clone(), &mut rng)
+            }
             .expect("simulated parties are configured consistently");
             parties.insert(p, party);
         }
+        let mut awaiting = self.late_input.clone();
         let mut silent: BTreeSet<PartyId> = BTreeSet::new();
         let mut late: Vec<(PartyId, Vec<u8>)> = Vec::new();
         let reverse = self.has(&Fault::ReverseDelivery);
@@ -336,6 +345,15 @@ impl<'a> Simulation<'a> {
 
         for _ in 0..MAX_PASSES {
             let mut moved = false;
+            // Late inputs arrive.
+            awaiting.retain(|p, when| {
+                let party = parties.get_mut(p).expect("late parties are parties");
+                if party.status() != PartyStatus::InProgress(when) {
+                    return true;
+                }
+                party.provide_input(inputs[p].clone()).expect("a late input is taken once");
+                false
+            });
             // Parties → coordinator.
             let mut outgoing = Vec::new();
             for (&p, party) in parties.iter_mut() {

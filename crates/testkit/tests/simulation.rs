@@ -460,3 +460,43 @@ fn a_survivor_set_cut_into_pieces_is_refused() {
     let survivors: Vec<PartyId> = c.parties().into_iter().filter(|p| !cut.contains(p)).collect();
     assert!(!params.survivors_connected(&survivors));
 }
+
+/// Parties that join before their input exists, given it before the keys, before the shares,
+/// or after the mask is expanded, contribute exactly as the others; one of them drops out
+/// before its input comes and the round finishes without it.
+#[test]
+fn inputs_that_arrive_late_are_masked_exactly() {
+    let c = Consortium::new(6, 21);
+    let p = c.parties();
+    let o = Simulation::new(&c, all_pairs(&c, 21), 21)
+        .unwrap()
+        .late_input(p[0], "expect-keys")
+        .late_input(p[1], "expect-shares")
+        .late_input(p[2], "await-input")
+        .run();
+    assert_sum_over(&o, &p);
+    assert!(o.party_errors.is_empty() && o.coordinator_errors.is_empty(), "{o:?}");
+    let o = Simulation::new(&c, all_pairs(&c, 22), 22)
+        .unwrap()
+        .late_input(p[2], "await-input")
+        .late_input(p[3], "never")
+        .run();
+    let survivors: Vec<PartyId> = p.iter().copied().filter(|q| *q != p[3]).collect();
+    assert_sum_over(&o, &survivors);
+}
+
+/// A late input of the wrong length, or a second one, is refused and changes nothing.
+#[test]
+fn a_late_input_is_checked() {
+    let c = Consortium::new(3, 23);
+    let params = std::sync::Arc::new(all_pairs(&c, 23).validate().unwrap());
+    let p = c.parties()[0];
+    let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(1);
+    let mut party =
+        veil_protocol::Party::awaiting_input(params, p, c.identity(p), c.roster(), &mut rng)
+            .unwrap();
+    assert!(matches!(party.provide_input(vec![0; 3]), Err(Error::WrongLength { .. })));
+    party.provide_input(vec![0; 64]).unwrap();
+    assert_eq!(party.provide_input(vec![0; 64]), Err(Error::InputAlreadyProvided));
+    assert_eq!(party.status(), PartyStatus::InProgress("expect-keys"));
+}
