@@ -273,6 +273,9 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
     let mut jobs = cluster.jobs.clone();
     let mut secure = Vec::new();
     let mut plain = Vec::new();
+    // Per kind, the job's phases in order, each with the times after submit it was reached.
+    let mut secure_marks: Vec<(String, Vec<Duration>)> = Vec::new();
+    let mut plain_marks: Vec<(String, Vec<Duration>)> = Vec::new();
     // One warm-up job of each kind, then interleaved measurements.
     for i in 0..=repeat {
         for is_plain in [false, true] {
@@ -281,13 +284,29 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
             );
             let start = Instant::now();
             let s = jobs.submit(SubmitRequest { spec }).await?.into_inner();
-            let last = crate::client::follow(&mut jobs, &s.job_id, false).await?;
+            let mut stream = jobs.watch(JobRef { job_id: s.job_id.clone() }).await?.into_inner();
+            let mut last = None;
+            let mut marks = Vec::new();
+            while let Some(status) = stream.message().await? {
+                marks.push((phase(&status.state, &status.detail), start.elapsed()));
+                last = Some(status);
+            }
+            let last = last.context("the coordinator closed the watch without a status")?;
             if last.state != "succeeded" {
                 bail!("benchmark job {}: {}", last.state, last.detail);
             }
             jobs.result(JobRef { job_id: s.job_id }).await?;
             let elapsed = start.elapsed();
+            marks.push(("result fetched".into(), elapsed));
             if i > 0 {
+                let timeline = if is_plain { &mut plain_marks } else { &mut secure_marks };
+                for (k, (name, at)) in marks.into_iter().enumerate() {
+                    match timeline.get_mut(k) {
+                        Some((n, ats)) if *n == name => ats.push(at),
+                        Some(_) => {}
+                        None => timeline.push((name, vec![at])),
+                    }
+                }
                 if is_plain { plain.push(elapsed) } else { secure.push(elapsed) }
             }
         }
@@ -302,6 +321,13 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
     );
     println!("  secure round: median {}  fastest {}", ms(median(&secure)), ms(secure[0]));
     println!("  plain round:  median {}  fastest {}", ms(median(&plain)), ms(plain[0]));
+    for (kind, timeline) in [("secure", &mut secure_marks), ("plain", &mut plain_marks)] {
+        println!("  {kind} job, median time after submit at which each phase was reported:");
+        for (name, ats) in timeline.iter_mut() {
+            ats.sort();
+            println!("    {:>9}  {name}", ms(median(ats)));
+        }
+    }
     let ratio = median(&secure).as_secs_f64() / median(&plain).as_secs_f64();
     println!(
         "  secure / plain: {ratio:.2}x (target < 1.5x: {}); secure round target < 500 ms: {}",
@@ -312,6 +338,15 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
         "  for scale: Flower 1.41 with 10 SuperNodes on loopback, ≈ 14 s per plain round and ≈ 53 s with SecAgg+ (stack notes)"
     );
     Ok(())
+}
+
+/// A job status as a phase name: its state, and the stage a round's detail names.
+fn phase(state: &str, detail: &str) -> String {
+    match detail.strip_prefix("round: ") {
+        Some(stage) => stage.split(" done").next().unwrap_or(stage).to_string() + " closed",
+        None if state == "offering" || state == "queued" => state.to_string(),
+        None => format!("{state}: {}", detail.split(" over ").next().unwrap_or(detail)),
+    }
 }
 
 fn dp(samples: usize) {

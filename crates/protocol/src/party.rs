@@ -8,6 +8,10 @@
 //!                    (sent: ConsistencySignature)    (sent: UnmaskShares)
 //! ```
 //!
+//! While it waits on the coordinator, a party can expand its mask ahead ([`Party::precompute`]):
+//! its self mask once it has joined, the pairwise masks once its neighbours' keys are in. The
+//! masked input then costs one pass over the vector when the shares arrive.
+//!
 //! Each state is consumed by the transition out of it. A message for another stage, or for
 //! another session, is rejected without changing state; anything else that fails validation
 //! aborts the round at this party, and an aborted party reveals nothing further.
@@ -86,18 +90,30 @@ impl RevealLedger {
 struct ExpectKeys {
     encryption: AgreementSecret,
     mask: AgreementSecret,
+    self_mask: Zeroizing<Scalar>,
     own: AdvertiseKeys,
     /// `None` until [`Party::provide_input`].
     input: Option<Zeroizing<Vec<u64>>>,
+    premask: Option<Premask>,
+}
+
+/// The mask expanded ahead by [`Party::precompute`]: PRG(b), and the pairwise masks with every
+/// neighbour whose keys came if `pairs`.
+struct Premask {
+    vector: Zeroizing<Vec<u64>>,
+    pairs: bool,
 }
 
 struct ExpectShares {
-    encryption: AgreementSecret,
     mask: AgreementSecret,
     self_mask: Zeroizing<Scalar>,
     peers: BTreeMap<PartyId, PeerKeys>,
+    /// The key agreement with each peer's encryption key, from sealing the shares sent to it;
+    /// the shares it sends back open under the same agreement.
+    agreed: BTreeMap<PartyId, Zeroizing<[u8; 32]>>,
     own_shares: HeldShares,
     input: Option<Zeroizing<Vec<u64>>>,
+    premask: Option<Premask>,
 }
 
 /// The shares are in and the whole mask is expanded; the input has not come yet.
@@ -230,6 +246,7 @@ impl Party {
         }
         let encryption = AgreementSecret::generate(rng);
         let mask = AgreementSecret::generate(rng);
+        let self_mask = Zeroizing::new(crypto::random_scalar(rng));
         let session = params.session();
         let (encryption_key, mask_key) = (encryption.public_key(), mask.public_key());
         let signature =
@@ -243,7 +260,14 @@ impl Party {
             index,
             identity,
             roster,
-            state: State::ExpectKeys(ExpectKeys { encryption, mask, own, input }),
+            state: State::ExpectKeys(ExpectKeys {
+                encryption,
+                mask,
+                self_mask,
+                own,
+                input,
+                premask: None,
+            }),
             ledger: RevealLedger::default(),
             outbox,
         })
@@ -278,6 +302,41 @@ impl Party {
         }
         *slot = Some(input);
         Ok(())
+    }
+
+    /// Expands what of the mask can be expanded now, so that the masked input goes out with
+    /// one pass over the vector when the shares arrive: the self mask once the round is
+    /// joined, the pairwise masks with every neighbour once their keys are in. A driver calls
+    /// it after sending what [`Self::poll_transmit`] gave, while it waits on the coordinator;
+    /// it does nothing when nothing new can be expanded, and a round is the same without it.
+    pub fn precompute(&mut self) {
+        let session = self.session();
+        let me = self.me;
+        let len = self.params.vector_len();
+        match &mut self.state {
+            State::ExpectKeys(s) if s.premask.is_none() => {
+                let mut vector = Zeroizing::new(vec![0u64; len]);
+                apply_masks(&mut vector, &[self_mask(&s.self_mask, &session)]);
+                s.premask = Some(Premask { vector, pairs: false });
+            }
+            State::ExpectShares(s) if !s.premask.as_ref().is_some_and(|p| p.pairs) => {
+                let mut masks = Vec::with_capacity(s.peers.len() + 1);
+                for (&v, keys) in &s.peers {
+                    // A bad key is refused when the shares arrive, if its owner is still in.
+                    let Ok(mask) = pair_mask(&s.mask, &keys.mask_key, me, v, &session) else {
+                        return;
+                    };
+                    masks.push(mask);
+                }
+                let premask = s.premask.get_or_insert_with(|| {
+                    masks.push(self_mask(&s.self_mask, &session));
+                    Premask { vector: Zeroizing::new(vec![0u64; len]), pairs: false }
+                });
+                apply_masks(&mut premask.vector, &masks);
+                premask.pairs = true;
+            }
+            _ => {}
+        }
     }
 
     /// Queues `input + mask` and moves on to wait for the survivors.
@@ -425,14 +484,14 @@ impl Party {
             return Err(Error::TooFewSurvivors { stage: Stage::AdvertiseKeys, alive, needed: t });
         }
 
-        let self_mask = Zeroizing::new(crypto::random_scalar(rng));
         let mut holders: Vec<PartyId> = peers.keys().copied().collect();
         holders.push(self.me);
         holders.sort_unstable();
         let key_shares = shamir::split(s.mask.scalar(), &holders, t, rng);
-        let mask_shares = shamir::split(&self_mask, &holders, t, rng);
+        let mask_shares = shamir::split(&s.self_mask, &holders, t, rng);
         let mut own_shares = None;
         let mut shares = Vec::with_capacity(peers.len());
+        let mut agreed = BTreeMap::new();
         for ((holder, key_share), (_, mask_share)) in key_shares.into_iter().zip(mask_shares) {
             if holder == self.me {
                 own_shares = Some(HeldShares { mask_key: key_share, self_mask: mask_share });
@@ -449,16 +508,18 @@ impl Party {
             let ciphertext: [u8; SHARE_CIPHERTEXT_LEN] =
                 sealed.try_into().expect("72 bytes of plaintext seal to 88 bytes");
             shares.push(EncryptedShare { peer: holder, ciphertext });
+            agreed.insert(holder, shared);
         }
         let own_shares = own_shares.expect("this party is among its own share holders");
         self.outbox.push_back(PartyMessage::EncryptedShares { session, party: self.me, shares });
         Ok(State::ExpectShares(ExpectShares {
-            encryption: s.encryption,
             mask: s.mask,
-            self_mask,
+            self_mask: s.self_mask,
             peers,
+            agreed,
             own_shares,
             input: s.input,
+            premask: s.premask,
         }))
     }
 
@@ -468,14 +529,13 @@ impl Party {
         let mut held = BTreeMap::new();
         for share in shares {
             let from = share.peer;
-            let Some(keys) = s.peers.get(&from) else {
+            let Some(shared) = s.agreed.get(&from) else {
                 return Err(Error::UnexpectedParty(from));
             };
             if held.contains_key(&from) {
                 return Err(Error::BadCoordinatorMessage("two shares from one sender"));
             }
-            let shared = s.encryption.agree(&keys.encryption_key, from)?;
-            let key = share_key(&shared, &session, from, self.me);
+            let key = share_key(shared, &session, from, self.me);
             let plaintext = crypto::open(&key, &session, from, self.me, &share.ciphertext)?;
             if plaintext.len() != SHARE_PLAINTEXT_LEN
                 || plaintext[..4] != from.0.to_le_bytes()
@@ -498,16 +558,29 @@ impl Party {
         }
 
         // y = x + PRG(b) + Σ_{v ∈ U2, me < v} PRG(s_{me,v}) − Σ_{v ∈ U2, me > v} PRG(s_{me,v})
-        let mut masks = Vec::with_capacity(held.len() + 1);
-        masks.push(Mask::new(&self_mask_seed(&s.self_mask, &session), Sign::Add));
-        for &v in held.keys() {
-            let shared = s.mask.agree(&s.peers[&v].mask_key, v)?;
-            let sign = if self.me < v { Sign::Add } else { Sign::Subtract };
-            masks.push(Mask::new(&pair_mask_seed(&shared, &session), sign));
-        }
+        let me = self.me;
+        let pair = |v: PartyId| pair_mask(&s.mask, &s.peers[&v].mask_key, me, v, &session);
+        let (mut masks, premask) = match s.premask.take() {
+            // Expanded ahead with every neighbour that advertised: take out those that sent
+            // no shares.
+            Some(p) if p.pairs => {
+                let gone = s.peers.keys().filter(|v| !held.contains_key(v));
+                (gone.map(|&v| pair(v).map(Mask::inverse)).collect::<Result<Vec<_>>>()?, Some(p))
+            }
+            Some(p) => (held.keys().map(|&v| pair(v)).collect::<Result<Vec<_>>>()?, Some(p)),
+            None => (held.keys().map(|&v| pair(v)).collect::<Result<Vec<_>>>()?, None),
+        };
         held.insert(self.me, s.own_shares.clone());
-        match s.input.take() {
-            Some(mut input) => {
+        match (premask, s.input.take()) {
+            (Some(mut p), input) => {
+                apply_masks(&mut p.vector, &masks);
+                Ok(match input {
+                    Some(input) => self.send_masked(input, p.vector, held),
+                    None => State::AwaitInput(AwaitInput { mask: p.vector, held }),
+                })
+            }
+            (None, Some(mut input)) => {
+                masks.push(self_mask(&s.self_mask, &session));
                 let mut vector = std::mem::take(&mut *input);
                 apply_masks(&mut vector, &masks);
                 self.outbox.push_back(PartyMessage::MaskedInput {
@@ -517,7 +590,8 @@ impl Party {
                 });
                 Ok(State::ExpectSurvivors(ExpectSurvivors { held }))
             }
-            None => {
+            (None, None) => {
+                masks.push(self_mask(&s.self_mask, &session));
                 let mut mask = Zeroizing::new(vec![0u64; self.params.vector_len()]);
                 apply_masks(&mut mask, &masks);
                 Ok(State::AwaitInput(AwaitInput { mask, held }))
@@ -632,6 +706,24 @@ impl Party {
         });
         Ok(State::Finished)
     }
+}
+
+/// The party's self mask PRG(b), added.
+fn self_mask(b: &Scalar, session: &SessionId) -> Mask {
+    Mask::new(&self_mask_seed(b, session), Sign::Add)
+}
+
+/// The pairwise mask `me` applies for neighbour `v`: added if `me < v`, subtracted otherwise.
+fn pair_mask(
+    secret: &AgreementSecret,
+    peer_key: &[u8; 32],
+    me: PartyId,
+    v: PartyId,
+    session: &SessionId,
+) -> Result<Mask> {
+    let shared = secret.agree(peer_key, v)?;
+    let sign = if me < v { Sign::Add } else { Sign::Subtract };
+    Ok(Mask::new(&pair_mask_seed(&shared, session), sign))
 }
 
 #[cfg(test)]

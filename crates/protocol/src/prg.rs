@@ -69,6 +69,15 @@ impl Mask {
     pub fn new(seed: &[u8; 32], sign: Sign) -> Self {
         Self { seed: *seed, sign }
     }
+
+    /// The same mask with the opposite sign, which undoes this one.
+    pub fn inverse(self) -> Self {
+        let sign = match self.sign {
+            Sign::Add => Sign::Subtract,
+            Sign::Subtract => Sign::Add,
+        };
+        Self { seed: self.seed, sign }
+    }
 }
 
 impl std::fmt::Debug for Mask {

@@ -223,6 +223,8 @@ pub struct Simulation<'a> {
     inputs: Option<BTreeMap<PartyId, Vec<u64>>>,
     /// Parties that join before their input exists, with the state in which it arrives.
     late_input: BTreeMap<PartyId, &'static str>,
+    /// Parties that expand their masks ahead after every send, as the services' parties do.
+    precompute: BTreeSet<PartyId>,
     seed: u64,
     record: bool,
 }
@@ -256,6 +258,7 @@ impl<'a> Simulation<'a> {
             party_interceptor: None,
             inputs: None,
             late_input: BTreeMap::new(),
+            precompute: BTreeSet::new(),
             seed,
             record: true,
         })
@@ -289,6 +292,12 @@ impl<'a> Simulation<'a> {
     /// state named `when` (`expect-keys`, `expect-shares` or `await-input`).
     pub fn late_input(mut self, p: PartyId, when: &'static str) -> Self {
         self.late_input.insert(p, when);
+        self
+    }
+
+    /// These parties expand their masks ahead ([`Party::precompute`]) after every send.
+    pub fn precompute(mut self, parties: &[PartyId]) -> Self {
+        self.precompute.extend(parties);
         self
     }
 
@@ -363,6 +372,9 @@ impl<'a> Simulation<'a> {
                         Some(i) => sent.extend(i(p, msg)),
                         None => sent.push(msg),
                     }
+                }
+                if self.precompute.contains(&p) {
+                    party.precompute();
                 }
                 for msg in sent {
                     let stage = msg.stage();

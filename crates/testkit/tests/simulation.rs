@@ -60,6 +60,56 @@ fn a_dropout_at_each_stage_is_tolerated() {
     }
 }
 
+/// Parties that expand their masks ahead give the same sums, whoever drops and when: a
+/// neighbour that advertised keys and then vanished is taken out of the expanded mask.
+#[test]
+fn masks_expanded_ahead_give_the_same_sums() {
+    let c = Consortium::new(6, 31);
+    let all = c.parties();
+    for stage in STAGES {
+        let run = |ahead: &[PartyId]| {
+            Simulation::new(&c, all_pairs(&c, 31), 31)
+                .unwrap()
+                .precompute(ahead)
+                .fault(Fault::Dropout { party: PartyId(2), before: stage })
+                .run()
+        };
+        let (none, every, some) = (run(&[]), run(&all), run(&all[..3]));
+        let expected: Vec<PartyId> = if stage <= Stage::MaskedInput {
+            all.iter().copied().filter(|p| *p != PartyId(2)).collect()
+        } else {
+            all.clone()
+        };
+        for o in [&none, &every, &some] {
+            assert_sum_over(o, &expected);
+        }
+        assert!(every.party_errors.is_empty(), "{stage}: {every:?}");
+    }
+    let c = Consortium::new(30, 32);
+    let mut sim = Simulation::new(&c, RoundConfig::sparse(session(32), c.parties(), 16), 32)
+        .unwrap()
+        .precompute(&c.parties()[..20]);
+    for (p, before) in [(3, Stage::ShareKeys), (11, Stage::MaskedInput), (24, Stage::Unmask)] {
+        sim = sim.fault(Fault::Dropout { party: PartyId(p), before });
+    }
+    let expected: Vec<PartyId> =
+        c.parties().into_iter().filter(|p| ![3, 11].contains(&p.0)).collect();
+    assert_sum_over(&sim.run(), &expected);
+    // With inputs that arrive after the shares, in every state.
+    let p = c.parties();
+    let c = Consortium::new(6, 33);
+    let o = Simulation::new(&c, all_pairs(&c, 33), 33)
+        .unwrap()
+        .precompute(&c.parties())
+        .late_input(p[0], "expect-keys")
+        .late_input(p[1], "expect-shares")
+        .late_input(p[2], "await-input")
+        .fault(Fault::Dropout { party: p[4], before: Stage::ShareKeys })
+        .run();
+    let survivors: Vec<PartyId> = c.parties().into_iter().filter(|q| *q != p[4]).collect();
+    assert_sum_over(&o, &survivors);
+}
+
 #[test]
 fn dropouts_down_to_the_threshold_are_tolerated_and_beyond_it_abort_cleanly() {
     let c = Consortium::new(7, 4);
