@@ -187,7 +187,7 @@ pub(crate) struct ProcessCluster {
     /// A jobs client for the consumer `analyst`.
     pub(crate) jobs: veil_proto::v1::jobs_client::JobsClient<tonic::transport::Channel>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    _children: Vec<tokio::process::Child>,
+    children: Vec<tokio::process::Child>,
     _dir: tempfile::TempDir,
 }
 
@@ -253,7 +253,18 @@ impl ProcessCluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let jobs = JobsClient::new(crate::client::channel(&consumer("analyst"), false).await?);
-        Ok(Self { jobs, stop: Some(stop), _children: children, _dir: dir })
+        Ok(Self { jobs, stop: Some(stop), children, _dir: dir })
+    }
+
+    /// CPU time used so far by this process (the coordinator) and every party process.
+    pub(crate) fn cpu(&self) -> Duration {
+        let parties: Duration = self
+            .children
+            .iter()
+            .filter_map(|c| c.id())
+            .map(|pid| bench::cpu_of(&pid.to_string()))
+            .sum();
+        bench::process_cpu() + parties
     }
 }
 
@@ -273,6 +284,8 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
     let mut jobs = cluster.jobs.clone();
     let mut secure = Vec::new();
     let mut plain = Vec::new();
+    // CPU time per job, over the coordinator and every party process.
+    let (mut secure_cpu, mut plain_cpu) = (Vec::new(), Vec::new());
     // Per kind, the job's phases in order, each with the times after submit it was reached.
     let mut secure_marks: Vec<(String, Vec<Duration>)> = Vec::new();
     let mut plain_marks: Vec<(String, Vec<Duration>)> = Vec::new();
@@ -282,6 +295,7 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
             let spec = format!(
                 "kind = \"synthetic\"\ndim = {dim}\nplain = {is_plain}\nmin_parties = {parties}\n"
             );
+            let cpu = cluster.cpu();
             let start = Instant::now();
             let s = jobs.submit(SubmitRequest { spec }).await?.into_inner();
             let mut stream = jobs.watch(JobRef { job_id: s.job_id.clone() }).await?.into_inner();
@@ -297,6 +311,7 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
             }
             jobs.result(JobRef { job_id: s.job_id }).await?;
             let elapsed = start.elapsed();
+            let used = cluster.cpu().saturating_sub(cpu);
             marks.push(("result fetched".into(), elapsed));
             if i > 0 {
                 let timeline = if is_plain { &mut plain_marks } else { &mut secure_marks };
@@ -307,7 +322,12 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
                         None => timeline.push((name, vec![at])),
                     }
                 }
-                if is_plain { plain.push(elapsed) } else { secure.push(elapsed) }
+                if is_plain {
+                    plain.push(elapsed)
+                } else {
+                    secure.push(elapsed)
+                }
+                if is_plain { plain_cpu.push(used) } else { secure_cpu.push(used) }
             }
         }
     }
@@ -321,6 +341,15 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
     );
     println!("  secure round: median {}  fastest {}", ms(median(&secure)), ms(secure[0]));
     println!("  plain round:  median {}  fastest {}", ms(median(&plain)), ms(plain[0]));
+    secure_cpu.sort();
+    plain_cpu.sort();
+    println!(
+        "  CPU per job over all {} processes (median): secure {}, plain {}; this machine has {} cores",
+        parties + 1,
+        ms(median(&secure_cpu)),
+        ms(median(&plain_cpu)),
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
     for (kind, timeline) in [("secure", &mut secure_marks), ("plain", &mut plain_marks)] {
         println!("  {kind} job, median time after submit at which each phase was reported:");
         for (name, ats) in timeline.iter_mut() {

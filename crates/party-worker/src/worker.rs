@@ -1026,7 +1026,11 @@ async fn join_round(
     let identity = IdentityKey::from_seed(&config.identity_seed);
     let roster = config.roster.clone();
     let joined = match vector {
-        Some(v) => Party::new(params, config.id, identity, roster, v.to_vec(), &mut rng),
+        // Moved, not copied: the party state machine keeps (and zeroizes) the one vector.
+        Some(mut v) => {
+            let input = std::mem::take(&mut *v);
+            Party::new(params, config.id, identity, roster, input, &mut rng)
+        }
         // The input follows with `provide_input` once local training is done.
         None => Party::awaiting_input(params, config.id, identity, roster, &mut rng),
     };

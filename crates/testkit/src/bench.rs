@@ -110,7 +110,13 @@ impl BenchReport {
 
 /// CPU time consumed so far by all threads of this process.
 pub fn process_cpu() -> Duration {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+    cpu_of("self")
+}
+
+/// CPU time consumed so far by the live threads of process `pid` (a number, or `self`), from
+/// the scheduler's per-thread accounting; zero where `/proc` does not tell.
+pub fn cpu_of(pid: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Duration::ZERO;
     };
     let mut ns = 0u64;
