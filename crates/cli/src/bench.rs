@@ -315,10 +315,14 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
             marks.push(("result fetched".into(), elapsed));
             if i > 0 {
                 let timeline = if is_plain { &mut plain_marks } else { &mut secure_marks };
-                for (k, (name, at)) in marks.into_iter().enumerate() {
-                    match timeline.get_mut(k) {
-                        Some((n, ats)) if *n == name => ats.push(at),
-                        Some(_) => {}
+                // By name, in the order first seen; a phase reported twice counts once.
+                let mut seen = std::collections::BTreeSet::new();
+                for (name, at) in marks {
+                    if !seen.insert(name.clone()) {
+                        continue;
+                    }
+                    match timeline.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, ats)) => ats.push(at),
                         None => timeline.push((name, vec![at])),
                     }
                 }

@@ -17,7 +17,7 @@ use veil_proto::v1::{
 };
 use veil_protocol::{
     Aggregate, Coordinator, CoordinatorEvent, Error as ProtocolError, PartyId, PartyMessage,
-    RoundConfig, RoundParams, SessionId,
+    RoundConfig, SessionId,
 };
 
 use veil_governance::audit::Event;
@@ -173,14 +173,6 @@ async fn run(
         )
         .map_err(|e| End::Failed(format!("audit log: {e}")))?;
     let head = offered_entry.head();
-    // A secure single-round job's round goes out with the offer, over every party offered it:
-    // a party that accepts joins it at once, which saves the round trip of a separate start.
-    let early = match single_round_len(job)? {
-        Some(len) => {
-            Some(plan_round(shared, record, &candidates, min, len, RoundStart::default())?)
-        }
-        None => None,
-    };
     for &p in &candidates {
         let offer = TaskOffer {
             job_id: record.id.clone(),
@@ -188,7 +180,6 @@ async fn run(
             consumer: record.consumer.clone(),
             coordinator_head_seq: head.seq,
             coordinator_head_hash: head.hash.clone(),
-            round: early.as_ref().map(|(_, start)| start.clone()),
         };
         if shared.send(p, CoordinatorEnvelope { body: Some(Body::Offer(offer)) }).await {
             offered.push(p);
@@ -199,8 +190,6 @@ async fn run(
     let mut fingerprints = Vec::new();
     let mut refused = Vec::new();
     let mut next_step = 0u64;
-    // The key advertisements of parties that accepted an early round, kept for the round.
-    let mut advertised: Vec<(PartyId, Vec<u8>)> = Vec::new();
     let deadline = tokio::time::Instant::now() + shared.offer_timeout;
     while !pending.is_empty() {
         tokio::select! {
@@ -220,18 +209,8 @@ async fn run(
                     if pending.remove(&p) {
                         refused.push(format!("{p} disconnected"));
                     }
-                    advertised.retain(|(q, _)| *q != p);
                 }
                 Some(JobInput::Cancel) => return Err(End::Cancelled),
-                // One message per party that accepted: anything more before the round opens
-                // is out of order, and the round refuses it anyway.
-                Some(JobInput::Round { from, bytes })
-                    if early.is_some()
-                        && accepted.contains(&from)
-                        && advertised.iter().all(|(q, _)| *q != from) =>
-                {
-                    advertised.push((from, bytes));
-                }
                 Some(_) => {}
                 None => return Err(End::Failed("internal: the job's channel closed".into())),
             },
@@ -261,14 +240,7 @@ async fn run(
                     .await?;
             (trained.answer_json, trained.aggregate)
         }
-        _ => {
-            let early = early.map(|(params, _)| EarlyRound {
-                params,
-                gone: candidates.iter().copied().filter(|p| !parties.contains(p)).collect(),
-                advertised,
-            });
-            one_round(shared, record, job, &parties, &mut inbox, early).await?
-        }
+        _ => one_round(shared, record, job, &parties, min, &mut inbox).await?,
     };
     let result = ResultRecord {
         job_id: record.id.clone(),
@@ -326,44 +298,29 @@ async fn run(
     Ok(receipt_json)
 }
 
-/// The vector length of a job that runs as one secure round (column aggregates, planned SQL,
-/// secure synthetic jobs); `None` for training and plain benchmark jobs.
-fn single_round_len(job: &Job) -> Result<Option<usize>, End> {
-    Ok(match job {
-        Job::Columns(spec) => {
-            Some(Layout::new(spec).map_err(|e| End::Failed(e.to_string()))?.vector_len())
-        }
-        Job::Synthetic(s) if !s.plain => Some(s.dim as usize),
-        Job::Synthetic(_) | Job::Train(_) => None,
-        Job::Sql(_) => {
-            return Err(End::Failed("internal: a SQL job reached the driver unplanned".into()));
-        }
-    })
-}
-
-/// A round that went out with the offer: its parameters over every party offered the job,
-/// the parties that refused or never answered, and the accepted parties' first messages.
-struct EarlyRound {
-    params: Arc<RoundParams>,
-    gone: Vec<PartyId>,
-    advertised: Vec<(PartyId, Vec<u8>)>,
-}
-
 /// A column-aggregate, SQL or synthetic job: one round, and the answer from its sum.
 async fn one_round(
     shared: &Arc<Shared>,
     record: &mut JobRecord,
     job: &Job,
     parties: &[PartyId],
+    min: usize,
     inbox: &mut mpsc::UnboundedReceiver<JobInput>,
-    early: Option<EarlyRound>,
 ) -> Result<(String, Aggregate), End> {
-    let aggregate = match (job, early) {
-        (Job::Synthetic(s), _) if s.plain => {
-            plain_round(shared, record, parties, s.dim as usize, inbox, None).await?
+    let vector_len = match job {
+        Job::Columns(spec) => {
+            Layout::new(spec).map_err(|e| End::Failed(e.to_string()))?.vector_len()
         }
-        (_, Some(early)) => drive_round(shared, record, inbox, None, early).await?,
-        _ => return Err(End::Failed("internal: a secure job without its round".into())),
+        Job::Synthetic(s) => s.dim as usize,
+        Job::Sql(_) | Job::Train(_) => {
+            return Err(End::Failed("internal: a SQL job reached the driver unplanned".into()));
+        }
+    };
+    let plain = matches!(job, Job::Synthetic(s) if s.plain);
+    let aggregate = if plain {
+        plain_round(shared, record, parties, vector_len, inbox, None).await?
+    } else {
+        secure_round(shared, record, parties, min, vector_len, inbox, None).await?
     };
 
     let answer_json = match job {
@@ -437,7 +394,6 @@ fn refusal(job: &str, current: Option<veil_protocol::Stage>, e: &ProtocolError) 
     }
 }
 
-/// A secure round over `parties`: its parameters, started at every party.
 async fn secure_round(
     shared: &Arc<Shared>,
     record: &mut JobRecord,
@@ -445,27 +401,11 @@ async fn secure_round(
     min: usize,
     vector_len: usize,
     inbox: &mut mpsc::UnboundedReceiver<JobInput>,
-    training: Option<&mut TrainingRound>,
+    mut training: Option<&mut TrainingRound>,
 ) -> Result<Aggregate, End> {
+    // A training step's progress is its round's report, not the protocol's stages.
+    let report_stages = training.is_none();
     let template = training.as_ref().map(|t| t.start.clone()).unwrap_or_default();
-    let (params, start) = plan_round(shared, record, parties, min, vector_len, template)?;
-    for &p in parties {
-        shared.send(p, CoordinatorEnvelope { body: Some(Body::Start(start.clone())) }).await;
-    }
-    let round = EarlyRound { params, gone: Vec::new(), advertised: Vec::new() };
-    drive_round(shared, record, inbox, training, round).await
-}
-
-/// A fresh session over `parties` and its validated parameters, with the round start that
-/// tells the parties (`template` carries a training step's fields).
-fn plan_round(
-    shared: &Shared,
-    record: &JobRecord,
-    parties: &[PartyId],
-    min: usize,
-    vector_len: usize,
-    template: RoundStart,
-) -> Result<(Arc<RoundParams>, RoundStart), End> {
     let mut nonce = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let session: [u8; 32] = Sha256::new()
@@ -482,60 +422,58 @@ fn plan_round(
     config.min_cohort = min.clamp(1, parties.len());
     config.stage_timeout = shared.stage_timeout;
     let params = Arc::new(config.validate().map_err(|e| End::Failed(e.to_string()))?);
-    let start = RoundStart {
-        job_id: record.id.clone(),
-        session: session.to_vec(),
-        parties: parties.iter().map(|p| p.0).collect(),
-        threshold: params.threshold() as u32,
-        neighbours: params.neighbours() as u32,
-        min_cohort: params.min_cohort() as u32,
-        vector_len: vector_len as u32,
-        plain: false,
-        ..template
-    };
-    Ok((params, start))
-}
-
-/// Feeds one party's round message to the coordinator's state machine; a party whose message
-/// fails validation is disconnected with a clear status.
-async fn feed(
-    shared: &Shared,
-    job_id: &str,
-    coordinator: &mut Coordinator,
-    from: PartyId,
-    bytes: &[u8],
-) {
-    let r = PartyMessage::decode(bytes)
-        .map_err(ProtocolError::from)
-        .and_then(|m| coordinator.handle_message(from, m, Instant::now()));
-    if let Err(e) = r {
-        match refusal(job_id, coordinator.stage(), &e) {
-            Some(status) => shared.disconnect(from, status).await,
-            None => tracing::debug!(job = %job_id, %from, error = %e, "ignored a late message"),
+    // Parties whose stream closed since they accepted (their departure went to the offer
+    // loop) are gone from the round's start rather than at its first deadline.
+    let mut unreachable = Vec::new();
+    for &p in parties {
+        let start = RoundStart {
+            job_id: record.id.clone(),
+            session: session.to_vec(),
+            parties: parties.iter().map(|p| p.0).collect(),
+            threshold: params.threshold() as u32,
+            neighbours: params.neighbours() as u32,
+            min_cohort: params.min_cohort() as u32,
+            vector_len: vector_len as u32,
+            plain: false,
+            ..template.clone()
+        };
+        if !shared.send(p, CoordinatorEnvelope { body: Some(Body::Start(start)) }).await {
+            unreachable.push(p);
         }
     }
-}
-
-/// Runs a started round to its end: relays, collects, and returns the unmasked sum.
-async fn drive_round(
-    shared: &Arc<Shared>,
-    record: &mut JobRecord,
-    inbox: &mut mpsc::UnboundedReceiver<JobInput>,
-    mut training: Option<&mut TrainingRound>,
-    round: EarlyRound,
-) -> Result<Aggregate, End> {
-    // A training step's progress is its round's report, not the protocol's stages.
-    let report_stages = training.is_none();
-    let EarlyRound { params, gone, advertised } = round;
-    let members = params.clone();
     let mut coordinator = Coordinator::new(params, shared.protocol_roster.clone(), Instant::now());
-    for &p in &gone {
+    for p in unreachable {
         coordinator.handle_departure(p, Instant::now());
     }
-    for (from, bytes) in advertised {
-        feed(shared, &record.id, &mut coordinator, from, &bytes).await;
-    }
     loop {
+        let Some(deadline) = coordinator.poll_timeout() else {
+            return Err(End::Failed("internal: the round ended without a result".into()));
+        };
+        tokio::select! {
+            input = inbox.recv() => match input {
+                Some(JobInput::Round { from, bytes }) => {
+                    let r = PartyMessage::decode(&bytes)
+                        .map_err(ProtocolError::from)
+                        .and_then(|m| coordinator.handle_message(from, m, Instant::now()));
+                    if let Err(e) = r {
+                        match refusal(&record.id, coordinator.stage(), &e) {
+                            Some(status) => shared.disconnect(from, status).await,
+                            None => tracing::debug!(job = %record.id, %from, error = %e, "ignored a late message"),
+                        }
+                    }
+                }
+                Some(JobInput::Departed(p)) => coordinator.handle_departure(p, Instant::now()),
+                Some(JobInput::Cancel) => return Err(End::Cancelled),
+                Some(input @ JobInput::Reply { .. }) => {
+                    let left = training.as_mut().and_then(|t| t.left(shared, &record.id, &input));
+                    if let Some(p) = left.filter(|p| parties.contains(p)) {
+                        coordinator.handle_departure(p, Instant::now());
+                    }
+                }
+                None => return Err(End::Failed("internal: the job's channel closed".into())),
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => coordinator.handle_timeout(Instant::now()),
+        }
         while let Some((to, msg)) = coordinator.poll_transmit() {
             let payload = RoundPayload { job_id: record.id.clone(), message: msg.encode() };
             shared.send(to, CoordinatorEnvelope { body: Some(Body::Round(payload)) }).await;
@@ -547,37 +485,13 @@ async fn drive_round(
                     let detail = format!("round: {stage} done with {responders} parties");
                     set_state(shared, record, JobState::Running, &detail, None).await;
                 }
-                CoordinatorEvent::Finished(mut aggregate) => {
-                    // Parties that refused the job never joined its round.
-                    aggregate.dropped.retain(|p| !gone.contains(p));
-                    return Ok(aggregate);
-                }
+                CoordinatorEvent::Finished(aggregate) => return Ok(aggregate),
                 CoordinatorEvent::Aborted(e) => {
                     let left = training.as_ref().map(|t| t.left.join("; ")).unwrap_or_default();
                     let left = if left.is_empty() { left } else { format!(" ({left})") };
                     return Err(End::Failed(format!("the secure round stopped: {e}{left}")));
                 }
             }
-        }
-        let Some(deadline) = coordinator.poll_timeout() else {
-            return Err(End::Failed("internal: the round ended without a result".into()));
-        };
-        tokio::select! {
-            input = inbox.recv() => match input {
-                Some(JobInput::Round { from, bytes }) => {
-                    feed(shared, &record.id, &mut coordinator, from, &bytes).await;
-                }
-                Some(JobInput::Departed(p)) => coordinator.handle_departure(p, Instant::now()),
-                Some(JobInput::Cancel) => return Err(End::Cancelled),
-                Some(input @ JobInput::Reply { .. }) => {
-                    let left = training.as_mut().and_then(|t| t.left(shared, &record.id, &input));
-                    if let Some(p) = left.filter(|p| members.parties().contains(p)) {
-                        coordinator.handle_departure(p, Instant::now());
-                    }
-                }
-                None => return Err(End::Failed("internal: the job's channel closed".into())),
-            },
-            _ = tokio::time::sleep_until(deadline.into()) => coordinator.handle_timeout(Instant::now()),
         }
     }
 }

@@ -255,8 +255,6 @@ struct TrainingSlot {
 struct State {
     jobs: HashMap<String, JobState>,
     training: HashMap<String, TrainingSlot>,
-    /// Rounds offered with their jobs, joined once the job is accepted.
-    offered_rounds: HashMap<String, RoundStart>,
     store: Arc<PartyStore>,
     signing: SigningKey,
     prepared_tx: mpsc::Sender<Prepared>,
@@ -274,7 +272,6 @@ impl State {
         Self {
             jobs: HashMap::new(),
             training: HashMap::new(),
-            offered_rounds: HashMap::new(),
             store,
             signing,
             prepared_tx,
@@ -314,7 +311,6 @@ async fn session(
     // Jobs from a previous connection cannot continue: the coordinator saw us leave.
     state.jobs.clear();
     state.training.clear();
-    state.offered_rounds.clear();
     loop {
         tokio::select! {
             message = inbound.message() => {
@@ -326,15 +322,7 @@ async fn session(
             }
             Some(prepared) = state.prepared_rx.recv() => {
                 let reply = decide(config, state, prepared);
-                let (job_id, accepted) = (reply.job_id.clone(), reply.accept);
                 send(&tx, Body::Reply(reply)).await?;
-                // A round offered with its job is joined right after the acceptance.
-                let offered = state.offered_rounds.remove(&job_id);
-                if let Some(start) = offered.filter(|_| accepted) {
-                    if start_round(config, state, &tx, start).await? {
-                        return Ok(Ended::Exit);
-                    }
-                }
             }
             Some(step) = state.trained_rx.recv() => {
                 if trained(config, state, &tx, step).await? {
@@ -489,7 +477,6 @@ async fn handle(
         Outbound::End(end) => {
             state.jobs.remove(&end.job_id);
             state.training.remove(&end.job_id);
-            state.offered_rounds.remove(&end.job_id);
             if !end.receipt_json.is_empty() {
                 match serde_json::from_str::<Receipt>(&end.receipt_json) {
                     Ok(r) if r.parties.iter().any(|c| c.party == config.id.0) => {
@@ -563,15 +550,6 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
     };
     let job_hash = job.hash();
     state.jobs.insert(job_id.clone(), JobState::Preparing);
-    match offer.round.clone() {
-        Some(start) if start.job_id == job_id && !matches!(job, Job::Train(_)) => {
-            state.offered_rounds.insert(job_id.clone(), start);
-        }
-        Some(_) => {
-            tracing::warn!(party = %config.id, job = %job_id, "ignored a round offered with a job it does not belong to");
-        }
-        None => {}
-    }
     let coordinator_head = (!offer.coordinator_head_hash.is_empty()).then(|| Head {
         seq: offer.coordinator_head_seq,
         hash: offer.coordinator_head_hash.clone(),
@@ -1115,10 +1093,6 @@ async fn flush(
             }
             _ => {}
         }
-    }
-    // While the coordinator collects the stage, expand what of the mask can be expanded.
-    if let Some(JobState::Round(party)) = state.jobs.get_mut(job_id) {
-        party.precompute();
     }
     Ok(false)
 }

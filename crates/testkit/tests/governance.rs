@@ -98,9 +98,8 @@ async fn a_refusal_names_the_rule_and_the_consumer_sees_it() {
     cluster.shutdown().await;
 }
 
-/// The round goes out with the offer, to every party offered the job; one that refuses never
-/// joins it. The others answer without it, over their own rows only, and the refusal is not
-/// reported as a dropout.
+/// A party that refuses is left out of the round: the others answer without it, over their own
+/// rows only, and the refusal is not reported as a dropout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_others_answer_without_a_party_that_refuses() {
     let mut parties = hospitals(POLICY);
@@ -384,38 +383,12 @@ async fn a_coordinator_cannot_make_a_party_run_a_forbidden_job() {
         ))
         .unwrap();
         let job_id = format!("job-{dataset}");
-        // The round goes out with the offer and again after the reply (for "cells", with a cohort
-        // below the party's minimum of 3).
-        let start_parties_minus_one = parties.len() as u32 - 1;
-        let start = RoundStart {
-            job_id: job_id.clone(),
-            session: vec![7; 32],
-            parties,
-            threshold: 2,
-            neighbours: start_parties_minus_one,
-            min_cohort: 2,
-            vector_len: veil_analytics::Plan::new(
-                match &spec {
-                    veil_analytics::Job::Columns(s) => s,
-                    _ => unreachable!(),
-                },
-                &veil_analytics::DatasetSchema {
-                    name: dataset.into(),
-                    columns: vec![("mean_radius".into(), veil_analytics::ColumnType::Float)],
-                },
-            )
-            .unwrap()
-            .vector_len() as u32,
-            plain: false,
-            ..RoundStart::default()
-        };
         let offer = TaskOffer {
             job_id: job_id.clone(),
             spec_json: spec.canonical_json(),
             consumer: "analyst".into(),
             coordinator_head_seq: 0,
             coordinator_head_hash: String::new(),
-            round: Some(start.clone()),
         };
         outbound.send(Ok(CoordinatorEnvelope { body: Some(Out::Offer(offer)) })).await.unwrap();
         let In::Reply(reply) = next(&mut inbound).await else { panic!("expected a reply") };
@@ -437,6 +410,30 @@ async fn a_coordinator_cannot_make_a_party_run_a_forbidden_job() {
         let sig =
             ed25519_dalek::Signature::from_bytes(&reply.signature.clone().try_into().unwrap());
         ed25519_dalek::Verifier::verify(&key, &statement, &sig).unwrap();
+        // Start the round anyway (for "cells", with a cohort below the party's minimum of 3).
+        let start_parties_minus_one = parties.len() as u32 - 1;
+        let start = RoundStart {
+            job_id,
+            session: vec![7; 32],
+            parties,
+            threshold: 2,
+            neighbours: start_parties_minus_one,
+            min_cohort: 2,
+            vector_len: veil_analytics::Plan::new(
+                match &spec {
+                    veil_analytics::Job::Columns(s) => s,
+                    _ => unreachable!(),
+                },
+                &veil_analytics::DatasetSchema {
+                    name: dataset.into(),
+                    columns: vec![("mean_radius".into(), veil_analytics::ColumnType::Float)],
+                },
+            )
+            .unwrap()
+            .vector_len() as u32,
+            plain: false,
+            ..RoundStart::default()
+        };
         outbound.send(Ok(CoordinatorEnvelope { body: Some(Out::Start(start)) })).await.unwrap();
         let silent = tokio::time::timeout(Duration::from_millis(800), inbound.recv()).await;
         assert!(silent.is_err(), "the party sent something after a forbidden start: {silent:?}");
