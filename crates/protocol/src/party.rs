@@ -437,6 +437,18 @@ impl Party {
         self.params.session()
     }
 
+    /// In a complete graph a party sees every party still in the round, so before its input
+    /// is masked and sent it refuses to go on with fewer than its minimum cohort, whatever
+    /// minimum the coordinator applies. In a sparse graph it sees only its neighbours; there
+    /// the cohort is checked on the signed survivor set.
+    fn check_cohort(&self, alive: usize) -> Result<()> {
+        let complete = self.params.neighbours() + 1 == self.params.parties().len();
+        if complete && alive < self.params.min_cohort() {
+            return Err(Error::CohortTooSmall { size: alive, minimum: self.params.min_cohort() });
+        }
+        Ok(())
+    }
+
     fn handle_keys(
         &mut self,
         s: ExpectKeys,
@@ -483,6 +495,7 @@ impl Party {
         if alive < t {
             return Err(Error::TooFewSurvivors { stage: Stage::AdvertiseKeys, alive, needed: t });
         }
+        self.check_cohort(alive)?;
 
         let mut holders: Vec<PartyId> = peers.keys().copied().collect();
         holders.push(self.me);
@@ -556,6 +569,7 @@ impl Party {
         if alive < t {
             return Err(Error::TooFewSurvivors { stage: Stage::ShareKeys, alive, needed: t });
         }
+        self.check_cohort(alive)?;
 
         // y = x + PRG(b) + Σ_{v ∈ U2, me < v} PRG(s_{me,v}) − Σ_{v ∈ U2, me > v} PRG(s_{me,v})
         let me = self.me;

@@ -225,6 +225,8 @@ pub struct Simulation<'a> {
     late_input: BTreeMap<PartyId, &'static str>,
     /// Parties that expand their masks ahead after every send, as the services' parties do.
     precompute: BTreeSet<PartyId>,
+    /// Parties that run the round with parameters of their own (say, a higher minimum cohort).
+    party_params: BTreeMap<PartyId, Arc<RoundParams>>,
     seed: u64,
     record: bool,
 }
@@ -259,6 +261,7 @@ impl<'a> Simulation<'a> {
             inputs: None,
             late_input: BTreeMap::new(),
             precompute: BTreeSet::new(),
+            party_params: BTreeMap::new(),
             seed,
             record: true,
         })
@@ -293,6 +296,12 @@ impl<'a> Simulation<'a> {
     pub fn late_input(mut self, p: PartyId, when: &'static str) -> Self {
         self.late_input.insert(p, when);
         self
+    }
+
+    /// Party `p` validates and runs the round with `config` instead of the coordinator's.
+    pub fn party_config(mut self, p: PartyId, config: RoundConfig) -> Result<Self, Error> {
+        self.party_params.insert(p, Arc::new(config.validate()?));
+        Ok(self)
     }
 
     /// These parties expand their masks ahead ([`Party::precompute`]) after every send.
@@ -338,10 +347,11 @@ impl<'a> Simulation<'a> {
         let mut unmask = BTreeMap::new();
         for &p in params.parties() {
             let (identity, roster) = (self.consortium.identity(p), self.consortium.roster());
+            let own = self.party_params.get(&p).unwrap_or(&params).clone();
             let party = if self.late_input.contains_key(&p) {
-                Party::awaiting_input(params.clone(), p, identity, roster, &mut rng)
+                Party::awaiting_input(own, p, identity, roster, &mut rng)
             } else {
-                Party::new(params.clone(), p, identity, roster, inputs[&p].clone(), &mut rng)
+                Party::new(own, p, identity, roster, inputs[&p].clone(), &mut rng)
             }
             .expect("simulated parties are configured consistently");
             parties.insert(p, party);

@@ -462,6 +462,37 @@ fn min_cohort_binds_the_survivors_not_later_stages() {
     assert_sum_over(&o, &c.parties());
 }
 
+/// A party whose own minimum cohort is above the round's refuses, in a complete graph, to mask
+/// its input into a cohort that shrank below its minimum before its masked input: it leaves,
+/// and the others' sum goes on without it.
+#[test]
+fn a_party_keeps_its_own_minimum_cohort_when_others_drop_before_its_input() {
+    let c = Consortium::new(6, 34);
+    let base = all_pairs(&c, 34);
+    for before in [Stage::AdvertiseKeys, Stage::ShareKeys] {
+        let o = Simulation::new(&c, base.clone(), 34)
+            .unwrap()
+            .party_config(PartyId(0), RoundConfig { min_cohort: 6, ..base.clone() })
+            .unwrap()
+            .fault(Fault::Dropout { party: PartyId(5), before })
+            .run();
+        assert!(o.sent_by(PartyId(0), Stage::MaskedInput).is_none(), "{before}: {o:?}");
+        assert_eq!(
+            o.status[&PartyId(0)],
+            PartyStatus::Aborted(Error::CohortTooSmall { size: 5, minimum: 6 }),
+            "{before}"
+        );
+        assert_sum_over(&o, &ids(&[1, 2, 3, 4]));
+    }
+    // With everyone in, it takes part.
+    let o = Simulation::new(&c, base.clone(), 34)
+        .unwrap()
+        .party_config(PartyId(0), RoundConfig { min_cohort: 6, ..base })
+        .unwrap()
+        .run();
+    assert_sum_over(&o, &c.parties());
+}
+
 /// In a sparse graph, a coordinator that declares the neighbours on both sides of a short arc
 /// of the cycle dropped would leave the arc's parties connected only to each other, so their
 /// masks would cancel within the arc and its sum could be unmasked alone. Parties refuse to
