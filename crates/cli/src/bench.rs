@@ -356,8 +356,11 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
     );
     for (kind, timeline) in [("secure", &mut secure_marks), ("plain", &mut plain_marks)] {
         println!("  {kind} job, median time after submit at which each phase was reported:");
-        for (name, ats) in timeline.iter_mut() {
+        for (_, ats) in timeline.iter_mut() {
             ats.sort();
+        }
+        timeline.sort_by_key(|(_, ats)| median(ats));
+        for (name, ats) in timeline.iter() {
             println!("    {:>9}  {name}", ms(median(ats)));
         }
     }
