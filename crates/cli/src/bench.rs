@@ -314,7 +314,13 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
             let used = cluster.cpu().saturating_sub(cpu);
             marks.push(("result fetched".into(), elapsed));
             if i > 0 {
-                let timeline = if is_plain { &mut plain_marks } else { &mut secure_marks };
+                let (times, cpus, timeline) = if is_plain {
+                    (&mut plain, &mut plain_cpu, &mut plain_marks)
+                } else {
+                    (&mut secure, &mut secure_cpu, &mut secure_marks)
+                };
+                times.push(elapsed);
+                cpus.push(used);
                 // By name, in the order first seen; a phase reported twice counts once.
                 let mut seen = std::collections::BTreeSet::new();
                 for (name, at) in marks {
@@ -326,12 +332,6 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
                         None => timeline.push((name, vec![at])),
                     }
                 }
-                if is_plain {
-                    plain.push(elapsed)
-                } else {
-                    secure.push(elapsed)
-                }
-                if is_plain { plain_cpu.push(used) } else { secure_cpu.push(used) }
             }
         }
     }

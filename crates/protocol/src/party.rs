@@ -574,15 +574,23 @@ impl Party {
         // y = x + PRG(b) + Σ_{v ∈ U2, me < v} PRG(s_{me,v}) − Σ_{v ∈ U2, me > v} PRG(s_{me,v})
         let me = self.me;
         let pair = |v: PartyId| pair_mask(&s.mask, &s.peers[&v].mask_key, me, v, &session);
-        let (mut masks, premask) = match s.premask.take() {
+        let premask = s.premask.take();
+        let masks = match &premask {
             // Expanded ahead with every neighbour that advertised: take out those that sent
             // no shares.
-            Some(p) if p.pairs => {
-                let gone = s.peers.keys().filter(|v| !held.contains_key(v));
-                (gone.map(|&v| pair(v).map(Mask::inverse)).collect::<Result<Vec<_>>>()?, Some(p))
-            }
-            Some(p) => (held.keys().map(|&v| pair(v)).collect::<Result<Vec<_>>>()?, Some(p)),
-            None => (held.keys().map(|&v| pair(v)).collect::<Result<Vec<_>>>()?, None),
+            Some(p) if p.pairs => s
+                .peers
+                .keys()
+                .filter(|v| !held.contains_key(v))
+                .map(|&v| pair(v).map(Mask::inverse))
+                .collect::<Result<Vec<_>>>()?,
+            // PRG(b) is in already.
+            Some(_) => held.keys().map(|&v| pair(v)).collect::<Result<Vec<_>>>()?,
+            None => held
+                .keys()
+                .map(|&v| pair(v))
+                .chain([Ok(self_mask(&s.self_mask, &session))])
+                .collect::<Result<Vec<_>>>()?,
         };
         held.insert(self.me, s.own_shares.clone());
         match (premask, s.input.take()) {
@@ -594,7 +602,6 @@ impl Party {
                 })
             }
             (None, Some(mut input)) => {
-                masks.push(self_mask(&s.self_mask, &session));
                 let mut vector = std::mem::take(&mut *input);
                 apply_masks(&mut vector, &masks);
                 self.outbox.push_back(PartyMessage::MaskedInput {
@@ -605,7 +612,6 @@ impl Party {
                 Ok(State::ExpectSurvivors(ExpectSurvivors { held }))
             }
             (None, None) => {
-                masks.push(self_mask(&s.self_mask, &session));
                 let mut mask = Zeroizing::new(vec![0u64; self.params.vector_len()]);
                 apply_masks(&mut mask, &masks);
                 Ok(State::AwaitInput(AwaitInput { mask, held }))
