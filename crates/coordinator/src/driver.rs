@@ -1,7 +1,7 @@
 //! One task per job: offer it to the parties that serve its dataset, run the secure round over
 //! those that accept, turn the sum into the answer and store it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -173,6 +173,13 @@ async fn run(
         )
         .map_err(|e| End::Failed(format!("audit log: {e}")))?;
     let head = offered_entry.head();
+    // A one-round secure job's session is fixed at the offer, so that parties advertise their
+    // round keys with their acceptance.
+    let session = match job {
+        Job::Columns(_) => Some(new_session(&record.id)),
+        Job::Synthetic(s) if !s.plain => Some(new_session(&record.id)),
+        _ => None,
+    };
     for &p in &candidates {
         let offer = TaskOffer {
             job_id: record.id.clone(),
@@ -180,6 +187,7 @@ async fn run(
             consumer: record.consumer.clone(),
             coordinator_head_seq: head.seq,
             coordinator_head_hash: head.hash.clone(),
+            session: session.map(|s| s.to_vec()).unwrap_or_default(),
         };
         if shared.send(p, CoordinatorEnvelope { body: Some(Body::Offer(offer)) }).await {
             offered.push(p);
@@ -187,6 +195,7 @@ async fn run(
     }
     let mut pending: BTreeSet<PartyId> = offered.iter().copied().collect();
     let mut accepted = BTreeSet::new();
+    let mut adverts = BTreeMap::new();
     let mut fingerprints = Vec::new();
     let mut refused = Vec::new();
     let mut next_step = 0u64;
@@ -194,11 +203,14 @@ async fn run(
     while !pending.is_empty() {
         tokio::select! {
             input = inbox.recv() => match input {
-                Some(JobInput::Reply { from, accept, reason, job_hash: hash, signature, dataset_sha256, next_step: next }) if pending.remove(&from) => {
+                Some(JobInput::Reply { from, accept, reason, job_hash: hash, signature, dataset_sha256, next_step: next, advertise }) if pending.remove(&from) => {
                     if !decision_signed(shared, from, &record.id, &hash, accept, &reason, &signature) || hash != job_hash {
                         refused.push(format!("{from} sent an unsigned or mismatched decision"));
                     } else if accept {
                         accepted.insert(from);
+                        if !advertise.is_empty() {
+                            adverts.insert(from, advertise);
+                        }
                         next_step = next_step.max(next);
                         fingerprints.push(Contribution { party: from.0, dataset_sha256 });
                     } else {
@@ -240,7 +252,10 @@ async fn run(
                     .await?;
             (trained.answer_json, trained.aggregate)
         }
-        _ => one_round(shared, record, job, &parties, min, &mut inbox).await?,
+        _ => {
+            let ahead = session.map(|session| Ahead { session, adverts });
+            one_round(shared, record, job, &parties, min, ahead, &mut inbox).await?
+        }
     };
     let result = ResultRecord {
         job_id: record.id.clone(),
@@ -298,6 +313,34 @@ async fn run(
     Ok(receipt_json)
 }
 
+/// A round's session fixed at the offer, and the round keys the parties advertised with their
+/// acceptance (protocol-encoded `AdvertiseKeys` messages).
+struct Ahead {
+    session: [u8; 32],
+    adverts: BTreeMap<PartyId, Vec<u8>>,
+}
+
+/// What a secure round belongs to.
+enum SecureRound<'a> {
+    /// A training job's step.
+    Step(&'a mut TrainingRound),
+    /// A one-round job, with the keys advertised with the acceptances if the offer named the
+    /// session.
+    Job(Option<Ahead>),
+}
+
+/// A fresh session for a round of `job_id`.
+fn new_session(job_id: &str) -> [u8; 32] {
+    let mut nonce = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    Sha256::new()
+        .chain_update(b"veil/session/v1")
+        .chain_update(job_id.as_bytes())
+        .chain_update(nonce)
+        .finalize()
+        .into()
+}
+
 /// A column-aggregate, SQL or synthetic job: one round, and the answer from its sum.
 async fn one_round(
     shared: &Arc<Shared>,
@@ -305,6 +348,7 @@ async fn one_round(
     job: &Job,
     parties: &[PartyId],
     min: usize,
+    ahead: Option<Ahead>,
     inbox: &mut mpsc::UnboundedReceiver<JobInput>,
 ) -> Result<(String, Aggregate), End> {
     let vector_len = match job {
@@ -320,7 +364,8 @@ async fn one_round(
     let aggregate = if plain {
         plain_round(shared, record, parties, vector_len, inbox, None).await?
     } else {
-        secure_round(shared, record, parties, min, vector_len, inbox, None).await?
+        secure_round(shared, record, parties, min, vector_len, inbox, SecureRound::Job(ahead))
+            .await?
     };
 
     let answer_json = match job {
@@ -401,19 +446,19 @@ async fn secure_round(
     min: usize,
     vector_len: usize,
     inbox: &mut mpsc::UnboundedReceiver<JobInput>,
-    mut training: Option<&mut TrainingRound>,
+    kind: SecureRound<'_>,
 ) -> Result<Aggregate, End> {
+    let (mut training, ahead) = match kind {
+        SecureRound::Step(t) => (Some(t), None),
+        SecureRound::Job(ahead) => (None, ahead),
+    };
     // A training step's progress is its round's report, not the protocol's stages.
     let report_stages = training.is_none();
     let template = training.as_ref().map(|t| t.start.clone()).unwrap_or_default();
-    let mut nonce = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let session: [u8; 32] = Sha256::new()
-        .chain_update(b"veil/session/v1")
-        .chain_update(record.id.as_bytes())
-        .chain_update(nonce)
-        .finalize()
-        .into();
+    let (session, adverts) = match ahead {
+        Some(a) => (a.session, a.adverts),
+        None => (new_session(&record.id), BTreeMap::new()),
+    };
     let mut config = if parties.len() <= ALL_PAIRS_UP_TO {
         RoundConfig::all_pairs(SessionId(session), parties.to_vec(), vector_len)
     } else {
@@ -445,7 +490,43 @@ async fn secure_round(
     for p in unreachable {
         coordinator.handle_departure(p, Instant::now());
     }
+    // Keys advertised with the acceptances count as this round's advertise-keys stage; a
+    // party whose advertisement does not verify is out of the round from its start.
+    for (p, bytes) in adverts {
+        if !parties.contains(&p) {
+            continue;
+        }
+        let r = PartyMessage::decode(&bytes)
+            .map_err(ProtocolError::from)
+            .and_then(|m| coordinator.handle_message(p, m, Instant::now()));
+        if let Err(e) = r {
+            tracing::warn!(job = %record.id, party = %p, error = %e, "round keys from the offer refused");
+            if let Some(status) = refusal(&record.id, coordinator.stage(), &e) {
+                shared.disconnect(p, status).await;
+            }
+            coordinator.handle_departure(p, Instant::now());
+        }
+    }
     loop {
+        while let Some((to, msg)) = coordinator.poll_transmit() {
+            let payload = RoundPayload { job_id: record.id.clone(), message: msg.encode() };
+            shared.send(to, CoordinatorEnvelope { body: Some(Body::Round(payload)) }).await;
+        }
+        while let Some(event) = coordinator.poll_event() {
+            match event {
+                CoordinatorEvent::StageClosed { .. } if !report_stages => {}
+                CoordinatorEvent::StageClosed { stage, responders } => {
+                    let detail = format!("round: {stage} done with {responders} parties");
+                    set_state(shared, record, JobState::Running, &detail, None).await;
+                }
+                CoordinatorEvent::Finished(aggregate) => return Ok(aggregate),
+                CoordinatorEvent::Aborted(e) => {
+                    let left = training.as_ref().map(|t| t.left.join("; ")).unwrap_or_default();
+                    let left = if left.is_empty() { left } else { format!(" ({left})") };
+                    return Err(End::Failed(format!("the secure round stopped: {e}{left}")));
+                }
+            }
+        }
         let Some(deadline) = coordinator.poll_timeout() else {
             return Err(End::Failed("internal: the round ended without a result".into()));
         };
@@ -473,25 +554,6 @@ async fn secure_round(
                 None => return Err(End::Failed("internal: the job's channel closed".into())),
             },
             _ = tokio::time::sleep_until(deadline.into()) => coordinator.handle_timeout(Instant::now()),
-        }
-        while let Some((to, msg)) = coordinator.poll_transmit() {
-            let payload = RoundPayload { job_id: record.id.clone(), message: msg.encode() };
-            shared.send(to, CoordinatorEnvelope { body: Some(Body::Round(payload)) }).await;
-        }
-        while let Some(event) = coordinator.poll_event() {
-            match event {
-                CoordinatorEvent::StageClosed { .. } if !report_stages => {}
-                CoordinatorEvent::StageClosed { stage, responders } => {
-                    let detail = format!("round: {stage} done with {responders} parties");
-                    set_state(shared, record, JobState::Running, &detail, None).await;
-                }
-                CoordinatorEvent::Finished(aggregate) => return Ok(aggregate),
-                CoordinatorEvent::Aborted(e) => {
-                    let left = training.as_ref().map(|t| t.left.join("; ")).unwrap_or_default();
-                    let left = if left.is_empty() { left } else { format!(" ({left})") };
-                    return Err(End::Failed(format!("the secure round stopped: {e}{left}")));
-                }
-            }
         }
     }
 }
@@ -650,7 +712,8 @@ async fn train(
         let aggregate = if spec.plain {
             plain_round(shared, record, &cohort, len, inbox, Some(&mut round)).await?
         } else {
-            secure_round(shared, record, &cohort, min, len, inbox, Some(&mut round)).await?
+            let step = SecureRound::Step(&mut round);
+            secure_round(shared, record, &cohort, min, len, inbox, step).await?
         };
         left.append(&mut round.left);
         for p in &aggregate.dropped {

@@ -181,6 +181,7 @@ async fn read_loop(
                     signature: r.signature,
                     dataset_sha256: r.dataset_sha256.chars().take(64).collect(),
                     next_step: r.next_step,
+                    advertise: r.advertise,
                 };
                 (r.job_id, input)
             }

@@ -100,6 +100,8 @@ pub(crate) enum JobInput {
         dataset_sha256: String,
         /// Training jobs: the first step the party still contributes to.
         next_step: u64,
+        /// Its round keys for the offered session, if the offer named one.
+        advertise: Vec<u8>,
     },
     /// A round message from a party.
     Round { from: PartyId, bytes: Vec<u8> },

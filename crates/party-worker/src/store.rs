@@ -128,6 +128,33 @@ impl PartyStore {
             .collect()
     }
 
+    /// Records the acceptance of a job in one transaction: its audit entries and, when the
+    /// offer named the round's session, the session as used. Returns false, and writes nothing,
+    /// if the session was used before.
+    pub fn accept(
+        &self,
+        events: Vec<Event>,
+        session: Option<&[u8; 32]>,
+        time_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(session) = session {
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO sessions (session) VALUES (?1)",
+                params![hex::encode(session)],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+        }
+        for event in events {
+            self.append(&tx, event, time_ms)?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
     /// Records a session as used; false if it was used before.
     pub fn claim_session(&self, session: &[u8; 32]) -> Result<bool, StoreError> {
         let n = self.conn().execute(
@@ -421,5 +448,28 @@ mod tests {
         assert_eq!(veil_governance::audit::verify(&log, &key, &[]), Ok(()));
         assert!(s.claim_session(&[1; 32]).unwrap());
         assert!(!s.claim_session(&[1; 32]).unwrap());
+    }
+
+    /// An acceptance writes its entries and claims its session together; one that names a
+    /// used session writes nothing.
+    #[test]
+    fn an_acceptance_claims_its_session_with_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let accepted = |job: &str| vec![Event::JobAccepted { job_id: job.into(), party: 0 }];
+        assert!(s.accept(accepted("a"), Some(&[2; 32]), 1).unwrap());
+        assert!(!s.accept(accepted("b"), Some(&[2; 32]), 2).unwrap());
+        assert!(s.accept(accepted("c"), None, 3).unwrap());
+        assert!(!s.claim_session(&[2; 32]).unwrap());
+        let jobs: Vec<String> = s
+            .audit_log()
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.event {
+                Event::JobAccepted { job_id, .. } => Some(job_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(jobs, ["a", "c"]);
     }
 }

@@ -29,7 +29,8 @@ use veil_proto::v1::party_envelope::Body;
 use veil_proto::v1::party_gateway_client::PartyGatewayClient;
 use veil_proto::v1::{Hello, PartyEnvelope, RoundPayload, RoundStart, TaskOffer, TaskReply};
 use veil_protocol::{
-    CoordinatorMessage, IdentityKey, Party, PartyId, PartyStatus, RoundConfig, SessionId, Stage,
+    CoordinatorMessage, IdentityKey, Party, PartyId, PartyStatus, RoundConfig, RoundKeys,
+    SessionId, Stage,
 };
 use zeroize::Zeroizing;
 
@@ -197,7 +198,10 @@ enum Ended {
 /// A job this party accepted.
 enum JobState {
     /// Computing the local vector.
-    Preparing,
+    Preparing {
+        /// The round's session, when the offer named it (one-round secure jobs).
+        session: Option<[u8; 32]>,
+    },
     /// Accepted with this vector, waiting for the round to start.
     Ready(Box<Accepted>),
     /// In the secure round.
@@ -219,6 +223,8 @@ struct Accepted {
     training: Option<Arc<TrainingJob>>,
     /// A training job's first step this party still contributes to.
     next_step: u64,
+    /// The round keys advertised with the acceptance, when the offer named the session.
+    keys: Option<RoundKeys>,
 }
 
 /// A training job this party accepted: it contributes to its steps until the job ends.
@@ -322,7 +328,13 @@ async fn session(
             }
             Some(prepared) = state.prepared_rx.recv() => {
                 let reply = decide(config, state, prepared);
+                let (job_id, keys_sent) = (reply.job_id.clone(), !reply.advertise.is_empty());
                 send(&tx, Body::Reply(reply)).await?;
+                // Round keys that went out with the acceptance are this party's advertise-keys
+                // message.
+                if keys_sent && injected(config, state, &job_id, Stage::AdvertiseKeys).await == Some(true) {
+                    return Ok(Ended::Exit);
+                }
             }
             Some(step) = state.trained_rx.recv() => {
                 if trained(config, state, &tx, step).await? {
@@ -371,20 +383,35 @@ fn leave(config: &PartyConfig, state: &State, job_id: String, rule: Rule, messag
 /// Turns a finished preparation into the signed reply, recording the decision.
 fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskReply {
     let Prepared { job_id, job_hash, result } = prepared;
+    let session = match state.jobs.get(&job_id) {
+        Some(JobState::Preparing { session }) => *session,
+        _ => None,
+    };
+    // The acceptance and the session it takes part in are recorded together, before the
+    // party says yes.
+    let result = result.and_then(|accepted| {
+        let events = vec![
+            Event::JobOffered {
+                job_id: job_id.clone(),
+                job_hash: job_hash.clone(),
+                consumer: accepted.consumer.clone(),
+                coordinator_head: accepted.coordinator_head.clone(),
+            },
+            Event::JobAccepted { job_id: job_id.clone(), party: config.id.0 },
+        ];
+        match state.store.accept(events, session.as_ref(), now_ms()) {
+            Ok(true) => Ok(accepted),
+            Ok(false) => Err((
+                Rule::Kind,
+                "the offer names a round session this party has already taken part in".into(),
+            )),
+            Err(e) => Err((Rule::Kind, format!("cannot record the acceptance: {e}"))),
+        }
+    });
     let mut next_step = 0;
+    let mut advertise = Vec::new();
     let (accept, reason, dataset_sha256) = match result {
-        Ok(accepted) => {
-            audit(
-                config,
-                state,
-                Event::JobOffered {
-                    job_id: job_id.clone(),
-                    job_hash: job_hash.clone(),
-                    consumer: accepted.consumer.clone(),
-                    coordinator_head: accepted.coordinator_head.clone(),
-                },
-            );
-            audit(config, state, Event::JobAccepted { job_id: job_id.clone(), party: config.id.0 });
+        Ok(mut accepted) => {
             let fingerprint = accepted.dataset_sha256.clone();
             next_step = accepted.next_step;
             if let (Some(job), Some(charge)) = (&accepted.training, &accepted.charge) {
@@ -395,7 +422,14 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
                 };
                 state.training.insert(job_id.clone(), slot);
             }
-            if let Some(JobState::Preparing) = state.jobs.get(&job_id) {
+            if let (Some(session), None) = (session, &accepted.training) {
+                let identity = IdentityKey::from_seed(&config.identity_seed);
+                let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
+                let keys = RoundKeys::generate(SessionId(session), config.id, &identity, &mut rng);
+                advertise = keys.advertisement().encode();
+                accepted.keys = Some(keys);
+            }
+            if let Some(JobState::Preparing { .. }) = state.jobs.get(&job_id) {
                 state.jobs.insert(job_id.clone(), JobState::Ready(Box::new(accepted)));
             }
             (true, String::new(), fingerprint)
@@ -425,6 +459,7 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
         signature: signature.to_bytes().to_vec(),
         dataset_sha256,
         next_step,
+        advertise,
     }
 }
 
@@ -448,6 +483,7 @@ async fn leave_step(
         signature: signature.to_bytes().to_vec(),
         dataset_sha256: String::new(),
         next_step: 0,
+        advertise: Vec::new(),
     };
     leave(config, state, job_id, rule, message);
     send(tx, Body::Reply(reply)).await
@@ -549,7 +585,19 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
         }
     };
     let job_hash = job.hash();
-    state.jobs.insert(job_id.clone(), JobState::Preparing);
+    let session = match <[u8; 32]>::try_from(offer.session.as_slice()) {
+        Ok(s) => Some(s),
+        Err(_) if offer.session.is_empty() => None,
+        Err(_) => {
+            let _ = state.prepared_tx.try_send(Prepared {
+                job_id,
+                job_hash,
+                result: Err((Rule::Kind, "the offer's session is not 32 bytes".into())),
+            });
+            return;
+        }
+    };
+    state.jobs.insert(job_id.clone(), JobState::Preparing { session });
     let coordinator_head = (!offer.coordinator_head_hash.is_empty()).then(|| Head {
         seq: offer.coordinator_head_seq,
         hash: offer.coordinator_head_hash.clone(),
@@ -682,6 +730,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                         coordinator_head,
                         training: Some(Arc::new(training)),
                         next_step,
+                        keys: None,
                     }),
                     Ok(Err(e)) => Err((Rule::Column, e)),
                     Err(e) => Err((Rule::Column, format!("loading the training rows failed: {e}"))),
@@ -713,6 +762,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                 coordinator_head,
                 training: None,
                 next_step: 0,
+                keys: None,
             };
             let _ = state.prepared_tx.try_send(Prepared { job_id, job_hash, result: Ok(accepted) });
         }
@@ -805,6 +855,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                         coordinator_head,
                         training: None,
                         next_step: 0,
+                        keys: None,
                     }),
                     Ok(Err(e)) => Err((Rule::Column, e.to_string())),
                     Err(e) => Err((Rule::Column, format!("local aggregation failed: {e}"))),
@@ -823,8 +874,8 @@ async fn start_round(
 ) -> Result<bool, Status> {
     let job_id = start.job_id.clone();
     let training = state.training.get(&job_id).cloned();
-    let (vector, min_parties, charge) = if let Some(slot) = training {
-        if matches!(state.jobs.get(&job_id), Some(JobState::Preparing) | None) {
+    let (vector, min_parties, charge, keys) = if let Some(slot) = training {
+        if matches!(state.jobs.get(&job_id), Some(JobState::Preparing { .. }) | None) {
             tracing::warn!(party = %config.id, job = %job_id, "training step before the job was accepted");
             return Ok(false);
         }
@@ -836,8 +887,19 @@ async fn start_round(
                 // A secure round is joined at once: keys are advertised and shared, and the
                 // mask expanded, while the party trains; the input follows.
                 if !start.plain
-                    && join_round(config, state, tx, start.clone(), None, slot.min_parties, None)
-                        .await?
+                    && join_round(
+                        config,
+                        state,
+                        tx,
+                        start.clone(),
+                        Joining {
+                            vector: None,
+                            min_parties: slot.min_parties,
+                            charge: None,
+                            keys: None,
+                        },
+                    )
+                    .await?
                 {
                     return Ok(true);
                 }
@@ -867,10 +929,11 @@ async fn start_round(
             tracing::warn!(party = %config.id, job = %job_id, "round start for a job this party did not accept");
             return Ok(false);
         };
-        let Accepted { vector, min_parties, charge, .. } = *accepted;
-        (vector, min_parties, charge)
+        let Accepted { vector, min_parties, charge, keys, .. } = *accepted;
+        (vector, min_parties, charge, keys)
     };
-    join_round(config, state, tx, start, Some(vector), min_parties, charge).await
+    let joining = Joining { vector: Some(vector), min_parties, charge, keys };
+    join_round(config, state, tx, start, joining).await
 }
 
 /// A training step's vector, computed in the background, arrives: the party joins the round
@@ -887,8 +950,13 @@ async fn trained(
     match computed {
         // The step's claim reserved the job's charge with the first step.
         Ok(v) if start.plain => {
-            join_round(config, state, tx, start, Some(Zeroizing::new(v)), slot.min_parties, None)
-                .await
+            let joining = Joining {
+                vector: Some(Zeroizing::new(v)),
+                min_parties: slot.min_parties,
+                charge: None,
+                keys: None,
+            };
+            join_round(config, state, tx, start, joining).await
         }
         Ok(v) => {
             // The round was joined at its start; it may have ended since (the party left it,
@@ -910,6 +978,16 @@ async fn trained(
     }
 }
 
+/// What a party joins a round with.
+struct Joining {
+    /// `None` while a training step's vector is still being computed.
+    vector: Option<Zeroizing<Vec<u64>>>,
+    min_parties: usize,
+    charge: Option<Reservation>,
+    /// Keys advertised with the acceptance, for the session the offer named.
+    keys: Option<RoundKeys>,
+}
+
 /// Joins a round with the party's vector: a plain round sends it as it is (benchmark parties
 /// only); a secure round checks the session, the cohort and the parameters, reserves the
 /// charge, and starts the protocol's party state machine.
@@ -918,10 +996,9 @@ async fn join_round(
     state: &mut State,
     tx: &mpsc::Sender<PartyEnvelope>,
     start: RoundStart,
-    vector: Option<Zeroizing<Vec<u64>>>,
-    min_parties: usize,
-    charge: Option<Reservation>,
+    joining: Joining,
 ) -> Result<bool, Status> {
+    let Joining { vector, min_parties, charge, keys } = joining;
     let job_id = start.job_id.clone();
     if vector.as_ref().is_some_and(|v| start.vector_len as usize != v.len()) {
         tracing::warn!(party = %config.id, job = %job_id, "round start with the wrong vector length; leaving the job");
@@ -948,7 +1025,16 @@ async fn join_round(
         tracing::warn!(party = %config.id, job = %job_id, "round start without a 32-byte session; leaving the job");
         return Ok(false);
     };
-    match state.store.claim_session(&session) {
+    let claimed = match &keys {
+        // Claimed with the acceptance.
+        Some(k) if k.session().0 == session => Ok(true),
+        Some(_) => {
+            tracing::warn!(party = %config.id, job = %job_id, "round start for another session than the offer named; leaving the job");
+            return Ok(false);
+        }
+        None => state.store.claim_session(&session),
+    };
+    match claimed {
         Ok(true) => {}
         Ok(false) => {
             tracing::warn!(party = %config.id, job = %job_id, "round start reusing a session; leaving the job");
@@ -1003,14 +1089,14 @@ async fn join_round(
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
     let identity = IdentityKey::from_seed(&config.identity_seed);
     let roster = config.roster.clone();
-    let joined = match vector {
-        // Moved, not copied: the party state machine keeps (and zeroizes) the one vector.
-        Some(mut v) => {
-            let input = std::mem::take(&mut *v);
-            Party::new(params, config.id, identity, roster, input, &mut rng)
-        }
+    // Moved, not copied: the party state machine keeps (and zeroizes) the one vector.
+    let input = vector.map(|mut v| std::mem::take(&mut *v));
+    let joined = match (keys, input) {
+        // The keys went out with the acceptance: the party waits for its neighbours' keys.
+        (Some(keys), input) => Party::with_keys(params, identity, roster, input, keys),
+        (None, Some(input)) => Party::new(params, config.id, identity, roster, input, &mut rng),
         // The input follows with `provide_input` once local training is done.
-        None => Party::awaiting_input(params, config.id, identity, roster, &mut rng),
+        (None, None) => Party::awaiting_input(params, config.id, identity, roster, &mut rng),
     };
     let party = match joined {
         Ok(p) => p,
@@ -1078,23 +1164,36 @@ async fn flush(
         let stage = m.stage();
         send(tx, Body::Round(RoundPayload { job_id: job_id.to_string(), message: m.encode() }))
             .await?;
-        match state.options.fault {
-            Some(Fault::ExitAfter(s)) if s == stage => {
-                // Let the transport deliver what was just sent, as a crashed process's kernel
-                // would, then vanish.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                tracing::warn!(party = %config.id, job = %job_id, %stage, "injected fault: exiting");
-                return Ok(true);
-            }
-            Some(Fault::StallAfter(s)) if s == stage => {
-                tracing::warn!(party = %config.id, job = %job_id, %stage, "injected fault: going silent");
-                state.jobs.insert(job_id.to_string(), JobState::Idle);
-                return Ok(false);
-            }
-            _ => {}
+        if let Some(exit) = injected(config, state, job_id, stage).await {
+            return Ok(exit);
         }
     }
     Ok(false)
+}
+
+/// Applies an injected fault after the message of `stage` went out: `Some(true)` to exit,
+/// `Some(false)` when the party went silent in the job, `None` to go on.
+async fn injected(
+    config: &PartyConfig,
+    state: &mut State,
+    job_id: &str,
+    stage: Stage,
+) -> Option<bool> {
+    match state.options.fault {
+        Some(Fault::ExitAfter(s)) if s == stage => {
+            // Let the transport deliver what was just sent, as a crashed process's kernel
+            // would, then vanish.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tracing::warn!(party = %config.id, job = %job_id, %stage, "injected fault: exiting");
+            Some(true)
+        }
+        Some(Fault::StallAfter(s)) if s == stage => {
+            tracing::warn!(party = %config.id, job = %job_id, %stage, "injected fault: going silent");
+            state.jobs.insert(job_id.to_string(), JobState::Idle);
+            Some(false)
+        }
+        _ => None,
+    }
 }
 
 /// Checks a training step against the accepted job and claims it in the store (reserving the

@@ -37,4 +37,4 @@ pub use fixed_point::{FixedPoint, IntegerRange, decode_wide, encode_wide};
 pub use ids::{PartyId, SessionId, Stage};
 pub use message::{CoordinatorMessage, PartyMessage};
 pub use params::{RoundConfig, RoundParams};
-pub use party::{Party, PartyStatus};
+pub use party::{Party, PartyStatus, RoundKeys};

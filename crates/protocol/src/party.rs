@@ -198,6 +198,54 @@ impl std::fmt::Debug for Party {
     }
 }
 
+/// A party's secrets for one round and their signed advertisement, made from the session
+/// alone. A party that knows the session before the round's parameters (it comes with the job's
+/// offer) advertises its keys with its acceptance and joins with [`Party::with_keys`], which
+/// saves the advertise-keys stage's round trip. The keys are fresh per session and reveal
+/// nothing about the party's data.
+pub struct RoundKeys {
+    session: SessionId,
+    encryption: AgreementSecret,
+    mask: AgreementSecret,
+    self_mask: Zeroizing<Scalar>,
+    own: AdvertiseKeys,
+}
+
+impl std::fmt::Debug for RoundKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoundKeys").field("party", &self.own.party).finish_non_exhaustive()
+    }
+}
+
+impl RoundKeys {
+    /// Fresh keys for `session`, signed by `me`'s identity key.
+    pub fn generate(
+        session: SessionId,
+        me: PartyId,
+        identity: &IdentityKey,
+        rng: &mut impl CryptoRngCore,
+    ) -> Self {
+        let encryption = AgreementSecret::generate(rng);
+        let mask = AgreementSecret::generate(rng);
+        let self_mask = Zeroizing::new(crypto::random_scalar(rng));
+        let (encryption_key, mask_key) = (encryption.public_key(), mask.public_key());
+        let signature =
+            identity.sign(&advertise_statement(&session, me, &encryption_key, &mask_key));
+        let own = AdvertiseKeys { party: me, encryption_key, mask_key, signature };
+        Self { session, encryption, mask, self_mask, own }
+    }
+
+    /// The session the keys belong to.
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// The signed advertisement of the public keys: the advertise-keys stage's message.
+    pub fn advertisement(&self) -> PartyMessage {
+        PartyMessage::AdvertiseKeys { session: self.session, keys: self.own.clone() }
+    }
+}
+
 impl Party {
     /// Joins a round with `input` (already encoded into Z_2^64) and queues the signed key
     /// advertisement.
@@ -225,14 +273,20 @@ impl Party {
         Self::join(params, me, identity, roster, None, rng)
     }
 
-    fn join(
+    /// Joins a round with keys made and advertised before it started (with the party's
+    /// acceptance of the job): nothing is queued, and the party waits for its neighbours'
+    /// keys. `input` may follow with [`Self::provide_input`].
+    pub fn with_keys(
         params: Arc<RoundParams>,
-        me: PartyId,
         identity: IdentityKey,
         roster: Arc<Roster>,
         input: Option<Vec<u64>>,
-        rng: &mut impl CryptoRngCore,
+        keys: RoundKeys,
     ) -> Result<Self> {
+        if keys.session != params.session() {
+            return Err(Error::WrongSession { expected: params.session(), got: keys.session });
+        }
+        let me = keys.own.party;
         let input = input.map(Zeroizing::new);
         let index = params.index_of(me).ok_or(Error::UnexpectedParty(me))?;
         if let Some(input) = &input {
@@ -244,16 +298,7 @@ impl Party {
             Some(k) if *k == identity.verifying_key() => {}
             _ => return Err(Error::NotInRoster(me)),
         }
-        let encryption = AgreementSecret::generate(rng);
-        let mask = AgreementSecret::generate(rng);
-        let self_mask = Zeroizing::new(crypto::random_scalar(rng));
-        let session = params.session();
-        let (encryption_key, mask_key) = (encryption.public_key(), mask.public_key());
-        let signature =
-            identity.sign(&advertise_statement(&session, me, &encryption_key, &mask_key));
-        let own = AdvertiseKeys { party: me, encryption_key, mask_key, signature };
-        let mut outbox = VecDeque::new();
-        outbox.push_back(PartyMessage::AdvertiseKeys { session, keys: own.clone() });
+        let RoundKeys { encryption, mask, self_mask, own, .. } = keys;
         Ok(Self {
             params,
             me,
@@ -269,8 +314,23 @@ impl Party {
                 premask: None,
             }),
             ledger: RevealLedger::default(),
-            outbox,
+            outbox: VecDeque::new(),
         })
+    }
+
+    fn join(
+        params: Arc<RoundParams>,
+        me: PartyId,
+        identity: IdentityKey,
+        roster: Arc<Roster>,
+        input: Option<Vec<u64>>,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Self> {
+        let keys = RoundKeys::generate(params.session(), me, &identity, rng);
+        let advertisement = keys.advertisement();
+        let mut party = Self::with_keys(params, identity, roster, input, keys)?;
+        party.outbox.push_back(advertisement);
+        Ok(party)
     }
 
     /// Delivers the input of a party that joined [`Self::awaiting_input`]; the masked input

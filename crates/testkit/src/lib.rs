@@ -24,7 +24,8 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use veil_protocol::{
     Aggregate, Coordinator, CoordinatorEvent, CoordinatorMessage, Error, IdentityKey, Party,
-    PartyId, PartyMessage, PartyStatus, Roster, RoundConfig, RoundParams, SessionId, Stage,
+    PartyId, PartyMessage, PartyStatus, Roster, RoundConfig, RoundKeys, RoundParams, SessionId,
+    Stage,
 };
 
 /// Identity keys and roster of a consortium of parties `0..n`.
@@ -227,6 +228,8 @@ pub struct Simulation<'a> {
     precompute: BTreeSet<PartyId>,
     /// Parties that run the round with parameters of their own (say, a higher minimum cohort).
     party_params: BTreeMap<PartyId, Arc<RoundParams>>,
+    /// Parties whose keys were made and advertised before the round (with the job's offer).
+    keys_ahead: BTreeSet<PartyId>,
     seed: u64,
     record: bool,
 }
@@ -262,6 +265,7 @@ impl<'a> Simulation<'a> {
             late_input: BTreeMap::new(),
             precompute: BTreeSet::new(),
             party_params: BTreeMap::new(),
+            keys_ahead: BTreeSet::new(),
             seed,
             record: true,
         })
@@ -310,6 +314,14 @@ impl<'a> Simulation<'a> {
         self
     }
 
+    /// These parties make their keys before the round ([`RoundKeys`]), as the services'
+    /// parties do when the session comes with the offer: the coordinator takes their
+    /// advertisements as it starts, and they join with [`Party::with_keys`].
+    pub fn keys_ahead(mut self, parties: &[PartyId]) -> Self {
+        self.keys_ahead.extend(parties);
+        self
+    }
+
     /// Whether to keep a transcript (on by default; off for large benchmarks).
     pub fn record(mut self, on: bool) -> Self {
         self.record = on;
@@ -348,7 +360,17 @@ impl<'a> Simulation<'a> {
         for &p in params.parties() {
             let (identity, roster) = (self.consortium.identity(p), self.consortium.roster());
             let own = self.party_params.get(&p).unwrap_or(&params).clone();
-            let party = if self.late_input.contains_key(&p) {
+            let party = if self.keys_ahead.contains(&p) {
+                let keys = RoundKeys::generate(own.session(), p, &identity, &mut rng);
+                if !self.dropped_before(p, Stage::AdvertiseKeys) {
+                    let advert = keys.advertisement().encode();
+                    if let Err(e) = deliver(&mut coordinator, p, &advert, now, &mut unmask) {
+                        coordinator_errors.push((p, e));
+                    }
+                }
+                let input = (!self.late_input.contains_key(&p)).then(|| inputs[&p].clone());
+                Party::with_keys(own, identity, roster, input, keys)
+            } else if self.late_input.contains_key(&p) {
                 Party::awaiting_input(own, p, identity, roster, &mut rng)
             } else {
                 Party::new(own, p, identity, roster, inputs[&p].clone(), &mut rng)

@@ -7,9 +7,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rand::SeedableRng;
 use veil_analytics::Answer;
 use veil_party_worker::Fault;
-use veil_protocol::Stage;
+use veil_protocol::{RoundKeys, Stage};
 use veil_testkit::cluster::{Cluster, ClusterSpec, DatasetSpec, PartySpec};
 
 fn data(path: &str) -> PathBuf {
@@ -473,7 +474,7 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
         let seed: [u8; 32] = hex::decode(text.trim()).unwrap().try_into().unwrap();
         ed25519_dalek::SigningKey::from_bytes(&seed)
     };
-    let reply = |job_id: String, job_hash: String| {
+    let reply = |job_id: String, job_hash: String, advertise: Vec<u8>| {
         use ed25519_dalek::Signer;
         let statement = veil_governance::receipt::decision_statement(&job_id, &job_hash, true, "");
         Body::Reply(TaskReply {
@@ -484,12 +485,15 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
             job_hash,
             dataset_sha256: String::new(),
             next_step: 0,
+            advertise,
         })
     };
 
     // Out of order: the first message is not a hello.
     let status =
-        match raw::connect(party_channel().await, Some(reply("x".into(), String::new()))).await {
+        match raw::connect(party_channel().await, Some(reply("x".into(), String::new(), vec![])))
+            .await
+        {
             Err(status) => status,
             Ok(mut p) => p.next().await.unwrap_err(),
         };
@@ -515,8 +519,9 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
     let status = p.next().await.unwrap_err();
     assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted), "{status}");
 
-    // Inside a round: undecodable bytes, then (in a second job) a message of a later stage.
-    for case in ["undecodable", "later stage"] {
+    // Inside a round: undecodable bytes, then (in a second job) a message of a later stage,
+    // then (in a third) round keys in the reply signed by a key not in the roster.
+    for case in ["undecodable", "later stage", "forged keys"] {
         let mut p = raw::connect(party_channel().await, None).await.unwrap();
         assert!(matches!(p.next().await, Ok(Some(_))), "welcome");
         let mut jobs = cluster.jobs().await;
@@ -525,14 +530,26 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
             match p.next().await.unwrap().unwrap().body {
                 Some(Out::Offer(o)) => {
                     let hash = veil_analytics::Job::parse(&o.spec_json).unwrap().hash();
-                    p.send(reply(o.job_id, hash)).await
+                    let advertise = if case == "forged keys" {
+                        let session = veil_protocol::SessionId(o.session.try_into().unwrap());
+                        let forger = veil_protocol::IdentityKey::from_seed(&[9; 32]);
+                        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
+                        let party = veil_protocol::PartyId(2);
+                        let keys = RoundKeys::generate(session, party, &forger, &mut rng);
+                        keys.advertisement().encode()
+                    } else {
+                        vec![]
+                    };
+                    p.send(reply(o.job_id, hash, advertise)).await
                 }
                 Some(Out::Start(s)) => break s,
                 _ => {}
             }
         };
-        let message = if case == "undecodable" {
-            vec![1, 2, 3]
+        let message = if case == "forged keys" {
+            None
+        } else if case == "undecodable" {
+            Some(vec![1, 2, 3])
         } else {
             veil_protocol::PartyMessage::ConsistencySignature {
                 session: veil_protocol::SessionId(start.session.clone().try_into().unwrap()),
@@ -540,8 +557,11 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
                 signature: [0; 64],
             }
             .encode()
+            .into()
         };
-        p.send(Body::Round(RoundPayload { job_id: start.job_id.clone(), message })).await;
+        if let Some(message) = message {
+            p.send(Body::Round(RoundPayload { job_id: start.job_id.clone(), message })).await;
+        }
         let status = loop {
             match p.next().await {
                 Ok(Some(_)) => continue,
@@ -549,8 +569,11 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
                 Err(status) => break status,
             }
         };
-        let expected =
-            if case == "undecodable" { Code::InvalidArgument } else { Code::FailedPrecondition };
+        let expected = match case {
+            "undecodable" => Code::InvalidArgument,
+            "later stage" => Code::FailedPrecondition,
+            _ => Code::PermissionDenied,
+        };
         assert_eq!(status.code(), expected, "{case}: {status}");
         assert!(status.message().contains(&job.job_id), "{status}");
         // The round goes on without the misbehaving party.

@@ -389,12 +389,22 @@ async fn a_coordinator_cannot_make_a_party_run_a_forbidden_job() {
             consumer: "analyst".into(),
             coordinator_head_seq: 0,
             coordinator_head_hash: String::new(),
+            // The accepted job's offer names its round's session.
+            session: if expect_rule.is_empty() { vec![7; 32] } else { vec![] },
         };
         outbound.send(Ok(CoordinatorEnvelope { body: Some(Out::Offer(offer)) })).await.unwrap();
         let In::Reply(reply) = next(&mut inbound).await else { panic!("expected a reply") };
         if expect_rule.is_empty() {
             assert!(reply.accept, "{}", reply.reason);
+            // Its round keys come with the acceptance, for that session.
+            match veil_protocol::PartyMessage::decode(&reply.advertise).unwrap() {
+                veil_protocol::PartyMessage::AdvertiseKeys { session, keys } => {
+                    assert_eq!((session.0, keys.party.0), ([7; 32], 0));
+                }
+                other => panic!("expected round keys, got {other:?}"),
+            }
         } else {
+            assert!(reply.advertise.is_empty());
             assert!(!reply.accept);
             assert!(reply.reason.contains(expect_rule), "{}", reply.reason);
         }

@@ -1,7 +1,9 @@
 //! The protocol in memory: correct sums, dropouts at every stage, and injected faults.
 
+use rand::SeedableRng;
 use veil_protocol::{
-    CoordinatorMessage, Error, PartyId, PartyMessage, PartyStatus, RoundConfig, Stage,
+    CoordinatorMessage, Error, Party, PartyId, PartyMessage, PartyStatus, RoundConfig, RoundKeys,
+    Stage,
 };
 use veil_testkit::{Consortium, Fault, Outcome, Simulation, session};
 
@@ -58,6 +60,47 @@ fn a_dropout_at_each_stage_is_tolerated() {
         };
         assert_sum_over(&o, &expected);
     }
+}
+
+/// Keys made before the round (with the offer) give the same sums as keys made at its start,
+/// whoever drops and when, with parties of both kinds in one round; keys made for another
+/// session are refused at the join.
+#[test]
+fn keys_made_before_the_round_give_the_same_sums() {
+    let c = Consortium::new(6, 35);
+    let all = c.parties();
+    for stage in STAGES {
+        let run = |ahead: &[PartyId]| {
+            Simulation::new(&c, all_pairs(&c, 35), 35)
+                .unwrap()
+                .keys_ahead(ahead)
+                .precompute(&all[..2])
+                .fault(Fault::Dropout { party: PartyId(2), before: stage })
+                .run()
+        };
+        let expected: Vec<PartyId> = if stage <= Stage::MaskedInput {
+            all.iter().copied().filter(|p| *p != PartyId(2)).collect()
+        } else {
+            all.clone()
+        };
+        for o in [run(&all), run(&all[1..4])] {
+            assert_sum_over(&o, &expected);
+            assert!(o.party_errors.is_empty(), "{stage}: {o:?}");
+        }
+    }
+    let o = Simulation::new(&c, all_pairs(&c, 36), 36)
+        .unwrap()
+        .keys_ahead(&all)
+        .late_input(all[0], "expect-keys")
+        .late_input(all[1], "await-input")
+        .run();
+    assert_sum_over(&o, &all);
+
+    let params = std::sync::Arc::new(all_pairs(&c, 37).validate().unwrap());
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(37);
+    let keys = RoundKeys::generate(session(38), all[0], &c.identity(all[0]), &mut rng);
+    let e = Party::with_keys(params, c.identity(all[0]), c.roster(), None, keys).unwrap_err();
+    assert!(matches!(e, Error::WrongSession { .. }), "{e}");
 }
 
 /// Parties that expand their masks ahead give the same sums, whoever drops and when: a
