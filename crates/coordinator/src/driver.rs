@@ -221,6 +221,9 @@ async fn run(
                     if pending.remove(&p) {
                         refused.push(format!("{p} disconnected"));
                     }
+                    // Keys from a connection that closed are not the party's any more: if it
+                    // reconnects, it has forgotten them.
+                    adverts.remove(&p);
                 }
                 Some(JobInput::Cancel) => return Err(End::Cancelled),
                 Some(_) => {}

@@ -181,7 +181,13 @@ async fn read_loop(
                     signature: r.signature,
                     dataset_sha256: r.dataset_sha256.chars().take(64).collect(),
                     next_step: r.next_step,
-                    advertise: r.advertise,
+                    // An advertisement is under 200 bytes; a longer one is cut, and refused
+                    // as undecodable when the round starts.
+                    advertise: {
+                        let mut a = r.advertise;
+                        a.truncate(512);
+                        a
+                    },
                 };
                 (r.job_id, input)
             }

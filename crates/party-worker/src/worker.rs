@@ -585,7 +585,12 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
         }
     };
     let job_hash = job.hash();
+    // Only one-round secure jobs name their session in the offer; a session offered with
+    // another kind is ignored.
+    let one_round =
+        matches!(&job, Job::Columns(_)) || matches!(&job, Job::Synthetic(s) if !s.plain);
     let session = match <[u8; 32]>::try_from(offer.session.as_slice()) {
+        Ok(_) if !one_round => None,
         Ok(s) => Some(s),
         Err(_) if offer.session.is_empty() => None,
         Err(_) => {
@@ -1029,7 +1034,8 @@ async fn join_round(
         // Claimed with the acceptance.
         Some(k) if k.session().0 == session => Ok(true),
         Some(_) => {
-            tracing::warn!(party = %config.id, job = %job_id, "round start for another session than the offer named; leaving the job");
+            let message = "left the round: its start names another session than the offer".into();
+            leave(config, state, job_id, Rule::Kind, message);
             return Ok(false);
         }
         None => state.store.claim_session(&session),

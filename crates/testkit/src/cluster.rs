@@ -403,6 +403,21 @@ impl Cluster {
         panic!("{n} parties did not connect within 20 s");
     }
 
+    /// Waits (at most 20 s) until the coordinator no longer lists `party` as connected, so that
+    /// a stream left over from a stopped party is not counted as its replacement.
+    pub async fn wait_disconnected(&self, party: u32) {
+        let mut admin = AdminClient::new(self.channel("operator").await);
+        for _ in 0..200 {
+            if let Ok(list) = admin.list_parties(ListPartiesRequest {}).await {
+                if !list.into_inner().parties.iter().any(|p| p.party_id == party && p.connected) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("party {party} still counted as connected after 20 s");
+    }
+
     /// Submits a specification and waits (at most 60 s) for the job to end; returns its final
     /// status and, if it succeeded, its result.
     pub async fn run_job(&self, spec: &str) -> (JobStatus, Option<JobResult>) {

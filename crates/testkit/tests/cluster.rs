@@ -370,6 +370,7 @@ async fn a_restarted_coordinator_keeps_results_and_fails_interrupted_jobs_clearl
     let before = result.unwrap();
     // Restart party 2 with the stall fault, then start the second job.
     cluster.kill_party(2);
+    cluster.wait_disconnected(2).await;
     cluster.set_fault(2, Some(Fault::StallAfter(Stage::AdvertiseKeys)));
     cluster.start_party(2);
     cluster.wait_connected(3).await;
