@@ -140,11 +140,7 @@ impl PartyStore {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if let Some(session) = session {
-            let n = tx.execute(
-                "INSERT OR IGNORE INTO sessions (session) VALUES (?1)",
-                params![hex::encode(session)],
-            )?;
-            if n == 0 {
+            if !claim(&tx, session)? {
                 return Ok(false);
             }
         }
@@ -157,11 +153,7 @@ impl PartyStore {
 
     /// Records a session as used; false if it was used before.
     pub fn claim_session(&self, session: &[u8; 32]) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
-            "INSERT OR IGNORE INTO sessions (session) VALUES (?1)",
-            params![hex::encode(session)],
-        )?;
-        Ok(n == 1)
+        claim(&self.conn(), session)
     }
 
     /// Claims a training job's step before the party contributes to it, in one transaction:
@@ -340,6 +332,15 @@ fn spent_in(conn: &Connection, dataset: &str, consumer: &str) -> Result<Spent, S
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     Ok(Spent { consumer: consumer_sum, total })
+}
+
+/// Records a session as used on `conn` (or inside a transaction); false if it was used before.
+fn claim(conn: &Connection, session: &[u8; 32]) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO sessions (session) VALUES (?1)",
+        params![hex::encode(session)],
+    )?;
+    Ok(n == 1)
 }
 
 /// The caps a policy sets.
