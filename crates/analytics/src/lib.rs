@@ -12,6 +12,8 @@
 //! - [`schema`]: dataset schemas and cell values.
 //! - [`plan`]: a specification checked against a schema, the vector layout, local
 //!   aggregation and decoding of the sum.
+//! - [`sql`]: an aggregate SQL query planned into a specification against the catalog the
+//!   parties announce, and the result table it asks for.
 //!
 //! Sums are exact: each value is clipped, scaled by 2^20 and rounded to an integer; a party's
 //! totals are exact integers, carried through the ring in three 42-bit limbs
@@ -43,6 +45,15 @@ pub enum AnalyticsError {
     /// The specification parses but asks for something invalid.
     #[error("invalid job specification: {0}")]
     Invalid(String),
+    /// The row predicate (a SQL WHERE clause) nests deeper than the limit.
+    #[error(
+        "the WHERE clause nests deeper than {limit} levels; each parenthesis, NOT, and AND or \
+         OR inside another counts one"
+    )]
+    TooDeep {
+        /// The most levels allowed ([`spec::MAX_NESTING`]).
+        limit: usize,
+    },
     /// The specification names a column the dataset does not have.
     #[error("dataset {dataset:?} has no column {column:?}")]
     UnknownColumn {

@@ -13,6 +13,13 @@ pub const MAX_COLUMNS: usize = 64;
 pub const MAX_BINS: usize = 1_000;
 /// Most filter conditions.
 pub const MAX_CONDITIONS: usize = 32;
+/// Most levels a row predicate (a SQL WHERE clause) may nest: each AND, OR or NOT inside
+/// another counts one, and in SQL so does each parenthesis. [`JobSpec::check`] refuses deeper
+/// predicates, so plans and pushdowns built from a checked specification recurse at most this
+/// deep.
+pub const MAX_NESTING: usize = 32;
+/// Longest SQL query, in bytes.
+pub const MAX_SQL_BYTES: usize = 64 * 1024;
 /// Largest magnitude of a clipping bound (2^30): with 20 fractional bits, 2^32 rows and squares,
 /// every exact total stays within the wide encoding.
 pub const MAX_BOUND: f64 = 1_073_741_824.0;
@@ -85,7 +92,7 @@ impl Job {
         let typed = |e: serde_json::Error| AnalyticsError::Parse(e.to_string());
         if value.get("sql").is_some() {
             let request: SqlRequest = serde_json::from_value(value).map_err(typed)?;
-            if request.sql.len() > 64 * 1024 {
+            if request.sql.len() > MAX_SQL_BYTES {
                 return Err(AnalyticsError::Invalid("the query is longer than 64 KiB".into()));
             }
             return Ok(Job::Sql(request));
@@ -213,34 +220,57 @@ pub enum Predicate {
 }
 
 impl Predicate {
-    /// Every column the predicate reads.
+    /// Every column the predicate reads, in order.
     pub fn columns(&self) -> Vec<&str> {
-        match self {
-            Predicate::And(v) | Predicate::Or(v) => v.iter().flat_map(Predicate::columns).collect(),
-            Predicate::Not(p) => p.columns(),
-            Predicate::Compare(c) => vec![c.column.as_str()],
+        let mut columns = Vec::new();
+        self.walk(|p| match p {
+            Predicate::Compare(c) => columns.push(c.column.as_str()),
             Predicate::In { column, .. } | Predicate::IsNull { column, .. } => {
-                vec![column.as_str()]
+                columns.push(column.as_str())
             }
-        }
+            Predicate::And(_) | Predicate::Or(_) | Predicate::Not(_) => {}
+        });
+        columns
     }
 
+    /// Values in all the IN lists.
     fn in_values(&self) -> usize {
-        match self {
-            Predicate::And(v) | Predicate::Or(v) => v.iter().map(Predicate::in_values).sum(),
-            Predicate::Not(p) => p.in_values(),
-            Predicate::In { values, .. } => values.len(),
-            _ => 0,
-        }
+        let mut n = 0usize;
+        self.walk(|p| {
+            if let Predicate::In { values, .. } = p {
+                n = n.saturating_add(values.len());
+            }
+        });
+        n
     }
 
-    fn depth(&self) -> usize {
-        match self {
-            Predicate::And(v) | Predicate::Or(v) => {
-                1 + v.iter().map(Predicate::depth).max().unwrap_or(0)
+    /// How many AND, OR and NOT nodes the deepest path passes through (0 for one condition).
+    pub fn nesting(&self) -> usize {
+        let mut deepest = 0;
+        let mut stack = vec![(self, 0usize)];
+        while let Some((p, depth)) = stack.pop() {
+            deepest = deepest.max(depth);
+            match p {
+                Predicate::And(v) | Predicate::Or(v) => {
+                    stack.extend(v.iter().map(|x| (x, depth + 1)))
+                }
+                Predicate::Not(x) => stack.push((x, depth + 1)),
+                Predicate::Compare(_) | Predicate::In { .. } | Predicate::IsNull { .. } => {}
             }
-            Predicate::Not(p) => 1 + p.depth(),
-            _ => 1,
+        }
+        deepest
+    }
+
+    /// Calls `f` on every node, parents before children, left to right, without recursion.
+    fn walk<'a>(&'a self, mut f: impl FnMut(&'a Predicate)) {
+        let mut stack = vec![self];
+        while let Some(p) = stack.pop() {
+            f(p);
+            match p {
+                Predicate::And(v) | Predicate::Or(v) => stack.extend(v.iter().rev()),
+                Predicate::Not(x) => stack.push(x),
+                Predicate::Compare(_) | Predicate::In { .. } | Predicate::IsNull { .. } => {}
+            }
         }
     }
 }
@@ -499,8 +529,8 @@ impl JobSpec {
         if self.group_by.iter().any(|g| g.values.is_empty()) {
             return bad("a group-by column needs a non-empty declared domain".into());
         }
-        if self.predicate.as_ref().is_some_and(|p| p.depth() > 64) {
-            return bad("the WHERE clause is nested too deeply".into());
+        if self.predicate.as_ref().is_some_and(|p| p.nesting() > MAX_NESTING) {
+            return Err(AnalyticsError::TooDeep { limit: MAX_NESTING });
         }
         if self.predicate.as_ref().is_some_and(|p| p.in_values() > MAX_IN_VALUES) {
             return bad(format!("IN lists may hold at most {MAX_IN_VALUES} values in all"));

@@ -1,10 +1,10 @@
 //! SQL queries over one dataset, planned into a [`JobSpec`].
 //!
 //! A consumer may write a job as one aggregate query instead of TOML. [`plan_sql`] parses it
-//! (generic SQL dialect) and checks it against the [`DatasetCatalog`] of the dataset it names:
-//! the declared bounds give every aggregated column its clipping range, the declared domains
-//! give every GROUP BY column its groups. The result is the [`JobSpec`] parties are offered;
-//! [`result_table`] turns the eventual [`Answer`] into the table the SELECT list asks for.
+//! and checks it against the [`DatasetCatalog`] of the dataset it names: the declared bounds
+//! give every aggregated column its clipping range, the declared domains give every GROUP BY
+//! column its groups. The result is the [`JobSpec`] parties are offered; [`result_table`] turns
+//! the eventual [`Answer`] into the table the SELECT list asks for.
 //!
 //! The supported subset:
 //! - exactly one `SELECT … FROM dataset [WHERE …] [GROUP BY …]`: no DISTINCT, JOIN, subquery,
@@ -18,25 +18,29 @@
 //!   parentheses, over numbers and single-quoted text;
 //! - GROUP BY up to three columns that have a declared value domain.
 //!
+//! Limits: a query is at most [`MAX_SQL_BYTES`] long, and its WHERE clause nests at most
+//! [`MAX_NESTING`](crate::spec::MAX_NESTING) levels (each parenthesis, NOT, and AND or OR
+//! inside another counts one); a chain of AND or OR of any length is one level. Parsing and
+//! planning never recurse, so how much they accept does not depend on the stack of the thread
+//! that plans.
+//!
 //! MIN, MAX and quantiles are read off a histogram (the query's own `HISTOGRAM` edges for the
 //! column, else 100 equal bins over its bounds): they are bin edges and interpolations, never
 //! a single row's exact value.
 
-use serde_json::Value as Json;
-use sqlparser::ast::{
-    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, InTarget,
-    ObjectNamePart, Query, Select, SelectFlavor, SelectItem, SetExpr, Statement, TableFactor,
-    UnaryOperator, Value as SqlValue,
-};
-use sqlparser::dialect::GenericDialect;
-use sqlparser::parser::Parser;
+#[cfg(test)]
+mod limits;
+mod parse;
 
+use serde_json::Value as Json;
+
+use self::parse::{Arg, Atom, Call, ItemExpr, Operand, OperandKind, SelectItem, Step, TableRef};
 use crate::AnalyticsError;
 use crate::plan::{Answer, ColumnAnswer, Histogram};
 use crate::schema::{ColumnInfo, DatasetCatalog};
 use crate::spec::{
-    ColumnRequest, Condition, GroupBy, JobSpec, Literal, MAX_BINS, Op, Output, OutputKind,
-    Predicate, Privacy,
+    ColumnRequest, Condition, GroupBy, JobSpec, Literal, MAX_BINS, MAX_SQL_BYTES, Op, Output,
+    OutputKind, Predicate, Privacy,
 };
 
 /// What the error messages list as supported.
@@ -88,21 +92,19 @@ pub fn plan_sql(
     catalogs: &[DatasetCatalog],
     options: &SqlOptions,
 ) -> Result<JobSpec, AnalyticsError> {
-    let statements = Parser::parse_sql(&GenericDialect {}, sql)
-        .map_err(|e| AnalyticsError::Parse(e.to_string()))?;
-    let query = match statements.as_slice() {
-        [Statement::Query(q)] => q,
-        [] => return Err(unsupported("an empty query")),
-        [_] => return Err(unsupported("statements other than SELECT")),
-        _ => return Err(unsupported("several statements")),
-    };
-    let select = select_of(query)?;
-    let (catalog, qualifiers) = dataset_of(select, catalogs)?;
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(invalid(format!(
+            "the query is {} bytes; the limit is {MAX_SQL_BYTES} (64 KiB)",
+            sql.len()
+        )));
+    }
+    let query = parse::parse(sql)?;
+    let (catalog, qualifiers) = dataset_of(&query.table, catalogs)?;
     let mut planner = Planner { catalog, qualifiers, group_by: Vec::new(), requests: Vec::new() };
-    let group_by = planner.group_by(&select.group_by)?;
+    let group_by = planner.group_by(&query.group_by)?;
     let select_list =
-        select.projection.iter().map(|item| planner.output(item)).collect::<Result<_, _>>()?;
-    let predicate = select.selection.as_ref().map(|e| planner.predicate(e)).transpose()?;
+        query.items.iter().map(|item| planner.output(item)).collect::<Result<_, _>>()?;
+    let predicate = query.selection.as_deref().map(|s| planner.predicate(s)).transpose()?;
     let spec = JobSpec {
         dataset: catalog.name.clone(),
         filter: Vec::new(),
@@ -119,92 +121,23 @@ pub fn plan_sql(
     Ok(spec)
 }
 
-/// The query's plain SELECT, refusing every clause outside the subset.
-fn select_of(query: &Query) -> Result<&Select, AnalyticsError> {
-    let q = query;
-    let refused = [
-        (q.with.is_some(), "WITH (common table expressions)"),
-        (q.order_by.is_some(), "ORDER BY"),
-        (q.limit_clause.is_some() || q.fetch.is_some(), "LIMIT, OFFSET or FETCH"),
-        (!q.locks.is_empty() || q.for_clause.is_some(), "FOR clauses"),
-        (q.settings.is_some() || q.format_clause.is_some(), "SETTINGS or FORMAT"),
-        (!q.pipe_operators.is_empty(), "pipe operators"),
-    ];
-    if let Some((_, what)) = refused.iter().find(|(bad, _)| *bad) {
-        return Err(unsupported(what));
-    }
-    let s = match q.body.as_ref() {
-        SetExpr::Select(s) => s.as_ref(),
-        SetExpr::SetOperation { op, .. } => return Err(unsupported(op)),
-        SetExpr::Query(_) => return Err(unsupported("a subquery")),
-        _ => return Err(unsupported("statements other than SELECT")),
-    };
-    let refused = [
-        (s.distinct.is_some(), "DISTINCT"),
-        (s.top.is_some(), "TOP"),
-        (s.select_modifiers.is_some() || !s.optimizer_hints.is_empty(), "SELECT modifiers"),
-        (s.exclude.is_some(), "EXCLUDE"),
-        (s.into.is_some(), "SELECT INTO"),
-        (!s.lateral_views.is_empty(), "LATERAL VIEW"),
-        (s.prewhere.is_some(), "PREWHERE"),
-        (!s.connect_by.is_empty(), "CONNECT BY"),
-        (
-            !s.cluster_by.is_empty() || !s.distribute_by.is_empty() || !s.sort_by.is_empty(),
-            "CLUSTER BY, DISTRIBUTE BY or SORT BY",
-        ),
-        (s.having.is_some(), "HAVING"),
-        (!s.named_window.is_empty(), "WINDOW"),
-        (s.qualify.is_some(), "QUALIFY"),
-        (s.value_table_mode.is_some(), "SELECT AS VALUE or STRUCT"),
-        (s.flavor != SelectFlavor::Standard, "FROM before SELECT"),
-    ];
-    if let Some((_, what)) = refused.iter().find(|(bad, _)| *bad) {
-        return Err(unsupported(what));
-    }
-    Ok(s)
-}
-
-/// The catalog of the one table in FROM, and the names columns may be qualified with.
+/// The catalog of the table in FROM, and the names columns may be qualified with.
 fn dataset_of<'c>(
-    select: &Select,
+    table: &TableRef,
     catalogs: &'c [DatasetCatalog],
 ) -> Result<(&'c DatasetCatalog, Vec<String>), AnalyticsError> {
-    let from = match select.from.as_slice() {
-        [] => return Err(unsupported("a query without FROM")),
-        [one] => one,
-        _ => return Err(unsupported("JOIN (several tables in FROM)")),
-    };
-    if !from.joins.is_empty() {
-        return Err(unsupported("JOIN"));
-    }
-    let (name, alias) = match &from.relation {
-        TableFactor::Table { name, alias, args: None, version: None, sample: None, .. } => {
-            (name, alias)
-        }
-        TableFactor::Derived { .. } => return Err(unsupported("a subquery")),
-        TableFactor::NestedJoin { .. } => return Err(unsupported("JOIN")),
-        other => return Err(unsupported(format!("FROM {other} (name one dataset)"))),
-    };
-    let table = match name.0.as_slice() {
-        [ObjectNamePart::Identifier(i)] => i.value.clone(),
-        _ => return Err(unsupported(format!("the qualified table name {name}"))),
-    };
+    let name = &table.name;
     let catalog = catalogs
         .iter()
-        .find(|c| c.name == table)
-        .or_else(|| catalogs.iter().find(|c| c.name.eq_ignore_ascii_case(&table)))
+        .find(|c| c.name == *name)
+        .or_else(|| catalogs.iter().find(|c| c.name.eq_ignore_ascii_case(name)))
         .ok_or_else(|| {
             let known: Vec<&str> = catalogs.iter().map(|c| c.name.as_str()).collect();
             let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
-            invalid(format!("no dataset {table:?}; known: {known}"))
+            invalid(format!("no dataset {name:?}; known: {known}"))
         })?;
-    let mut qualifiers = vec![catalog.name.clone(), table];
-    if let Some(a) = alias {
-        if !a.columns.is_empty() {
-            return Err(unsupported("column aliases on the table"));
-        }
-        qualifiers.push(a.name.value.clone());
-    }
+    let mut qualifiers = vec![catalog.name.clone(), name.clone()];
+    qualifiers.extend(table.alias.iter().cloned());
     Ok((catalog, qualifiers))
 }
 
@@ -229,19 +162,24 @@ struct Planner<'c> {
     requests: Vec<Request>,
 }
 
+/// An argument or GROUP BY item as an operand, if it is one.
+fn value(a: &Arg) -> Option<&Operand> {
+    match a {
+        Arg::Value(o) => Some(o),
+        Arg::Star | Arg::Other(_) => None,
+    }
+}
+
 impl<'c> Planner<'c> {
-    /// The column name an expression is, if it is a bare (or qualified) column.
-    fn column_name<'e>(&self, e: &'e Expr) -> Option<&'e str> {
-        match e {
-            Expr::Identifier(i) => Some(&i.value),
-            Expr::CompoundIdentifier(parts) => match parts.as_slice() {
-                [q, c] if self.qualifiers.iter().any(|x| x.eq_ignore_ascii_case(&q.value)) => {
-                    Some(&c.value)
-                }
+    /// The column name an operand is, if it is a bare (or qualified) column.
+    fn column_name<'o>(&self, o: &'o Operand) -> Option<&'o str> {
+        match &o.kind {
+            OperandKind::Column(parts) => match parts.as_slice() {
+                [c] => Some(c),
+                [q, c] if self.qualifiers.iter().any(|x| x.eq_ignore_ascii_case(q)) => Some(c),
                 _ => None,
             },
-            Expr::Nested(inner) => self.column_name(inner),
-            _ => None,
+            OperandKind::Literal(_) | OperandKind::Other => None,
         }
     }
 
@@ -261,28 +199,29 @@ impl<'c> Planner<'c> {
             })
     }
 
-    /// The column an expression must be, `context` saying where it stands.
-    fn column_of(&self, e: &Expr, context: &str) -> Result<&'c ColumnInfo, AnalyticsError> {
-        match self.column_name(e) {
+    /// The column an operand must be, `context` saying where it stands.
+    fn column_of(&self, o: &Operand, context: &str) -> Result<&'c ColumnInfo, AnalyticsError> {
+        match self.column_name(o) {
             Some(name) => self.column(name),
-            None => Err(unsupported(format!("{e} {context}"))),
+            None => Err(unsupported(format!("{} {context}", o.text))),
         }
     }
 
-    fn group_by(&mut self, group_by: &GroupByExpr) -> Result<Vec<GroupBy>, AnalyticsError> {
-        let exprs = match group_by {
-            GroupByExpr::All(_) => return Err(unsupported("GROUP BY ALL")),
-            GroupByExpr::Expressions(_, modifiers) if !modifiers.is_empty() => {
-                return Err(unsupported("GROUP BY modifiers (ROLLUP, CUBE, TOTALS)"));
-            }
-            GroupByExpr::Expressions(exprs, _) => exprs,
-        };
-        if exprs.len() > MAX_GROUP_COLUMNS {
+    /// The column an argument or GROUP BY item must be.
+    fn column_of_arg(&self, a: &Arg, context: &str) -> Result<&'c ColumnInfo, AnalyticsError> {
+        match value(a) {
+            Some(o) => self.column_of(o, context),
+            None => Err(unsupported(format!("{} {context}", a.text()))),
+        }
+    }
+
+    fn group_by(&mut self, items: &[Arg]) -> Result<Vec<GroupBy>, AnalyticsError> {
+        if items.len() > MAX_GROUP_COLUMNS {
             return Err(invalid(format!("at most {MAX_GROUP_COLUMNS} GROUP BY columns")));
         }
-        let mut out = Vec::with_capacity(exprs.len());
-        for e in exprs {
-            let c = self.column_of(e, "in GROUP BY (group by bare column names)")?;
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let c = self.column_of_arg(item, "in GROUP BY (group by bare column names)")?;
             if self.group_by.contains(&c.name) {
                 return Err(invalid(format!("GROUP BY names {} twice", c.name)));
             }
@@ -302,98 +241,71 @@ impl<'c> Planner<'c> {
     }
 
     fn output(&mut self, item: &SelectItem) -> Result<Output, AnalyticsError> {
-        let (expr, alias) = match item {
-            SelectItem::UnnamedExpr(e) => (e, None),
-            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
-            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+        let (kind, name) = match &item.expr {
+            ItemExpr::Wildcard => {
                 return Err(unsupported("SELECT * (name the aggregates to compute)"));
             }
-            SelectItem::ExprWithAliases { .. } => return Err(unsupported("several aliases")),
+            ItemExpr::Column(o) => {
+                let Some(name) = self.column_name(o) else {
+                    return Err(unsupported(format!("the expression {} in SELECT", o.text)));
+                };
+                let c = self.column(name)?;
+                if !self.group_by.contains(&c.name) {
+                    return Err(invalid(format!(
+                        "column {} is selected bare but not in GROUP BY; aggregate it or group \
+                         by it",
+                        c.name
+                    )));
+                }
+                (OutputKind::Key(c.name.clone()), c.name.clone())
+            }
+            ItemExpr::Call(call) => self.aggregate(call)?,
+            ItemExpr::Other(text) => {
+                return Err(unsupported(format!("the expression {text} in SELECT")));
+            }
         };
-        let (kind, name) = self.output_kind(expr)?;
-        Ok(Output { name: alias.unwrap_or(name), kind })
+        Ok(Output { name: item.alias.clone().unwrap_or(name), kind })
     }
 
-    /// What a SELECT expression computes, and its readable name.
-    fn output_kind(&mut self, e: &Expr) -> Result<(OutputKind, String), AnalyticsError> {
-        if let Some(name) = self.column_name(e) {
-            let c = self.column(name)?;
-            if !self.group_by.contains(&c.name) {
-                return Err(invalid(format!(
-                    "column {} is selected bare but not in GROUP BY; aggregate it or group by it",
-                    c.name
-                )));
-            }
-            return Ok((OutputKind::Key(c.name.clone()), c.name.clone()));
+    /// What an aggregate call computes, and its readable name.
+    fn aggregate(&mut self, f: &Call) -> Result<(OutputKind, String), AnalyticsError> {
+        if f.qualified {
+            return Err(unsupported(format!("the function {}", f.name)));
         }
-        let f = match e {
-            Expr::Nested(inner) => return self.output_kind(inner),
-            Expr::Function(f) => f,
-            Expr::Subquery(_) | Expr::Exists { .. } => return Err(unsupported("a subquery")),
-            other => return Err(unsupported(format!("the expression {other} in SELECT"))),
-        };
-        let fname = match f.name.0.as_slice() {
-            [ObjectNamePart::Identifier(i)] => i.value.to_lowercase(),
-            _ => return Err(unsupported(format!("the function {}", f.name))),
-        };
-        if f.over.is_some() {
-            return Err(unsupported("window functions (OVER)"));
-        }
-        if f.filter.is_some() {
-            return Err(unsupported("FILTER on aggregates (use WHERE)"));
-        }
-        let list = match &f.args {
-            FunctionArguments::List(list) => list,
-            FunctionArguments::Subquery(_) => return Err(unsupported("a subquery")),
-            FunctionArguments::None => return Err(unsupported(format!("{e} without arguments"))),
-        };
-        if list.duplicate_treatment.is_some() {
-            return Err(unsupported(format!("DISTINCT or ALL in {}", fname.to_uppercase())));
-        }
-        if f.uses_odbc_syntax
-            || !matches!(f.parameters, FunctionArguments::None)
-            || !f.within_group.is_empty()
-            || f.null_treatment.is_some()
-            || !list.clauses.is_empty()
-        {
-            return Err(unsupported(format!("the call {e}")));
-        }
-        let args = list
-            .args
-            .iter()
-            .map(|a| match a {
-                FunctionArg::Unnamed(x) => Ok(x),
-                _ => Err(unsupported("named function arguments")),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let shown: Vec<String> = args.iter().map(ToString::to_string).collect();
+        let fname = f.name.to_lowercase();
+        let shown: Vec<&str> = f.args.iter().map(Arg::text).collect();
         let name = format!("{fname}({})", shown.join(", "));
-        use FunctionArgExpr::{Expr as A, Wildcard};
-        let kind = match (fname.as_str(), args.as_slice()) {
-            ("count", [Wildcard]) => OutputKind::CountRows,
-            ("count", [A(c)]) => OutputKind::Count(self.request(c, false)?),
-            ("sum", [A(c)]) => OutputKind::Sum(self.request(c, false)?),
-            ("avg" | "mean", [A(c)]) => OutputKind::Avg(self.request(c, false)?),
-            ("var" | "variance" | "var_samp", [A(c)]) => {
-                OutputKind::Variance(self.request(c, false)?)
+        let number = |a: &Arg| match value(a).map(|o| &o.kind) {
+            Some(OperandKind::Literal(Literal::Number(x))) => Some(*x),
+            _ => None,
+        };
+        let is_aggregate = |f: &str| AGGREGATES.split_whitespace().any(|a| a == f);
+        let star = f.args.iter().any(|a| matches!(a, Arg::Star));
+        let kind = match (fname.as_str(), f.args.as_slice()) {
+            ("count", [Arg::Star]) => OutputKind::CountRows,
+            (f, _) if star && is_aggregate(f) => {
+                return Err(invalid(format!("{name}: {}", usage(f))));
             }
-            ("stddev" | "stddev_samp", [A(c)]) => OutputKind::StdDev(self.request(c, false)?),
-            ("min", [A(c)]) => OutputKind::Min(self.request(c, true)?),
-            ("max", [A(c)]) => OutputKind::Max(self.request(c, true)?),
-            ("median", [A(c)]) => OutputKind::Quantile(self.request(c, true)?, 0.5),
-            ("quantile" | "approx_quantile", [A(c), A(q)]) => {
+            ("count", [c]) => OutputKind::Count(self.request(c, false)?),
+            ("sum", [c]) => OutputKind::Sum(self.request(c, false)?),
+            ("avg" | "mean", [c]) => OutputKind::Avg(self.request(c, false)?),
+            ("var" | "variance" | "var_samp", [c]) => OutputKind::Variance(self.request(c, false)?),
+            ("stddev" | "stddev_samp", [c]) => OutputKind::StdDev(self.request(c, false)?),
+            ("min", [c]) => OutputKind::Min(self.request(c, true)?),
+            ("max", [c]) => OutputKind::Max(self.request(c, true)?),
+            ("median", [c]) => OutputKind::Quantile(self.request(c, true)?, 0.5),
+            ("quantile" | "approx_quantile", [c, q]) => {
                 let q = number(q).filter(|q| (0.0..=1.0).contains(q)).ok_or_else(|| {
                     invalid(format!("{name}: the quantile must be a number between 0 and 1"))
                 })?;
                 OutputKind::Quantile(self.request(c, true)?, q)
             }
-            ("histogram", [A(c), edges @ ..]) => {
+            ("histogram", [c, edges @ ..]) => {
                 let column = self.request(c, false)?;
-                let edges = edges
-                    .iter()
-                    .map(|a| if let A(x) = a { number(x) } else { None })
-                    .collect::<Option<Vec<f64>>>()
-                    .ok_or_else(|| invalid(format!("{name}: edges must be numeric literals")))?;
+                let edges =
+                    edges.iter().map(number).collect::<Option<Vec<f64>>>().ok_or_else(|| {
+                        invalid(format!("{name}: edges must be numeric literals"))
+                    })?;
                 if edges.len() < 2 || edges.len() > MAX_BINS + 1 {
                     return Err(invalid(format!(
                         "{name}: a histogram needs between 2 and {} edges",
@@ -406,17 +318,16 @@ impl<'c> Planner<'c> {
                 self.set_edges(&column, edges)?;
                 OutputKind::Histogram(column)
             }
-            (f, _) if AGGREGATES.split_whitespace().any(|a| a == f) => {
-                return Err(invalid(format!("{name}: {}", usage(f))));
-            }
+            (f, _) if is_aggregate(f) => return Err(invalid(format!("{name}: {}", usage(f)))),
             _ => return Err(unsupported(format!("the function {}", fname.to_uppercase()))),
         };
         Ok((kind, name))
     }
 
-    /// Notes that an aggregate reads column `e`; returns the column's name.
-    fn request(&mut self, e: &Expr, needs_histogram: bool) -> Result<String, AnalyticsError> {
-        let c = self.column_of(e, "as an aggregate's argument (aggregate bare column names)")?;
+    /// Notes that an aggregate reads column `a`; returns the column's name.
+    fn request(&mut self, a: &Arg, needs_histogram: bool) -> Result<String, AnalyticsError> {
+        let c =
+            self.column_of_arg(a, "as an aggregate's argument (aggregate bare column names)")?;
         if !c.ty.is_numeric() {
             return Err(AnalyticsError::WrongType {
                 column: c.name.clone(),
@@ -476,67 +387,78 @@ impl<'c> Planner<'c> {
             .collect()
     }
 
-    /// The WHERE clause as a predicate.
-    fn predicate(&self, e: &Expr) -> Result<Predicate, AnalyticsError> {
-        Ok(match e {
-            Expr::Nested(inner) => self.predicate(inner)?,
-            Expr::BinaryOp { left, op: op @ (BinaryOperator::And | BinaryOperator::Or), right } => {
-                let mut parts = Vec::new();
-                for side in [left, right] {
-                    // Chains of the same operator become one list.
-                    match self.predicate(side)? {
-                        Predicate::And(v) | Predicate::Or(v) if same_op(side, op) => {
-                            parts.extend(v)
-                        }
-                        p => parts.push(p),
-                    }
+    /// The WHERE clause, in postfix order, as a predicate: folded with a stack, so the
+    /// clause's length and nesting never reach the call stack. A chain of AND (or OR) whose
+    /// operand is a parenthesised chain of the same operator becomes one list.
+    fn predicate(&self, steps: &[Step]) -> Result<Predicate, AnalyticsError> {
+        /// A folded predicate, and the operator of the chain that made it.
+        type Folded = (Predicate, Option<bool>);
+        let mut stack: Vec<Folded> = Vec::new();
+        // The parser emits well-formed postfix; a malformed list is refused, not trusted.
+        let malformed = || invalid("the WHERE clause could not be read".into());
+        for step in steps {
+            match step {
+                Step::Atom(atom) => stack.push((self.atom(atom)?, None)),
+                Step::Not => {
+                    let (p, _) = stack.pop().ok_or_else(malformed)?;
+                    stack.push((Predicate::Not(Box::new(p)), None));
                 }
-                if *op == BinaryOperator::And {
-                    Predicate::And(parts)
-                } else {
-                    Predicate::Or(parts)
+                Step::And(n) | Step::Or(n) => {
+                    let and = matches!(step, Step::And(_));
+                    let from = stack.len().checked_sub(*n).ok_or_else(malformed)?;
+                    let mut parts = Vec::with_capacity(*n);
+                    for (p, chain) in stack.drain(from..) {
+                        match p {
+                            Predicate::And(v) | Predicate::Or(v) if chain == Some(and) => {
+                                parts.extend(v)
+                            }
+                            p => parts.push(p),
+                        }
+                    }
+                    let p = if and { Predicate::And(parts) } else { Predicate::Or(parts) };
+                    stack.push((p, Some(and)));
                 }
             }
-            Expr::BinaryOp { left, op, right } => {
-                let op = match op {
-                    BinaryOperator::Eq => Op::Eq,
-                    BinaryOperator::NotEq => Op::Ne,
-                    BinaryOperator::Lt => Op::Lt,
-                    BinaryOperator::LtEq => Op::Le,
-                    BinaryOperator::Gt => Op::Gt,
-                    BinaryOperator::GtEq => Op::Ge,
-                    other => return Err(unsupported(format!("the operator {other} in WHERE"))),
-                };
+        }
+        // How deep the result nests is checked with the rest of the specification.
+        match (stack.pop(), stack.is_empty()) {
+            (Some((p, _)), true) => Ok(p),
+            _ => Err(malformed()),
+        }
+    }
+
+    /// One condition on a column.
+    fn atom(&self, atom: &Atom) -> Result<Predicate, AnalyticsError> {
+        Ok(match atom {
+            Atom::Compare { left, op, right } => {
                 let (column, value, op) = match (self.column_name(left), self.column_name(right)) {
-                    (Some(c), None) => (c, right, op),
-                    (None, Some(c)) => (c, left, flip(op)),
+                    (Some(c), None) => (c, right, *op),
+                    (None, Some(c)) => (c, left, flip(*op)),
                     (Some(_), Some(_)) => {
                         return Err(unsupported("comparing two columns (quote text: 'UA')"));
                     }
                     (None, None) => {
                         return Err(unsupported(format!(
-                            "the condition {e} (compare a column with a literal)"
+                            "the condition {} {} {} (compare a column with a literal)",
+                            left.text,
+                            op.sql(),
+                            right.text
                         )));
                     }
                 };
                 self.compare(self.column(column)?, op, value)?
             }
-            Expr::Between { expr, negated, low, high } => {
-                let c = self.column_of(expr, "before BETWEEN (put a column there)")?;
+            Atom::Between { operand, negated, low, high } => {
+                let c = self.column_of(operand, "before BETWEEN (put a column there)")?;
                 let p = Predicate::And(vec![
                     self.compare(c, Op::Ge, low)?,
                     self.compare(c, Op::Le, high)?,
                 ]);
                 if *negated { Predicate::Not(Box::new(p)) } else { p }
             }
-            Expr::In { expr, target, negated, .. } => {
-                let list = match target {
-                    InTarget::List(list) => list,
-                    InTarget::Subquery(_) => return Err(unsupported("a subquery")),
-                    other => return Err(unsupported(format!("IN {other}"))),
-                };
-                let c = self.column_of(expr, "before IN (put a column there)")?;
-                let values = list
+            Atom::In { operand, negated, values } => {
+                let c = self.column_of(operand, "before IN (put a column there)")?;
+                let values = values
                     .iter()
                     .map(|x| {
                         let value = literal_of(x)?;
@@ -546,20 +468,23 @@ impl<'c> Planner<'c> {
                     .collect::<Result<_, AnalyticsError>>()?;
                 Predicate::In { column: c.name.clone(), values, negated: *negated }
             }
-            Expr::IsNull(x) | Expr::IsNotNull(x) => Predicate::IsNull {
-                column: self.column_of(x, "before IS NULL (put a column there)")?.name.clone(),
-                negated: matches!(e, Expr::IsNotNull(_)),
+            Atom::IsNull { operand, negated } => Predicate::IsNull {
+                column: self
+                    .column_of(operand, "before IS NULL (put a column there)")?
+                    .name
+                    .clone(),
+                negated: *negated,
             },
-            Expr::UnaryOp { op: UnaryOperator::Not, expr } => {
-                Predicate::Not(Box::new(self.predicate(expr)?))
-            }
-            Expr::Subquery(_) | Expr::Exists { .. } => return Err(unsupported("a subquery")),
-            other => return Err(unsupported(format!("the condition {other} in WHERE"))),
         })
     }
 
     /// `column op value`, the value a literal of the column's type.
-    fn compare(&self, c: &ColumnInfo, op: Op, value: &Expr) -> Result<Predicate, AnalyticsError> {
+    fn compare(
+        &self,
+        c: &ColumnInfo,
+        op: Op,
+        value: &Operand,
+    ) -> Result<Predicate, AnalyticsError> {
         let value = literal_of(value)?;
         check_literal(c, op, &value)?;
         Ok(Predicate::Compare(Condition { column: c.name.clone(), op, value }))
@@ -576,15 +501,6 @@ fn usage(function: &str) -> &'static str {
     }
 }
 
-/// Whether `e` is (in parentheses or not) a binary operation with operator `op`.
-fn same_op(e: &Expr, op: &BinaryOperator) -> bool {
-    match e {
-        Expr::Nested(inner) => same_op(inner, op),
-        Expr::BinaryOp { op: o, .. } => o == op,
-        _ => false,
-    }
-}
-
 /// The comparison with its sides swapped.
 fn flip(op: Op) -> Op {
     match op {
@@ -596,36 +512,14 @@ fn flip(op: Op) -> Op {
     }
 }
 
-/// A number (possibly signed) or single-quoted text.
-fn literal(e: &Expr) -> Option<Literal> {
-    match e {
-        Expr::Value(v) => match &v.value {
-            SqlValue::Number(s, _) => {
-                s.parse::<f64>().ok().filter(|x| x.is_finite()).map(Literal::Number)
-            }
-            SqlValue::SingleQuotedString(s) => Some(Literal::Text(s.clone())),
-            _ => None,
-        },
-        Expr::UnaryOp { op: UnaryOperator::Minus, expr } => {
-            number(expr).map(|x| Literal::Number(-x))
-        }
-        Expr::UnaryOp { op: UnaryOperator::Plus, expr } => number(expr).map(Literal::Number),
-        Expr::Nested(inner) => literal(inner),
-        _ => None,
+fn literal_of(o: &Operand) -> Result<Literal, AnalyticsError> {
+    match &o.kind {
+        OperandKind::Literal(l) => Ok(l.clone()),
+        OperandKind::Column(_) | OperandKind::Other => Err(unsupported(format!(
+            "{} as a value (compare with numbers or single-quoted text)",
+            o.text
+        ))),
     }
-}
-
-fn number(e: &Expr) -> Option<f64> {
-    match literal(e)? {
-        Literal::Number(x) => Some(x),
-        Literal::Text(_) => None,
-    }
-}
-
-fn literal_of(e: &Expr) -> Result<Literal, AnalyticsError> {
-    literal(e).ok_or_else(|| {
-        unsupported(format!("{e} as a value (compare with numbers or single-quoted text)"))
-    })
 }
 
 /// Whether a literal fits its column's type (text is only compared for (in)equality).
