@@ -1,4 +1,4 @@
-//! `veil demo`: a coordinator and three hospitals on loopback with mutual TLS compute joint
+//! `veil demo`: a coordinator and four hospitals on loopback with mutual TLS compute joint
 //! statistics over their own rows of the bundled Breast Cancer Wisconsin data; the answer is
 //! printed beside the same job run over the pooled rows. A second job trains a logistic
 //! regression across the hospitals with per-round held-out metrics; a third shows a hospital
@@ -16,11 +16,28 @@ use veil_proto::v1::{JobRef, SubmitRequest};
 use veil_protocol::Stage;
 use veil_testkit::cluster::{Cluster, ClusterSpec, DatasetSpec, PartySpec};
 
-const HOSPITALS: [(&str, &str); 3] = [
-    ("hospital_a", include_str!("../../../examples/data/breast_cancer/hospital_a.csv")),
-    ("hospital_b", include_str!("../../../examples/data/breast_cancer/hospital_b.csv")),
-    ("hospital_c", include_str!("../../../examples/data/breast_cancer/hospital_c.csv")),
+const FILES: [&str; 3] = [
+    include_str!("../../../examples/data/breast_cancer/hospital_a.csv"),
+    include_str!("../../../examples/data/breast_cancer/hospital_b.csv"),
+    include_str!("../../../examples/data/breast_cancer/hospital_c.csv"),
 ];
+
+/// The demo's four hospitals: the three files, with hospital_a's 300 rows cut into two halves
+/// (hospital_a and hospital_d). Every round tolerates one party colluding with the coordinator,
+/// so its survivors must be a quorum of more than (n + 1)/2: four hospitals survive one
+/// vanishing, three would not.
+fn hospitals() -> Vec<(&'static str, String)> {
+    let (header, rows) = FILES[0].split_once('\n').unwrap_or((FILES[0], ""));
+    let rows: Vec<&str> = rows.lines().collect();
+    let (first, second) = rows.split_at(rows.len() / 2);
+    let file = |part: &[&str]| format!("{header}\n{}\n", part.join("\n"));
+    vec![
+        ("hospital_a", file(first)),
+        ("hospital_b", FILES[1].to_string()),
+        ("hospital_c", FILES[2].to_string()),
+        ("hospital_d", file(second)),
+    ]
+}
 
 const COLUMNS: [(&str, &str); 5] = [
     ("mean_radius", "float"),
@@ -99,9 +116,10 @@ fn dataset(name: &str, path: PathBuf) -> DatasetConfig {
 
 /// The same job over the pooled rows of `hospitals`, with the same engine.
 fn pooled(dir: &Path, hospitals: &[usize]) -> Result<Answer> {
+    let files = self::hospitals();
     let mut text = String::new();
     for (k, &i) in hospitals.iter().enumerate() {
-        let body = HOSPITALS[i].1;
+        let body = files[i].1.as_str();
         let body = if k == 0 { body } else { body.split_once('\n').map_or("", |(_, rest)| rest) };
         text.push_str(body);
         if !text.ends_with('\n') {
@@ -168,7 +186,7 @@ async fn run_job(cluster: &Cluster) -> Result<Answer> {
 pub(crate) async fn run() -> Result<()> {
     let data = tempfile::tempdir()?;
     let mut parties = Vec::new();
-    for (name, text) in HOSPITALS {
+    for (name, text) in hospitals() {
         let path = data.path().join(format!("{name}.csv"));
         std::fs::write(&path, text)?;
         parties.push(PartySpec {
@@ -183,10 +201,10 @@ pub(crate) async fn run() -> Result<()> {
         });
     }
     println!(
-        "veil demo: three hospitals hold 569 rows of the Breast Cancer Wisconsin data between them."
+        "veil demo: four hospitals hold 569 rows of the Breast Cancer Wisconsin data between them."
     );
     println!(
-        "Starting a coordinator and three party workers on 127.0.0.1 with mutual TLS (veil init in a temporary directory)..."
+        "Starting a coordinator and four party workers on 127.0.0.1 with mutual TLS (veil init in a temporary directory)..."
     );
     let spec = ClusterSpec {
         parties,
@@ -196,7 +214,7 @@ pub(crate) async fn run() -> Result<()> {
     };
     let mut cluster = Cluster::start(spec).await;
     println!(
-        "  coordinator at {}; all three hospitals connected (dialling out, no inbound ports)",
+        "  coordinator at {}; all four hospitals connected (dialling out, no inbound ports)",
         cluster.addr
     );
 
@@ -205,7 +223,7 @@ pub(crate) async fn run() -> Result<()> {
     );
     let joint = run_job(&cluster).await?;
     println!("Each hospital sent only its masked vector; the coordinator unmasked the sum:");
-    compare(&joint, &pooled(data.path(), &[0, 1, 2])?)?;
+    compare(&joint, &pooled(data.path(), &[0, 1, 2, 3])?)?;
 
     println!(
         "\nJob 2: federated logistic regression (is a tumour benign?) on the same four measurements;"
@@ -228,16 +246,20 @@ pub(crate) async fn run() -> Result<()> {
     println!(
         "\nJob 3: the statistics again, while hospital_c vanishes right after sharing its keys."
     );
+    println!(
+        "  Every round tolerates one hospital colluding with the coordinator: the other three must all"
+    );
+    println!("  sign one survivor set before any hospital helps unmask.");
     cluster.kill_party(2);
     cluster.set_fault(2, Some(Fault::ExitAfter(Stage::ShareKeys)));
     cluster.start_party(2);
-    cluster.wait_connected(3).await;
+    cluster.wait_connected(4).await;
     let joint = run_job(&cluster).await?;
     println!(
         "The round finished over the survivors {:?}; dropped {:?}:",
         joint.contributors, joint.dropped
     );
-    compare(&joint, &pooled(data.path(), &[0, 1])?)?;
+    compare(&joint, &pooled(data.path(), &[0, 1, 3])?)?;
 
     cluster.shutdown().await;
     println!(

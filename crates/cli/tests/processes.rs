@@ -85,7 +85,7 @@ fn init_serve_submit_and_survive_a_vanishing_party() {
         "init",
         root.to_str().unwrap(),
         "--parties",
-        "hospital_a,hospital_b,hospital_c",
+        "hospital_a,hospital_b,hospital_c,clinic_d",
         "--listen",
         &listen,
     ]);
@@ -99,10 +99,14 @@ fn init_serve_submit_and_survive_a_vanishing_party() {
     for h in ["hospital_a", "hospital_b", "hospital_c"] {
         add_dataset(&party(h), &data(&format!("{h}.csv")));
     }
+    // A fourth party, so that the round survives one vanishing party: with one colluder
+    // tolerated (the default), the survivor quorum of four parties is three.
+    add_dataset(&party("clinic_d"), &data("hospital_c.csv"));
     let coordinator_toml = root.join("coordinator/coordinator.toml");
     let _coordinator = spawn(&["coordinator", "--config", coordinator_toml.to_str().unwrap()]);
     let _a = spawn(&["party", "--config", party("hospital_a").to_str().unwrap()]);
     let _b = spawn(&["party", "--config", party("hospital_b").to_str().unwrap()]);
+    let _d = spawn(&["party", "--config", party("clinic_d").to_str().unwrap()]);
     let mut c = spawn(&[
         "party",
         "--config",
@@ -112,7 +116,7 @@ fn init_serve_submit_and_survive_a_vanishing_party() {
     ]);
     let operator = root.join("consumers/operator/consumer.toml");
     let analyst = root.join("consumers/analyst/consumer.toml");
-    wait_connected(operator.to_str().unwrap(), 3);
+    wait_connected(operator.to_str().unwrap(), 4);
 
     let job = dir.path().join("job.toml");
     std::fs::write(
@@ -124,10 +128,10 @@ fn init_serve_submit_and_survive_a_vanishing_party() {
         veil(&["submit", job.to_str().unwrap(), "--json", "--config", analyst.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    // hospital_c's process exited right after sharing its keys: the answer is over a and b.
-    assert_eq!(answer["contributors"], serde_json::json!([0, 1]));
+    // hospital_c's process exited right after sharing its keys: the answer is over a, b, d.
+    assert_eq!(answer["contributors"], serde_json::json!([0, 1, 3]));
     assert_eq!(answer["dropped"], serde_json::json!([2]));
-    assert_eq!(answer["rows"], 300 + 170);
+    assert_eq!(answer["rows"], 300 + 170 + 99);
     let status = c.0.wait().unwrap();
     assert!(status.success(), "the drilled party exits cleanly");
 
@@ -178,7 +182,7 @@ fn init_serve_submit_and_survive_a_vanishing_party() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // A SQL query over the two remaining hospitals, printed as a table.
+    // A SQL query over the three remaining parties, printed as a table.
     let out = veil(&[
         "query",
         "SELECT target, COUNT(*) AS n, AVG(mean_radius) FROM cells GROUP BY target",

@@ -35,6 +35,14 @@ pub struct CoordinatorFile {
     /// Seconds parties have to answer an offer.
     #[serde(default = "default_offer_timeout")]
     pub offer_timeout_secs: u64,
+    /// The most parties that may collude with the coordinator that every round tolerates (c):
+    /// thresholds and survivor quorums are sized for it. Parties refuse rounds below their own.
+    #[serde(default = "default_max_corrupt")]
+    pub max_corrupt: u32,
+}
+
+fn default_max_corrupt() -> u32 {
+    veil_protocol::params::DEFAULT_MAX_CORRUPT as u32
 }
 
 fn default_stage_timeout() -> u64 {
@@ -103,6 +111,7 @@ impl CoordinatorFile {
             tls,
             stage_timeout: Duration::from_secs(self.stage_timeout_secs),
             offer_timeout: Duration::from_secs(self.offer_timeout_secs),
+            max_corrupt: self.max_corrupt as usize,
             inbound_tap: None,
         })
     }

@@ -199,11 +199,13 @@ async fn run(
     let mut fingerprints = Vec::new();
     let mut refused = Vec::new();
     let mut next_step = 0u64;
+    // The largest minimum cohort among the parties that accept: the round's minimum.
+    let mut required = 0usize;
     let deadline = tokio::time::Instant::now() + shared.offer_timeout;
     while !pending.is_empty() {
         tokio::select! {
             input = inbox.recv() => match input {
-                Some(JobInput::Reply { from, accept, reason, job_hash: hash, signature, dataset_sha256, next_step: next, advertise }) if pending.remove(&from) => {
+                Some(JobInput::Reply { from, accept, reason, job_hash: hash, signature, dataset_sha256, next_step: next, advertise, min_cohort }) if pending.remove(&from) => {
                     if !decision_signed(shared, from, &record.id, &hash, accept, &reason, &signature) || hash != job_hash {
                         refused.push(format!("{from} sent an unsigned or mismatched decision"));
                     } else if accept {
@@ -212,6 +214,7 @@ async fn run(
                             adverts.insert(from, advertise);
                         }
                         next_step = next_step.max(next);
+                        required = required.max(min_cohort as usize);
                         fingerprints.push(Contribution { party: from.0, dataset_sha256 });
                     } else {
                         refused.push(format!("{from} refused: {reason}"));
@@ -235,6 +238,10 @@ async fn run(
     for p in &pending {
         refused.push(format!("{p} did not answer within {}s", shared.offer_timeout.as_secs()));
     }
+    if required > min && accepted.len() >= min {
+        refused.push(format!("a party that accepted combines its data with at least {required}"));
+    }
+    let min = min.max(required);
     if accepted.len() < min {
         return Err(End::Failed(format!(
             "{} of {} parties accepted; the job needs {min}. {}",
@@ -250,9 +257,16 @@ async fn run(
 
     let (answer_json, aggregate) = match job {
         Job::Train(spec) => {
-            let trained =
-                train(shared, record, spec, parties, resume.map(|r| r.0), next_step, &mut inbox)
-                    .await?;
+            let trained = train(
+                shared,
+                record,
+                spec,
+                Cohort { parties, min },
+                resume.map(|r| r.0),
+                next_step,
+                &mut inbox,
+            )
+            .await?;
             (trained.answer_json, trained.aggregate)
         }
         _ => {
@@ -363,9 +377,20 @@ async fn one_round(
             return Err(End::Failed("internal: a SQL job reached the driver unplanned".into()));
         }
     };
-    let plain = matches!(job, Job::Synthetic(s) if s.plain);
+    // One party releasing its own data (its configuration and the job allow a cohort of one)
+    // sends its vector as it is: a secure round of one would reveal the same vector.
+    let plain = matches!(job, Job::Synthetic(s) if s.plain) || parties.len() == 1;
     let aggregate = if plain {
-        plain_round(shared, record, parties, vector_len, inbox, None).await?
+        let aggregate = plain_round(shared, record, parties, vector_len, inbox, None).await?;
+        let needed = min.max(1);
+        if aggregate.contributors.len() < needed {
+            return Err(End::Failed(format!(
+                "{} of {} parties sent their vector; the job needs at least {needed}",
+                aggregate.contributors.len(),
+                parties.len()
+            )));
+        }
+        aggregate
     } else {
         secure_round(shared, record, parties, min, vector_len, inbox, SecureRound::Job(ahead))
             .await?
@@ -462,12 +487,14 @@ async fn secure_round(
         Some(a) => (a.session, a.adverts),
         None => (new_session(&record.id), BTreeMap::new()),
     };
-    let mut config = if parties.len() <= ALL_PAIRS_UP_TO {
+    let config = if parties.len() <= ALL_PAIRS_UP_TO {
         RoundConfig::all_pairs(SessionId(session), parties.to_vec(), vector_len)
     } else {
         RoundConfig::sparse(SessionId(session), parties.to_vec(), vector_len)
     };
-    config.min_cohort = min.clamp(1, parties.len());
+    let mut config = config.tolerating(shared.max_corrupt);
+    config.min_cohort = min.max(2).min(parties.len());
+    config.context = Sha256::digest(record.spec_json.as_bytes()).into();
     config.stage_timeout = shared.stage_timeout;
     let params = Arc::new(config.validate().map_err(|e| End::Failed(e.to_string()))?);
     // Parties whose stream closed since they accepted (their departure went to the offer
@@ -481,6 +508,7 @@ async fn secure_round(
             threshold: params.threshold() as u32,
             neighbours: params.neighbours() as u32,
             min_cohort: params.min_cohort() as u32,
+            max_corrupt: params.max_corrupt() as u32,
             vector_len: vector_len as u32,
             plain: false,
             ..template.clone()
@@ -654,11 +682,17 @@ struct Trained {
 
 /// Runs a training job's steps from `resume` (a checkpoint) or from the start, checkpointing
 /// after every step and streaming each round's report as progress.
+/// The parties that accepted a job, and the largest minimum cohort among them and the job.
+struct Cohort {
+    parties: Vec<PartyId>,
+    min: usize,
+}
+
 async fn train(
     shared: &Arc<Shared>,
     record: &mut JobRecord,
     spec: &TrainSpec,
-    parties: Vec<PartyId>,
+    cohort: Cohort,
     resume: Option<Training>,
     next_step: u64,
     inbox: &mut mpsc::UnboundedReceiver<JobInput>,
@@ -677,7 +711,7 @@ async fn train(
         state.standardizer = Some(declared_standardizer(shared, spec)?);
     }
     let rounds = spec.rounds_to_run().map_err(failed)?;
-    let mut live = parties;
+    let Cohort { parties: mut live, min } = cohort;
     let mut dropped = BTreeSet::new();
     let mut contributors = Vec::new();
     let mut left: Vec<String> = Vec::new();
@@ -710,7 +744,7 @@ async fn train(
             ..RoundStart::default()
         };
         let len = spec.vector_len(step).map_err(failed)?;
-        let min = spec.min_parties as usize;
+        let min = min.max(spec.min_parties as usize);
         let mut round = TrainingRound { start, left: Vec::new() };
         let aggregate = if spec.plain {
             plain_round(shared, record, &cohort, len, inbox, Some(&mut round)).await?

@@ -181,6 +181,7 @@ async fn read_loop(
                     signature: r.signature,
                     dataset_sha256: r.dataset_sha256.chars().take(64).collect(),
                     next_step: r.next_step,
+                    min_cohort: r.min_cohort,
                     // An advertisement is under 200 bytes; a longer one is cut, and refused
                     // as undecodable when the round starts.
                     advertise: {

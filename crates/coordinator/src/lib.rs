@@ -55,6 +55,8 @@ pub struct CoordinatorConfig {
     pub stage_timeout: Duration,
     /// How long parties have to accept or refuse a job.
     pub offer_timeout: Duration,
+    /// The collusion bound `c` every round tolerates.
+    pub max_corrupt: usize,
     /// Sees every inbound party envelope.
     pub inbound_tap: Option<InboundTap>,
 }
@@ -102,6 +104,8 @@ pub(crate) enum JobInput {
         next_step: u64,
         /// Its round keys for the offered session, if the offer named one.
         advertise: Vec<u8>,
+        /// The fewest parties its data may be combined with.
+        min_cohort: u32,
     },
     /// A round message from a party.
     Round { from: PartyId, bytes: Vec<u8> },
@@ -139,6 +143,7 @@ pub(crate) struct Shared {
     plaintext: bool,
     stage_timeout: Duration,
     offer_timeout: Duration,
+    max_corrupt: usize,
     tap: Option<InboundTap>,
     parties: Mutex<BTreeMap<PartyId, Connection>>,
     jobs: Mutex<HashMap<String, mpsc::UnboundedSender<JobInput>>>,
@@ -307,6 +312,7 @@ pub async fn serve(
         plaintext: config.tls.is_none(),
         stage_timeout: config.stage_timeout,
         offer_timeout: config.offer_timeout,
+        max_corrupt: config.max_corrupt,
         tap: config.inbound_tap,
         parties: Mutex::new(BTreeMap::new()),
         jobs: Mutex::new(HashMap::new()),

@@ -131,6 +131,8 @@ pub enum Rule {
     KThreshold,
     /// The cohort is smaller than the party's minimum.
     Cohort,
+    /// The round tolerates fewer colluding parties than the party requires.
+    Collusion,
     /// A budget would be exceeded.
     Budget,
 }
@@ -153,6 +155,7 @@ impl Rule {
             Rule::DpFloor => "dp-floor",
             Rule::KThreshold => "k-threshold",
             Rule::Cohort => "cohort",
+            Rule::Collusion => "collusion",
             Rule::Budget => "budget",
         }
     }

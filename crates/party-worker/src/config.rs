@@ -37,6 +37,10 @@ pub struct PartyFile {
     /// The fewest parties whose data this party's input may be combined with.
     #[serde(default = "default_min_cohort")]
     pub min_cohort: u32,
+    /// The most parties this party assumes may collude with the coordinator (c). It joins only
+    /// rounds whose thresholds and survivor quorum tolerate at least this many.
+    #[serde(default = "default_max_corrupt")]
+    pub max_corrupt: u32,
     /// The party's own records: budget ledger, audit log, receipts (SQLite).
     #[serde(default = "default_state")]
     pub state: PathBuf,
@@ -51,6 +55,10 @@ fn default_state() -> PathBuf {
 
 fn default_min_cohort() -> u32 {
     2
+}
+
+fn default_max_corrupt() -> u32 {
+    veil_protocol::params::DEFAULT_MAX_CORRUPT as u32
 }
 
 /// One dataset: a CSV file with a header row, the types of the columns it exposes, its grade,
@@ -154,6 +162,8 @@ pub struct PartyConfig {
     pub identity_seed: Zeroizing<[u8; 32]>,
     /// Minimum cohort.
     pub min_cohort: usize,
+    /// The collusion bound `c` a round must tolerate.
+    pub max_corrupt: usize,
     /// Datasets served.
     pub datasets: Vec<DatasetConfig>,
     /// The party's store.
@@ -304,7 +314,10 @@ impl PartyFile {
             }
         }
         if f.min_cohort == 0 {
-            return Err(parse_error(path, "min_cohort must be at least 1"));
+            return Err(parse_error(
+                path,
+                "min_cohort must be at least 1 (1 lets this party release its own data alone)",
+            ));
         }
         Ok(f)
     }
@@ -345,6 +358,7 @@ impl PartyFile {
             tls,
             identity_seed: seed,
             min_cohort: self.min_cohort as usize,
+            max_corrupt: self.max_corrupt as usize,
             datasets: self.datasets,
             state: self.state,
         })

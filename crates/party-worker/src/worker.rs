@@ -225,6 +225,8 @@ struct Accepted {
     next_step: u64,
     /// The round keys advertised with the acceptance, when the offer named the session.
     keys: Option<RoundKeys>,
+    /// The job's hash (hex), bound into the round's digest.
+    job_hash: String,
 }
 
 /// A training job this party accepted: it contributes to its steps until the job ends.
@@ -410,10 +412,12 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
     });
     let mut next_step = 0;
     let mut advertise = Vec::new();
+    let mut min_cohort = 0;
     let (accept, reason, dataset_sha256) = match result {
         Ok(mut accepted) => {
             let fingerprint = accepted.dataset_sha256.clone();
             next_step = accepted.next_step;
+            min_cohort = u32::try_from(accepted.min_parties).unwrap_or(u32::MAX);
             if let (Some(job), Some(charge)) = (&accepted.training, &accepted.charge) {
                 let slot = TrainingSlot {
                     job: job.clone(),
@@ -460,6 +464,7 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
         dataset_sha256,
         next_step,
         advertise,
+        min_cohort,
     }
 }
 
@@ -484,6 +489,7 @@ async fn leave_step(
         dataset_sha256: String::new(),
         next_step: 0,
         advertise: Vec::new(),
+        min_cohort: 0,
     };
     leave(config, state, job_id, rule, message);
     send(tx, Body::Reply(reply)).await
@@ -736,6 +742,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                         training: Some(Arc::new(training)),
                         next_step,
                         keys: None,
+                        job_hash: job_hash.clone(),
                     }),
                     Ok(Err(e)) => Err((Rule::Column, e)),
                     Err(e) => Err((Rule::Column, format!("loading the training rows failed: {e}"))),
@@ -768,6 +775,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                 training: None,
                 next_step: 0,
                 keys: None,
+                job_hash: job_hash.clone(),
             };
             let _ = state.prepared_tx.try_send(Prepared { job_id, job_hash, result: Ok(accepted) });
         }
@@ -861,6 +869,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                         training: None,
                         next_step: 0,
                         keys: None,
+                        job_hash: job_hash.clone(),
                     }),
                     Ok(Err(e)) => Err((Rule::Column, e.to_string())),
                     Err(e) => Err((Rule::Column, format!("local aggregation failed: {e}"))),
@@ -879,7 +888,7 @@ async fn start_round(
 ) -> Result<bool, Status> {
     let job_id = start.job_id.clone();
     let training = state.training.get(&job_id).cloned();
-    let (vector, min_parties, charge, keys) = if let Some(slot) = training {
+    let (vector, min_parties, charge, keys, job_hash) = if let Some(slot) = training {
         if matches!(state.jobs.get(&job_id), Some(JobState::Preparing { .. }) | None) {
             tracing::warn!(party = %config.id, job = %job_id, "training step before the job was accepted");
             return Ok(false);
@@ -902,6 +911,7 @@ async fn start_round(
                             min_parties: slot.min_parties,
                             charge: None,
                             keys: None,
+                            job_hash: slot.job.job_hash.clone(),
                         },
                     )
                     .await?
@@ -934,10 +944,10 @@ async fn start_round(
             tracing::warn!(party = %config.id, job = %job_id, "round start for a job this party did not accept");
             return Ok(false);
         };
-        let Accepted { vector, min_parties, charge, keys, .. } = *accepted;
-        (vector, min_parties, charge, keys)
+        let Accepted { vector, min_parties, charge, keys, job_hash, .. } = *accepted;
+        (vector, min_parties, charge, keys, job_hash)
     };
-    let joining = Joining { vector: Some(vector), min_parties, charge, keys };
+    let joining = Joining { vector: Some(vector), min_parties, charge, keys, job_hash };
     join_round(config, state, tx, start, joining).await
 }
 
@@ -960,6 +970,7 @@ async fn trained(
                 min_parties: slot.min_parties,
                 charge: None,
                 keys: None,
+                job_hash: slot.job.job_hash.clone(),
             };
             join_round(config, state, tx, start, joining).await
         }
@@ -983,6 +994,29 @@ async fn trained(
     }
 }
 
+/// Reserves a release's charge, atomically against every other job, before anything derived
+/// from the data leaves; it is never refunded. `false` when the party leaves the job instead.
+fn reserve(
+    config: &PartyConfig,
+    state: &mut State,
+    job_id: &str,
+    charge: Option<&Reservation>,
+) -> bool {
+    let Some(charge) = charge else { return true };
+    match state.store.reserve_and_log(charge, now_ms()) {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            let message = format!("refused by rule budget: {e}");
+            leave(config, state, job_id.to_string(), Rule::Budget, message);
+            false
+        }
+        Err(e) => {
+            tracing::error!(party = %config.id, error = %e, "cannot reserve the budget; leaving the job");
+            false
+        }
+    }
+}
+
 /// What a party joins a round with.
 struct Joining {
     /// `None` while a training step's vector is still being computed.
@@ -991,6 +1025,8 @@ struct Joining {
     charge: Option<Reservation>,
     /// Keys advertised with the acceptance, for the session the offer named.
     keys: Option<RoundKeys>,
+    /// The job's hash (hex), bound into the round's digest.
+    job_hash: String,
 }
 
 /// Joins a round with the party's vector: a plain round sends it as it is (benchmark parties
@@ -1003,10 +1039,19 @@ async fn join_round(
     start: RoundStart,
     joining: Joining,
 ) -> Result<bool, Status> {
-    let Joining { vector, min_parties, charge, keys } = joining;
+    let Joining { vector, min_parties, charge, keys, job_hash } = joining;
     let job_id = start.job_id.clone();
     if vector.as_ref().is_some_and(|v| start.vector_len as usize != v.len()) {
         tracing::warn!(party = %config.id, job = %job_id, "round start with the wrong vector length; leaving the job");
+        return Ok(false);
+    }
+    let minimum = min_parties.max(start.min_cohort as usize);
+    if start.parties.len() < minimum {
+        let message = format!(
+            "refused by rule cohort: the round has {} parties; this party's data is combined with at least {minimum}",
+            start.parties.len()
+        );
+        leave(config, state, job_id, Rule::Cohort, message);
         return Ok(false);
     }
     if start.plain {
@@ -1014,8 +1059,15 @@ async fn join_round(
             tracing::warn!(party = %config.id, job = %job_id, "internal: a plain round without its vector");
             return Ok(false);
         };
-        if !state.options.dangerous_benchmark {
+        // A release of this party's data alone, which its own configuration and the job both
+        // allow: a secure round of one would reveal the same vector, so it goes as it is,
+        // charged first like any release.
+        let alone = start.parties == [config.id.0] && min_parties <= 1 && config.min_cohort <= 1;
+        if !state.options.dangerous_benchmark && !alone {
             tracing::warn!(party = %config.id, job = %job_id, "refusing a plain round");
+            return Ok(false);
+        }
+        if alone && !reserve(config, state, &job_id, charge.as_ref()) {
             return Ok(false);
         }
         let mut bytes = Vec::with_capacity(vector.len() * 8);
@@ -1051,13 +1103,28 @@ async fn join_round(
             return Ok(false);
         }
     }
-    let minimum = min_parties.max(start.min_cohort as usize);
-    if start.parties.len() < minimum {
+    // The round's own minimum cohort and collusion bound must meet this party's: every party
+    // builds the round's digest from the same announced numbers, so it refuses a weaker round
+    // rather than raising the numbers for itself alone.
+    if (start.min_cohort as usize) < minimum {
         let message = format!(
-            "refused by rule cohort: the round has {} parties; this party's data is combined with at least {minimum}",
-            start.parties.len()
+            "refused by rule cohort: the round releases sums over {} parties; this party's data is combined with at least {minimum}",
+            start.min_cohort
         );
         leave(config, state, job_id, Rule::Cohort, message);
+        return Ok(false);
+    }
+    if (start.max_corrupt as usize) < config.max_corrupt {
+        let message = format!(
+            "refused by rule collusion: the round tolerates {} colluding parties; this party requires at least {}",
+            start.max_corrupt, config.max_corrupt
+        );
+        leave(config, state, job_id, Rule::Collusion, message);
+        return Ok(false);
+    }
+    let mut context = [0u8; 32];
+    if hex::decode_to_slice(&job_hash, &mut context).is_err() {
+        tracing::warn!(party = %config.id, job = %job_id, "internal: a job hash that is not 32 bytes of hex; leaving the job");
         return Ok(false);
     }
     let round = RoundConfig {
@@ -1065,9 +1132,10 @@ async fn join_round(
         parties: start.parties.iter().map(|p| PartyId(*p)).collect(),
         threshold: start.threshold as usize,
         neighbours: start.neighbours as usize,
-        max_corrupt: 0,
-        min_cohort: min_parties.max(start.min_cohort as usize),
+        max_corrupt: start.max_corrupt as usize,
+        min_cohort: start.min_cohort as usize,
         vector_len: start.vector_len as usize,
+        context,
         stage_timeout: Duration::from_secs(30),
     };
     let params = match round.validate() {
@@ -1077,20 +1145,8 @@ async fn join_round(
             return Ok(false);
         }
     };
-    // The charge is reserved, atomically against every other job, before anything derived
-    // from the data leaves; it is never refunded.
-    if let Some(charge) = &charge {
-        match state.store.reserve_and_log(charge, now_ms()) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                leave(config, state, job_id, Rule::Budget, format!("refused by rule budget: {e}"));
-                return Ok(false);
-            }
-            Err(e) => {
-                tracing::error!(party = %config.id, error = %e, "cannot reserve the budget; leaving the job");
-                return Ok(false);
-            }
-        }
+    if !reserve(config, state, &job_id, charge.as_ref()) {
+        return Ok(false);
     }
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
     let identity = IdentityKey::from_seed(&config.identity_seed);

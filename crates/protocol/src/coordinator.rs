@@ -19,7 +19,7 @@ use curve25519_dalek::scalar::Scalar;
 use rayon::prelude::*;
 
 use crate::crypto::{
-    AgreementSecret, Roster, advertise_statement, pair_mask_seed, scalar_from_bytes,
+    AgreementSecret, Roster, Round, advertise_statement, pair_mask_seed, scalar_from_bytes,
     self_mask_seed, survivors_statement,
 };
 use crate::error::{Error, Result};
@@ -280,7 +280,7 @@ impl Coordinator {
                 s.received.insert(sender);
             }
             (State::CollectSignatures(s), PartyMessage::ConsistencySignature { signature, .. }) => {
-                let statement = survivors_statement(&session, sender, &s.survivors);
+                let statement = survivors_statement(&Round::of(&self.params), sender, &s.survivors);
                 self.roster.verify(sender, &statement, &signature)?;
                 s.signatures.insert(sender, signature);
             }
@@ -336,10 +336,13 @@ impl Coordinator {
     /// (the survivors whose sum is released), and `t` after it (enough to unmask).
     fn check_alive(&mut self, stage: Stage, alive: usize) -> Result<()> {
         self.events.push_back(CoordinatorEvent::StageClosed { stage, responders: alive });
-        let needed = if stage <= Stage::MaskedInput {
-            self.params.threshold().max(self.params.min_cohort())
-        } else {
-            self.params.threshold()
+        let t = self.params.threshold();
+        let needed = match stage {
+            Stage::AdvertiseKeys | Stage::ShareKeys => t.max(self.params.min_cohort()),
+            // Fewer survivors than the quorum could never collect the signatures to unmask.
+            Stage::MaskedInput => t.max(self.params.min_cohort()).max(self.params.quorum()),
+            Stage::ConsistencyCheck => t.max(self.params.quorum()),
+            Stage::Unmask => t,
         };
         if alive < needed {
             return Err(Error::TooFewSurvivors { stage, alive, needed });
@@ -414,15 +417,15 @@ impl Coordinator {
     fn close_signatures(&mut self, s: CollectSignatures) -> Result<State> {
         self.check_alive(Stage::ConsistencyCheck, s.signatures.len())?;
         let session = self.params.session();
+        // Every signer gets the same quorum of signatures, each already verified here: a
+        // quorum is all a party needs, and more would only cost it verification time.
+        let signatures: Vec<(PartyId, [u8; 64])> =
+            s.signatures.iter().take(self.params.quorum()).map(|(&p, sig)| (p, *sig)).collect();
         for &p in s.signatures.keys() {
-            let index = self.params.index_of(p).expect("signers are participants");
-            let signatures = self
-                .params
-                .holders_of(index)
-                .into_iter()
-                .filter_map(|h| s.signatures.get(&h).map(|sig| (h, *sig)))
-                .collect();
-            self.transmits.push_back((p, CoordinatorMessage::Signatures { session, signatures }));
+            self.transmits.push_back((
+                p,
+                CoordinatorMessage::Signatures { session, signatures: signatures.clone() },
+            ));
         }
         self.expected = s.signatures.keys().copied().collect();
         Ok(State::CollectUnmask(CollectUnmask {
@@ -435,7 +438,7 @@ impl Coordinator {
 
     fn close_unmask(&mut self, mut s: CollectUnmask) -> Result<State> {
         self.check_alive(Stage::Unmask, s.responses.len())?;
-        let session = self.params.session();
+        let round = Round::of(&self.params);
         let t = self.params.threshold();
         let survivors: BTreeSet<PartyId> = s.survivors.iter().copied().collect();
 
@@ -457,7 +460,7 @@ impl Coordinator {
         for &u in &survivors {
             let shares = self_shares.get(&u).map(Vec::as_slice).unwrap_or(&[]);
             let b = reconstruct_checked(u, shares, t)?;
-            masks.push(Mask::new(&self_mask_seed(&b, &session), Sign::Subtract));
+            masks.push(Mask::new(&self_mask_seed(&b, &round), Sign::Subtract));
         }
         // Pairwise masks between survivors and parties that dropped after sharing.
         let dropped: Vec<PartyId> = s.routed.u2.difference(&survivors).copied().collect();
@@ -487,7 +490,7 @@ impl Coordinator {
                         let shared = secret.agree(&s.routed.keys[u].mask_key, *u)?;
                         // u added the mask if u < v and subtracted it otherwise; undo that.
                         let sign = if u < v { Sign::Subtract } else { Sign::Add };
-                        Ok(Mask::new(&pair_mask_seed(&shared, &session), sign))
+                        Ok(Mask::new(&pair_mask_seed(&shared, &round), sign))
                     })
                     .collect()
             })

@@ -1,7 +1,12 @@
 //! Key agreement, key derivation, share encryption and signatures.
 //!
 //! Every derived key and every signed statement carries a domain-separation label and the
-//! session id, so nothing computed for one purpose or one round is valid for another.
+//! session id, so nothing computed for one purpose or one round is valid for another. The
+//! survivor statement and every derived key also carry the round's digest (the hash of its
+//! whole configuration, [`crate::params::RoundParams::digest`]), so parties given different
+//! parameters under one session cannot complete a round together. Key advertisements bind the
+//! session alone: a party may make them with its acceptance of a job, before the round's
+//! parties are known, and they are fresh per session and carry nothing about its data.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,11 +25,11 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::error::{Error, Result};
 use crate::ids::{PartyId, SessionId};
 
-const LABEL_ADVERTISE: &[u8] = b"veil/secagg/v1/advertise";
-const LABEL_SURVIVORS: &[u8] = b"veil/secagg/v1/survivors";
-const LABEL_SHARE_KEY: &[u8] = b"veil/secagg/v1/share-key";
-const LABEL_PAIR_MASK: &[u8] = b"veil/secagg/v1/pair-mask";
-const LABEL_SELF_MASK: &[u8] = b"veil/secagg/v1/self-mask";
+const LABEL_ADVERTISE: &[u8] = b"veil/secagg/v2/advertise";
+const LABEL_SURVIVORS: &[u8] = b"veil/secagg/v2/survivors";
+const LABEL_SHARE_KEY: &[u8] = b"veil/secagg/v2/share-key";
+const LABEL_PAIR_MASK: &[u8] = b"veil/secagg/v2/pair-mask";
+const LABEL_SELF_MASK: &[u8] = b"veil/secagg/v2/self-mask";
 
 /// A uniformly random scalar from a CSPRNG.
 pub(crate) fn random_scalar(rng: &mut impl CryptoRngCore) -> Scalar {
@@ -202,15 +207,17 @@ pub(crate) fn advertise_statement(
     m
 }
 
-/// The statement a party signs in the consistency check.
+/// The statement a party signs in the consistency check: the one survivor set it agrees to,
+/// under the round's digest.
 pub(crate) fn survivors_statement(
-    session: &SessionId,
+    round: &Round,
     signer: PartyId,
     survivors: &[PartyId],
 ) -> Vec<u8> {
-    let mut m = Vec::with_capacity(LABEL_SURVIVORS.len() + 40 + survivors.len() * 4);
+    let mut m = Vec::with_capacity(LABEL_SURVIVORS.len() + 80 + survivors.len() * 4);
     m.extend_from_slice(LABEL_SURVIVORS);
-    m.extend_from_slice(&session.0);
+    m.extend_from_slice(&round.session.0);
+    m.extend_from_slice(&round.digest);
     m.extend_from_slice(&signer.0.to_le_bytes());
     m.extend_from_slice(&(survivors.len() as u64).to_le_bytes());
     for p in survivors {
@@ -219,10 +226,25 @@ pub(crate) fn survivors_statement(
     m
 }
 
-fn hkdf(ikm: &[u8], label: &[u8], session: &SessionId, parts: &[&[u8]]) -> Zeroizing<[u8; 32]> {
-    let hk = Hkdf::<Sha256>::new(Some(&session.0), ikm);
-    let mut info = Vec::with_capacity(label.len() + parts.iter().map(|p| p.len()).sum::<usize>());
+/// What binds a derived key or a signed statement to one round: its session and its digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Round {
+    pub(crate) session: SessionId,
+    pub(crate) digest: [u8; 32],
+}
+
+impl Round {
+    pub(crate) fn of(params: &crate::params::RoundParams) -> Self {
+        Self { session: params.session(), digest: params.digest() }
+    }
+}
+
+fn hkdf(ikm: &[u8], label: &[u8], round: &Round, parts: &[&[u8]]) -> Zeroizing<[u8; 32]> {
+    let hk = Hkdf::<Sha256>::new(Some(&round.session.0), ikm);
+    let mut info =
+        Vec::with_capacity(label.len() + 32 + parts.iter().map(|p| p.len()).sum::<usize>());
     info.extend_from_slice(label);
+    info.extend_from_slice(&round.digest);
     for p in parts {
         info.extend_from_slice(p);
     }
@@ -235,22 +257,22 @@ fn hkdf(ikm: &[u8], label: &[u8], session: &SessionId, parts: &[&[u8]]) -> Zeroi
 /// so a fixed nonce is never reused under one key.
 pub(crate) fn share_key(
     shared: &[u8; 32],
-    session: &SessionId,
+    round: &Round,
     from: PartyId,
     to: PartyId,
 ) -> Zeroizing<[u8; 32]> {
-    hkdf(shared, LABEL_SHARE_KEY, session, &[&from.0.to_le_bytes(), &to.0.to_le_bytes()])
+    hkdf(shared, LABEL_SHARE_KEY, round, &[&from.0.to_le_bytes(), &to.0.to_le_bytes()])
 }
 
 /// The seed of the pairwise mask between two parties (symmetric in the pair).
-pub(crate) fn pair_mask_seed(shared: &[u8; 32], session: &SessionId) -> Zeroizing<[u8; 32]> {
-    hkdf(shared, LABEL_PAIR_MASK, session, &[])
+pub(crate) fn pair_mask_seed(shared: &[u8; 32], round: &Round) -> Zeroizing<[u8; 32]> {
+    hkdf(shared, LABEL_PAIR_MASK, round, &[])
 }
 
 /// The seed of a party's self mask, from its Shamir-shared scalar.
-pub(crate) fn self_mask_seed(secret: &Scalar, session: &SessionId) -> Zeroizing<[u8; 32]> {
+pub(crate) fn self_mask_seed(secret: &Scalar, round: &Round) -> Zeroizing<[u8; 32]> {
     let bytes = Zeroizing::new(secret.to_bytes());
-    hkdf(bytes.as_ref(), LABEL_SELF_MASK, session, &[])
+    hkdf(bytes.as_ref(), LABEL_SELF_MASK, round, &[])
 }
 
 fn share_aad(session: &SessionId, from: PartyId, to: PartyId) -> [u8; 40] {

@@ -12,6 +12,12 @@ use crate::prg::SeededStream;
 pub const MAX_PARTIES: usize = 10_000;
 /// Most elements an input vector may have (256 MiB of `u64`).
 pub const MAX_VECTOR_LEN: usize = 1 << 25;
+/// The collusion bound `c` the constructors assume: one party may collude with the coordinator.
+pub const DEFAULT_MAX_CORRUPT: usize = 1;
+/// Most colluding parties a sparse graph is checked against. Showing that a survivor set stays
+/// connected after any `c` of its members are removed costs `|S|^(c-1)` connectivity passes;
+/// beyond two, rounds use all pairs, where every survivor set is complete.
+pub const MAX_SPARSE_CORRUPT: usize = 2;
 
 /// A round's parameters as a caller writes them; [`RoundConfig::validate`] turns them into
 /// [`RoundParams`] or says which condition they break.
@@ -32,39 +38,51 @@ pub struct RoundConfig {
     pub min_cohort: usize,
     /// Elements of every input vector.
     pub vector_len: usize,
+    /// What the round computes (the services put the job's hash here): bound into the round's
+    /// digest with every other parameter, so a round cannot be replayed for another job.
+    pub context: [u8; 32],
     /// How long the coordinator waits for each stage before treating the silent as dropped.
     pub stage_timeout: Duration,
 }
 
 impl RoundConfig {
-    /// The all-pairs configuration with the smallest safe threshold for `n` parties and no
-    /// colluding party: `t = ⌊n/2⌋ + 1`, tolerating `n − t` dropouts.
+    /// The all-pairs configuration for `n` parties, tolerating [`DEFAULT_MAX_CORRUPT`]
+    /// colluding parties with the smallest safe threshold `t = ⌊(n + c)/2⌋ + 1`.
     pub fn all_pairs(session: SessionId, parties: Vec<PartyId>, vector_len: usize) -> Self {
         let n = parties.len();
         Self {
             session,
             parties,
-            threshold: n / 2 + 1,
+            threshold: 0,
             neighbours: n.saturating_sub(1),
             max_corrupt: 0,
             min_cohort: n.min(2),
             vector_len,
+            context: [0; 32],
             stage_timeout: Duration::from_secs(30),
         }
+        .tolerating(DEFAULT_MAX_CORRUPT)
     }
 
     /// A sparse SecAgg+ configuration with `k` = the smallest even number at least
-    /// `2⌈log₂ n⌉` (or all pairs when that is not smaller) and the smallest safe threshold.
+    /// `2⌈log₂ n⌉` (or all pairs when that is not smaller), tolerating
+    /// [`DEFAULT_MAX_CORRUPT`] colluding parties with the smallest safe threshold.
     pub fn sparse(session: SessionId, parties: Vec<PartyId>, vector_len: usize) -> Self {
         let n = parties.len();
         let k = min_sparse_neighbours(n);
         let mut c = Self::all_pairs(session, parties, vector_len);
         if k < n.saturating_sub(1) {
             c.neighbours = k;
-            // k + 1 holders with k even: a strict majority is k/2 + 1.
-            c.threshold = k / 2 + 1;
         }
-        c
+        c.tolerating(DEFAULT_MAX_CORRUPT)
+    }
+
+    /// The same configuration tolerating `c` colluding parties, with the smallest threshold
+    /// that does: `t = ⌊(k + 1 + c)/2⌋ + 1` over the `k + 1` holders of each party's shares.
+    pub fn tolerating(mut self, c: usize) -> Self {
+        self.max_corrupt = c;
+        self.threshold = (self.neighbours + 1 + c) / 2 + 1;
+        self
     }
 
     /// Checks every condition and builds the neighbour graph.
@@ -78,8 +96,11 @@ impl RoundConfig {
         if n != n_given {
             return bad("the party list names a party twice".into());
         }
-        if n == 0 || n > MAX_PARTIES {
-            return bad(format!("a round needs between 1 and {MAX_PARTIES} parties, got {n}"));
+        if !(2..=MAX_PARTIES).contains(&n) {
+            return bad(format!(
+                "a round needs between 2 and {MAX_PARTIES} parties, got {n}: with one party the \
+                 sum is its input"
+            ));
         }
         if self.vector_len == 0 || self.vector_len > MAX_VECTOR_LEN {
             return bad(format!(
@@ -122,16 +143,36 @@ impl RoundConfig {
                 holders + c
             ));
         }
-        if self.min_cohort == 0 || self.min_cohort > n {
+        if self.min_cohort < 2 || self.min_cohort > n {
             return bad(format!(
-                "minimum cohort must be between 1 and {n}, got {}",
+                "minimum cohort must be between 2 and {n}, got {}: a sum over one party is its \
+                 input",
                 self.min_cohort
+            ));
+        }
+        let quorum = quorum(n, c);
+        if quorum > n {
+            return bad(format!(
+                "{c} colluding parties need a survivor-set quorum of {quorum} (2q > n + c), more \
+                 than the round's {n} parties"
+            ));
+        }
+        if k < n - 1 && c > MAX_SPARSE_CORRUPT {
+            return bad(format!(
+                "sparse graphs are checked against at most {MAX_SPARSE_CORRUPT} colluding \
+                 parties, got c = {c}; use all pairs"
             ));
         }
         if self.stage_timeout.is_zero() {
             return bad("stage timeout must be positive".into());
         }
         let graph = NeighbourGraph::harary(&self.session, &parties, k);
+        let digest = round_digest(
+            &self.session,
+            &parties,
+            [t, k, c, self.min_cohort, self.vector_len],
+            &self.context,
+        );
         Ok(RoundParams {
             session: self.session,
             parties,
@@ -140,10 +181,42 @@ impl RoundConfig {
             max_corrupt: c,
             min_cohort: self.min_cohort,
             vector_len: self.vector_len,
+            quorum,
+            context: self.context,
+            digest,
             stage_timeout: self.stage_timeout,
             graph,
         })
     }
+}
+
+/// The survivor-set quorum for `n` parties of which `c` may collude: the smallest `q` with
+/// `2q > n + c`. Two sets signed by `q` parties each share more than `c` signers, so at least
+/// one honest party signed both, which no honest party does: at most one set reaches a quorum.
+pub fn quorum(n: usize, c: usize) -> usize {
+    (n + c) / 2 + 1
+}
+
+/// SHA-256 over everything that defines a round but its timing: the session, the sorted
+/// parties, `t`, `k`, `c`, the minimum cohort, the vector length and the context. The graph
+/// follows from the session and `k`.
+fn round_digest(
+    session: &SessionId,
+    parties: &[PartyId],
+    numbers: [usize; 5],
+    context: &[u8; 32],
+) -> [u8; 32] {
+    let mut h = Sha256::new()
+        .chain_update(b"veil/secagg/v2/round")
+        .chain_update(session.0)
+        .chain_update((parties.len() as u64).to_le_bytes());
+    for p in parties {
+        h.update(p.0.to_le_bytes());
+    }
+    for x in numbers {
+        h.update((x as u64).to_le_bytes());
+    }
+    h.chain_update(context).finalize().into()
 }
 
 /// The smallest even `k ≥ 2⌈log₂ n⌉`, capped at `n − 1`.
@@ -165,6 +238,9 @@ pub struct RoundParams {
     max_corrupt: usize,
     min_cohort: usize,
     vector_len: usize,
+    quorum: usize,
+    context: [u8; 32],
+    digest: [u8; 32],
     stage_timeout: Duration,
     graph: NeighbourGraph,
 }
@@ -198,6 +274,24 @@ impl RoundParams {
     pub fn vector_len(&self) -> usize {
         self.vector_len
     }
+    /// Signatures over one survivor set a party needs before it reveals anything:
+    /// [`quorum`] of all the round's parties.
+    pub fn quorum(&self) -> usize {
+        self.quorum
+    }
+    /// What the round computes, as configured.
+    pub fn context(&self) -> [u8; 32] {
+        self.context
+    }
+    /// The hash of the whole configuration, bound into every survivor signature and every
+    /// derived key: parties given different parameters cannot complete a round together.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+    /// Whether this is the complete graph.
+    pub fn is_complete(&self) -> bool {
+        self.neighbours + 1 == self.parties.len()
+    }
     /// Per-stage deadline at the coordinator.
     pub fn stage_timeout(&self) -> Duration {
         self.stage_timeout
@@ -222,23 +316,52 @@ impl RoundParams {
         h.insert(at, me);
         h
     }
-    /// Whether the survivors form one connected piece of the neighbour graph. If they did not,
-    /// the pairwise masks would cancel within each piece separately and the coordinator could
-    /// unmask the sum of a small piece on its own. All pairs are always connected.
+    /// Whether the survivors stay one connected piece of the neighbour graph after any `c`
+    /// of them are removed. The coordinator holds the colluders' secrets, so it can take the
+    /// masks on their edges off; if the rest fell apart, the pairwise masks would cancel within
+    /// each piece separately and it could unmask a piece's sum on its own. A complete graph
+    /// always passes; sparse graphs take `|S|^(c−1)` linear passes, with `c` at most
+    /// [`MAX_SPARSE_CORRUPT`].
     pub fn survivors_connected(&self, survivors: &[PartyId]) -> bool {
-        let n = self.parties.len();
-        if self.neighbours + 1 == n || survivors.len() <= 1 {
+        if survivors.iter().any(|p| self.index_of(*p).is_none()) {
+            return false;
+        }
+        if self.is_complete() {
             return true;
         }
-        let mut alive = vec![false; n];
+        let mut alive = vec![false; self.parties.len()];
         for p in survivors {
-            match self.index_of(*p) {
-                Some(i) => alive[i] = true,
-                None => return false,
-            }
+            alive[self.index_of(*p).expect("checked above")] = true;
         }
-        let start = self.index_of(survivors[0]).expect("checked above");
-        let mut seen = vec![false; n];
+        self.stays_connected(&mut alive, survivors.len(), self.max_corrupt)
+    }
+
+    /// Whether the `count` parties marked alive stay connected after any `removals` of them go.
+    fn stays_connected(&self, alive: &mut [bool], count: usize, removals: usize) -> bool {
+        if count <= removals + 1 {
+            return true;
+        }
+        match removals {
+            0 => self.component_size(alive) == count,
+            1 => self.biconnected(alive, count),
+            _ => (0..alive.len()).all(|i| {
+                if !alive[i] {
+                    return true;
+                }
+                alive[i] = false;
+                let ok = self.stays_connected(alive, count - 1, removals - 1);
+                alive[i] = true;
+                ok
+            }),
+        }
+    }
+
+    /// The size of the piece holding the first alive party.
+    fn component_size(&self, alive: &[bool]) -> usize {
+        let Some(start) = alive.iter().position(|a| *a) else {
+            return 0;
+        };
+        let mut seen = vec![false; alive.len()];
         seen[start] = true;
         let mut stack = vec![start];
         let mut reached = 1;
@@ -252,7 +375,57 @@ impl RoundParams {
                 }
             }
         }
-        reached == survivors.len()
+        reached
+    }
+
+    /// Whether the alive parties are connected and no single one of them disconnects the
+    /// rest (no articulation point): Hopcroft–Tarjan low-links with an explicit stack, so the
+    /// depth is bounded by the heap, not the thread's stack.
+    fn biconnected(&self, alive: &[bool], count: usize) -> bool {
+        let Some(root) = alive.iter().position(|a| *a) else {
+            return true;
+        };
+        let n = alive.len();
+        let mut order = vec![usize::MAX; n];
+        let mut low = vec![0usize; n];
+        let mut next = 0;
+        let mut root_children = 0;
+        // (vertex, parent, next neighbour to look at)
+        let mut stack: Vec<(usize, usize, usize)> = vec![(root, usize::MAX, 0)];
+        order[root] = next;
+        low[root] = next;
+        next += 1;
+        while let Some(top) = stack.last_mut() {
+            let (v, parent, at) = *top;
+            let adjacency = &self.graph.adjacency[v];
+            if at < adjacency.len() {
+                top.2 += 1;
+                let w = self.index_of(adjacency[at]).expect("neighbours are participants");
+                if !alive[w] || w == parent {
+                    continue;
+                }
+                if order[w] == usize::MAX {
+                    order[w] = next;
+                    low[w] = next;
+                    next += 1;
+                    if v == root {
+                        root_children += 1;
+                    }
+                    stack.push((w, v, 0));
+                } else {
+                    low[v] = low[v].min(order[w]);
+                }
+            } else {
+                stack.pop();
+                if parent != usize::MAX {
+                    low[parent] = low[parent].min(low[v]);
+                    if parent != root && low[v] >= order[parent] {
+                        return false;
+                    }
+                }
+            }
+        }
+        next == count && root_children <= 1
     }
 
     /// Whether `holder` holds shares of the party at `index`.

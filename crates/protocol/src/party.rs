@@ -24,7 +24,7 @@ use rand_core::CryptoRngCore;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crypto::{
-    self, AgreementSecret, IdentityKey, Roster, advertise_statement, pair_mask_seed,
+    self, AgreementSecret, IdentityKey, Roster, Round, advertise_statement, pair_mask_seed,
     scalar_from_bytes, self_mask_seed, share_key, survivors_statement,
 };
 use crate::error::{Error, Result};
@@ -370,26 +370,26 @@ impl Party {
     /// it after sending what [`Self::poll_transmit`] gave, while it waits on the coordinator;
     /// it does nothing when nothing new can be expanded, and a round is the same without it.
     pub fn precompute(&mut self) {
-        let session = self.session();
+        let round = self.round();
         let me = self.me;
         let len = self.params.vector_len();
         match &mut self.state {
             State::ExpectKeys(s) if s.premask.is_none() => {
                 let mut vector = Zeroizing::new(vec![0u64; len]);
-                apply_masks(&mut vector, &[self_mask(&s.self_mask, &session)]);
+                apply_masks(&mut vector, &[self_mask(&s.self_mask, &round)]);
                 s.premask = Some(Premask { vector, pairs: false });
             }
             State::ExpectShares(s) if !s.premask.as_ref().is_some_and(|p| p.pairs) => {
                 let mut masks = Vec::with_capacity(s.peers.len() + 1);
                 for (&v, keys) in &s.peers {
                     // A bad key is refused when the shares arrive, if its owner is still in.
-                    let Ok(mask) = pair_mask(&s.mask, &keys.mask_key, me, v, &session) else {
+                    let Ok(mask) = pair_mask(&s.mask, &keys.mask_key, me, v, &round) else {
                         return;
                     };
                     masks.push(mask);
                 }
                 let premask = s.premask.get_or_insert_with(|| {
-                    masks.push(self_mask(&s.self_mask, &session));
+                    masks.push(self_mask(&s.self_mask, &round));
                     Premask { vector: Zeroizing::new(vec![0u64; len]), pairs: false }
                 });
                 apply_masks(&mut premask.vector, &masks);
@@ -497,6 +497,10 @@ impl Party {
         self.params.session()
     }
 
+    fn round(&self) -> Round {
+        Round::of(&self.params)
+    }
+
     /// In a complete graph a party sees every party still in the round, so before its input
     /// is masked and sent it refuses to go on with fewer than its minimum cohort, whatever
     /// minimum the coordinator applies. In a sparse graph it sees only its neighbours; there
@@ -516,6 +520,7 @@ impl Party {
         rng: &mut impl CryptoRngCore,
     ) -> Result<State> {
         let session = self.session();
+        let round = self.round();
         let t = self.params.threshold();
         let mut peers = BTreeMap::new();
         let mut statements = Vec::new();
@@ -576,7 +581,7 @@ impl Party {
             plaintext[8..40].copy_from_slice(key_share.as_bytes());
             plaintext[40..].copy_from_slice(mask_share.as_bytes());
             let shared = s.encryption.agree(&peers[&holder].encryption_key, holder)?;
-            let key = share_key(&shared, &session, self.me, holder);
+            let key = share_key(&shared, &round, self.me, holder);
             let sealed = crypto::seal(&key, &session, self.me, holder, plaintext.as_ref());
             let ciphertext: [u8; SHARE_CIPHERTEXT_LEN] =
                 sealed.try_into().expect("72 bytes of plaintext seal to 88 bytes");
@@ -598,6 +603,7 @@ impl Party {
 
     fn handle_shares(&mut self, mut s: ExpectShares, shares: Vec<EncryptedShare>) -> Result<State> {
         let session = self.session();
+        let round = self.round();
         let t = self.params.threshold();
         let mut held = BTreeMap::new();
         for share in shares {
@@ -608,7 +614,7 @@ impl Party {
             if held.contains_key(&from) {
                 return Err(Error::BadCoordinatorMessage("two shares from one sender"));
             }
-            let key = share_key(shared, &session, from, self.me);
+            let key = share_key(shared, &round, from, self.me);
             let plaintext = crypto::open(&key, &session, from, self.me, &share.ciphertext)?;
             if plaintext.len() != SHARE_PLAINTEXT_LEN
                 || plaintext[..4] != from.0.to_le_bytes()
@@ -633,7 +639,7 @@ impl Party {
 
         // y = x + PRG(b) + Σ_{v ∈ U2, me < v} PRG(s_{me,v}) − Σ_{v ∈ U2, me > v} PRG(s_{me,v})
         let me = self.me;
-        let pair = |v: PartyId| pair_mask(&s.mask, &s.peers[&v].mask_key, me, v, &session);
+        let pair = |v: PartyId| pair_mask(&s.mask, &s.peers[&v].mask_key, me, v, &round);
         let premask = s.premask.take();
         let masks = match &premask {
             // Expanded ahead with every neighbour that advertised: take out those that sent
@@ -649,7 +655,7 @@ impl Party {
             None => held
                 .keys()
                 .map(|&v| pair(v))
-                .chain([Ok(self_mask(&s.self_mask, &session))])
+                .chain([Ok(self_mask(&s.self_mask, &round))])
                 .collect::<Result<Vec<_>>>()?,
         };
         held.insert(self.me, s.own_shares.clone());
@@ -679,6 +685,10 @@ impl Party {
         }
     }
 
+    /// Signs the survivor set if it is one this party can help release: sorted, made of the
+    /// round's parties, itself included, every listed neighbour one whose shares it holds, as
+    /// large as the minimum cohort and the quorum, and connected in the graph even without
+    /// any `c` of its members.
     fn handle_survivors(&mut self, s: ExpectSurvivors, survivors: Vec<PartyId>) -> Result<State> {
         if !survivors.windows(2).all(|w| w[0] < w[1]) {
             return Err(Error::BadCoordinatorMessage("survivor set is not sorted and distinct"));
@@ -700,14 +710,22 @@ impl Party {
                 alive_holders += 1;
             }
         }
-        if !self.params.survivors_connected(&survivors) {
-            return Err(Error::SurvivorsDisconnected);
-        }
         if survivors.len() < self.params.min_cohort() {
             return Err(Error::CohortTooSmall {
                 size: survivors.len(),
                 minimum: self.params.min_cohort(),
             });
+        }
+        let quorum = self.params.quorum();
+        if survivors.len() < quorum {
+            return Err(Error::TooFewSurvivors {
+                stage: Stage::ConsistencyCheck,
+                alive: survivors.len(),
+                needed: quorum,
+            });
+        }
+        if !self.params.survivors_connected(&survivors) {
+            return Err(Error::SurvivorsDisconnected);
         }
         let t = self.params.threshold();
         if alive_holders < t {
@@ -718,7 +736,8 @@ impl Party {
             });
         }
         let session = self.session();
-        let signature = self.identity.sign(&survivors_statement(&session, self.me, &survivors));
+        let statement = survivors_statement(&self.round(), self.me, &survivors);
+        let signature = self.identity.sign(&statement);
         self.outbox.push_back(PartyMessage::ConsistencySignature {
             session,
             party: self.me,
@@ -727,18 +746,20 @@ impl Party {
         Ok(State::ExpectSignatures(ExpectSignatures { held: s.held, survivors }))
     }
 
+    /// Reveals only once a quorum of the round's parties (not only its neighbours) signed the
+    /// very survivor set this party signed. No other set can reach a quorum, so every honest
+    /// party that reveals anything reveals for the same set: self-mask shares for its members,
+    /// mask-key shares for the rest, never both for one party.
     fn handle_signatures(
         &mut self,
         s: ExpectSignatures,
         signatures: Vec<(PartyId, [u8; 64])>,
     ) -> Result<State> {
         let session = self.session();
+        let round = self.round();
         let mut signers = std::collections::BTreeSet::new();
         let mut statements = Vec::with_capacity(signatures.len());
         for (signer, signature) in signatures {
-            if !self.params.is_holder(self.index, signer) {
-                return Err(Error::UnexpectedParty(signer));
-            }
             if s.survivors.binary_search(&signer).is_err() {
                 return Err(Error::InconsistentSurvivors(
                     "a signature from a party outside the survivor set this party signed",
@@ -747,26 +768,22 @@ impl Party {
             if !signers.insert(signer) {
                 return Err(Error::BadCoordinatorMessage("a signature is listed twice"));
             }
-            statements.push((
-                signer,
-                survivors_statement(&session, signer, &s.survivors),
-                signature,
-            ));
+            statements.push((signer, survivors_statement(&round, signer, &s.survivors), signature));
         }
-        self.roster.verify_all(&statements).map_err(|e| match e {
-            Error::BadSignature(_) => {
-                Error::InconsistentSurvivors("a neighbour signed a different set")
-            }
-            other => other,
-        })?;
-        let t = self.params.threshold();
-        if signers.len() < t {
+        let quorum = self.params.quorum();
+        if signers.len() < quorum {
             return Err(Error::TooFewSurvivors {
                 stage: Stage::ConsistencyCheck,
                 alive: signers.len(),
-                needed: t,
+                needed: quorum,
             });
         }
+        self.roster.verify_all(&statements).map_err(|e| match e {
+            Error::BadSignature(_) => {
+                Error::InconsistentSurvivors("a party signed a different set or round")
+            }
+            other => other,
+        })?;
         let mut self_mask = Vec::new();
         let mut mask_key = Vec::new();
         for (&owner, shares) in &s.held {
@@ -789,8 +806,8 @@ impl Party {
 }
 
 /// The party's self mask PRG(b), added.
-fn self_mask(b: &Scalar, session: &SessionId) -> Mask {
-    Mask::new(&self_mask_seed(b, session), Sign::Add)
+fn self_mask(b: &Scalar, round: &Round) -> Mask {
+    Mask::new(&self_mask_seed(b, round), Sign::Add)
 }
 
 /// The pairwise mask `me` applies for neighbour `v`: added if `me < v`, subtracted otherwise.
@@ -799,11 +816,11 @@ fn pair_mask(
     peer_key: &[u8; 32],
     me: PartyId,
     v: PartyId,
-    session: &SessionId,
+    round: &Round,
 ) -> Result<Mask> {
     let shared = secret.agree(peer_key, v)?;
     let sign = if me < v { Sign::Add } else { Sign::Subtract };
-    Ok(Mask::new(&pair_mask_seed(&shared, session), sign))
+    Ok(Mask::new(&pair_mask_seed(&shared, round), sign))
 }
 
 #[cfg(test)]

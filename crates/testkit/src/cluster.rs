@@ -86,6 +86,22 @@ pub fn hospitals(
         .collect()
 }
 
+/// The three hospitals and a fourth party, `clinic_d`, serving a copy of hospital_c's rows:
+/// rounds that tolerate one colluding party survive one dropout from four parties (the survivor
+/// quorum of four is three), not from three.
+pub fn hospitals_and_a_clinic(
+    columns: &[(String, String)],
+    extra_toml: &str,
+    fault: Option<(usize, Fault)>,
+) -> Vec<PartySpec> {
+    let mut parties = hospitals(columns, extra_toml, fault);
+    let mut clinic = parties[2].clone();
+    clinic.name = "clinic_d".into();
+    clinic.fault = fault.and_then(|(j, f)| (j == 3).then_some(f));
+    parties.push(clinic);
+    parties
+}
+
 impl ClusterSpec {
     /// Parties with these names and no datasets, short timeouts.
     pub fn named(names: &[&str]) -> Self {

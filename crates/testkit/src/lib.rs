@@ -8,10 +8,14 @@
 //! late deliveries. An [`Interceptor`] can rewrite the coordinator's messages to play a
 //! deviating coordinator.
 //!
+//! [`adversary`] plays a malicious coordinator, colluding with chosen parties, against the real
+//! party machines and keeps account of every secret and every sum it can unmask.
+//!
 //! [`bench`] runs the protocol at benchmark sizes and measures time, CPU and bytes per role.
 //! [`cluster`] runs a whole consortium (coordinator and parties, real gRPC over mutual TLS on
 //! loopback) in this process.
 
+pub mod adversary;
 pub mod bench;
 pub mod cluster;
 pub mod fuzz;

@@ -157,11 +157,18 @@ async fn flights_aggregates_equal_the_pooled_rows() {
     cluster.shutdown().await;
 }
 
-fn hospitals(fault: Option<(usize, Fault)>) -> Vec<PartySpec> {
+fn columns() -> Vec<(String, String)> {
     let columns = [("mean_radius", "float"), ("target", "int")];
-    let columns: Vec<(String, String)> =
-        columns.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect();
-    veil_testkit::cluster::hospitals(&columns, "", fault)
+    columns.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect()
+}
+
+fn hospitals(fault: Option<(usize, Fault)>) -> Vec<PartySpec> {
+    veil_testkit::cluster::hospitals(&columns(), "", fault)
+}
+
+/// Four parties, so that one may drop: see `hospitals_and_a_clinic`.
+fn four_parties(fault: Option<(usize, Fault)>) -> Vec<PartySpec> {
+    veil_testkit::cluster::hospitals_and_a_clinic(&columns(), "", fault)
 }
 
 const RADIUS: &str = r#"
@@ -187,7 +194,7 @@ fn rows_of(files: &[&str]) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_party_that_dies_mid_round_leaves_a_result_over_the_survivors() {
     let spec = ClusterSpec {
-        parties: hospitals(Some((2, Fault::ExitAfter(Stage::ShareKeys)))),
+        parties: four_parties(Some((2, Fault::ExitAfter(Stage::ShareKeys)))),
         stage_timeout: Duration::from_secs(30),
         ..ClusterSpec::named(&[])
     };
@@ -198,9 +205,9 @@ async fn a_party_that_dies_mid_round_leaves_a_result_over_the_survivors() {
     // The departure is noticed when the stream closes, not at the 30 s stage deadline.
     assert!(started.elapsed() < Duration::from_secs(20));
     let result = result.unwrap();
-    assert_eq!((result.contributors.clone(), result.dropped.clone()), (vec![0, 1], vec![2]));
+    assert_eq!((result.contributors.clone(), result.dropped.clone()), (vec![0, 1, 3], vec![2]));
     let a = answer(&result.answer_json);
-    assert_eq!(a.rows, rows_of(&["hospital_a", "hospital_b"]));
+    assert_eq!(a.rows, rows_of(&["hospital_a", "hospital_b", "hospital_c"]));
     assert!(matches!(cluster.party_outcome(2).await, Some(Ok(()))), "the faulty party exited");
     cluster.shutdown().await;
 }
@@ -458,7 +465,8 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
     use veil_proto::v1::{RoundPayload, TaskReply};
 
     let mut cluster =
-        Cluster::start(ClusterSpec { parties: hospitals(None), ..ClusterSpec::named(&[]) }).await;
+        Cluster::start(ClusterSpec { parties: four_parties(None), ..ClusterSpec::named(&[]) })
+            .await;
     cluster.kill_party(2);
     let party_channel = || async {
         let dir = cluster.layout.party_configs[2].parent().unwrap().to_path_buf();
@@ -487,6 +495,7 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
             dataset_sha256: String::new(),
             next_step: 0,
             advertise,
+            min_cohort: 0,
         })
     };
 

@@ -118,9 +118,12 @@ fn federated_logistic_regression_matches_pooled_training() {
         let vectors: Vec<Vec<u64>> =
             updates.iter().map(|u| encoding.encode(u, &mut rng).unwrap()).collect();
         let inputs: BTreeMap<PartyId, Vec<u64>> = c.parties().into_iter().zip(vectors).collect();
+        // Three hospitals that rule out collusion with the coordinator (c = 0) tolerate one
+        // dropout; tolerating one colluder, a round of three needs all three.
         let config = RoundConfig::all_pairs(session(100 + u64::from(round)), c.parties(), {
             UpdateEncoding::len(server.model.parameters.len())
-        });
+        })
+        .tolerating(0);
         let mut sim = Simulation::new(&c, config, u64::from(round)).unwrap().inputs(inputs);
         if round == 7 {
             sim = sim.fault(Fault::Dropout { party: c.parties()[1], before: Stage::MaskedInput });

@@ -13,7 +13,9 @@ use veil_learning::train::{Examples, Standardizer, train_local};
 use veil_party_worker::Fault;
 use veil_proto::v1::{JobRef, SubmitRequest};
 use veil_protocol::Stage;
-use veil_testkit::cluster::{Cluster, ClusterSpec, example_data, hospitals};
+use veil_testkit::cluster::{
+    Cluster, ClusterSpec, example_data, hospitals, hospitals_and_a_clinic,
+};
 
 const HOSPITALS: [&str; 3] = ["hospital_a", "hospital_b", "hospital_c"];
 
@@ -41,14 +43,27 @@ fn features() -> Vec<String> {
 
 /// The three hospitals serving `cells` with every column, plus `extra` TOML per dataset.
 fn cluster_spec(extra: &str, fault: Option<(usize, Fault)>) -> ClusterSpec {
-    let mut columns: Vec<(String, String)> =
-        features().into_iter().map(|f| (f, "float".to_string())).collect();
-    columns.push(("target".into(), "int".into()));
     ClusterSpec {
-        parties: hospitals(&columns, extra, fault),
+        parties: hospitals(&columns(), extra, fault),
         stage_timeout: Duration::from_secs(20),
         ..ClusterSpec::named(&[])
     }
+}
+
+/// The hospitals and a fourth party, so that a round tolerating one colluder survives one
+/// dropout.
+fn four_party_spec(extra: &str, fault: Option<(usize, Fault)>) -> ClusterSpec {
+    ClusterSpec {
+        parties: hospitals_and_a_clinic(&columns(), extra, fault),
+        ..cluster_spec(extra, None)
+    }
+}
+
+fn columns() -> Vec<(String, String)> {
+    let mut columns: Vec<(String, String)> =
+        features().into_iter().map(|f| (f, "float".to_string())).collect();
+    columns.push(("target".into(), "int".into()));
+    columns
 }
 
 fn logistic(rounds: u32, extra: &str) -> String {
@@ -170,7 +185,7 @@ async fn federated_logistic_regression_over_the_services_matches_pooled_training
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_party_that_vanishes_mid_training_does_not_stop_the_job() {
     let mut cluster =
-        Cluster::start(cluster_spec("", Some((2, Fault::ExitAfter(Stage::ShareKeys))))).await;
+        Cluster::start(four_party_spec("", Some((2, Fault::ExitAfter(Stage::ShareKeys))))).await;
     let seen = run_watching(&cluster, &logistic(8, "")).await;
     let last = seen.last().unwrap();
     assert_eq!(last.state, "succeeded", "{last:?}");
@@ -179,7 +194,7 @@ async fn a_party_that_vanishes_mid_training_does_not_stop_the_job() {
     assert_eq!(r.dropped, vec![2]);
     let a: serde_json::Value = serde_json::from_str(&r.answer_json).unwrap();
     for round in a["rounds"].as_array().unwrap() {
-        assert_eq!(round["contributors"], 2, "{round}");
+        assert_eq!(round["contributors"], 3, "{round}");
     }
     assert!(a["final"]["accuracy"].as_f64().unwrap() > 0.85, "{}", a["final"]);
     assert!(matches!(cluster.party_outcome(2).await, Some(Ok(()))), "the faulty party exited");
@@ -420,9 +435,12 @@ async fn softmax_and_mlp_learn_the_digits_with_sampled_cohorts() {
 /// timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parties_that_leave_a_training_step_say_why() {
-    let extra = "[datasets.policy]\nmin_cohort = 3\n";
+    // Four parties that each combine their data with at least four; one leaves after its
+    // first masked input, so the first step finishes over four and the next has three.
+    let extra = "[datasets.policy]\nmin_cohort = 4\n";
     let cluster =
-        Cluster::start(cluster_spec(extra, Some((2, Fault::ExitAfter(Stage::ShareKeys))))).await;
+        Cluster::start(four_party_spec(extra, Some((2, Fault::ExitAfter(Stage::MaskedInput)))))
+            .await;
     let started = std::time::Instant::now();
     let (status, _) = cluster.run_job(&logistic(5, "")).await;
     assert_eq!(status.state, "failed", "{status:?}");
