@@ -1,6 +1,7 @@
 //! A specification checked against a schema: the vector layout, local aggregation, and the
 //! answer decoded from the secure sum.
 
+use zeroize::Zeroize;
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 use veil_protocol::dp::{NoiseRng, discrete_gaussian, zcdp_epsilon};
@@ -860,7 +861,7 @@ impl LocalAggregate<'_> {
     /// The party's vector, ready to be masked; for differentially private jobs, with this
     /// party's share of the noise already added to every element.
     pub fn finish(mut self) -> Vec<u64> {
-        let mut v = self.counts;
+        let mut v = std::mem::take(&mut self.counts);
         let segment = self.plan.segment;
         let groups = self.plan.len / segment.max(1);
         let n = self.plan.columns.len();
@@ -897,6 +898,16 @@ impl LocalAggregate<'_> {
             }
         }
         v
+    }
+}
+
+/// A party's local sums are derived from its rows: wiped when dropped, finished or not (the
+/// finished vector is the caller's to wipe).
+impl Drop for LocalAggregate<'_> {
+    fn drop(&mut self) {
+        self.counts.zeroize();
+        self.sums.zeroize();
+        self.rows.zeroize();
     }
 }
 

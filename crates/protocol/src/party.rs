@@ -570,7 +570,7 @@ impl Party {
         let mut own_shares = None;
         let mut shares = Vec::with_capacity(peers.len());
         let mut agreed = BTreeMap::new();
-        for ((holder, key_share), (_, mask_share)) in key_shares.into_iter().zip(mask_shares) {
+        for (&(holder, key_share), &(_, mask_share)) in key_shares.iter().zip(mask_shares.iter()) {
             if holder == self.me {
                 own_shares = Some(HeldShares { mask_key: key_share, self_mask: mask_share });
                 continue;

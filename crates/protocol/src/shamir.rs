@@ -17,6 +17,36 @@ fn point(p: PartyId) -> Scalar {
     Scalar::from(u64::from(p.0) + 1)
 }
 
+/// One share per holder, wiped when dropped.
+pub struct Shares(Vec<(PartyId, Scalar)>);
+
+impl std::ops::Deref for Shares {
+    type Target = [(PartyId, Scalar)];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Shares {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Shares {
+    fn drop(&mut self) {
+        for (_, share) in &mut self.0 {
+            share.zeroize();
+        }
+    }
+}
+
+impl std::fmt::Debug for Shares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Shares({} [redacted])", self.0.len())
+    }
+}
+
 /// Splits `secret` into one share per holder with reconstruction threshold `threshold`.
 ///
 /// `threshold` must be at least 1; holders must be distinct.
@@ -25,7 +55,7 @@ pub fn split(
     holders: &[PartyId],
     threshold: usize,
     rng: &mut impl CryptoRngCore,
-) -> Vec<(PartyId, Scalar)> {
+) -> Shares {
     assert!(threshold >= 1, "thresholds are validated to be at least 1");
     let mut coefficients = Vec::with_capacity(threshold);
     coefficients.push(*secret);
@@ -40,7 +70,7 @@ pub fn split(
         })
         .collect();
     coefficients.zeroize();
-    shares
+    Shares(shares)
 }
 
 /// Why shares do not reconstruct.
