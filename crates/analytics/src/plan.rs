@@ -1,12 +1,12 @@
 //! A specification checked against a schema: the vector layout, local aggregation, and the
 //! answer decoded from the secure sum.
 
-use zeroize::Zeroize;
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 use veil_protocol::dp::{NoiseRng, discrete_gaussian, zcdp_epsilon};
 use veil_protocol::fixed_point::WIDE_LIMBS;
 use veil_protocol::{decode_wide, encode_wide};
+use zeroize::Zeroize;
 
 use crate::AnalyticsError;
 use crate::schema::{ColumnType, DatasetSchema, Value};

@@ -117,8 +117,16 @@ fn secagg(
         _ => bench::default_configs(),
     };
     println!(
-        "{:<58} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>7}  sum",
-        "configuration", "wall", "party cpu", "coord cpu", "sent/pty", "recv/pty", "plain", "ratio"
+        "{:<58} {:>9} {:>10} {:>10} {:>9} {:>10} {:>10} {:>9} {:>7}  sum",
+        "configuration",
+        "wall",
+        "party cpu",
+        "coord cpu",
+        "quorum",
+        "sent/pty",
+        "recv/pty",
+        "plain",
+        "ratio"
     );
     for config in &configs {
         let mut best: Option<BenchReport> = None;
@@ -135,11 +143,12 @@ fn secagg(
         }
         let r = best.expect("at least one repetition ran");
         println!(
-            "{:<58} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>6.1}x  exact over {}",
+            "{:<58} {:>9} {:>10} {:>10} {:>9} {:>10} {:>10} {:>9} {:>6.1}x  exact over {}",
             config.label(),
             ms(r.wall),
             ms(r.party_cpu),
             ms(r.coordinator_cpu),
+            ms(r.quorum_check),
             bytes(r.bytes_sent),
             bytes(r.bytes_received),
             ms(r.plain_wall),

@@ -89,19 +89,36 @@ impl PartyGateway for Gateway {
         let (tx, rx) = mpsc::channel(256);
         let id = next_connection_id(&self.shared);
         let since = now_ms();
+        // One live stream per party. A second process with the party's identity is refused
+        // while the first one's stream is open (it would otherwise take over the routing and
+        // leave the first connected but never spoken to); a stream whose other end is gone is
+        // replaced.
+        let previous = {
+            let mut parties = lock(&self.shared.parties);
+            if let Some(live) = parties.get(&party).filter(|c| !c.tx.is_closed()) {
+                let message = format!(
+                    "{party} is already connected (since {} ms after the epoch); a second \
+                     connection with its identity is refused: stop the other process, or wait \
+                     for its stream to close",
+                    live.since_ms
+                );
+                tracing::warn!(%party, "a second connection with a connected party's identity refused");
+                return Err(Status::already_exists(message));
+            }
+            parties.insert(
+                party,
+                Connection {
+                    id,
+                    tx: tx.clone(),
+                    datasets: hello.datasets.clone(),
+                    catalog,
+                    since_ms: since,
+                },
+            )
+        };
         if let Err(e) = self.shared.store.party_seen(party.0, &hello.datasets, since) {
             return Err(Status::internal(format!("store: {e}")));
         }
-        let previous = lock(&self.shared.parties).insert(
-            party,
-            Connection {
-                id,
-                tx: tx.clone(),
-                datasets: hello.datasets.clone(),
-                catalog,
-                since_ms: since,
-            },
-        );
         if previous.is_some() {
             // The old stream is replaced; jobs treat the party as gone from their round.
             self.shared.broadcast_departure(party);

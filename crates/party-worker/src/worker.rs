@@ -111,6 +111,13 @@ pub async fn run(
                 tracing::error!(party = %config.id, %status, "refused by the coordinator");
                 return Err(WorkerError::Refused(status.message().to_string()));
             }
+            Err(status) if status.code() == Code::AlreadyExists => {
+                tracing::error!(
+                    party = %config.id,
+                    %status,
+                    "another process with this party's identity is connected; retrying"
+                );
+            }
             Err(status) => {
                 tracing::warn!(party = %config.id, %status, "connection to the coordinator lost; retrying");
             }

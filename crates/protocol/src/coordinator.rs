@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use crate::crypto::{
     AgreementSecret, Roster, Round, advertise_statement, pair_mask_seed, scalar_from_bytes,
-    self_mask_seed, survivors_statement,
+    self_mask_seed, survivors_hash, survivors_statement,
 };
 use crate::error::{Error, Result};
 use crate::ids::{PartyId, Stage};
@@ -86,6 +86,8 @@ struct CollectSignatures {
     routed: Routed,
     sum: Vec<u64>,
     survivors: Vec<PartyId>,
+    /// The hash every signer signs.
+    set: [u8; 32],
     signatures: BTreeMap<PartyId, [u8; 64]>,
 }
 
@@ -280,7 +282,7 @@ impl Coordinator {
                 s.received.insert(sender);
             }
             (State::CollectSignatures(s), PartyMessage::ConsistencySignature { signature, .. }) => {
-                let statement = survivors_statement(&Round::of(&self.params), sender, &s.survivors);
+                let statement = survivors_statement(&s.set, sender);
                 self.roster.verify(sender, &statement, &signature)?;
                 s.signatures.insert(sender, signature);
             }
@@ -406,9 +408,11 @@ impl Coordinator {
             ));
         }
         self.expected = s.received;
+        let set = survivors_hash(&Round::of(&self.params), &survivors);
         Ok(State::CollectSignatures(CollectSignatures {
             routed: s.routed,
             sum: s.sum,
+            set,
             survivors,
             signatures: BTreeMap::new(),
         }))

@@ -18,7 +18,7 @@ use curve25519_dalek::scalar::Scalar;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use hkdf::Hkdf;
 use rand_core::CryptoRngCore;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
@@ -207,22 +207,27 @@ pub(crate) fn advertise_statement(
     m
 }
 
-/// The statement a party signs in the consistency check: the one survivor set it agrees to,
-/// under the round's digest.
-pub(crate) fn survivors_statement(
-    round: &Round,
-    signer: PartyId,
-    survivors: &[PartyId],
-) -> Vec<u8> {
-    let mut m = Vec::with_capacity(LABEL_SURVIVORS.len() + 80 + survivors.len() * 4);
-    m.extend_from_slice(LABEL_SURVIVORS);
-    m.extend_from_slice(&round.session.0);
-    m.extend_from_slice(&round.digest);
-    m.extend_from_slice(&signer.0.to_le_bytes());
-    m.extend_from_slice(&(survivors.len() as u64).to_le_bytes());
+/// The hash of one survivor set under the round's digest: what every signer of the set signs.
+/// Hashed once per party, so a quorum's statements stay short however many parties survive.
+pub(crate) fn survivors_hash(round: &Round, survivors: &[PartyId]) -> [u8; 32] {
+    let mut h = sha2::Sha256::new()
+        .chain_update(LABEL_SURVIVORS)
+        .chain_update(round.session.0)
+        .chain_update(round.digest)
+        .chain_update((survivors.len() as u64).to_le_bytes());
     for p in survivors {
-        m.extend_from_slice(&p.0.to_le_bytes());
+        h.update(p.0.to_le_bytes());
     }
+    h.finalize().into()
+}
+
+/// The statement a party signs in the consistency check: the one survivor set it agrees to
+/// (by [`survivors_hash`]), and itself.
+pub(crate) fn survivors_statement(set: &[u8; 32], signer: PartyId) -> Vec<u8> {
+    let mut m = Vec::with_capacity(LABEL_SURVIVORS.len() + 36);
+    m.extend_from_slice(LABEL_SURVIVORS);
+    m.extend_from_slice(set);
+    m.extend_from_slice(&signer.0.to_le_bytes());
     m
 }
 

@@ -25,7 +25,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crypto::{
     self, AgreementSecret, IdentityKey, Roster, Round, advertise_statement, pair_mask_seed,
-    scalar_from_bytes, self_mask_seed, share_key, survivors_statement,
+    scalar_from_bytes, self_mask_seed, share_key, survivors_hash, survivors_statement,
 };
 use crate::error::{Error, Result};
 use crate::ids::{PartyId, SessionId, Stage};
@@ -130,6 +130,8 @@ struct ExpectSurvivors {
 struct ExpectSignatures {
     held: BTreeMap<PartyId, HeldShares>,
     survivors: Vec<PartyId>,
+    /// The hash of the survivor set, as signed.
+    set: [u8; 32],
 }
 
 enum State {
@@ -736,14 +738,15 @@ impl Party {
             });
         }
         let session = self.session();
-        let statement = survivors_statement(&self.round(), self.me, &survivors);
+        let set = survivors_hash(&self.round(), &survivors);
+        let statement = survivors_statement(&set, self.me);
         let signature = self.identity.sign(&statement);
         self.outbox.push_back(PartyMessage::ConsistencySignature {
             session,
             party: self.me,
             signature,
         });
-        Ok(State::ExpectSignatures(ExpectSignatures { held: s.held, survivors }))
+        Ok(State::ExpectSignatures(ExpectSignatures { held: s.held, survivors, set }))
     }
 
     /// Reveals only once a quorum of the round's parties (not only its neighbours) signed the
@@ -756,7 +759,6 @@ impl Party {
         signatures: Vec<(PartyId, [u8; 64])>,
     ) -> Result<State> {
         let session = self.session();
-        let round = self.round();
         let mut signers = std::collections::BTreeSet::new();
         let mut statements = Vec::with_capacity(signatures.len());
         for (signer, signature) in signatures {
@@ -768,7 +770,7 @@ impl Party {
             if !signers.insert(signer) {
                 return Err(Error::BadCoordinatorMessage("a signature is listed twice"));
             }
-            statements.push((signer, survivors_statement(&round, signer, &s.survivors), signature));
+            statements.push((signer, survivors_statement(&s.set, signer), signature));
         }
         let quorum = self.params.quorum();
         if signers.len() < quorum {

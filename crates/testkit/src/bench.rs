@@ -89,6 +89,9 @@ pub struct BenchReport {
     pub party_cpu: Duration,
     /// CPU time of the coordinator.
     pub coordinator_cpu: Duration,
+    /// Mean time a party spent on the survivor-set quorum: checking the q signatures over the
+    /// set it signed (one Ed25519 batch) before it reveals.
+    pub quorum_check: Duration,
     /// Mean bytes sent by each party that stayed to the end.
     pub bytes_sent: usize,
     /// Mean bytes each party received.
@@ -210,24 +213,36 @@ pub fn run(config: &BenchConfig, seed: u64) -> Result<BenchReport, veil_protocol
     let mut coordinator = Coordinator::new(params.clone(), roster.clone(), now);
     let mut inbox: Vec<Vec<Vec<u8>>> = vec![Vec::new(); n];
     let mut outcome = None;
+    let mut quorum_checks = (Duration::ZERO, 0u32);
     for _ in 0..64 {
         let c0 = process_cpu();
-        let outgoing: Vec<Vec<Vec<u8>>> = parties
+        let outgoing: Vec<(Vec<Vec<u8>>, Option<Duration>)> = parties
             .par_iter_mut()
             .zip(inbox.par_iter_mut())
             .map(|((party, rng), msgs)| {
+                let mut quorum = None;
                 for bytes in msgs.drain(..) {
                     if let Ok(m) = CoordinatorMessage::decode(&bytes) {
+                        let signatures = matches!(m, CoordinatorMessage::Signatures { .. });
+                        let at = Instant::now();
                         let _ = party.handle_message(m, rng);
+                        if signatures {
+                            quorum = Some(at.elapsed());
+                        }
                     }
                 }
-                std::iter::from_fn(|| party.poll_transmit()).map(|m| m.encode()).collect()
+                let sent = std::iter::from_fn(|| party.poll_transmit()).map(|m| m.encode());
+                (sent.collect(), quorum)
             })
             .collect();
+        for d in outgoing.iter().filter_map(|(_, q)| *q) {
+            quorum_checks = (quorum_checks.0 + d, quorum_checks.1 + 1);
+        }
+        let outgoing = outgoing.into_iter().map(|(sent, _)| sent);
         let c1 = process_cpu();
         party_cpu += c1 - c0;
         let mut delivered = 0;
-        for (i, msgs) in outgoing.into_iter().enumerate() {
+        for (i, msgs) in outgoing.enumerate() {
             for bytes in msgs {
                 let stage = PartyMessage::decode(&bytes).map(|m| m.stage());
                 if dropped.contains(&ids[i]) && stage.is_ok_and(|s| s >= config.dropout_before) {
@@ -280,6 +295,7 @@ pub fn run(config: &BenchConfig, seed: u64) -> Result<BenchReport, veil_protocol
         wall,
         party_cpu: party_cpu / n as u32,
         coordinator_cpu,
+        quorum_check: quorum_checks.0 / quorum_checks.1.max(1),
         bytes_sent: sent_by_live / live.max(1),
         bytes_received: received.iter().sum::<usize>() / n,
         plain_wall,

@@ -225,8 +225,46 @@ fn ca(cluster: &Cluster) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parties_without_a_roster_certificate_are_refused() {
+async fn a_second_connection_with_a_connected_partys_identity_is_refused() {
     let cluster =
+        Cluster::start(ClusterSpec { parties: hospitals(None), ..ClusterSpec::named(&[]) }).await;
+    // A second process holding hospital_c's certificate and identity, while hospital_c runs.
+    let dir = cluster.layout.party_configs[2].parent().unwrap().to_path_buf();
+    let tls = TlsMaterial::from_pem(
+        &ca(&cluster),
+        &std::fs::read_to_string(dir.join("cert.pem")).unwrap(),
+        &std::fs::read_to_string(dir.join("key.pem")).unwrap(),
+    );
+    let channel = veil_proto::client::connect(&format!("https://{}", cluster.addr), Some(&tls))
+        .await
+        .unwrap();
+    let mut client = veil_proto::v1::party_gateway_client::PartyGatewayClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(veil_proto::v1::PartyEnvelope {
+        body: Some(veil_proto::v1::party_envelope::Body::Hello(veil_proto::v1::Hello {
+            party_id: 2,
+            datasets: vec!["cells".into()],
+            catalog_json: String::new(),
+        })),
+    })
+    .await
+    .unwrap();
+    let status = match client.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        Err(status) => status,
+        Ok(r) => r.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(status.code(), Code::AlreadyExists, "{status}");
+    assert!(status.message().contains("already connected"), "{status}");
+    // The running hospital_c is still the one routed to: a job reaches all three.
+    let (done, result) = cluster.run_job(RADIUS).await;
+    assert_eq!(done.state, "succeeded", "{done:?}");
+    assert_eq!(result.unwrap().contributors, vec![0, 1, 2]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parties_without_a_roster_certificate_are_refused() {
+    let mut cluster =
         Cluster::start(ClusterSpec { parties: hospitals(None), ..ClusterSpec::named(&[]) }).await;
     let genuine = party_config(&cluster.layout.party_configs[0]);
     // A certificate from another CA: the TLS handshake fails.
@@ -246,7 +284,12 @@ async fn parties_without_a_roster_certificate_are_refused() {
     impostor.id = veil_protocol::PartyId(1);
     let status = connect_once(&impostor).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status}");
-    // The genuine party still gets in (it is already connected; a second stream replaces it).
+    // The genuine credentials pass: while the party runs, a second stream is refused only as
+    // a duplicate; once it has stopped, the same credentials get in.
+    let status = connect_once(&genuine).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status}");
+    cluster.kill_party(0);
+    cluster.wait_disconnected(0).await;
     connect_once(&genuine).await.unwrap();
     cluster.shutdown().await;
 }
@@ -426,22 +469,48 @@ mod raw {
     pub(crate) struct RawParty {
         pub(crate) tx: mpsc::Sender<PartyEnvelope>,
         pub(crate) inbound: Streaming<CoordinatorEnvelope>,
+        /// The first message or status, read at connection.
+        first: Option<Result<Option<CoordinatorEnvelope>, tonic::Status>>,
     }
 
+    /// Connects as party 2. While the coordinator still holds the stream of a party 2 that
+    /// just went (its departure is noticed a moment later), the connection is refused as a
+    /// duplicate: retried for at most 5 s.
     pub(crate) async fn connect(
         channel: tonic::transport::Channel,
         first: Option<Body>,
     ) -> Result<RawParty, tonic::Status> {
         let mut client = PartyGatewayClient::new(channel).max_encoding_message_size(64 << 20);
-        let (tx, rx) = mpsc::channel(8);
         let body = first.unwrap_or(Body::Hello(Hello {
             party_id: 2,
             datasets: vec!["cells".into()],
             catalog_json: String::new(),
         }));
-        tx.send(PartyEnvelope { body: Some(body) }).await.unwrap();
-        let inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
-        Ok(RawParty { tx, inbound })
+        for _ in 0..50 {
+            let (tx, rx) = mpsc::channel(8);
+            tx.send(PartyEnvelope { body: Some(body.clone()) }).await.unwrap();
+            match client.connect(ReceiverStream::new(rx)).await {
+                Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(s) => return Err(s),
+                Ok(r) => {
+                    let mut party = RawParty { tx, inbound: r.into_inner(), first: None };
+                    // A refusal can also come as the stream's first status; anything else is
+                    // kept for `next`.
+                    match party.next().await {
+                        Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        first => {
+                            party.first = Some(first);
+                            return Ok(party);
+                        }
+                    }
+                }
+            }
+        }
+        Err(tonic::Status::deadline_exceeded("party 2 stayed connected for 5 s"))
     }
 
     impl RawParty {
@@ -451,6 +520,9 @@ mod raw {
 
         /// The next message, or the status the stream ended with.
         pub(crate) async fn next(&mut self) -> Result<Option<CoordinatorEnvelope>, tonic::Status> {
+            if let Some(first) = self.first.take() {
+                return first;
+            }
             tokio::time::timeout(std::time::Duration::from_secs(20), self.inbound.message())
                 .await
                 .expect("the coordinator answers within 20 s")
