@@ -184,6 +184,34 @@ fn parse_error(path: &Path, message: impl Into<String>) -> ConfigError {
     ConfigError::Parse { path: path.display().to_string(), message: message.into() }
 }
 
+/// Checks that `s` is a date of the Gregorian calendar written `YYYY-MM-DD`; the error completes
+/// a sentence about the value ("expires \"2027-13-45\" …").
+fn calendar_date(s: &str) -> Result<(), String> {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| {
+        b[r].iter().try_fold(0u32, |n, &c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+    };
+    let format = || "must be written YYYY-MM-DD".to_string();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return Err(format());
+    }
+    let (Some(year), Some(month), Some(day)) = (digits(0..4), digits(5..7), digits(8..10)) else {
+        return Err(format());
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return Err("is not a date: the month must be 01 to 12".to_string()),
+    };
+    if day == 0 || day > days {
+        return Err(format!("is not a date: the day must be 01 to {days} in {year:04}-{month:02}"));
+    }
+    Ok(())
+}
+
 impl PartyFile {
     /// Reads the file and resolves its paths (dataset paths too).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -301,14 +329,10 @@ impl PartyFile {
                 ));
             }
             if let Some(e) = &p.expires {
-                let ok = e.len() == 10
-                    && e.as_bytes()[4] == b'-'
-                    && e.as_bytes()[7] == b'-'
-                    && e.chars().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
-                if !ok {
+                if let Err(why) = calendar_date(e) {
                     return Err(parse_error(
                         path,
-                        format!("dataset {:?}: expires must be YYYY-MM-DD, got {e:?}", d.name),
+                        format!("dataset {:?}: expires {e:?} {why}", d.name),
                     ));
                 }
             }
@@ -393,6 +417,47 @@ mod tests {
         assert_eq!((p.expires.as_deref(), p.max_uses), (Some("2027-12-31"), Some(1000)));
         let typo = text.replace("k_threshold", "k_treshold");
         assert!(toml::from_str::<PartyFile>(&typo).is_err(), "a misspelt policy field is refused");
+    }
+
+    /// `expires` must be a day of the calendar: a month past 12, a day past the end of its
+    /// month (leap years counted) or a wrongly written date is refused, naming the dataset and
+    /// the value.
+    #[test]
+    fn impossible_expiry_dates_are_refused_naming_dataset_and_value() {
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/jobs/party-governance.toml"),
+        )
+        .unwrap();
+        let text = format!(
+            "id = 1\nname = \"jfk\"\ncoordinator = \"https://127.0.0.1:7443\"\nroster = \"r\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\nidentity = \"i\"\n{example}"
+        );
+        assert!(text.contains("expires = \"2027-12-31\""));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("party.toml");
+        let load = |expires: &str| {
+            std::fs::write(&path, text.replace("2027-12-31", expires)).unwrap();
+            PartyFile::load(&path)
+        };
+        for good in ["2027-12-31", "2028-02-29", "2000-02-29", "2027-04-30", "2027-01-31"] {
+            assert!(load(good).is_ok(), "{good} is a date");
+        }
+        for (bad, why) in [
+            ("2027-13-45", "the month must be 01 to 12"),
+            ("2027-00-10", "the month must be 01 to 12"),
+            ("2027-02-29", "the day must be 01 to 28 in 2027-02"),
+            ("1900-02-29", "the day must be 01 to 28 in 1900-02"),
+            ("2027-04-31", "the day must be 01 to 30 in 2027-04"),
+            ("2027-01-00", "the day must be 01 to 31 in 2027-01"),
+            ("2027-1-05", "must be written YYYY-MM-DD"),
+            ("2027-é-001", "must be written YYYY-MM-DD"),
+            ("2027/12/31", "must be written YYYY-MM-DD"),
+        ] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("dataset \"flights\": expires \"{bad}\"")) && e.ends_with(why),
+                "{bad}: {e}"
+            );
+        }
     }
 
     /// The dataset section shown in `examples/jobs/party-flights.toml` parses as part of a

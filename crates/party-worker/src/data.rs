@@ -69,10 +69,12 @@ pub(crate) fn parse_cell(raw: &str, ty: ColumnType) -> Result<Value<'_>, &'stati
     }
 }
 
-/// Opens a dataset's CSV file (strict: every record as wide as the header) and reads its header.
+/// Opens a dataset's CSV file (strict: every record as wide as the header) and reads its header
+/// as bytes: only the columns a job reads need to be UTF-8, so a column the party does not
+/// expose may hold any bytes.
 fn open_csv(
     dataset: &DatasetConfig,
-) -> Result<(csv::Reader<std::fs::File>, csv::StringRecord), DataError> {
+) -> Result<(csv::Reader<std::fs::File>, csv::ByteRecord), DataError> {
     let read_error = |e: csv::Error| DataError::Read {
         file: dataset.path.display().to_string(),
         message: e.to_string(),
@@ -82,7 +84,7 @@ fn open_csv(
         .flexible(false)
         .from_path(&dataset.path)
         .map_err(read_error)?;
-    let headers = reader.headers().map_err(read_error)?.clone();
+    let headers = reader.byte_headers().map_err(read_error)?.clone();
     Ok((reader, headers))
 }
 
@@ -104,8 +106,9 @@ pub fn aggregate_csv(
 }
 
 /// Calls `f` with every row of the dataset's CSV file: the values of the schema columns at
-/// indices `needed` (the others null) and the row's line number. A missing column or a cell
-/// that does not parse is an error naming file, row and column.
+/// indices `needed` (the others null) and the row's line number. Only the needed columns are
+/// decoded as text; the other cells are never looked at. A missing column, or a needed cell that
+/// is not UTF-8 or does not parse, is an error naming file, row and column.
 fn scan_csv(
     dataset: &DatasetConfig,
     needed: &[usize],
@@ -120,13 +123,13 @@ fn scan_csv(
         let (name, ty) = &schema.columns[index];
         let pos = headers
             .iter()
-            .position(|h| h.trim() == name)
+            .position(|h| std::str::from_utf8(h).is_ok_and(|h| h.trim() == name))
             .ok_or_else(|| DataError::MissingColumn { file: file.clone(), column: name.clone() })?;
         positions.push((index, pos, *ty, name));
     }
-    let mut record = csv::StringRecord::new();
+    let mut record = csv::ByteRecord::new();
     loop {
-        match reader.read_record(&mut record) {
+        match reader.read_byte_record(&mut record) {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => return Err(read_error(e)),
@@ -134,14 +137,19 @@ fn scan_csv(
         let line = record.position().map_or(0, |p| p.line());
         let mut row = vec![Value::Null; schema.columns.len()];
         for &(index, pos, ty, name) in &positions {
-            let raw = record.get(pos).unwrap_or("");
-            row[index] = parse_cell(raw, ty).map_err(|expected| DataError::Cell {
+            let bytes = record.get(pos).unwrap_or_default();
+            let cell = |value: String, expected| DataError::Cell {
                 file: file.clone(),
                 row: line,
                 column: name.clone(),
-                value: raw.chars().take(40).collect(),
+                value,
                 expected,
+            };
+            let raw = std::str::from_utf8(bytes).map_err(|_| {
+                cell(String::from_utf8_lossy(bytes).chars().take(40).collect(), "UTF-8 text")
             })?;
+            row[index] = parse_cell(raw, ty)
+                .map_err(|expected| cell(raw.chars().take(40).collect(), expected))?;
         }
         f(&row, line)?;
     }
@@ -663,6 +671,45 @@ mod tests {
         assert_eq!(a.rows, 3);
         assert_eq!((a.columns[0].count, a.columns[0].sum), (2, 4.0));
         assert_eq!((a.columns[1].count, a.columns[1].sum), (2, 5.0));
+    }
+
+    /// Bytes that are not UTF-8, in a column no job reads (in a cell or in its header), do not
+    /// stop the exposed columns from being aggregated or loaded for training.
+    #[test]
+    fn non_utf8_bytes_in_unexposed_columns_are_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dataset(dir.path(), "");
+        let files: [&[u8]; 2] = [
+            b"x,n,notes\n1.5,2,caf\xe9\n2.5,3,\xff\xfe\n",
+            b"x,r\xe9sum\xe9,n\n1.5,a,2\n2.5,b,3\n",
+        ];
+        for bytes in files {
+            std::fs::write(&d.path, bytes).unwrap();
+            let p = plan(&d);
+            let v = aggregate_csv(&d, &p, [0; 32]).unwrap();
+            let a = p.answer(&v, vec![0], vec![]).unwrap();
+            assert_eq!((a.rows, a.columns[0].sum, a.columns[1].sum), (2, 4.0, 5.0));
+            let (x, y) = load_training(&d, &["x".to_string()], "n").unwrap();
+            assert_eq!(
+                (x.as_slice().unwrap(), y.as_slice().unwrap()),
+                (&[1.5, 2.5][..], &[2.0, 3.0][..])
+            );
+        }
+    }
+
+    /// A cell of an exposed column that is not UTF-8 is refused, naming file, row and column
+    /// but not the value.
+    #[test]
+    fn non_utf8_exposed_cells_are_named_by_file_row_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dataset(dir.path(), "");
+        std::fs::write(&d.path, b"x,n,notes\n1.5,2,a\n2.5,\xffsecret,b\n").unwrap();
+        let want = "d.csv, row 3, column \"n\": the value is not UTF-8 text";
+        let e = aggregate_csv(&d, &plan(&d), [0; 32]).unwrap_err().to_string();
+        assert!(e.ends_with(want), "{e}");
+        let e = load_training(&d, &["x".to_string()], "n").unwrap_err().to_string();
+        assert!(e.ends_with(want), "{e}");
+        assert!(!e.contains("secret"), "the cell's value is never in the message: {e}");
     }
 
     #[test]
