@@ -83,29 +83,75 @@ pub(crate) fn budget(config: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     for d in &file.datasets {
+        let _ = store.spent(&d.name, "")?;
+    }
+    print!("{}", budget_report(&file, &rows, |d| Ok(store.uses(d)?))?);
+    Ok(())
+}
+
+/// Rebuilds a party's budget ledger from its signed audit log and checks the two agree.
+pub(crate) fn repair_ledger(config: &Path) -> Result<()> {
+    let (_, store) = open_party_store(config)?;
+    match store.check_ledger() {
+        Ok(()) => println!("the ledger already holds exactly the charges the audit log records"),
+        Err(e) => println!("before: {e}"),
+    }
+    let n = store.rebuild_ledger()?;
+    store.check_ledger()?;
+    println!("rebuilt the ledger from the signed audit log: {n} charges");
+    Ok(())
+}
+
+/// `x` with `places` decimals, never as a negative zero: a sum over no values is -0.0 and a
+/// tiny negative rounds to "-0.0000", and both mean nothing was spent.
+fn decimals(x: f64, places: usize) -> String {
+    let s = format!("{x:.places$}");
+    match s.strip_prefix('-') {
+        Some(rest) if rest.bytes().all(|b| b == b'0' || b == b'.') => rest.to_string(),
+        _ => s,
+    }
+}
+
+/// The text of `veil budget`: per dataset of `file`, the ρ spent (from `rows`, as
+/// [`PartyStore::spending`] gives them), its cap and uses, then per consumer.
+fn budget_report(
+    file: &PartyFile,
+    rows: &[(String, String, f64, u64)],
+    mut uses: impl FnMut(&str) -> Result<u64>,
+) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for d in &file.datasets {
         let p = &d.policy;
         let total: f64 = rows.iter().filter(|r| r.0 == d.name).map(|r| r.2).sum();
-        let cap = |c: Option<f64>| c.map_or("no cap".to_string(), |c| format!("cap ρ = {c}"));
-        println!(
-            "dataset {:?} ({:?}): spent ρ = {total:.4} (ε = {:.3} at δ = {REPORT_DELTA}), {}, uses {}",
+        let cap = |c: Option<f64>| {
+            c.map_or("no cap".to_string(), |c| {
+                format!("cap ρ = {}", if c == 0.0 { 0.0 } else { c })
+            })
+        };
+        writeln!(
+            out,
+            "dataset {:?} ({:?}): spent ρ = {} (ε = {} at δ = {REPORT_DELTA}), {}, uses {}",
             d.name,
             d.grade,
-            epsilon(total, REPORT_DELTA),
+            decimals(total, 4),
+            decimals(epsilon(total, REPORT_DELTA), 3),
             cap(p.budget_total),
-            store.uses(&d.name)?
-        );
+            uses(&d.name)?
+        )?;
         for (_, consumer, rho, jobs) in rows.iter().filter(|r| r.0 == d.name) {
             let remaining = p
                 .budget_per_consumer
-                .map_or("unlimited".to_string(), |c| format!("{:.4}", (c - rho).max(0.0)));
-            println!(
-                "  consumer {consumer:<16} spent ρ = {rho:.4} (ε = {:.3}) over {jobs} jobs, remaining ρ {remaining}",
-                epsilon(*rho, REPORT_DELTA)
-            );
+                .map_or("unlimited".to_string(), |c| decimals((c - rho).max(0.0), 4));
+            writeln!(
+                out,
+                "  consumer {consumer:<16} spent ρ = {} (ε = {}) over {jobs} jobs, remaining ρ {remaining}",
+                decimals(*rho, 4),
+                decimals(epsilon(*rho, REPORT_DELTA), 3)
+            )?;
         }
-        let _ = store.spent(&d.name, "")?;
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Release receipts: a party's own (from its store) or a consumer's (from the coordinator).
@@ -179,15 +225,36 @@ fn read_log(path: &Path) -> Result<Vec<Entry>> {
 }
 
 /// Verifies a log's chain and signatures against the roster's keys and, when another log is
-/// given, the cross-references between them; names the first entry that fails.
+/// given, the cross-references between them in both directions; names the first entry that
+/// fails. A log that is shorter than a head the other log recorded, or empty where heads
+/// exist, fails.
 pub(crate) fn verify(log: &Path, roster: &Path, against: Option<&Path>) -> Result<()> {
     let entries = read_log(log)?;
     let roster = RosterFile::load(roster)?;
-    let Some(first) = entries.first() else {
-        println!("{}: empty log", log.display());
-        return Ok(());
+    let other = against.map(read_log).transpose()?;
+    let writer = match (entries.first(), &other) {
+        (Some(first), _) => first.writer.clone(),
+        (None, None) => {
+            println!("{}: empty log", log.display());
+            return Ok(());
+        }
+        // An empty log is checked against what the other log recorded about it below; which
+        // writer it belongs to follows from the other log.
+        (None, Some(o)) if o.first().is_some_and(|e| e.writer == "coordinator") => {
+            bail!(
+                "{}: the log is empty, but the coordinator's log records releases; a party's \
+                 log is never empty once it has taken part (export it again, or it was emptied)",
+                log.display()
+            )
+        }
+        (None, Some(_)) => {
+            bail!(
+                "{}: the log is empty, but the party's log records coordinator heads (the \
+                 coordinator's log was emptied)",
+                log.display()
+            )
+        }
     };
-    let writer = first.writer.clone();
     if let Some(e) = entries.iter().find(|e| e.writer != writer) {
         bail!(
             "{}: entry {} is written by {:?}, the log's first entry by {writer:?}",
@@ -200,11 +267,14 @@ pub(crate) fn verify(log: &Path, roster: &Path, against: Option<&Path>) -> Resul
         .audit_key(&writer)
         .with_context(|| format!("the roster has no key for {writer:?}"))?;
     let mut anchors = Vec::new();
-    if let Some(other) = against {
-        let other = read_log(other)?;
+    if let Some(other) = &other {
         if writer == "coordinator" {
-            anchors = audit::recorded_coordinator_heads(&other);
+            anchors = audit::recorded_coordinator_heads(other);
         } else if other.first().is_some_and(|e| e.writer == "coordinator") {
+            let party = writer
+                .strip_prefix("party ")
+                .and_then(|id| id.parse::<u32>().ok())
+                .with_context(|| format!("{writer:?} names no party"))?;
             // Each job this party records as offered must appear in the coordinator's log.
             let offered: Vec<String> = other
                 .iter()
@@ -219,6 +289,26 @@ pub(crate) fn verify(log: &Path, roster: &Path, against: Option<&Path>) -> Resul
                         bail!("entry {}: job {job_id} is not in the coordinator's log", e.seq);
                     }
                 }
+            }
+            // Each release receipt naming this party must be in its log too, and the head the
+            // receipt recorded (at its acceptance) must be there.
+            let released: Vec<&str> = entries
+                .iter()
+                .filter_map(|e| match &e.event {
+                    audit::Event::ResultReleased { receipt } => Some(receipt.job_id.as_str()),
+                    _ => None,
+                })
+                .collect();
+            for (seq, job, head) in audit::recorded_contributions(other, party) {
+                if !released.contains(&job.as_str()) {
+                    bail!(
+                        "{}: the coordinator's entry {seq} releases job {job} with this party's \
+                         data, and this log records no such release (entries were deleted, or \
+                         the party stopped before the release reached it)",
+                        log.display()
+                    );
+                }
+                anchors.extend(head);
             }
         }
     }
@@ -237,5 +327,47 @@ pub(crate) fn verify(log: &Path, roster: &Path, against: Option<&Path>) -> Resul
             Ok(())
         }
         Err(e) => bail!("{}: {e}", log.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dataset nothing was spent on (its sum over no rows is -0.0), a cap written as -0.0
+    /// and a consumer at its cap all print as zero, never as "-0".
+    #[test]
+    fn budget_never_prints_a_negative_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("party.toml");
+        std::fs::write(
+            &path,
+            "id = 1\nname = \"p\"\ncoordinator = \"https://127.0.0.1:7443\"\nroster = \"r\"\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\nidentity = \"i\"\n\
+             [[datasets]]\nname = \"untouched\"\npath = \"u.csv\"\ncolumns = { x = \"float\" }\n\
+             [datasets.policy]\nbudget_total = -0.0\n\
+             [[datasets]]\nname = \"used\"\npath = \"s.csv\"\ncolumns = { x = \"float\" }\n\
+             [datasets.policy]\nbudget_per_consumer = 0.5\n",
+        )
+        .unwrap();
+        let file = PartyFile::load(&path).unwrap();
+        let rows = vec![("used".to_string(), "analyst".to_string(), 0.5, 2)];
+        let text = budget_report(&file, &rows, |_| Ok(0)).unwrap();
+        assert!(!text.contains("-0"), "{text}");
+        assert!(
+            text.contains("dataset \"untouched\" (General): spent ρ = 0.0000 (ε = 0.000 at δ = ")
+                && text.contains("cap ρ = 0,"),
+            "{text}"
+        );
+        assert!(text.contains("spent ρ = 0.5000") && text.contains("remaining ρ 0.0000"), "{text}");
+    }
+
+    /// Rounding keeps the sign of values that are not zero at the precision shown.
+    #[test]
+    fn decimals_drop_only_the_sign_of_zero() {
+        assert_eq!(decimals(-0.0, 4), "0.0000");
+        assert_eq!(decimals(-1e-9, 4), "0.0000");
+        assert_eq!(decimals(-0.0002, 4), "-0.0002");
+        assert_eq!(decimals(0.25, 3), "0.250");
+        assert_eq!(decimals(-2.5, 1), "-2.5");
     }
 }

@@ -107,8 +107,8 @@ enum Command {
         sql: String,
         #[arg(long, short, env = "VEIL_CONSUMER")]
         config: PathBuf,
-        /// Answer with differential privacy at this zCDP ρ.
-        #[arg(long)]
+        /// Answer with differential privacy at this zCDP ρ (a positive number).
+        #[arg(long, value_parser = parse_rho, allow_hyphen_values = true)]
         rho: Option<f64>,
         /// What the answer is for.
         #[arg(long, default_value = "")]
@@ -179,6 +179,10 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Rebuild the budget ledger from the party's signed audit log, after the party
+        /// refused to start because the two disagree (take a copy of the database first).
+        #[arg(long)]
+        repair_ledger: bool,
     },
     /// Release receipts: a party's (party.toml) or a consumer's (consumer.toml).
     Receipts {
@@ -247,6 +251,15 @@ fn parse_stage(s: &str) -> Result<Stage, String> {
         .into_iter()
         .find(|st| st.to_string() == s)
         .ok_or_else(|| format!("unknown stage {s:?}; one of advertise-keys, share-keys, masked-input, consistency-check, unmask"))
+}
+
+/// A zCDP ρ given on the command line: a positive finite number. NaN, infinities, zero and
+/// negatives are refused here, before anything is sent.
+fn parse_rho(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(rho) if rho.is_finite() && rho > 0.0 => Ok(rho),
+        _ => Err(format!("--rho must be a positive finite number (a zCDP ρ such as 0.5), got {s}")),
+    }
 }
 
 fn logging(default: &str) {
@@ -390,7 +403,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Catalog { what: CatalogCommand::Scan { csv, json } } => {
             governance::scan(&csv, json)
         }
-        Command::Budget { config, json } => governance::budget(&config, json),
+        Command::Budget { config, repair_ledger: true, .. } => governance::repair_ledger(&config),
+        Command::Budget { config, json, .. } => governance::budget(&config, json),
         Command::Receipts { config, json } => {
             logging("warn");
             governance::receipts(&config, json).await
@@ -408,6 +422,37 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Bench { what } => {
             logging("warn");
             bench::run(what).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query_with_rho(rho: &str) -> Result<Option<f64>, String> {
+        let args = ["veil", "query", "SELECT COUNT(*) FROM d", "--config", "c.toml", "--rho", rho];
+        match Cli::try_parse_from(args) {
+            Ok(Cli { command: Command::Query { rho, .. } }) => Ok(rho),
+            Ok(_) => Err("not a query".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// `--rho` takes a positive finite number and refuses anything else at parsing, with a
+    /// message naming the option and the value.
+    #[test]
+    fn rho_must_be_a_positive_finite_number() {
+        assert_eq!(query_with_rho("0.5"), Ok(Some(0.5)));
+        assert_eq!(query_with_rho("1e-3"), Ok(Some(0.001)));
+        for bad in ["NaN", "nan", "inf", "-inf", "0", "-0", "-0.5", "half"] {
+            let e = query_with_rho(bad).unwrap_err();
+            assert!(
+                e.contains(&format!(
+                    "--rho must be a positive finite number (a zCDP ρ such as 0.5), got {bad}"
+                )),
+                "{bad}: {e}"
+            );
         }
     }
 }

@@ -168,6 +168,21 @@ fn init_serve_submit_and_survive_a_vanishing_party() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("recorded heads match"));
     assert!(verify(&party_log, &coordinator_log).status.success());
+    // A party log rolled back (cut at its tail) or emptied fails against the coordinator's,
+    // whose release receipt recorded the party's head.
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&party_log).unwrap()).unwrap();
+    let cut = dir.path().join("a-cut.json");
+    for kept in [entries.len() - 1, entries.len() / 2, 0] {
+        std::fs::write(&cut, serde_json::to_vec(&entries[..kept]).unwrap()).unwrap();
+        let out = verify(&cut, &coordinator_log);
+        assert!(!out.status.success(), "a log cut to {kept} entries verified");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("no such release") || err.contains("nothing") || err.contains("empty"),
+            "{err}"
+        );
+    }
     let edited = String::from_utf8(std::fs::read(&coordinator_log).unwrap()).unwrap().replacen(
         "\"analyst\"",
         "\"mallory\"",

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::Status;
 use veil_analytics::{Job, Layout};
-use veil_learning::job::{Step, TrainSpec, Training};
+use veil_learning::job::{RoundReport, Step, TrainSpec, Training};
 use veil_learning::train::Standardizer;
 use veil_proto::v1::{
     CoordinatorEnvelope, RoundPayload, RoundStart, TaskEnd, TaskOffer, coordinator_envelope::Body,
@@ -205,7 +205,7 @@ async fn run(
     while !pending.is_empty() {
         tokio::select! {
             input = inbox.recv() => match input {
-                Some(JobInput::Reply { from, accept, reason, job_hash: hash, signature, dataset_sha256, next_step: next, advertise, min_cohort }) if pending.remove(&from) => {
+                Some(JobInput::Reply { from, accept, reason, job_hash: hash, signature, dataset_sha256, next_step: next, advertise, min_cohort, head }) if pending.remove(&from) => {
                     if !decision_signed(shared, from, &record.id, &hash, accept, &reason, &signature) || hash != job_hash {
                         refused.push(format!("{from} sent an unsigned or mismatched decision"));
                     } else if accept {
@@ -215,7 +215,7 @@ async fn run(
                         }
                         next_step = next_step.max(next);
                         required = required.max(min_cohort as usize);
-                        fingerprints.push(Contribution { party: from.0, dataset_sha256 });
+                        fingerprints.push(Contribution { party: from.0, dataset_sha256, head });
                     } else {
                         refused.push(format!("{from} refused: {reason}"));
                     }
@@ -699,7 +699,10 @@ async fn train(
 ) -> Result<Trained, End> {
     let failed = |e: veil_learning::Error| End::Failed(e.to_string());
     let mut state = match resume {
-        Some(s) => s,
+        Some(s) => {
+            check_stored_rounds(shared, &record.id, &s).await?;
+            s
+        }
         None => Training::new(spec).map_err(failed)?,
     };
     // Steps the parties contributed to before a restart lost them run no more.
@@ -761,14 +764,7 @@ async fn train(
             .absorb(spec, step, &aggregate.sum, aggregate.contributors.len())
             .map_err(|e| End::Failed(format!("{step}: {e}")))?;
         contributors = aggregate.contributors;
-        let checkpoint = serde_json::to_string(&state).map_err(|e| End::Failed(e.to_string()))?;
-        let store = shared.store.clone();
-        let (id, live_ids, at) =
-            (record.id.clone(), live.iter().map(|p| p.0).collect::<Vec<_>>(), now_ms());
-        tokio::task::spawn_blocking(move || store.put_checkpoint(&id, &checkpoint, &live_ids, at))
-            .await
-            .map_err(|e| End::Failed(format!("store: {e}")))?
-            .map_err(|e| End::Failed(format!("checkpoint: {e}")))?;
+        checkpoint(shared, &record.id, &mut state, &live).await?;
         let detail = match &report {
             Some(r) => {
                 record.progress_json = serde_json::to_string(r).unwrap_or_default();
@@ -789,11 +785,16 @@ async fn train(
             ));
         }
     }
+    // Rounds lost in a restart after the last step are stored before the answer reads them.
+    if !state.history.unsaved().is_empty() {
+        checkpoint(shared, &record.id, &mut state, &live).await?;
+    }
+    let history = stored_rounds(shared, &record.id, &state).await?;
     let file = state.model_file(spec, contributors.len() as u32).map_err(failed)?;
     let answer = serde_json::json!({
         "kind": "train",
         "model": file,
-        "rounds": state.history,
+        "rounds": history,
         "final": state.final_metrics,
         "epsilon": state.accountant.as_ref().map(veil_learning::privacy::Accountant::epsilon),
         "delta": spec.privacy.as_ref().map(|p| p.delta),
@@ -810,8 +811,83 @@ async fn train(
     })
 }
 
+/// Stores a training job's state after a step, with the reports of the rounds finished since
+/// the last checkpoint appended to their own table in the same transaction; the state keeps
+/// none of them, so every checkpoint is the same size.
+async fn checkpoint(
+    shared: &Shared,
+    job_id: &str,
+    state: &mut Training,
+    live: &[PartyId],
+) -> Result<(), End> {
+    let rounds = state
+        .history
+        .take_unsaved()
+        .iter()
+        .map(|r| Ok((r.round, serde_json::to_string(r)?)))
+        .collect::<Result<Vec<_>, serde_json::Error>>()
+        .map_err(|e| End::Failed(e.to_string()))?;
+    let checkpoint = serde_json::to_string(&state).map_err(|e| End::Failed(e.to_string()))?;
+    let store = shared.store.clone();
+    let (id, live_ids, at) =
+        (job_id.to_string(), live.iter().map(|p| p.0).collect::<Vec<_>>(), now_ms());
+    tokio::task::spawn_blocking(move || {
+        store.put_checkpoint(&id, &checkpoint, &rounds, &live_ids, at)
+    })
+    .await
+    .map_err(|e| End::Failed(format!("store: {e}")))?
+    .map_err(|e| End::Failed(format!("checkpoint: {e}")))
+}
+
+/// Checks that a resumed job's stored round reports are those its checkpoint counts, less the
+/// ones it still holds to store.
+async fn check_stored_rounds(shared: &Shared, job_id: &str, state: &Training) -> Result<(), End> {
+    let store = shared.store.clone();
+    let id = job_id.to_string();
+    let stored = tokio::task::spawn_blocking(move || store.training_round_count(&id))
+        .await
+        .map_err(|e| End::Failed(format!("store: {e}")))?
+        .map_err(|e| End::Failed(format!("round reports: {e}")))?;
+    let expected = (state.history.len() - state.history.unsaved().len()) as u64;
+    if stored != expected {
+        return Err(End::Failed(format!(
+            "cannot resume: the checkpoint counts {expected} stored round reports and the store holds {stored}"
+        )));
+    }
+    Ok(())
+}
+
+/// A training job's round reports, rebuilt from the store, in round order: as many as its
+/// state counts.
+async fn stored_rounds(
+    shared: &Shared,
+    job_id: &str,
+    state: &Training,
+) -> Result<Vec<RoundReport>, End> {
+    let store = shared.store.clone();
+    let id = job_id.to_string();
+    let rows = tokio::task::spawn_blocking(move || store.training_rounds(&id))
+        .await
+        .map_err(|e| End::Failed(format!("store: {e}")))?
+        .map_err(|e| End::Failed(format!("round reports: {e}")))?;
+    let reports = rows
+        .iter()
+        .map(|r| serde_json::from_str::<RoundReport>(r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| End::Failed(format!("a stored round report does not parse: {e}")))?;
+    let numbered = reports.iter().zip(0..).all(|(r, round)| r.round == round);
+    if reports.len() != state.history.len() || !numbered {
+        return Err(End::Failed(format!(
+            "{} round reports are stored for a job that finished {} rounds",
+            reports.len(),
+            state.history.len()
+        )));
+    }
+    Ok(reports)
+}
+
 /// One line of progress for a finished round.
-fn describe_round(r: &veil_learning::job::RoundReport, rounds: u32) -> String {
+fn describe_round(r: &RoundReport, rounds: u32) -> String {
     let mut line = format!("round {}/{rounds} over {} parties", r.round + 1, r.contributors);
     if let Some(m) = &r.metrics {
         line += &format!(": held-out loss {:.4}", m.loss);

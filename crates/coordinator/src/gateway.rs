@@ -199,6 +199,10 @@ async fn read_loop(
                     dataset_sha256: r.dataset_sha256.chars().take(64).collect(),
                     next_step: r.next_step,
                     min_cohort: r.min_cohort,
+                    // A hash is 64 hex digits; anything else records no head.
+                    head: (r.head_hash.len() == 64
+                        && r.head_hash.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .then_some(veil_governance::audit::Head { seq: r.head_seq, hash: r.head_hash }),
                     // An advertisement is under 200 bytes; a longer one is cut, and refused
                     // as undecodable when the round starts.
                     advertise: {

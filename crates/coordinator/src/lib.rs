@@ -106,6 +106,8 @@ pub(crate) enum JobInput {
         advertise: Vec<u8>,
         /// The fewest parties its data may be combined with.
         min_cohort: u32,
+        /// Its audit log head once its decision was recorded.
+        head: Option<veil_governance::audit::Head>,
     },
     /// A round message from a party.
     Round { from: PartyId, bytes: Vec<u8> },

@@ -91,7 +91,7 @@ pub struct JobRecord {
     /// Last change, Unix milliseconds.
     pub updated_ms: i64,
     /// Training jobs: the last finished round's report as JSON (kept in memory only; the
-    /// checkpoint holds the whole history).
+    /// `training_rounds` table holds every report).
     pub progress_json: String,
 }
 
@@ -154,6 +154,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     parties TEXT NOT NULL,
     updated_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS training_rounds (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    round INTEGER NOT NULL,
+    report TEXT NOT NULL,
+    PRIMARY KEY (job_id, round)
+);
 CREATE TABLE IF NOT EXISTS parties (
     id INTEGER PRIMARY KEY,
     datasets TEXT NOT NULL,
@@ -212,20 +218,54 @@ impl Store {
         .collect()
     }
 
-    /// Records a training job's state after a finished step, replacing the previous one.
+    /// Records a training job's state after a finished step, replacing the previous one, and
+    /// appends the reports (round, JSON) of the rounds finished since, atomically: the state
+    /// holds no report list, so its size does not grow with the rounds. A round stored before
+    /// is refused, and then nothing is written.
     pub fn put_checkpoint(
         &self,
         job_id: &str,
         state_json: &str,
+        rounds: &[(u32, String)],
         parties: &[u32],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut append = tx.prepare_cached(
+                "INSERT INTO training_rounds (job_id, round, report) VALUES (?1, ?2, ?3)",
+            )?;
+            for (round, report) in rounds {
+                append.execute(params![job_id, round, report])?;
+            }
+        }
+        tx.execute(
             "INSERT INTO checkpoints (job_id, state, parties, updated_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (job_id) DO UPDATE SET state = ?2, parties = ?3, updated_ms = ?4",
             params![job_id, state_json, ids_to_text(parties), now_ms],
         )?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// A training job's stored round reports (JSON), in round order.
+    pub fn training_rounds(&self, job_id: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT report FROM training_rounds WHERE job_id = ?1 ORDER BY round")?;
+        let rows = stmt.query_map(params![job_id], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many round reports a training job has stored.
+    pub fn training_round_count(&self, job_id: &str) -> Result<u64, StoreError> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM training_rounds WHERE job_id = ?1",
+            params![job_id],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
     }
 
     /// Stores a new job.
@@ -523,5 +563,63 @@ mod tests {
         assert_eq!(s.job("busy").unwrap().unwrap().state, JobState::Failed);
         assert_eq!(s.jobs(Some("analyst"), 10).unwrap().len(), 2);
         assert!(s.jobs(Some("other"), 10).unwrap().is_empty());
+    }
+
+    /// A training job's round reports go to their own table, in the transaction that replaces
+    /// its checkpoint: they read back in round order, the checkpoint row stays the same size
+    /// however many rounds ran, and a round stored twice writes nothing.
+    #[test]
+    fn round_reports_are_appended_beside_a_checkpoint_that_does_not_grow() {
+        use veil_learning::job::{Step, TrainSpec, Training};
+        let spec: TrainSpec = serde_json::from_value(serde_json::json!({
+            "kind": "train", "dataset": "flights", "features": ["a", "b"], "label": "y",
+            "model": { "kind": "logistic_regression" }, "rounds": 1000,
+            "local": { "epochs": 1, "batch_size": 8, "learning_rate": 0.1,
+                       "optimizer": { "kind": "sgd", "momentum": 0.0 } },
+            "standardize": false, "evaluation": { "holdout": 0.0 },
+        }))
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("c.db"), SigningKey::from_bytes(&[1; 32])).unwrap();
+        s.insert_job(&job("train", JobState::Running)).unwrap();
+        let checkpoint = |state: &Training| {
+            let (_, text, parties) = s.resumable().unwrap().pop().unwrap();
+            assert_eq!(parties, vec![0, 2]);
+            assert_eq!(serde_json::from_str::<Training>(&text).unwrap(), *state);
+            text.len()
+        };
+        // Every round is lost (its parties were never asked), which finishes it without a sum.
+        let mut state = Training::new(&spec).unwrap();
+        let mut sizes = Vec::new();
+        for round in 0..900u32 {
+            let next = Step::Train { round: round + 1 }.code().into();
+            assert_eq!(state.skip_lost(&spec, next).unwrap(), vec![Step::Train { round }]);
+            let rounds: Vec<(u32, String)> = state
+                .history
+                .take_unsaved()
+                .iter()
+                .map(|r| (r.round, serde_json::to_string(r).unwrap()))
+                .collect();
+            let text = serde_json::to_string(&state).unwrap();
+            s.put_checkpoint("train", &text, &rounds, &[0, 2], i64::from(round)).unwrap();
+            if round == 199 || round == 899 {
+                sizes.push(checkpoint(&state));
+            }
+        }
+        // 200 and 900 rounds: the same digits, the same size.
+        assert_eq!(sizes[0], sizes[1]);
+        let stored = s.training_rounds("train").unwrap();
+        assert_eq!(s.training_round_count("train").unwrap(), 900);
+        for (round, text) in (0..).zip(&stored) {
+            let report: veil_learning::job::RoundReport = serde_json::from_str(text).unwrap();
+            assert_eq!(report.round, round);
+            assert!(report.lost);
+        }
+        // Round 899 again: refused, and the checkpoint is the one before.
+        let again = vec![(899, stored[899].clone())];
+        assert!(s.put_checkpoint("train", "{}", &again, &[0], 1000).is_err());
+        assert_eq!(checkpoint(&state), sizes[1]);
+        assert_eq!(s.training_round_count("train").unwrap(), 900);
+        assert!(s.training_rounds("other").unwrap().is_empty());
     }
 }

@@ -258,6 +258,26 @@ pub fn verify(entries: &[Entry], key: &VerifyingKey, anchors: &[Head]) -> Result
     Ok(())
 }
 
+/// The releases in the coordinator's log that name `party` as a contributor: the entry's
+/// sequence number, the job, and the party's log head the receipt recorded (if any), to anchor
+/// the party's log.
+pub fn recorded_contributions(
+    coordinator_log: &[Entry],
+    party: u32,
+) -> Vec<(u64, String, Option<Head>)> {
+    coordinator_log
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ResultReleased { receipt } => receipt
+                .parties
+                .iter()
+                .find(|c| c.party == party)
+                .map(|c| (e.seq, receipt.job_id.clone(), c.head.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The coordinator heads a party's log recorded, to anchor the coordinator's log.
 pub fn recorded_coordinator_heads(party_log: &[Entry]) -> Vec<Head> {
     party_log

@@ -10,6 +10,10 @@ pub struct Contribution {
     pub party: u32,
     /// SHA-256 (hex) of the dataset file the party read.
     pub dataset_sha256: String,
+    /// The party's audit log head once it recorded its acceptance: its log must hold this
+    /// entry, so a log cut below it is caught.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<crate::audit::Head>,
 }
 
 /// The record of one release, kept by the coordinator and by every contributing party.

@@ -39,8 +39,14 @@ pub const MAX_PARTIES: usize = 1024;
 /// Most rows one party may train or evaluate on.
 pub const MAX_ROWS: usize = 100_000_000;
 
-/// Most rounds one job may ask for.
+/// Most rounds one job may ask for: also the most round reports the coordinator stores for
+/// one job.
 pub const MAX_ROUNDS: u32 = 100_000;
+
+/// Most values a job's checkpoints may hold over the whole job: the coordinator writes the
+/// model, the server optimiser's moments and the standardisation after every step, so this
+/// bounds what one job makes it write (about 22 bytes a value: some 6 GB at most).
+pub const MAX_CHECKPOINTED_VALUES: u64 = 1 << 28;
 
 /// Most feature columns.
 pub const MAX_FEATURES: usize = 4096;
@@ -296,7 +302,25 @@ impl TrainSpec {
         } else {
             self.update_encoding()?;
         }
+        let steps = u64::from(self.rounds_to_run()?) + 2;
+        let per_step = self.checkpoint_values()?;
+        if steps.saturating_mul(per_step) > MAX_CHECKPOINTED_VALUES {
+            return bad(format!(
+                "the job would checkpoint {per_step} values after each of up to {steps} steps, {} in all; a training job checkpoints at most {MAX_CHECKPOINTED_VALUES}: ask for fewer rounds or a smaller model",
+                steps.saturating_mul(per_step)
+            ));
+        }
         Ok(())
+    }
+
+    /// Values in one checkpoint of the job: the model's parameters (three times over with an
+    /// adaptive server optimiser's two moments) and the standardisation's mean and scale.
+    fn checkpoint_values(&self) -> Result<u64> {
+        let copies = match self.strategy {
+            Strategy::FedAdam(_) | Strategy::FedYogi(_) => 3,
+            Strategy::FedAvg | Strategy::FedProx { .. } => 1,
+        };
+        Ok(copies * self.parameters()? as u64 + 2 * self.features.len() as u64)
     }
 
     /// The DP-FedAvg settings, when the job is differentially private.
@@ -597,7 +621,109 @@ pub struct RoundReport {
     pub lost: bool,
 }
 
-/// The coordinator's state of a training job: everything a checkpoint holds.
+/// A job's finished rounds as its state holds them: how many, the last one's report, and the
+/// reports not yet taken out to be stored. The coordinator takes the new reports out after
+/// every step ([`History::take_unsaved`]) and appends them to a table of their own in the
+/// transaction that writes the checkpoint, so a checkpoint stays the same size however many
+/// rounds ran.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StoredHistory")]
+pub struct History {
+    /// Finished rounds, lost ones included.
+    finished: u32,
+    /// The last finished round's report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last: Option<RoundReport>,
+    /// Reports of the last finished rounds not yet taken out, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unsaved: Vec<RoundReport>,
+}
+
+impl History {
+    /// Finished rounds, lost ones included.
+    pub fn len(&self) -> usize {
+        self.finished as usize
+    }
+
+    /// Whether no round has finished.
+    pub fn is_empty(&self) -> bool {
+        self.finished == 0
+    }
+
+    /// The last finished round's report.
+    pub fn last(&self) -> Option<&RoundReport> {
+        self.last.as_ref()
+    }
+
+    /// Reports not yet taken out, oldest first.
+    pub fn unsaved(&self) -> &[RoundReport] {
+        &self.unsaved
+    }
+
+    /// Takes out the reports of the rounds finished since the last call, oldest first.
+    pub fn take_unsaved(&mut self) -> Vec<RoundReport> {
+        std::mem::take(&mut self.unsaved)
+    }
+
+    fn push(&mut self, report: RoundReport) {
+        debug_assert_eq!(report.round, self.finished, "rounds finish in order");
+        self.finished += 1;
+        self.last = Some(report.clone());
+        self.unsaved.push(report);
+    }
+}
+
+/// A history as a checkpoint holds it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredHistory {
+    /// How many rounds finished, the last report and those not yet stored elsewhere.
+    Summary {
+        finished: u32,
+        #[serde(default)]
+        last: Option<RoundReport>,
+        #[serde(default)]
+        unsaved: Vec<RoundReport>,
+    },
+    /// Every report: checkpoints written before the reports were stored apart. They are all
+    /// unsaved, so the coordinator stores them at its next checkpoint.
+    Whole(Vec<RoundReport>),
+}
+
+impl TryFrom<StoredHistory> for History {
+    type Error = String;
+
+    fn try_from(stored: StoredHistory) -> std::result::Result<Self, String> {
+        let (finished, last, unsaved) = match stored {
+            StoredHistory::Summary { finished, last, unsaved } => (finished, last, unsaved),
+            StoredHistory::Whole(reports) => {
+                let finished = u32::try_from(reports.len())
+                    .map_err(|_| format!("a history of {} rounds", reports.len()))?;
+                (finished, reports.last().cloned(), reports)
+            }
+        };
+        let first_unsaved = u64::from(finished).checked_sub(unsaved.len() as u64);
+        let numbered = unsaved
+            .iter()
+            .zip(first_unsaved.unwrap_or(0)..)
+            .all(|(r, round)| u64::from(r.round) == round);
+        let last_matches = match (&last, finished) {
+            (None, 0) => true,
+            (Some(l), n) if n > 0 => l.round == n - 1 && unsaved.last().is_none_or(|u| u == l),
+            _ => false,
+        };
+        if first_unsaved.is_none() || !numbered || !last_matches {
+            return Err(format!(
+                "a history of {finished} rounds whose last report or unsaved reports do not match it"
+            ));
+        }
+        Ok(Self { finished, last, unsaved })
+    }
+}
+
+/// The coordinator's state of a training job: everything a checkpoint holds. Of the finished
+/// rounds' reports it keeps only the last and those not yet stored (see [`History`]), so its
+/// size does not grow with the rounds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Training {
     /// The global model and the server optimiser.
@@ -607,7 +733,7 @@ pub struct Training {
     /// The privacy spent (DP jobs).
     pub accountant: Option<Accountant>,
     /// Finished rounds.
-    pub history: Vec<RoundReport>,
+    pub history: History,
     /// The final model's evaluation.
     pub final_metrics: Option<Metrics>,
     /// Whether the final evaluation step ran (or was lost).
@@ -634,7 +760,7 @@ impl Training {
             server: Server::new(model, spec.strategy.clone())?,
             standardizer: None,
             accountant,
-            history: Vec::new(),
+            history: History::default(),
             final_metrics: None,
             evaluated: false,
             stopped_early: None,
@@ -646,7 +772,7 @@ impl Training {
         if spec.standardize && self.standardizer.is_none() && spec.privacy.is_none() {
             return Some(Step::Moments);
         }
-        let done = self.history.len() as u32;
+        let done = self.history.finished;
         let budget_left = self.accountant.as_ref().is_none_or(|a| a.remaining_rounds() > 0);
         if self.stopped_early.is_none() && done < spec.rounds && budget_left {
             return Some(Step::Train { round: done });
@@ -787,7 +913,7 @@ impl Training {
         }
         let provenance = Provenance {
             dataset: spec.dataset.clone(),
-            rounds: self.history.len() as u32,
+            rounds: self.history.finished,
             strategy: serde_json::to_string(&spec.strategy).unwrap_or_default(),
             parties,
             epsilon: self.accountant.as_ref().map(Accountant::epsilon),
@@ -851,11 +977,19 @@ mod tests {
         LocalData::new(spec, x, y).unwrap()
     }
 
-    fn run(spec: &TrainSpec, parties: &[LocalData], state: &mut Training, stop_after: usize) {
+    /// Runs up to `stop_after` steps; returns the round reports taken out after each step, as
+    /// the coordinator takes them out to store them.
+    fn run(
+        spec: &TrainSpec,
+        parties: &[LocalData],
+        state: &mut Training,
+        stop_after: usize,
+    ) -> Vec<RoundReport> {
         let mut steps = 0;
+        let mut stored = Vec::new();
         while let Some(step) = state.next_step(spec) {
             if steps == stop_after {
-                return;
+                break;
             }
             let params = state.server.model.parameters.clone();
             let input =
@@ -868,8 +1002,10 @@ mod tests {
                 sum.iter_mut().zip(v).for_each(|(s, x)| *s = s.wrapping_add(x));
             }
             state.absorb(spec, step, &sum, parties.len()).unwrap();
+            stored.extend(state.history.take_unsaved());
             steps += 1;
         }
+        stored
     }
 
     #[test]
@@ -878,17 +1014,16 @@ mod tests {
         let parties = [party_data(&s, 0.0, 200), party_data(&s, 5.0, 150)];
         let mut state = Training::new(&s).unwrap();
         assert_eq!(state.next_step(&s), Some(Step::Moments));
-        run(&s, &parties, &mut state, usize::MAX);
+        let history = run(&s, &parties, &mut state, usize::MAX);
         let mean = &state.standardizer.as_ref().unwrap().mean;
         assert!((mean[0] - 102.0).abs() < 2.0, "{mean:?}");
         assert_eq!(state.history.len(), 6);
-        assert_eq!(
-            state.history[0].rows,
-            Some((parties[0].train.len() + parties[1].train.len()) as u64)
-        );
+        assert_eq!(history.iter().map(|r| r.round).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(state.history.last(), history.last());
+        assert_eq!(history[0].rows, Some((parties[0].train.len() + parties[1].train.len()) as u64));
         let last = state.final_metrics.as_ref().unwrap();
         assert!(last.accuracy.unwrap() > 0.85, "{last:?}");
-        let first = state.history[0].metrics.as_ref().unwrap();
+        let first = history[0].metrics.as_ref().unwrap();
         assert!(first.loss > last.loss, "training lowers the held-out loss");
         assert_eq!(state.next_step(&s), None);
         let file = state.model_file(&s, 2).unwrap();
@@ -901,13 +1036,59 @@ mod tests {
         let s = spec();
         let parties = [party_data(&s, 0.0, 120), party_data(&s, 1.0, 90)];
         let mut whole = Training::new(&s).unwrap();
-        run(&s, &parties, &mut whole, usize::MAX);
+        let whole_history = run(&s, &parties, &mut whole, usize::MAX);
         let mut part = Training::new(&s).unwrap();
-        run(&s, &parties, &mut part, 3);
+        let mut history = run(&s, &parties, &mut part, 3);
         let checkpoint = serde_json::to_string(&part).unwrap();
         let mut resumed: Training = serde_json::from_str(&checkpoint).unwrap();
-        run(&s, &parties, &mut resumed, usize::MAX);
+        assert_eq!(resumed, part);
+        history.extend(run(&s, &parties, &mut resumed, usize::MAX));
         assert_eq!(resumed.server.model.parameters, whole.server.model.parameters);
+        assert_eq!(history, whole_history);
+    }
+
+    /// The checkpointed state keeps no per-round list: after 500 steps it is as large as after
+    /// 50, give or take the digits of its numbers, while every report was taken out to be
+    /// stored.
+    #[test]
+    fn a_checkpoint_does_not_grow_with_the_rounds() {
+        let s = TrainSpec { rounds: 1000, ..spec() };
+        let parties = [party_data(&s, 0.0, 40), party_data(&s, 1.0, 40)];
+        let checkpoint_after = |steps: usize| {
+            let mut state = Training::new(&s).unwrap();
+            let stored = run(&s, &parties, &mut state, steps);
+            // The first step is the standardisation; every other one finished a round.
+            assert_eq!(stored.len(), steps - 1);
+            assert!(stored.iter().zip(0..).all(|(r, round)| r.round == round));
+            assert_eq!(state.history.len(), steps - 1);
+            serde_json::to_string(&state).unwrap().len()
+        };
+        let (short, long) = (checkpoint_after(50), checkpoint_after(500));
+        assert!(long < short + 256, "{short} bytes after 50 steps, {long} after 500");
+    }
+
+    /// A checkpoint written while the state still held every report resumes with all of them
+    /// unsaved, so they are stored at the next checkpoint; a history that contradicts itself
+    /// is refused.
+    #[test]
+    fn a_checkpoint_holding_every_report_resumes_with_them_unsaved() {
+        let s = spec();
+        let parties = [party_data(&s, 0.0, 80), party_data(&s, 1.0, 80)];
+        let mut state = Training::new(&s).unwrap();
+        let history = run(&s, &parties, &mut state, 4);
+        let mut old = serde_json::to_value(&state).unwrap();
+        old["history"] = serde_json::to_value(&history).unwrap();
+        let mut resumed: Training = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(resumed.history.len(), 3);
+        assert_eq!(resumed.history.last(), history.last());
+        assert_eq!(resumed.history.take_unsaved(), history);
+        assert_eq!(resumed, state);
+
+        old["history"] = serde_json::json!({ "finished": 5, "last": history[2] });
+        assert!(serde_json::from_value::<Training>(old.clone()).is_err());
+        old["history"] =
+            serde_json::json!({ "finished": 2, "last": history[1], "unsaved": history });
+        assert!(serde_json::from_value::<Training>(old).is_err());
     }
 
     #[test]
@@ -933,8 +1114,9 @@ mod tests {
         assert!(s.standardizes_by_bounds());
         state.standardizer =
             Some(Standardizer::from_bounds(&[(80.0, 130.0), (-1.0, 1.0)]).unwrap());
-        run(&s, &parties, &mut state, usize::MAX);
+        let history = run(&s, &parties, &mut state, usize::MAX);
         assert_eq!(state.history.len() as u32, affordable);
+        assert_eq!(history.len() as u32, affordable);
         let eps = state.history.last().unwrap().epsilon.unwrap();
         assert!(eps.is_finite() && eps > 0.0);
         assert_eq!(state.next_step(&s), None);
@@ -950,15 +1132,18 @@ mod tests {
         let s = spec();
         let parties = [party_data(&s, 0.0, 80), party_data(&s, 1.0, 80)];
         let mut state = Training::new(&s).unwrap();
-        run(&s, &parties, &mut state, 3);
+        let mut history = run(&s, &parties, &mut state, 3);
         assert_eq!(state.next_step(&s), Some(Step::Train { round: 2 }));
         let skipped = state.skip_lost(&s, Step::Train { round: 2 }.code().into()).unwrap();
         assert!(skipped.is_empty());
         let skipped = state.skip_lost(&s, Step::Train { round: 3 }.code().into()).unwrap();
         assert_eq!(skipped, vec![Step::Train { round: 2 }]);
-        assert!(state.history[2].lost && state.history[2].contributors == 0);
-        run(&s, &parties, &mut state, usize::MAX);
+        let lost = state.history.last().unwrap();
+        assert!(lost.round == 2 && lost.lost && lost.contributors == 0);
+        history.extend(run(&s, &parties, &mut state, usize::MAX));
         assert_eq!(state.history.len(), 6);
+        assert_eq!(history.len(), 6);
+        assert!(history[2].lost && history.iter().filter(|r| r.lost).count() == 1);
         let mut fresh = Training::new(&s).unwrap();
         assert!(matches!(fresh.skip_lost(&s, 1), Err(Error::Cohort(_))));
     }
@@ -975,10 +1160,23 @@ mod tests {
             TrainSpec { min_parties: 0, ..spec() },
             TrainSpec { update_bound: 1e9, ..spec() },
             TrainSpec { model: ModelSpec::Mlp { hidden: vec![4096, 4096], classes: 2 }, ..spec() },
+            // 5,122 parameters checkpointed after each of 100,002 steps.
+            TrainSpec {
+                model: ModelSpec::Mlp { hidden: vec![1024], classes: 2 },
+                rounds: MAX_ROUNDS,
+                ..spec()
+            },
         ];
         for s in bad {
             assert!(s.validate().is_err(), "{s:?}");
         }
+        let wider = TrainSpec {
+            model: ModelSpec::Mlp { hidden: vec![1024], classes: 2 },
+            rounds: 10_000,
+            ..spec()
+        };
+        wider.validate().unwrap();
+        TrainSpec { rounds: MAX_ROUNDS, ..spec() }.validate().unwrap();
         let s = spec();
         let wrong_labels =
             LocalData::new(&s, Array2::zeros((3, 2)), Array1::from(vec![0.0, 2.0, 1.0]));

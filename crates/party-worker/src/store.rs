@@ -2,6 +2,7 @@
 //! sessions it has taken part in, its signed audit log and the receipts of releases it
 //! contributed to. Each write is one transaction, so a crash leaves every table consistent.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -21,6 +22,14 @@ pub enum StoreError {
     /// A stored row does not parse.
     #[error("party store: corrupt row: {0}")]
     Corrupt(String),
+    /// The budget ledger and the signed audit log disagree, or the log does not verify: rows
+    /// were deleted or edited. The party serves no job until an operator resolves it.
+    #[error(
+        "party store: {0}. The party serves no job until this is resolved: restore the \
+         database from a backup, or rebuild the ledger from the signed audit log with \
+         `veil budget --repair-ledger --config <party.toml>`"
+    )]
+    Tampered(String),
 }
 
 /// The party's store.
@@ -117,6 +126,90 @@ impl PartyStore {
         self.append(&tx, event, time_ms)?;
         tx.commit()?;
         Ok(Ok(()))
+    }
+
+    /// The head of the audit log (its last entry), if it has any.
+    pub fn audit_head(&self) -> Result<Option<veil_governance::audit::Head>, StoreError> {
+        let last: Option<String> = self
+            .conn()
+            .query_row("SELECT entry FROM audit ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+            .optional()?;
+        last.map(|t| {
+            serde_json::from_str::<Entry>(&t)
+                .map(|e| e.head())
+                .map_err(|e| StoreError::Corrupt(format!("audit row: {e}")))
+        })
+        .transpose()
+    }
+
+    /// Checks that the audit log verifies under this party's key and that the budget ledger
+    /// holds exactly the charges its `budget-charged` entries record. Deleting ledger rows
+    /// (which would reset a budget) or log rows alone is caught here, at start; deleting both
+    /// together is caught against the heads the coordinator recorded (`veil audit verify
+    /// --against`).
+    pub fn check_ledger(&self) -> Result<(), StoreError> {
+        let log = self.audit_log()?;
+        veil_governance::audit::verify(&log, &self.key.verifying_key(), &[])
+            .map_err(|e| StoreError::Tampered(format!("the audit log does not verify: {e}")))?;
+        // (job, dataset, consumer) → ρ; ρ compared to 1e-9, as the log keeps it in JSON.
+        let logged: BTreeMap<(String, String, String), f64> = log
+            .iter()
+            .filter_map(|e| match &e.event {
+                Event::BudgetCharged { job_id, dataset, consumer, rho } => {
+                    Some(((job_id.clone(), dataset.clone(), consumer.clone()), *rho))
+                }
+                _ => None,
+            })
+            .collect();
+        let ledger: BTreeMap<(String, String, String), f64> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare("SELECT job_id, dataset, consumer, rho FROM ledger")?;
+            let rows =
+                stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?, r.get(2)?), r.get(3)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let same = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
+        for (key, rho) in &logged {
+            let (job, dataset, _) = key;
+            if !ledger.get(key).is_some_and(|r| same(*r, *rho)) {
+                return Err(StoreError::Tampered(format!(
+                    "the audit log records a charge of ρ = {rho} for job {job} on dataset \
+                     {dataset:?} that the budget ledger lacks or holds differently (ledger rows \
+                     were deleted or edited)"
+                )));
+            }
+        }
+        for (job, dataset, consumer) in ledger.keys() {
+            if !logged.contains_key(&(job.clone(), dataset.clone(), consumer.clone())) {
+                return Err(StoreError::Tampered(format!(
+                    "the budget ledger holds a charge for job {job} on dataset {dataset:?} that \
+                     the audit log does not record (log rows were deleted, or the ledger edited)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the budget ledger from the signed audit log (after [`Self::check_ledger`]
+    /// named a mismatch and the operator chose the log as the record): one transaction.
+    pub fn rebuild_ledger(&self) -> Result<usize, StoreError> {
+        let log = self.audit_log()?;
+        veil_governance::audit::verify(&log, &self.key.verifying_key(), &[])
+            .map_err(|e| StoreError::Tampered(format!("the audit log does not verify: {e}")))?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM ledger", [])?;
+        let mut n = 0;
+        for e in &log {
+            if let Event::BudgetCharged { job_id, dataset, consumer, rho } = &e.event {
+                n += tx.execute(
+                    "INSERT OR IGNORE INTO ledger (job_id, dataset, consumer, rho) VALUES (?1, ?2, ?3, ?4)",
+                    params![job_id, dataset, consumer, rho],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
     }
 
     /// The whole audit log, in order.
@@ -355,6 +448,46 @@ mod tests {
 
     fn store(dir: &Path) -> PartyStore {
         PartyStore::open(&dir.join("p.db"), "party 0", SigningKey::from_bytes(&[3; 32])).unwrap()
+    }
+
+    /// Rows deleted from the ledger (a budget reset) or from the log alone are caught when the
+    /// party starts; the signed log rebuilds the ledger. Deleting the newest rows of both
+    /// together leaves them consistent here, and is caught against the heads the coordinator
+    /// recorded (`veil audit verify --against`).
+    #[test]
+    fn a_ledger_or_log_cut_alone_is_caught_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let charge = |job: &str| Reservation {
+            job_id: job.into(),
+            dataset: "d".into(),
+            consumer: "x".into(),
+            rho: 0.1,
+            caps: Caps { per_consumer: Some(1.0), total: None },
+            max_uses: None,
+        };
+        for job in ["a", "b", "c"] {
+            s.reserve_and_log(&charge(job), 1).unwrap().unwrap();
+        }
+        s.check_ledger().unwrap();
+        // A budget reset: ledger rows deleted.
+        s.conn().execute("DELETE FROM ledger WHERE job_id = 'a'", []).unwrap();
+        let err = s.check_ledger().unwrap_err();
+        assert!(matches!(err, StoreError::Tampered(_)), "{err}");
+        assert!(err.to_string().contains("job a") && err.to_string().contains("--repair-ledger"));
+        assert_eq!(s.rebuild_ledger().unwrap(), 3);
+        s.check_ledger().unwrap();
+        assert!((s.spent("d", "x").unwrap().consumer - 0.3).abs() < 1e-12);
+        // The newest log row alone: the ledger holds a charge the log does not record.
+        s.conn().execute("DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)", []).unwrap();
+        let err = s.check_ledger().unwrap_err();
+        assert!(err.to_string().contains("job c"), "{err}");
+        // Both together: consistent locally.
+        s.conn().execute("DELETE FROM ledger WHERE job_id = 'c'", []).unwrap();
+        s.check_ledger().unwrap();
+        // An edited log entry fails its signature.
+        s.conn().execute("UPDATE audit SET entry = replace(entry, '\"a\"', '\"z\"')", []).unwrap();
+        assert!(s.check_ledger().unwrap_err().to_string().contains("does not verify"));
     }
 
     /// A training job reserves its whole charge at its first step, binds its id to its

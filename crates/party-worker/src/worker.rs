@@ -93,6 +93,10 @@ pub async fn run(
     let endpoint = endpoint(&config)?;
     let signing = SigningKey::from_bytes(&config.identity_seed);
     let store = Arc::new(PartyStore::open(&config.state, &config.id.to_string(), signing.clone())?);
+    if let Err(e) = store.check_ledger() {
+        tracing::error!(party = %config.id, error = %e, "the party's records were tampered with; not serving");
+        return Err(e.into());
+    }
     record_configuration(&config, &store)?;
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = BACKOFF_MIN;
@@ -462,6 +466,10 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
         }
     };
     let signature = state.signing.sign(&decision_statement(&job_id, &job_hash, accept, &reason));
+    let head = state.store.audit_head().unwrap_or_else(|e| {
+        tracing::error!(party = %config.id, error = %e, "cannot read the audit log's head");
+        None
+    });
     TaskReply {
         job_id,
         accept,
@@ -472,6 +480,8 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
         next_step,
         advertise,
         min_cohort,
+        head_seq: head.as_ref().map_or(0, |h| h.seq),
+        head_hash: head.map(|h| h.hash).unwrap_or_default(),
     }
 }
 
@@ -497,6 +507,8 @@ async fn leave_step(
         next_step: 0,
         advertise: Vec::new(),
         min_cohort: 0,
+        head_seq: 0,
+        head_hash: String::new(),
     };
     leave(config, state, job_id, rule, message);
     send(tx, Body::Reply(reply)).await

@@ -568,6 +568,8 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
             next_step: 0,
             advertise,
             min_cohort: 0,
+            head_seq: 0,
+            head_hash: String::new(),
         })
     };
 
