@@ -26,7 +26,30 @@ pub(crate) async fn channel(config: &Path, plaintext: bool) -> Result<Channel> {
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", code_name(s.code()), s.message())
+    anyhow::anyhow!("{}: {}{}", code_name(s.code()), s.message(), hint(&s))
+}
+
+/// What a transport failure most likely means, for the two a consumer meets: a coordinator
+/// whose TLS handshake refused this certificate (it ends the connection, which the client
+/// reports as cancelled), and a client and coordinator that disagree on TLS.
+fn hint(s: &tonic::Status) -> &'static str {
+    let m = s.message().to_ascii_lowercase();
+    if m.contains("h2 protocol error") || m.contains("invalid http version") {
+        "\n  hint: the coordinator and this client disagree on TLS: a plain-text client against \
+         a TLS coordinator (or the reverse). Use the https:// address from consumer.toml, and \
+         --dangerous-plaintext only against a coordinator started with it"
+    } else if s.code() == tonic::Code::Cancelled
+        || m.contains("operation was canceled")
+        || m.contains("transport error")
+        || m.contains("handshake")
+        || m.contains("certificate")
+    {
+        "\n  hint: the coordinator ended the connection during or right after the TLS handshake: \
+         check that the certificate in consumer.toml was issued by this consortium's CA (veil \
+         init) and that the coordinator address is this consortium's"
+    } else {
+        ""
+    }
 }
 
 fn code_name(c: tonic::Code) -> &'static str {
@@ -435,4 +458,21 @@ pub(crate) async fn query(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_failures_say_what_to_check() {
+        let foreign_ca = tonic::Status::cancelled("operation was canceled");
+        assert!(status_error(foreign_ca).to_string().contains("this consortium's CA"));
+        let refused = tonic::Status::unknown("transport error");
+        assert!(status_error(refused).to_string().contains("this consortium's CA"));
+        let mismatch = tonic::Status::internal("h2 protocol error: http2 error");
+        assert!(status_error(mismatch).to_string().contains("disagree on TLS"));
+        let plain = tonic::Status::not_found("no job abc");
+        assert_eq!(status_error(plain).to_string(), "not found: no job abc");
+    }
 }

@@ -197,6 +197,31 @@ fn init_serve_submit_and_survive_a_vanishing_party() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A consumer of another consortium (its certificate from another CA) is told to check its
+    // CA, not that an operation was cancelled.
+    let other = dir.path().join("other");
+    let out = veil(&["init", other.to_str().unwrap(), "--parties", "x", "--listen", &listen]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // It trusts this consortium's CA, so the handshake gets as far as its own certificate.
+    let stranger = other.join("consumers/analyst/consumer.toml");
+    let text = std::fs::read_to_string(&stranger).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("ca ") || l.starts_with("ca=") {
+                format!("ca = {:?}", root.join("ca.pem").to_str().unwrap())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&stranger, text).unwrap();
+    let out = veil(&["jobs", "--config", stranger.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("this consortium's CA"), "{err}");
+
     // A SQL query over the three remaining parties, printed as a table.
     let out = veil(&[
         "query",

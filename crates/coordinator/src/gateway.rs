@@ -62,7 +62,8 @@ impl PartyGateway for Gateway {
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
             .map_err(|_| Status::deadline_exceeded("no hello within 10 seconds"))?
-            .ok_or_else(|| Status::cancelled("stream closed before hello"))??;
+            .ok_or_else(|| Status::cancelled("stream closed before hello"))?
+            .map_err(inbound_error)?;
         self.tap(&first);
         let Some(Inbound::Hello(hello)) = first.body else {
             return Err(Status::failed_precondition("the first message must be a hello"));
@@ -167,6 +168,16 @@ impl Gateway {
     }
 }
 
+/// A message that does not decode is the sender's fault, not the coordinator's: tonic reports
+/// it as INTERNAL, the party hears INVALID_ARGUMENT.
+fn inbound_error(status: Status) -> Status {
+    if status.code() == tonic::Code::Internal && status.message().contains("decode") {
+        Status::invalid_argument(format!("undecodable message: {}", status.message()))
+    } else {
+        status
+    }
+}
+
 /// Routes a party's messages until its stream ends; returns why it ended.
 async fn read_loop(
     shared: &Shared,
@@ -179,6 +190,7 @@ async fn read_loop(
             None => return "closed by the party".into(),
             Some(Err(status)) => {
                 // Oversized or undecodable: tell the party why before the stream closes.
+                let status = inbound_error(status);
                 let _ = tx.send(Err(status.clone())).await;
                 return format!("transport error: {status}");
             }
@@ -226,5 +238,22 @@ async fn read_loop(
         if !shared.route(&job_id, input) {
             tracing::debug!(%party, job_id, "message for a job that is not running");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_undecodable_message_is_the_senders_invalid_argument() {
+        // As tonic's codec reports a message prost cannot decode.
+        let decode = Status::internal("failed to decode Protobuf message: invalid wire type");
+        let mapped = inbound_error(decode);
+        assert_eq!(mapped.code(), tonic::Code::InvalidArgument);
+        assert!(mapped.message().contains("undecodable message"), "{mapped}");
+        // Anything else passes through unchanged.
+        let other = inbound_error(Status::out_of_range("message over 40 MiB"));
+        assert_eq!(other.code(), tonic::Code::OutOfRange);
     }
 }

@@ -115,6 +115,16 @@ pub async fn run(
                 tracing::error!(party = %config.id, %status, "refused by the coordinator");
                 return Err(WorkerError::Refused(status.message().to_string()));
             }
+            // A plain-text party against a TLS coordinator never gets further: say so and stop.
+            Err(status)
+                if config.tls.is_none() && status.message().contains("h2 protocol error") =>
+            {
+                tracing::error!(party = %config.id, %status, "the coordinator does not speak plain text");
+                return Err(WorkerError::Refused(format!(
+                    "the coordinator does not speak plain text ({status}): start the party \
+                     without --dangerous-plaintext, or the coordinator with it"
+                )));
+            }
             Err(status) if status.code() == Code::AlreadyExists => {
                 tracing::error!(
                     party = %config.id,

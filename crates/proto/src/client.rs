@@ -65,6 +65,12 @@ pub async fn connect(url: &str, tls: Option<&TlsMaterial>) -> Result<Channel, St
     }
     endpoint.connect().await.map_err(|e| {
         let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
-        format!("cannot reach the coordinator at {url}: {e}{cause}")
+        let hint = if cause.contains("invalid peer certificate") {
+            "\n  hint: the server's certificate is not signed by the CA in this configuration: is \
+             the address this consortium's coordinator?"
+        } else {
+            ""
+        };
+        format!("cannot reach the coordinator at {url}: {e}{cause}{hint}")
     })
 }
