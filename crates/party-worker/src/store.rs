@@ -22,6 +22,17 @@ pub enum StoreError {
     /// A stored row does not parse.
     #[error("party store: corrupt row: {0}")]
     Corrupt(String),
+    /// The database file cannot be opened as the party's store.
+    #[error(
+        "party store {path}: {source}. It holds the budget ledger and the audit log: restore it \
+         from a backup (a party that starts afresh forgets what it has spent)"
+    )]
+    Open {
+        /// The file.
+        path: String,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
     /// The budget ledger and the signed audit log disagree, or the log does not verify: rows
     /// were deleted or edited. The party serves no job until an operator resolves it.
     #[error(
@@ -61,11 +72,16 @@ impl PartyStore {
     /// Opens (or creates) the store; `writer` names the party in its audit entries, `key` signs
     /// them.
     pub fn open(path: &Path, writer: &str, key: SigningKey) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.execute_batch(SCHEMA)?;
+        let opened = || -> Result<Connection, rusqlite::Error> {
+            let conn = Connection::open(path)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            conn.execute_batch(SCHEMA)?;
+            Ok(conn)
+        };
+        let conn = opened()
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         Ok(Self { conn: Mutex::new(conn), writer: writer.to_string(), key })
     }
 
@@ -93,7 +109,10 @@ impl PartyStore {
             .query_row("SELECT entry FROM audit ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
             .optional()?;
         let last: Option<Entry> = last
-            .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .map(|t| {
+                serde_json::from_str(&t)
+                    .map_err(|e| StoreError::Corrupt(format!("table audit, last row: {e}")))
+            })
             .transpose()?;
         let entry = Entry::new(last.as_ref(), time_ms, &self.writer, event, &self.key);
         let text = serde_json::to_string(&entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -215,10 +234,14 @@ impl PartyStore {
     /// The whole audit log, in order.
     pub fn audit_log(&self) -> Result<Vec<Entry>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT entry FROM audit ORDER BY seq")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        rows.map(|t| serde_json::from_str(&t?).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .collect()
+        let mut stmt = conn.prepare("SELECT seq, entry FROM audit ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        rows.map(|row| {
+            let (seq, text) = row?;
+            serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("table audit, row seq = {seq}: {e}")))
+        })
+        .collect()
     }
 
     /// Records the acceptance of a job in one transaction: its audit entries and, when the
@@ -327,10 +350,15 @@ impl PartyStore {
     /// Every receipt, oldest first.
     pub fn receipts(&self) -> Result<Vec<Receipt>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT receipt FROM receipts ORDER BY rowid")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        rows.map(|t| serde_json::from_str(&t?).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .collect()
+        let mut stmt = conn.prepare("SELECT job_id, receipt FROM receipts ORDER BY rowid")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        rows.map(|row| {
+            let (job, text) = row?;
+            serde_json::from_str(&text).map_err(|e| {
+                StoreError::Corrupt(format!("table receipts, row job_id = {job:?}: {e}"))
+            })
+        })
+        .collect()
     }
 
     /// Spent ρ per (dataset, consumer), for `veil budget`.
@@ -488,6 +516,24 @@ mod tests {
         // An edited log entry fails its signature.
         s.conn().execute("UPDATE audit SET entry = replace(entry, '\"a\"', '\"z\"')", []).unwrap();
         assert!(s.check_ledger().unwrap_err().to_string().contains("does not verify"));
+    }
+
+    /// A file that is not the party's database, and a row that does not parse, are named with
+    /// the path, table and row.
+    #[test]
+    fn a_corrupt_store_names_the_file_table_and_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("garbage.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let err = PartyStore::open(&path, "party 0", SigningKey::from_bytes(&[3; 32]))
+            .err()
+            .expect("a file of garbage is no database");
+        assert!(err.to_string().contains("garbage.db"), "{err}");
+        let s = store(dir.path());
+        s.audit(Event::ConfigChanged { what: "x".into() }, 1).unwrap();
+        s.conn().execute("UPDATE audit SET entry = '{broken' WHERE seq = 0", []).unwrap();
+        let err = s.audit_log().unwrap_err().to_string();
+        assert!(err.contains("table audit") && err.contains("seq = 0"), "{err}");
     }
 
     /// A training job reserves its whole charge at its first step, binds its id to its
