@@ -359,3 +359,130 @@ fn submit_a_training_job_write_the_model_and_predict_with_it() {
         .count();
     assert_eq!(scored.lines().count(), rows, "a header and one line per row: {scored}");
 }
+
+/// Generated SQL, from ordinary to adversarial, up to the 64 KiB limit: deep parentheses, long
+/// AND and OR chains, chained NOTs, huge IN lists, odd Unicode, truncations and token soup.
+fn generated_queries() -> Vec<String> {
+    let mut seed = 0x5eed_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let limit = 64 * 1024;
+    let base = "SELECT COUNT(*), AVG(mean_radius) FROM cells WHERE ";
+    let fill = |unit: &str, sep: &str| {
+        let room = limit - base.len() - 16;
+        let n = room / (unit.len() + sep.len());
+        vec![unit; n.max(1)].join(sep)
+    };
+    let mut q = vec![
+        "SELECT COUNT(*) FROM cells".to_string(),
+        format!("{base}{}", fill("mean_radius = 1", " OR ")),
+        format!("{base}{}", fill("mean_radius > 1", " AND ")),
+        format!("{base}{}mean_radius > 1", "NOT ".repeat(60)),
+        format!("{base}{}mean_radius > 1{}", "(".repeat(5000), ")".repeat(5000)),
+        format!("{base}{}mean_radius > 1", "(".repeat(20_000)),
+        format!("{base}mean_radius IN ({})", fill("1.5", ", ")),
+        format!("{base}target IN ({})", fill("'é\u{202e}\u{1F600}'", ", ")),
+        "SELECT COUNT(*) FROM \u{0441}ells WHERE \u{FEFF}mean_radius > 1".to_string(),
+        format!("SELECT COUNT(*) FROM cells WHERE target = '{}'", "\u{10FFFF}".repeat(4000)),
+        format!("{base}{}", fill("(mean_radius > 1 AND NOT (target = 0 OR", " ")),
+        "x".repeat(limit + 1),
+    ];
+    let tokens = [
+        "SELECT",
+        "FROM",
+        "WHERE",
+        "GROUP BY",
+        "(",
+        ")",
+        "AND",
+        "OR",
+        "NOT",
+        "IN",
+        "BETWEEN",
+        "cells",
+        "mean_radius",
+        "target",
+        "COUNT(*)",
+        "AVG(",
+        "=",
+        "<",
+        ",",
+        "'a'",
+        "1",
+        "-",
+        "\u{0}",
+        "\u{7f}",
+        "--",
+        "/*",
+        "*/",
+        ";",
+        "\"",
+        "\u{2028}",
+    ];
+    for i in 0..40 {
+        let words = 1 + (next() % if i % 4 == 0 { 6000 } else { 40 }) as usize;
+        let text: Vec<&str> =
+            (0..words).map(|_| tokens[(next() % tokens.len() as u64) as usize]).collect();
+        let mut s = text.join(" ");
+        s.truncate(
+            s.char_indices().map(|(i, _)| i).take_while(|&i| i <= limit).last().unwrap_or(0),
+        );
+        q.push(s);
+    }
+    // Truncations of a valid grouped query at every few bytes.
+    let valid = "SELECT target, COUNT(*), AVG(mean_radius) FROM cells WHERE mean_radius BETWEEN 0 AND 30 GROUP BY target";
+    q.extend((1..valid.len()).step_by(7).map(|n| valid[..n].to_string()));
+    q
+}
+
+#[test]
+fn the_sql_front_end_survives_generated_queries_in_a_coordinator_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("consortium");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = veil(&["init", root.to_str().unwrap(), "--parties", "p", "--listen", &listen]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let party = root.join("parties/p/party.toml");
+    add_dataset(&party, &data("hospital_a.csv"));
+    let mut coordinator = spawn(&[
+        "coordinator",
+        "--config",
+        root.join("coordinator/coordinator.toml").to_str().unwrap(),
+    ]);
+    let _p = spawn(&["party", "--config", party.to_str().unwrap()]);
+    wait_connected(root.join("consumers/operator/consumer.toml").to_str().unwrap(), 1);
+
+    let consumer =
+        veil_proto::client::ConsumerFile::load(&root.join("consumers/analyst/consumer.toml"))
+            .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let queries = generated_queries();
+    let mut answered = (0, 0);
+    runtime.block_on(async {
+        let tls = consumer.tls().unwrap();
+        for (i, sql) in queries.iter().enumerate() {
+            // A fresh connection each time: a coordinator that died would refuse it.
+            let channel = veil_proto::client::connect(&consumer.coordinator, Some(&tls))
+                .await
+                .unwrap_or_else(|e| panic!("query {i}: the coordinator went away: {e}"));
+            let mut jobs = veil_proto::v1::jobs_client::JobsClient::new(channel)
+                .max_encoding_message_size(1 << 20);
+            let spec = serde_json::json!({ "sql": sql }).to_string();
+            match jobs.submit(veil_proto::v1::SubmitRequest { spec }).await {
+                Ok(_) => answered.0 += 1,
+                Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                    assert!(!s.message().is_empty(), "query {i}: a refusal without a reason");
+                    answered.1 += 1;
+                }
+                Err(s) => panic!("query {i} ({} bytes): {s}", sql.len()),
+            }
+        }
+    });
+    assert!(coordinator.0.try_wait().unwrap().is_none(), "the coordinator exited");
+    assert_eq!(answered.0 + answered.1, queries.len());
+    assert!(answered.0 >= 3 && answered.1 >= 20, "accepted {}, refused {}", answered.0, answered.1);
+}
