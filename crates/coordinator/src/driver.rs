@@ -137,10 +137,12 @@ async fn run(
             .collect()
     };
     let mut candidates = serving();
-    if resume.is_some() {
-        // After a restart the parties reconnect with backoff: give them the offer timeout.
+    if let Some(cohort) = &resumed_with {
+        // After a restart the parties reconnect with backoff: the job waits for its whole
+        // cohort, up to the offer timeout, rather than leaving out for good a party that is a
+        // moment late.
         let deadline = tokio::time::Instant::now() + shared.offer_timeout;
-        while candidates.len() < min && tokio::time::Instant::now() < deadline {
+        while candidates.len() < cohort.len() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             candidates = serving();
         }

@@ -182,6 +182,39 @@ async fn federated_logistic_regression_over_the_services_matches_pooled_training
 }
 
 /// A hospital that vanishes in the first step does not stop training; the other two finish.
+/// After a coordinator restart, a party that reconnects a moment after the others is waited
+/// for, not left out of the rest of the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_job_waits_for_a_party_that_reconnects_late() {
+    let mut cluster = Cluster::start(cluster_spec("", None)).await;
+    let mut jobs = cluster.jobs().await;
+    let job =
+        jobs.submit(SubmitRequest { spec: logistic(30, "") }).await.unwrap().into_inner().job_id;
+    let mut stream = jobs.watch(JobRef { job_id: job.clone() }).await.unwrap().into_inner();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = tokio::time::timeout_at(deadline, stream.message()).await.unwrap().unwrap();
+        let s = s.expect("the job runs until it is interrupted");
+        assert_ne!(s.state, "succeeded", "the job ended before the kill");
+        if s.detail.starts_with("round 5/30") {
+            break;
+        }
+    }
+    cluster.kill_party(2);
+    cluster.kill_coordinator().await;
+    cluster.restart_coordinator().await;
+    cluster.wait_connected(2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.start_party(2);
+    let resumed = cluster.wait_job(&job).await;
+    assert_eq!(resumed.state, "succeeded", "{resumed:?}");
+    let a = answer(&cluster, &job).await;
+    let rounds = a["rounds"].as_array().unwrap();
+    let last = rounds.last().unwrap();
+    assert_eq!(last["contributors"], 3, "the late party is out of the resumed job: {last}");
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_party_that_vanishes_mid_training_does_not_stop_the_job() {
     let mut cluster =
