@@ -295,6 +295,28 @@ async fn parties_without_a_roster_certificate_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_text_party_against_a_tls_coordinator_stops_with_the_reason() {
+    let mut cluster =
+        Cluster::start(ClusterSpec { parties: hospitals(None), ..ClusterSpec::named(&[]) }).await;
+    cluster.kill_party(0);
+    cluster.wait_disconnected(0).await;
+    let mut plain = party_config(&cluster.layout.party_configs[0]);
+    plain.tls = None;
+    plain.coordinator = plain.coordinator.replacen("https://", "http://", 1);
+    let run = veil_party_worker::worker::run(
+        plain,
+        veil_party_worker::worker::WorkerOptions::default(),
+        tokio::time::sleep(Duration::from_secs(30)),
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the party stops instead of retrying");
+    let err = outcome.expect_err("a plain-text party is not served");
+    assert!(err.to_string().contains("does not speak plain text"), "{err}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_without_a_credential_are_refused() {
     let cluster =
         Cluster::start(ClusterSpec { parties: hospitals(None), ..ClusterSpec::named(&[]) }).await;
