@@ -338,11 +338,14 @@ impl RoundParams {
 
     /// Whether the `count` parties marked alive stay connected after any `removals` of them go.
     fn stays_connected(&self, alive: &mut [bool], count: usize, removals: usize) -> bool {
-        if count <= removals + 1 {
+        if self.component_size(alive) != count {
+            return false;
+        }
+        // Removing all but one leaves nothing to fall apart.
+        if removals == 0 || count <= removals + 1 {
             return true;
         }
         match removals {
-            0 => self.component_size(alive) == count,
             1 => self.biconnected(alive, count),
             _ => (0..alive.len()).all(|i| {
                 if !alive[i] {
@@ -501,6 +504,34 @@ mod tests {
             }
         }
         assert!((0..n).any(|i| a.neighbours_of(i) != b.neighbours_of(i)));
+    }
+
+    /// A survivor set must stay connected after any c of its members are removed: a party
+    /// hanging on one neighbour is refused once one colluder is tolerated, a party with no
+    /// neighbour in the set always.
+    #[test]
+    fn survivors_must_stay_connected_without_any_c_of_them() {
+        let n = 20u32;
+        let config = |c: usize| RoundConfig::sparse(SessionId([5; 32]), ids(n), 4).tolerating(c);
+        let all = ids(n);
+        let v = PartyId(0);
+        for c in 0..=2 {
+            let p = config(c).validate().unwrap();
+            assert!(p.survivors_connected(&all), "c = {c}: the whole graph");
+            // v keeps a single neighbour: that neighbour is an articulation point.
+            let keep = p.neighbours_of(0)[0];
+            let hanging: Vec<PartyId> = all
+                .iter()
+                .copied()
+                .filter(|q| *q == keep || *q == v || !p.are_neighbours(0, *q))
+                .collect();
+            assert_eq!(p.survivors_connected(&hanging), c == 0, "c = {c}: v on one neighbour");
+            // v with no neighbour at all.
+            let cut: Vec<PartyId> = hanging.iter().copied().filter(|q| *q != keep).collect();
+            assert!(!p.survivors_connected(&cut), "c = {c}: v cut off");
+            // A stranger is never part of a connected set.
+            assert!(!p.survivors_connected(&[v, PartyId(99)]));
+        }
     }
 
     #[test]
