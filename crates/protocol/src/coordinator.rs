@@ -494,7 +494,7 @@ impl Coordinator {
                         let shared = secret.agree(&s.routed.keys[u].mask_key, *u)?;
                         // u added the mask if u < v and subtracted it otherwise; undo that.
                         let sign = if u < v { Sign::Subtract } else { Sign::Add };
-                        Ok(Mask::new(&pair_mask_seed(&shared, &round), sign))
+                        Ok(Mask::new(&pair_mask_seed(&shared, &round, *u, *v), sign))
                     })
                     .collect()
             })

@@ -269,9 +269,18 @@ pub(crate) fn share_key(
     hkdf(shared, LABEL_SHARE_KEY, round, &[&from.0.to_le_bytes(), &to.0.to_le_bytes()])
 }
 
-/// The seed of the pairwise mask between two parties (symmetric in the pair).
-pub(crate) fn pair_mask_seed(shared: &[u8; 32], round: &Round) -> Zeroizing<[u8; 32]> {
-    hkdf(shared, LABEL_PAIR_MASK, round, &[])
+/// The seed of the pairwise mask between two parties (symmetric in the pair). It names the
+/// pair: X25519 ignores a key's top bit, so a colluder can advertise a byte-distinct copy of
+/// another party's mask key and share one secret with a victim; with the pair in the seed, the
+/// two masks are different streams and cannot cancel each other in the victim's input.
+pub(crate) fn pair_mask_seed(
+    shared: &[u8; 32],
+    round: &Round,
+    a: PartyId,
+    b: PartyId,
+) -> Zeroizing<[u8; 32]> {
+    let (low, high) = if a < b { (a, b) } else { (b, a) };
+    hkdf(shared, LABEL_PAIR_MASK, round, &[&low.0.to_le_bytes(), &high.0.to_le_bytes()])
 }
 
 /// The seed of a party's self mask, from its Shamir-shared scalar.

@@ -14,10 +14,13 @@ pub const MAX_PARTIES: usize = 10_000;
 pub const MAX_VECTOR_LEN: usize = 1 << 25;
 /// The collusion bound `c` the constructors assume: one party may collude with the coordinator.
 pub const DEFAULT_MAX_CORRUPT: usize = 1;
-/// Most colluding parties a sparse graph is checked against. Showing that a survivor set stays
-/// connected after any `c` of its members are removed costs `|S|^(c-1)` connectivity passes;
-/// beyond two, rounds use all pairs, where every survivor set is complete.
-pub const MAX_SPARSE_CORRUPT: usize = 2;
+/// Most colluding parties a sparse graph tolerates. With two, honest members of the survivor
+/// set that the coordinator kept from masking with some neighbours refuse to sign it but are in
+/// it, and act as extra separators beside the colluders: a small arc of the survivors could be
+/// unmasked (`crates/testkit/tests/adversary_review.rs`). In a complete graph, and in a sparse
+/// one with one colluder, the thresholds leave no room for that; beyond one, rounds use all
+/// pairs.
+pub const MAX_SPARSE_CORRUPT: usize = 1;
 
 /// A round's parameters as a caller writes them; [`RoundConfig::validate`] turns them into
 /// [`RoundParams`] or says which condition they break.
@@ -150,6 +153,13 @@ impl RoundConfig {
                 self.min_cohort
             ));
         }
+        if n < c + 2 {
+            return bad(format!(
+                "a round tolerating {c} colluding parties needs at least {} parties, got {n}: \
+                 otherwise its sum is one honest party's input",
+                c + 2
+            ));
+        }
         let quorum = quorum(n, c);
         if quorum > n {
             return bad(format!(
@@ -159,8 +169,8 @@ impl RoundConfig {
         }
         if k < n - 1 && c > MAX_SPARSE_CORRUPT {
             return bad(format!(
-                "sparse graphs are checked against at most {MAX_SPARSE_CORRUPT} colluding \
-                 parties, got c = {c}; use all pairs"
+                "sparse graphs tolerate at most {MAX_SPARSE_CORRUPT} colluding party, got c = \
+                 {c}; use all pairs"
             ));
         }
         if self.stage_timeout.is_zero() {
@@ -515,7 +525,8 @@ mod tests {
         let config = |c: usize| RoundConfig::sparse(SessionId([5; 32]), ids(n), 4).tolerating(c);
         let all = ids(n);
         let v = PartyId(0);
-        for c in 0..=2 {
+        assert!(config(2).validate().unwrap_err().to_string().contains("at most 1"));
+        for c in 0..=1 {
             let p = config(c).validate().unwrap();
             assert!(p.survivors_connected(&all), "c = {c}: the whole graph");
             // v keeps a single neighbour: that neighbour is an articulation point.

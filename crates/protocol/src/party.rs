@@ -822,7 +822,7 @@ fn pair_mask(
 ) -> Result<Mask> {
     let shared = secret.agree(peer_key, v)?;
     let sign = if me < v { Sign::Add } else { Sign::Subtract };
-    Ok(Mask::new(&pair_mask_seed(&shared, round), sign))
+    Ok(Mask::new(&pair_mask_seed(&shared, round, me, v), sign))
 }
 
 #[cfg(test)]

@@ -105,27 +105,31 @@ async fn the_others_answer_without_a_party_that_refuses() {
     let mut parties = hospitals(POLICY);
     parties[2].datasets[0].extra_toml =
         POLICY.replace(r#"purposes = ["research"]"#, r#"purposes = ["care"]"#);
+    // A fourth party with hospital_b's rows: a round tolerating one colluder needs three.
+    let mut clinic = parties[1].clone();
+    clinic.name = "clinic_d".into();
+    parties.push(clinic);
     let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
     let spec = format!("min_parties = 2\n{}", job("research", "mean_radius", None));
     let (status, result) = cluster.run_job(&spec).await;
     assert_eq!(status.state, "succeeded", "{status:?}");
     assert!(!status.detail.contains("dropped"), "{}", status.detail);
     let result = result.unwrap();
-    assert_eq!(result.contributors, vec![0, 1]);
+    assert_eq!(result.contributors, vec![0, 1, 3]);
     assert!(result.dropped.is_empty(), "{result:?}");
     let answer: serde_json::Value = serde_json::from_str(&result.answer_json).unwrap();
     let rows = |h: &str| {
         csv::Reader::from_path(data(&format!("breast_cancer/{h}.csv"))).unwrap().records().count()
             as u64
     };
-    assert_eq!(answer["rows"], rows("hospital_a") + rows("hospital_b"));
+    assert_eq!(answer["rows"], rows("hospital_a") + 2 * rows("hospital_b"));
     let log = party_log(&cluster, 2);
     assert!(
         log.iter().any(|e| matches!(&e.event, Event::JobRefused { rule, .. } if rule == "purpose"))
     );
-    // With the job's minimum at three, the same refusal fails the job and names the rule.
+    // With the job's minimum at four, the same refusal fails the job and names the rule.
     let (status, _) = cluster
-        .run_job(&format!("min_parties = 3\n{}", job("research", "mean_radius", None)))
+        .run_job(&format!("min_parties = 4\n{}", job("research", "mean_radius", None)))
         .await;
     assert_eq!(status.state, "failed");
     assert!(status.detail.contains("refused by rule purpose"), "{}", status.detail);

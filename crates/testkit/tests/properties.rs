@@ -13,7 +13,7 @@ proptest! {
 
     #[test]
     fn unmasked_sum_is_the_survivors_plain_sum(
-        n in 2usize..28,
+        n in 3usize..28,
         sparse in any::<bool>(),
         extra_t in 0usize..4,
         len in 1usize..40,
@@ -80,7 +80,7 @@ proptest! {
 
 #[test]
 fn without_dropouts_every_configuration_finishes() {
-    for n in [2usize, 3, 9, 33] {
+    for n in [3usize, 4, 9, 33] {
         let c = Consortium::new(n, n as u64);
         for config in [
             RoundConfig::all_pairs(session(n as u64), c.parties(), 5),
