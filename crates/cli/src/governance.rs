@@ -225,104 +225,38 @@ fn read_log(path: &Path) -> Result<Vec<Entry>> {
 }
 
 /// Verifies a log's chain and signatures against the roster's keys and, when another log is
-/// given, the cross-references between them in both directions; names the first entry that
-/// fails. A log that is shorter than a head the other log recorded, or empty where heads
-/// exist, fails.
+/// given, the cross-references between them in both directions (`audit::verify_against`);
+/// names the first entry that fails.
 pub(crate) fn verify(log: &Path, roster: &Path, against: Option<&Path>) -> Result<()> {
     let entries = read_log(log)?;
     let roster = RosterFile::load(roster)?;
     let other = against.map(read_log).transpose()?;
-    let writer = match (entries.first(), &other) {
-        (Some(first), _) => first.writer.clone(),
-        (None, None) => {
-            println!("{}: empty log", log.display());
-            return Ok(());
-        }
-        // An empty log is checked against what the other log recorded about it below; which
-        // writer it belongs to follows from the other log.
-        (None, Some(o)) if o.first().is_some_and(|e| e.writer == "coordinator") => {
+    let Some(first) = entries.first() else {
+        if other.as_ref().is_some_and(|o| !o.is_empty()) {
             bail!(
-                "{}: the log is empty, but the coordinator's log records releases; a party's \
-                 log is never empty once it has taken part (export it again, or it was emptied)",
+                "{}: the log is empty, but the other log records entries of this consortium (a \
+                 log that took part is never empty: export it again, or it was emptied)",
                 log.display()
-            )
+            );
         }
-        (None, Some(_)) => {
-            bail!(
-                "{}: the log is empty, but the party's log records coordinator heads (the \
-                 coordinator's log was emptied)",
-                log.display()
-            )
-        }
+        println!("{}: empty log", log.display());
+        return Ok(());
     };
-    if let Some(e) = entries.iter().find(|e| e.writer != writer) {
-        bail!(
-            "{}: entry {} is written by {:?}, the log's first entry by {writer:?}",
-            log.display(),
-            e.seq,
-            e.writer
-        );
-    }
+    let writer = first.writer.clone();
     let key = roster
         .audit_key(&writer)
         .with_context(|| format!("the roster has no key for {writer:?}"))?;
-    let mut anchors = Vec::new();
-    if let Some(other) = &other {
-        if writer == "coordinator" {
-            anchors = audit::recorded_coordinator_heads(other);
-        } else if other.first().is_some_and(|e| e.writer == "coordinator") {
-            let party = writer
-                .strip_prefix("party ")
-                .and_then(|id| id.parse::<u32>().ok())
-                .with_context(|| format!("{writer:?} names no party"))?;
-            // Each job this party records as offered must appear in the coordinator's log.
-            let offered: Vec<String> = other
-                .iter()
-                .filter_map(|e| match &e.event {
-                    audit::Event::JobOffered { job_id, .. } => Some(job_id.clone()),
-                    _ => None,
-                })
-                .collect();
-            for e in &entries {
-                if let audit::Event::JobOffered { job_id, .. } = &e.event {
-                    if !offered.contains(job_id) {
-                        bail!("entry {}: job {job_id} is not in the coordinator's log", e.seq);
-                    }
-                }
-            }
-            // Each release receipt naming this party must be in its log too, and the head the
-            // receipt recorded (at its acceptance) must be there.
-            let released: Vec<&str> = entries
-                .iter()
-                .filter_map(|e| match &e.event {
-                    audit::Event::ResultReleased { receipt } => Some(receipt.job_id.as_str()),
-                    _ => None,
-                })
-                .collect();
-            for (seq, job, head) in audit::recorded_contributions(other, party) {
-                if !released.contains(&job.as_str()) {
-                    bail!(
-                        "{}: the coordinator's entry {seq} releases job {job} with this party's \
-                         data, and this log records no such release (entries were deleted, or \
-                         the party stopped before the release reached it)",
-                        log.display()
-                    );
-                }
-                anchors.extend(head);
-            }
-        }
-    }
-    match audit::verify(&entries, &key, &anchors) {
+    let checked = match &other {
+        Some(other) => audit::verify_against(&entries, &key, other),
+        None => audit::verify(&entries, &key, &[]).map_err(audit::AgainstError::from),
+    };
+    match checked {
         Ok(()) => {
             println!(
                 "{}: {} entries by {writer}, chain and signatures valid{}",
                 log.display(),
                 entries.len(),
-                if anchors.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {} recorded heads match", anchors.len())
-                }
+                if other.is_some() { ", and every record of the other log matches" } else { "" }
             );
             Ok(())
         }

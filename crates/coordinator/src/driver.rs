@@ -210,6 +210,10 @@ async fn run(
                 Some(JobInput::Reply { from, accept, reason, job_hash: hash, signature, dataset_sha256, next_step: next, advertise, min_cohort, head }) if pending.remove(&from) => {
                     if !decision_signed(shared, from, &record.id, &hash, accept, &reason, &signature) || hash != job_hash {
                         refused.push(format!("{from} sent an unsigned or mismatched decision"));
+                    } else if accept && head.is_none() {
+                        // The receipt anchors the party's log at its acceptance; without the
+                        // head, a party could later rewrite its log unseen.
+                        refused.push(format!("{from} accepted without its audit log head"));
                     } else if accept {
                         accepted.insert(from);
                         if !advertise.is_empty() {

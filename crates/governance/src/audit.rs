@@ -258,6 +258,144 @@ pub fn verify(entries: &[Entry], key: &VerifyingKey, anchors: &[Head]) -> Result
     Ok(())
 }
 
+/// Why a log does not agree with another writer's log, naming what is missing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgainstError {
+    /// The log fails on its own (chain, signatures) or against a recorded head.
+    #[error(transparent)]
+    Log(#[from] VerifyError),
+    /// The log is empty although the other log records something of it.
+    #[error("the log is empty, but the other log records {0}")]
+    Empty(String),
+    /// Entries are written by more than one writer.
+    #[error("entry {seq} is written by {found:?}, the log's first entry by {writer:?}")]
+    Writer {
+        /// The entry.
+        seq: u64,
+        /// Its writer.
+        found: String,
+        /// The first entry's writer.
+        writer: String,
+    },
+    /// Something the other log records is missing from this one.
+    #[error("{0}")]
+    Missing(String),
+}
+
+/// Checks `log` (by `key`'s writer) against the other side's log, in whichever direction the
+/// two writers give:
+///
+/// - a coordinator's log must hold every head a party's log recorded of it, and every release
+///   the party's log records;
+/// - a party's log must hold every job it records as offered in the coordinator's log, and for
+///   every release receipt that names it: the release, the charge of the receipt's ρ, and the
+///   head the receipt recorded, which must be the entry where it accepted that job.
+///
+/// A log shorter than a recorded head, or empty where the other log records something, fails.
+pub fn verify_against(
+    log: &[Entry],
+    key: &VerifyingKey,
+    other: &[Entry],
+) -> Result<(), AgainstError> {
+    let other_is_coordinator = other.first().is_some_and(|e| e.writer == "coordinator");
+    let Some(first) = log.first() else {
+        if other.is_empty() {
+            return Ok(());
+        }
+        let what = if other_is_coordinator { "releases and offers" } else { "coordinator heads" };
+        return Err(AgainstError::Empty(what.into()));
+    };
+    let writer = first.writer.clone();
+    if let Some(e) = log.iter().find(|e| e.writer != writer) {
+        return Err(AgainstError::Writer { seq: e.seq, found: e.writer.clone(), writer });
+    }
+    let missing = |m: String| Err(AgainstError::Missing(m));
+    let mut anchors = Vec::new();
+    if writer == "coordinator" {
+        anchors = recorded_coordinator_heads(other);
+        for e in other {
+            if let Event::ResultReleased { receipt } = &e.event {
+                let here = log.iter().any(|c| {
+                    matches!(&c.event, Event::ResultReleased { receipt: r } if r.job_id == receipt.job_id)
+                });
+                if !here {
+                    return missing(format!(
+                        "the party's entry {} records the release of job {}, which this log \
+                         does not (entries were deleted)",
+                        e.seq, receipt.job_id
+                    ));
+                }
+            }
+        }
+    } else if other_is_coordinator {
+        let party = writer.strip_prefix("party ").and_then(|id| id.parse::<u32>().ok());
+        let Some(party) = party else {
+            return missing(format!("{writer:?} names no party"));
+        };
+        for e in log {
+            if let Event::JobOffered { job_id, .. } = &e.event {
+                let offered = other.iter().any(
+                    |c| matches!(&c.event, Event::JobOffered { job_id: j, .. } if j == job_id),
+                );
+                if !offered {
+                    return missing(format!(
+                        "entry {}: job {job_id} is not in the coordinator's log",
+                        e.seq
+                    ));
+                }
+            }
+        }
+        for (seq, job, head) in recorded_contributions(other, party) {
+            let rho = other
+                .iter()
+                .find_map(|e| match &e.event {
+                    Event::ResultReleased { receipt } if receipt.job_id == job => Some(receipt.rho),
+                    _ => None,
+                })
+                .unwrap_or(0.0);
+            let released = log.iter().any(
+                |e| matches!(&e.event, Event::ResultReleased { receipt } if receipt.job_id == job),
+            );
+            if !released {
+                return missing(format!(
+                    "the coordinator's entry {seq} releases job {job} with this party's data, \
+                     and this log records no such release (entries were deleted, or the party \
+                     stopped before the release reached it)"
+                ));
+            }
+            let same = |a: f64| (a - rho).abs() <= 1e-9 * a.abs().max(rho.abs()).max(1.0);
+            let charged = log.iter().any(|e| {
+                matches!(&e.event, Event::BudgetCharged { job_id, rho: r, .. } if *job_id == job && same(*r))
+            });
+            if rho > 0.0 && !charged {
+                return missing(format!(
+                    "the coordinator's entry {seq} releases job {job} at ρ = {rho}, and this \
+                     log records no charge of it (a charge was cut and the release logged again)"
+                ));
+            }
+            let Some(head) = head else {
+                return missing(format!(
+                    "the coordinator's entry {seq} records no head of this party for job {job}"
+                ));
+            };
+            let accepted = log.get(head.seq as usize).is_some_and(
+                |e| matches!(&e.event, Event::JobAccepted { job_id, .. } if *job_id == job),
+            );
+            if log.get(head.seq as usize).is_some() && !accepted {
+                return missing(format!(
+                    "entry {}: the head the coordinator recorded for job {job} is not this \
+                     party's acceptance of it (the log was rewritten)",
+                    head.seq
+                ));
+            }
+            anchors.push(head);
+        }
+    }
+    verify(log, key, &anchors)?;
+    Ok(())
+}
+
 /// The releases in the coordinator's log that name `party` as a contributor: the entry's
 /// sequence number, the job, and the party's log head the receipt recorded (if any), to anchor
 /// the party's log.

@@ -37,8 +37,9 @@ pub enum StoreError {
     /// were deleted or edited. The party serves no job until an operator resolves it.
     #[error(
         "party store: {0}. The party serves no job until this is resolved: restore the \
-         database from a backup, or rebuild the ledger from the signed audit log with \
-         `veil budget --repair-ledger --config <party.toml>`"
+         database from a backup, or, once `veil audit verify` has checked the exported log \
+         against the coordinator's (a cut log would lose charges), rebuild the ledger from it \
+         with `veil budget --repair-ledger --config <party.toml>`"
     )]
     Tampered(String),
 }
@@ -163,9 +164,9 @@ impl PartyStore {
 
     /// Checks that the audit log verifies under this party's key and that the budget ledger
     /// holds exactly the charges its `budget-charged` entries record. Deleting ledger rows
-    /// (which would reset a budget) or log rows alone is caught here, at start; deleting both
-    /// together is caught against the heads the coordinator recorded (`veil audit verify
-    /// --against`).
+    /// (which would reset a budget), or log rows that hold charges, alone is caught here, at
+    /// start; deleting a released job's charge from both is caught against the coordinator's
+    /// receipts (`veil audit verify --against`).
     pub fn check_ledger(&self) -> Result<(), StoreError> {
         let log = self.audit_log()?;
         veil_governance::audit::verify(&log, &self.key.verifying_key(), &[])

@@ -591,7 +591,7 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
             advertise,
             min_cohort: 0,
             head_seq: 0,
-            head_hash: String::new(),
+            head_hash: "ab".repeat(32),
         })
     };
 
