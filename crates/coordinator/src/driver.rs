@@ -524,6 +524,7 @@ async fn secure_round(
         }
     }
     let mut coordinator = Coordinator::new(params, shared.protocol_roster.clone(), Instant::now());
+    let mut charged = BTreeSet::new();
     for p in unreachable {
         coordinator.handle_departure(p, Instant::now());
     }
@@ -546,7 +547,11 @@ async fn secure_round(
     }
     loop {
         while let Some((to, msg)) = coordinator.poll_transmit() {
-            let payload = RoundPayload { job_id: record.id.clone(), message: msg.encode() };
+            let payload = RoundPayload {
+                job_id: record.id.clone(),
+                message: msg.encode(),
+                ..Default::default()
+            };
             shared.send(to, CoordinatorEnvelope { body: Some(Body::Round(payload)) }).await;
         }
         while let Some(event) = coordinator.poll_event() {
@@ -569,7 +574,8 @@ async fn secure_round(
         };
         tokio::select! {
             input = inbox.recv() => match input {
-                Some(JobInput::Round { from, bytes }) => {
+                Some(JobInput::Round { from, bytes, head }) => {
+                    record_charge(shared, &record.id, from, head, &mut charged);
                     let r = PartyMessage::decode(&bytes)
                         .map_err(ProtocolError::from)
                         .and_then(|m| coordinator.handle_message(from, m, Instant::now()));
@@ -621,13 +627,15 @@ async fn plain_round(
         shared.send(p, CoordinatorEnvelope { body: Some(Body::Start(start)) }).await;
     }
     let mut waiting: BTreeSet<PartyId> = parties.iter().copied().collect();
+    let mut charged = BTreeSet::new();
     let mut contributors = Vec::new();
     let mut sum = vec![0u64; vector_len];
     let deadline = tokio::time::Instant::now() + shared.stage_timeout;
     while !waiting.is_empty() {
         tokio::select! {
             input = inbox.recv() => match input {
-                Some(JobInput::Round { from, bytes }) if waiting.contains(&from) => {
+                Some(JobInput::Round { from, bytes, head }) if waiting.contains(&from) => {
+                    record_charge(shared, &record.id, from, head, &mut charged);
                     if bytes.len() != vector_len * 8 {
                         shared.disconnect(from, Status::invalid_argument(format!(
                             "job {}: a plain vector of {} bytes, expected {}", record.id, bytes.len(), vector_len * 8
@@ -656,6 +664,25 @@ async fn plain_round(
     contributors.sort();
     let dropped = parties.iter().copied().filter(|p| !contributors.contains(p)).collect();
     Ok(Aggregate { sum, contributors, dropped })
+}
+
+/// Records in the coordinator's log the head a party sent with its first round message of a
+/// job (after its charge), once per party and round.
+fn record_charge(
+    shared: &Shared,
+    job_id: &str,
+    party: PartyId,
+    head: Option<veil_governance::audit::Head>,
+    charged: &mut BTreeSet<PartyId>,
+) {
+    let Some(head) = head else { return };
+    if !charged.insert(party) {
+        return;
+    }
+    let event = Event::PartyCharged { job_id: job_id.to_string(), party: party.0, head };
+    if let Err(e) = shared.store.audit(event, now_ms()) {
+        tracing::error!(job = %job_id, %party, error = %e, "cannot record the party's log head");
+    }
 }
 
 /// A training step's round: the round start's training fields, and why parties left it.

@@ -168,6 +168,12 @@ impl Gateway {
     }
 }
 
+/// A head a party sent: a hash is 64 hex digits; anything else records no head.
+fn head_of(seq: u64, hash: String) -> Option<veil_governance::audit::Head> {
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(veil_governance::audit::Head { seq, hash })
+}
+
 /// A message that does not decode is the sender's fault, not the coordinator's: tonic reports
 /// it as INTERNAL, the party hears INVALID_ARGUMENT.
 fn inbound_error(status: Status) -> Status {
@@ -212,9 +218,7 @@ async fn read_loop(
                     next_step: r.next_step,
                     min_cohort: r.min_cohort,
                     // A hash is 64 hex digits; anything else records no head.
-                    head: (r.head_hash.len() == 64
-                        && r.head_hash.bytes().all(|b| b.is_ascii_hexdigit()))
-                    .then_some(veil_governance::audit::Head { seq: r.head_seq, hash: r.head_hash }),
+                    head: head_of(r.head_seq, r.head_hash),
                     // An advertisement is under 200 bytes; a longer one is cut, and refused
                     // as undecodable when the round starts.
                     advertise: {
@@ -226,7 +230,8 @@ async fn read_loop(
                 (r.job_id, input)
             }
             Some(Inbound::Round(r)) => {
-                (r.job_id, JobInput::Round { from: party, bytes: r.message })
+                let head = head_of(r.head_seq, r.head_hash);
+                (r.job_id, JobInput::Round { from: party, bytes: r.message, head })
             }
             Some(Inbound::Hello(_)) | None => {
                 let status =

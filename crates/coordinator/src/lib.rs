@@ -109,8 +109,8 @@ pub(crate) enum JobInput {
         /// Its audit log head once its decision was recorded.
         head: Option<veil_governance::audit::Head>,
     },
-    /// A round message from a party.
-    Round { from: PartyId, bytes: Vec<u8> },
+    /// A round message from a party, with its audit log head when it sent one.
+    Round { from: PartyId, bytes: Vec<u8>, head: Option<veil_governance::audit::Head> },
     /// A party's connection closed.
     Departed(PartyId),
     /// The consumer cancelled.

@@ -63,6 +63,16 @@ pub enum Event {
         /// zCDP ρ.
         rho: f64,
     },
+    /// A party's first round message of a job reached the coordinator, with the party's log
+    /// head then, which lies after the job's charge (in the coordinator's log).
+    PartyCharged {
+        /// The job.
+        job_id: String,
+        /// The party.
+        party: u32,
+        /// The party's log head.
+        head: Head,
+    },
     /// A result was released.
     ResultReleased {
         /// The receipt.
@@ -346,6 +356,11 @@ pub fn verify_against(
                 }
             }
         }
+        // Every head recorded after a party's charge anchors its log, released or not.
+        anchors.extend(other.iter().filter_map(|e| match &e.event {
+            Event::PartyCharged { party: p, head, .. } if *p == party => Some(head.clone()),
+            _ => None,
+        }));
         for (seq, job, head) in recorded_contributions(other, party) {
             let rho = other
                 .iter()

@@ -1023,6 +1023,19 @@ async fn trained(
     }
 }
 
+/// The audit log head a round message carries (after the job's charge, which is reserved
+/// before any round message leaves).
+fn head_fields(config: &PartyConfig, state: &State) -> (u64, String) {
+    match state.store.audit_head() {
+        Ok(Some(h)) => (h.seq, h.hash),
+        Ok(None) => (0, String::new()),
+        Err(e) => {
+            tracing::error!(party = %config.id, error = %e, "cannot read the audit log's head");
+            (0, String::new())
+        }
+    }
+}
+
 /// Reserves a release's charge, atomically against every other job, before anything derived
 /// from the data leaves; it is never refunded. `false` when the party leaves the job instead.
 fn reserve(
@@ -1103,7 +1116,9 @@ async fn join_round(
         for x in vector.iter() {
             bytes.extend_from_slice(&x.to_le_bytes());
         }
-        send(tx, Body::Round(RoundPayload { job_id: job_id.clone(), message: bytes })).await?;
+        let (head_seq, head_hash) = head_fields(config, state);
+        let payload = RoundPayload { job_id: job_id.clone(), message: bytes, head_seq, head_hash };
+        send(tx, Body::Round(payload)).await?;
         state.jobs.insert(job_id, JobState::Idle);
         return Ok(false);
     }
@@ -1253,8 +1268,10 @@ async fn flush(
     }
     for m in outgoing {
         let stage = m.stage();
-        send(tx, Body::Round(RoundPayload { job_id: job_id.to_string(), message: m.encode() }))
-            .await?;
+        let (head_seq, head_hash) = head_fields(config, state);
+        let payload =
+            RoundPayload { job_id: job_id.to_string(), message: m.encode(), head_seq, head_hash };
+        send(tx, Body::Round(payload)).await?;
         if let Some(exit) = injected(config, state, job_id, stage).await {
             return Ok(exit);
         }

@@ -621,7 +621,12 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
     // Oversized: 41 MiB in one message.
     let mut p = raw::connect(party_channel().await, None).await.unwrap();
     assert!(matches!(p.next().await, Ok(Some(_))), "welcome");
-    p.send(Body::Round(RoundPayload { job_id: "x".into(), message: vec![7u8; 41 << 20] })).await;
+    p.send(Body::Round(RoundPayload {
+        job_id: "x".into(),
+        message: vec![7u8; 41 << 20],
+        ..Default::default()
+    }))
+    .await;
     let status = p.next().await.unwrap_err();
     assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted), "{status}");
 
@@ -666,7 +671,12 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
             .into()
         };
         if let Some(message) = message {
-            p.send(Body::Round(RoundPayload { job_id: start.job_id.clone(), message })).await;
+            p.send(Body::Round(RoundPayload {
+                job_id: start.job_id.clone(),
+                message,
+                ..Default::default()
+            }))
+            .await;
         }
         let status = loop {
             match p.next().await {
