@@ -174,7 +174,7 @@ async fn run(
             now_ms(),
         )
         .map_err(|e| End::Failed(format!("audit log: {e}")))?;
-    let head = offered_entry.head();
+    let head = offered_entry.head().signed(&record.id, &shared.identity);
     // A one-round secure job's session is fixed at the offer, so that parties advertise their
     // round keys with their acceptance.
     let session = match job {
@@ -189,6 +189,7 @@ async fn run(
             consumer: record.consumer.clone(),
             coordinator_head_seq: head.seq,
             coordinator_head_hash: head.hash.clone(),
+            coordinator_head_signature: head.signature.clone().unwrap_or_default(),
             session: session.map(|s| s.to_vec()).unwrap_or_default(),
         };
         if shared.send(p, CoordinatorEnvelope { body: Some(Body::Offer(offer)) }).await {

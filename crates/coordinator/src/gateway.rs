@@ -168,10 +168,15 @@ impl Gateway {
     }
 }
 
-/// A head a party sent: a hash is 64 hex digits; anything else records no head.
-fn head_of(seq: u64, hash: String) -> Option<veil_governance::audit::Head> {
-    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then_some(veil_governance::audit::Head { seq, hash })
+/// A head a party sent, with its signature: a hash is 64 hex digits and a signature 128;
+/// anything else records no head.
+fn head_of(seq: u64, hash: String, signature: String) -> Option<veil_governance::audit::Head> {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(&hash, 64) && hex(&signature, 128)).then_some(veil_governance::audit::Head {
+        seq,
+        hash,
+        signature: Some(signature),
+    })
 }
 
 /// A message that does not decode is the sender's fault, not the coordinator's: tonic reports
@@ -218,7 +223,7 @@ async fn read_loop(
                     next_step: r.next_step,
                     min_cohort: r.min_cohort,
                     // A hash is 64 hex digits; anything else records no head.
-                    head: head_of(r.head_seq, r.head_hash),
+                    head: head_of(r.head_seq, r.head_hash, r.head_signature),
                     // An advertisement is under 200 bytes; a longer one is cut, and refused
                     // as undecodable when the round starts.
                     advertise: {
@@ -230,7 +235,7 @@ async fn read_loop(
                 (r.job_id, input)
             }
             Some(Inbound::Round(r)) => {
-                let head = head_of(r.head_seq, r.head_hash);
+                let head = head_of(r.head_seq, r.head_hash, r.head_signature);
                 (r.job_id, JobInput::Round { from: party, bytes: r.message, head })
             }
             Some(Inbound::Hello(_)) | None => {

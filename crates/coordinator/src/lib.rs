@@ -146,6 +146,8 @@ pub(crate) struct Shared {
     stage_timeout: Duration,
     offer_timeout: Duration,
     max_corrupt: usize,
+    /// Signs the heads of its log it hands to parties.
+    identity: ed25519_dalek::SigningKey,
     tap: Option<InboundTap>,
     parties: Mutex<BTreeMap<PartyId, Connection>>,
     jobs: Mutex<HashMap<String, mpsc::UnboundedSender<JobInput>>>,
@@ -315,6 +317,7 @@ pub async fn serve(
         stage_timeout: config.stage_timeout,
         offer_timeout: config.offer_timeout,
         max_corrupt: config.max_corrupt,
+        identity: config.identity.clone(),
         tap: config.inbound_tap,
         parties: Mutex::new(BTreeMap::new()),
         jobs: Mutex::new(HashMap::new()),

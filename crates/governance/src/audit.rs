@@ -92,13 +92,67 @@ pub enum Event {
     },
 }
 
-/// A position in a log: the sequence number and hash of an entry.
+/// A position in a log: the sequence number and hash of an entry. A head one writer hands the
+/// other for a job carries the writer's signature over (job, seq, hash), so that a head
+/// recorded by the other side can be told from one it made up.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Head {
     /// The entry's sequence number (0-based).
     pub seq: u64,
     /// Its hash, hex.
     pub hash: String,
+    /// The log writer's Ed25519 signature (hex) over [`head_statement`], when the head was
+    /// handed to the other side for a job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+const LABEL_HEAD: &[u8] = b"veil/audit/v1/head";
+
+/// What a writer signs when it hands its head to the other side for a job.
+pub fn head_statement(job_id: &str, seq: u64, hash: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(LABEL_HEAD.len() + 16 + job_id.len() + hash.len());
+    m.extend_from_slice(LABEL_HEAD);
+    m.extend_from_slice(&(job_id.len() as u64).to_le_bytes());
+    m.extend_from_slice(job_id.as_bytes());
+    m.extend_from_slice(&seq.to_le_bytes());
+    m.extend_from_slice(hash.as_bytes());
+    m
+}
+
+impl Head {
+    /// The head signed by its log's writer for `job_id`.
+    pub fn signed(self, job_id: &str, key: &SigningKey) -> Self {
+        let signature = key.sign(&head_statement(job_id, self.seq, &self.hash));
+        Self { signature: Some(hex_encode(&signature.to_bytes())), ..self }
+    }
+
+    /// Whether the log's writer (`key`) signed this head for `job_id`.
+    pub fn signed_by(&self, job_id: &str, key: &VerifyingKey) -> bool {
+        let Some(signature) = self.signature.as_deref().and_then(hex_decode_64) else {
+            return false;
+        };
+        key.verify(
+            &head_statement(job_id, self.seq, &self.hash),
+            &Signature::from_bytes(&signature),
+        )
+        .is_ok()
+    }
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode_64(text: &str) -> Option<[u8; 64]> {
+    if text.len() != 128 {
+        return None;
+    }
+    let mut out = [0u8; 64];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// One log entry.
@@ -170,7 +224,7 @@ impl Entry {
 
     /// This entry as a head.
     pub fn head(&self) -> Head {
-        Head { seq: self.seq, hash: self.hash() }
+        Head { seq: self.seq, hash: self.hash(), signature: None }
     }
 
     fn signature_valid(&self, key: &VerifyingKey) -> bool {
@@ -323,7 +377,20 @@ pub fn verify_against(
     let missing = |m: String| Err(AgainstError::Missing(m));
     let mut anchors = Vec::new();
     if writer == "coordinator" {
-        anchors = recorded_coordinator_heads(other);
+        // Each head a party recorded must carry this coordinator's signature for its job: one
+        // that does not was made up by the party, not rolled back by the coordinator.
+        for e in other {
+            if let Event::JobOffered { job_id, coordinator_head: Some(h), .. } = &e.event {
+                if !h.signed_by(job_id, key) {
+                    return missing(format!(
+                        "the party's entry {} records a coordinator head for job {job_id} that \
+                         the coordinator did not sign: the party's record is false",
+                        e.seq
+                    ));
+                }
+                anchors.push(h.clone());
+            }
+        }
         for e in other {
             if let Event::ResultReleased { receipt } = &e.event {
                 let here = log.iter().any(|c| {
@@ -356,11 +423,26 @@ pub fn verify_against(
                 }
             }
         }
-        // Every head recorded after a party's charge anchors its log, released or not.
-        anchors.extend(other.iter().filter_map(|e| match &e.event {
-            Event::PartyCharged { party: p, head, .. } if *p == party => Some(head.clone()),
-            _ => None,
-        }));
+        // Every head recorded after a party's charge anchors its log, released or not; each
+        // must carry the party's own signature for its job, or the coordinator made it up.
+        let signed = |seq: u64, job: &str, head: &Head| {
+            if head.signed_by(job, key) {
+                Ok(())
+            } else {
+                Err(AgainstError::Missing(format!(
+                    "the coordinator's entry {seq} records a head of this party for job {job} \
+                     that the party did not sign: the coordinator's record is false"
+                )))
+            }
+        };
+        for e in other {
+            if let Event::PartyCharged { job_id, party: p, head } = &e.event {
+                if *p == party {
+                    signed(e.seq, job_id, head)?;
+                    anchors.push(head.clone());
+                }
+            }
+        }
         for (seq, job, head) in recorded_contributions(other, party) {
             let rho = other
                 .iter()
@@ -394,6 +476,7 @@ pub fn verify_against(
                     "the coordinator's entry {seq} records no head of this party for job {job}"
                 ));
             };
+            signed(seq, &job, &head)?;
             let accepted = log.get(head.seq as usize).is_some_and(
                 |e| matches!(&e.event, Event::JobAccepted { job_id, .. } if *job_id == job),
             );

@@ -164,6 +164,9 @@ pub struct PartyConfig {
     pub min_cohort: usize,
     /// The collusion bound `c` a round must tolerate.
     pub max_corrupt: usize,
+    /// The key that signs the coordinator's audit log (from the roster), which signs the heads
+    /// the coordinator sends with its offers.
+    pub coordinator_key: Option<ed25519_dalek::VerifyingKey>,
     /// Datasets served.
     pub datasets: Vec<DatasetConfig>,
     /// The party's store.
@@ -383,6 +386,7 @@ impl PartyFile {
             identity_seed: seed,
             min_cohort: self.min_cohort as usize,
             max_corrupt: self.max_corrupt as usize,
+            coordinator_key: roster_file.audit_key("coordinator"),
             datasets: self.datasets,
             state: self.state,
         })

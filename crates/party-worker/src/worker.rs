@@ -480,6 +480,7 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
         tracing::error!(party = %config.id, error = %e, "cannot read the audit log's head");
         None
     });
+    let head = head.map(|h| h.signed(&job_id, &state.signing));
     TaskReply {
         job_id,
         accept,
@@ -491,6 +492,7 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
         advertise,
         min_cohort,
         head_seq: head.as_ref().map_or(0, |h| h.seq),
+        head_signature: head.as_ref().and_then(|h| h.signature.clone()).unwrap_or_default(),
         head_hash: head.map(|h| h.hash).unwrap_or_default(),
     }
 }
@@ -519,6 +521,7 @@ async fn leave_step(
         min_cohort: 0,
         head_seq: 0,
         head_hash: String::new(),
+        head_signature: String::new(),
     };
     leave(config, state, job_id, rule, message);
     send(tx, Body::Reply(reply)).await
@@ -641,6 +644,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
     let coordinator_head = (!offer.coordinator_head_hash.is_empty()).then(|| Head {
         seq: offer.coordinator_head_seq,
         hash: offer.coordinator_head_hash.clone(),
+        signature: Some(offer.coordinator_head_signature.clone()),
     });
     let refuse = |state: &State, rule: Rule, reason: String| {
         let _ = state.prepared_tx.try_send(Prepared {
@@ -649,6 +653,18 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
             result: Err((rule, reason)),
         });
     };
+    // The coordinator's head goes into this party's signed log: it must be the coordinator's
+    // own, signed for this job, or an audit could not tell whose record is false.
+    if let (Some(head), Some(key)) = (&coordinator_head, &config.coordinator_key) {
+        if !head.signed_by(&job_id, key) {
+            return refuse(
+                state,
+                Rule::Kind,
+                "the offer's coordinator log head is not signed by the roster's coordinator key"
+                    .into(),
+            );
+        }
+    }
     let min_parties = (job.min_parties() as usize).max(config.min_cohort);
     match job {
         Job::Train(spec) => {
@@ -1025,13 +1041,16 @@ async fn trained(
 
 /// The audit log head a round message carries (after the job's charge, which is reserved
 /// before any round message leaves).
-fn head_fields(config: &PartyConfig, state: &State) -> (u64, String) {
+fn head_fields(config: &PartyConfig, state: &State, job_id: &str) -> (u64, String, String) {
     match state.store.audit_head() {
-        Ok(Some(h)) => (h.seq, h.hash),
-        Ok(None) => (0, String::new()),
+        Ok(Some(h)) => {
+            let h = h.signed(job_id, &state.signing);
+            (h.seq, h.hash, h.signature.unwrap_or_default())
+        }
+        Ok(None) => (0, String::new(), String::new()),
         Err(e) => {
             tracing::error!(party = %config.id, error = %e, "cannot read the audit log's head");
-            (0, String::new())
+            (0, String::new(), String::new())
         }
     }
 }
@@ -1116,8 +1135,14 @@ async fn join_round(
         for x in vector.iter() {
             bytes.extend_from_slice(&x.to_le_bytes());
         }
-        let (head_seq, head_hash) = head_fields(config, state);
-        let payload = RoundPayload { job_id: job_id.clone(), message: bytes, head_seq, head_hash };
+        let (head_seq, head_hash, head_signature) = head_fields(config, state, &job_id);
+        let payload = RoundPayload {
+            job_id: job_id.clone(),
+            message: bytes,
+            head_seq,
+            head_hash,
+            head_signature,
+        };
         send(tx, Body::Round(payload)).await?;
         state.jobs.insert(job_id, JobState::Idle);
         return Ok(false);
@@ -1268,9 +1293,14 @@ async fn flush(
     }
     for m in outgoing {
         let stage = m.stage();
-        let (head_seq, head_hash) = head_fields(config, state);
-        let payload =
-            RoundPayload { job_id: job_id.to_string(), message: m.encode(), head_seq, head_hash };
+        let (head_seq, head_hash, head_signature) = head_fields(config, state, job_id);
+        let payload = RoundPayload {
+            job_id: job_id.to_string(),
+            message: m.encode(),
+            head_seq,
+            head_hash,
+            head_signature,
+        };
         send(tx, Body::Round(payload)).await?;
         if let Some(exit) = injected(config, state, job_id, stage).await {
             return Ok(exit);

@@ -9,9 +9,8 @@
 //! receipt, which carries the party's head. `audit_verify` runs `audit::verify_against`, the
 //! check behind `veil audit verify`.
 //!
-//! Two attacks stay open and are kept here, ignored, as the record of what the logs do not yet
-//! catch (docs/THREAT_MODEL.md, guarantee 11, "Limits"): heads that the log they anchor did not
-//! sign.
+//! A head handed to the other side carries its writer's signature for the job, so a made-up
+//! record is blamed on the side that made it.
 
 // A panic is the test failing.
 #![allow(clippy::unwrap_used)]
@@ -77,6 +76,7 @@ impl Coordinator {
             coordinator_head: None,
         })
         .head()
+        .signed(job, &coordinator_key())
     }
 }
 
@@ -93,7 +93,7 @@ fn accept(s: &PartyStore, job: &str, coordinator_head: Head) -> Option<Head> {
         Event::JobAccepted { job_id: job.into(), party: PARTY },
     ];
     assert!(s.accept(events, None, 2_000).unwrap());
-    s.audit_head().unwrap()
+    s.audit_head().unwrap().map(|h| h.signed(job, &party_key()))
 }
 
 fn receipt(job: &str, rho: f64, head: Option<Head>) -> Receipt {
@@ -202,7 +202,7 @@ fn a_charge_for_a_round_without_a_receipt_can_be_cut_from_log_and_ledger() {
     s.reserve_and_log(&charge("a", 0.9), 2_500).unwrap().unwrap();
     // The party's first round message carries its head, after the charge; the coordinator
     // records it.
-    let head = s.audit_head().unwrap().unwrap();
+    let head = s.audit_head().unwrap().unwrap().signed("a", &party_key());
     c.append(Event::PartyCharged { job_id: "a".into(), party: PARTY, head });
     all_checks(&s, &c).unwrap();
 
@@ -291,28 +291,24 @@ fn a_receipt_without_the_partys_head_lets_it_rewrite_its_whole_log() {
 /// coordinator's log then fails against it with "history rewritten or truncated", while the
 /// party's own log verifies, and an auditor cannot tell which of the two lied.
 #[test]
-#[ignore = "open: a recorded head is not signed by the writer of the log it anchors"]
 fn a_party_can_make_an_honest_coordinators_log_fail() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir.path().join("p.db"));
     let mut c = Coordinator::default();
     released_job(&s, &mut c, "a", 0.1);
     let offered = c.offer("b");
-    let claimed = Head { seq: offered.seq, hash: "ab".repeat(32) };
+    let claimed = Head { seq: offered.seq, hash: "ab".repeat(32), signature: None };
     accept(&s, "b", claimed);
     let party_log = s.audit_log().unwrap();
     audit_verify(&party_log, &c.log).unwrap();
-    assert!(
-        audit_verify(&c.log, &party_log).is_ok(),
-        "an untouched coordinator log fails against a party log that verifies: {}",
-        audit_verify(&c.log, &party_log).unwrap_err()
-    );
+    // The made-up head carries no coordinator signature: the failure names the party's record.
+    let blame = audit_verify(&c.log, &party_log).unwrap_err();
+    assert!(blame.contains("the party's record is false"), "{blame}");
 }
 
 /// The converse: the coordinator writes into a receipt a head for a party that the party never
 /// sent; the honest party's untouched log fails against the coordinator's, which verifies.
 #[test]
-#[ignore = "open: a recorded head is not signed by the writer of the log it anchors"]
 fn a_coordinator_can_make_an_honest_partys_log_fail() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir.path().join("p.db"));
@@ -320,15 +316,13 @@ fn a_coordinator_can_make_an_honest_partys_log_fail() {
     let offered = c.offer("a");
     let real = accept(&s, "a", offered).unwrap();
     s.reserve_and_log(&charge("a", 0.1), 2_500).unwrap().unwrap();
-    let r = receipt("a", 0.1, Some(Head { seq: real.seq, hash: "cd".repeat(32) }));
+    let r = receipt("a", 0.1, Some(Head { seq: real.seq, hash: "cd".repeat(32), signature: None }));
     c.append(Event::ResultReleased { receipt: r.clone() });
     s.audit(Event::ResultReleased { receipt: r }, 3_500).unwrap();
     let party_log = s.audit_log().unwrap();
     audit_verify(&c.log, &party_log).unwrap();
     s.check_ledger().unwrap();
-    assert!(
-        audit_verify(&party_log, &c.log).is_ok(),
-        "an untouched party log fails against a coordinator log that verifies: {}",
-        audit_verify(&party_log, &c.log).unwrap_err()
-    );
+    // The made-up head carries no signature of the party: the failure names the coordinator's.
+    let blame = audit_verify(&party_log, &c.log).unwrap_err();
+    assert!(blame.contains("the coordinator's record is false"), "{blame}");
 }

@@ -580,6 +580,8 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
     let reply = |job_id: String, job_hash: String, advertise: Vec<u8>| {
         use ed25519_dalek::Signer;
         let statement = veil_governance::receipt::decision_statement(&job_id, &job_hash, true, "");
+        let head = veil_governance::audit::Head { seq: 0, hash: "ab".repeat(32), signature: None }
+            .signed(&job_id, &identity);
         Body::Reply(TaskReply {
             job_id,
             accept: true,
@@ -591,7 +593,8 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
             advertise,
             min_cohort: 0,
             head_seq: 0,
-            head_hash: "ab".repeat(32),
+            head_signature: head.signature.unwrap_or_default(),
+            head_hash: head.hash,
         })
     };
 

@@ -393,6 +393,7 @@ async fn a_coordinator_cannot_make_a_party_run_a_forbidden_job() {
             consumer: "analyst".into(),
             coordinator_head_seq: 0,
             coordinator_head_hash: String::new(),
+            coordinator_head_signature: String::new(),
             // The accepted job's offer names its round's session.
             session: if expect_rule.is_empty() { vec![7; 32] } else { vec![] },
         };
