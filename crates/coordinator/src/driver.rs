@@ -268,7 +268,19 @@ async fn run(
                 shared,
                 record,
                 spec,
-                Cohort { parties, min },
+                Cohort {
+                    parties,
+                    min,
+                    offer: TaskOffer {
+                        job_id: record.id.clone(),
+                        spec_json: record.spec_json.clone(),
+                        consumer: record.consumer.clone(),
+                        coordinator_head_seq: head.seq,
+                        coordinator_head_hash: head.hash.clone(),
+                        coordinator_head_signature: head.signature.clone().unwrap_or_default(),
+                        session: Vec::new(),
+                    },
+                },
                 resume.map(|r| r.0),
                 next_step,
                 &mut inbox,
@@ -594,6 +606,9 @@ async fn secure_round(
                     if let Some(p) = left.filter(|p| parties.contains(p)) {
                         coordinator.handle_departure(p, Instant::now());
                     }
+                    if let Some(t) = training.as_mut() {
+                        t.rejoin(shared, &record.id, &input);
+                    }
                 }
                 None => return Err(End::Failed("internal: the job's channel closed".into())),
             },
@@ -655,6 +670,9 @@ async fn plain_round(
                     if let Some(p) = training.as_mut().and_then(|t| t.left(shared, &record.id, &input)) {
                         waiting.remove(&p);
                     }
+                    if let Some(t) = training.as_mut() {
+                        t.rejoin(shared, &record.id, &input);
+                    }
                 }
                 Some(_) => {}
                 None => return Err(End::Failed("internal: the job's channel closed".into())),
@@ -686,14 +704,34 @@ fn record_charge(
     }
 }
 
-/// A training step's round: the round start's training fields, and why parties left it.
+/// A training step's round: the round start's training fields, why parties left it, and the
+/// parties that accepted the job again during it.
 struct TrainingRound {
     start: RoundStart,
     /// Signed reasons of parties that left the step.
     left: Vec<String>,
+    /// Parties whose signed acceptance of the job, offered again, came during the step.
+    rejoined: Vec<PartyId>,
+    /// The job's hash, which an acceptance must name.
+    job_hash: String,
 }
 
 impl TrainingRound {
+    /// Takes a signed acceptance of the job (offered again to a party of its cohort that came
+    /// back) as that party's return from the next step on.
+    fn rejoin(&mut self, shared: &Shared, job_id: &str, input: &JobInput) {
+        let JobInput::Reply { from, accept: true, reason, job_hash, signature, head, .. } = input
+        else {
+            return;
+        };
+        if *job_hash == self.job_hash
+            && head.is_some()
+            && decision_signed(shared, *from, job_id, job_hash, true, reason, signature)
+        {
+            self.rejoined.push(*from);
+        }
+    }
+
     /// Takes a signed refusal from a party in the round as its departure, with the reason.
     fn left(&mut self, shared: &Shared, job_id: &str, input: &JobInput) -> Option<PartyId> {
         let JobInput::Reply { from, accept: false, reason, job_hash, signature, .. } = input else {
@@ -716,10 +754,12 @@ struct Trained {
 
 /// Runs a training job's steps from `resume` (a checkpoint) or from the start, checkpointing
 /// after every step and streaming each round's report as progress.
-/// The parties that accepted a job, and the largest minimum cohort among them and the job.
+/// The parties that accepted a job, the largest minimum cohort among them and the job, and the
+/// job's offer (to make again to a party of the cohort that comes back).
 struct Cohort {
     parties: Vec<PartyId>,
     min: usize,
+    offer: TaskOffer,
 }
 
 async fn train(
@@ -748,7 +788,10 @@ async fn train(
         state.standardizer = Some(declared_standardizer(shared, spec)?);
     }
     let rounds = spec.rounds_to_run().map_err(failed)?;
-    let Cohort { parties: mut live, min } = cohort;
+    let Cohort { parties: mut live, min, offer } = cohort;
+    let job_hash = hex::encode(Sha256::digest(offer.spec_json.as_bytes()));
+    let cohort_at_start: BTreeSet<PartyId> = live.iter().copied().collect();
+    let mut offered_again: BTreeSet<PartyId> = BTreeSet::new();
     let mut dropped = BTreeSet::new();
     let mut contributors = Vec::new();
     let mut left: Vec<String> = Vec::new();
@@ -756,6 +799,17 @@ async fn train(
         // Parties that disconnected while not sampled are gone too.
         let connected = shared.connected_parties();
         live.retain(|p| connected.contains_key(p));
+        // A party of the job's cohort that is connected again (after a dropout or a restart)
+        // is offered the job again; if it accepts, it takes part from the next step on.
+        offered_again.retain(|p| connected.contains_key(p));
+        for &p in &cohort_at_start {
+            if !live.contains(&p) && !offered_again.contains(&p) && connected.contains_key(&p) {
+                let envelope = CoordinatorEnvelope { body: Some(Body::Offer(offer.clone())) };
+                if shared.send(p, envelope).await {
+                    offered_again.insert(p);
+                }
+            }
+        }
         let ids: Vec<u32> = live.iter().map(|p| p.0).collect();
         let cohort: Vec<PartyId> = state
             .cohort(spec, step, &ids)
@@ -782,7 +836,12 @@ async fn train(
         };
         let len = spec.vector_len(step).map_err(failed)?;
         let min = min.max(spec.min_parties as usize);
-        let mut round = TrainingRound { start, left: Vec::new() };
+        let mut round = TrainingRound {
+            start,
+            left: Vec::new(),
+            rejoined: Vec::new(),
+            job_hash: job_hash.clone(),
+        };
         let aggregate = if spec.plain {
             plain_round(shared, record, &cohort, len, inbox, Some(&mut round)).await?
         } else {
@@ -793,6 +852,13 @@ async fn train(
         for p in &aggregate.dropped {
             live.retain(|q| q != p);
             dropped.insert(*p);
+        }
+        for p in std::mem::take(&mut round.rejoined) {
+            if offered_again.remove(&p) && !live.contains(&p) {
+                tracing::info!(job = %record.id, party = %p, "a party rejoined the training job");
+                live.push(p);
+                live.sort_unstable();
+            }
         }
         let report = state
             .absorb(spec, step, &aggregate.sum, aggregate.contributors.len())

@@ -215,6 +215,39 @@ async fn a_resumed_job_waits_for_a_party_that_reconnects_late() {
     cluster.shutdown().await;
 }
 
+/// A party of the job's cohort that vanishes mid-job and comes back is offered the job again
+/// and takes part from the next step on, rather than being out for the rest of the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_that_comes_back_rejoins_the_training_job() {
+    let mut cluster = Cluster::start(four_party_spec("", None)).await;
+    let mut jobs = cluster.jobs().await;
+    let job =
+        jobs.submit(SubmitRequest { spec: logistic(120, "") }).await.unwrap().into_inner().job_id;
+    let mut stream = jobs.watch(JobRef { job_id: job.clone() }).await.unwrap().into_inner();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut wait_for = async |round: &str| loop {
+        let s = tokio::time::timeout_at(deadline, stream.message()).await.unwrap().unwrap();
+        let s = s.expect("the job runs");
+        assert_ne!(s.state, "succeeded", "the job ended before {round}");
+        if s.detail.starts_with(round) {
+            return;
+        }
+    };
+    wait_for("round 10/120").await;
+    cluster.kill_party(2);
+    cluster.wait_disconnected(2).await;
+    wait_for("round 25/120").await;
+    cluster.start_party(2);
+    let done = cluster.wait_job(&job).await;
+    assert_eq!(done.state, "succeeded", "{done:?}");
+    let a = answer(&cluster, &job).await;
+    let rounds = a["rounds"].as_array().unwrap();
+    assert!(rounds.iter().any(|r| r["contributors"] == 3), "the party was never out");
+    let last = rounds.last().unwrap();
+    assert_eq!(last["contributors"], 4, "the party that came back is still out: {last}");
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_party_that_vanishes_mid_training_does_not_stop_the_job() {
     let mut cluster =
