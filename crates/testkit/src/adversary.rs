@@ -22,7 +22,8 @@ use std::sync::Arc;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use veil_protocol::{
-    CoordinatorMessage, Party, PartyId, PartyMessage, PartyStatus, RoundConfig, RoundParams,
+    CoordinatorMessage, Party, PartyId, PartyMessage, PartyStatus, RoundConfig, RoundKeys,
+    RoundParams,
 };
 
 use crate::Consortium;
@@ -52,6 +53,11 @@ pub struct Strategy {
     /// Before each honest party's survivor set, replay that party the survivor set of a round
     /// with another session (it must be refused without effect).
     pub replay_other_session: bool,
+    /// Parties join with keys made ahead of the round (`RoundKeys`, as with an acceptance that
+    /// names the session) rather than at the join.
+    pub keys_ahead: bool,
+    /// Parties expand their masks ahead after every message (`Party::precompute`).
+    pub precompute: bool,
 }
 
 impl Strategy {
@@ -71,6 +77,8 @@ impl Strategy {
             signatures_withheld: BTreeSet::new(),
             signatures_from_holders: false,
             replay_other_session: false,
+            keys_ahead: false,
+            precompute: false,
         }
     }
 
@@ -154,6 +162,10 @@ struct Copy {
     party: Party,
     rng: ChaCha20Rng,
     params: Arc<RoundParams>,
+    /// The key advertisement made ahead of the round, not yet sent.
+    ahead: Option<PartyMessage>,
+    /// Whether the copy expands its masks ahead after each message.
+    precompute: bool,
 }
 
 /// The in-memory malicious coordinator.
@@ -180,16 +192,39 @@ impl Adversary {
                 // Every copy of one party draws the same randomness: same keys, same shares.
                 let mut rng = ChaCha20Rng::seed_from_u64(seed ^ (u64::from(p.0) << 20));
                 let input = vec![u64::from(p.0) + 1; params.vector_len()];
-                let party = Party::new(
-                    params.clone(),
-                    p,
-                    consortium.identity(p),
-                    consortium.roster(),
-                    input,
-                    &mut rng,
-                );
-                if let Ok(party) = party {
-                    copies.push(Copy { id: p, view, party, rng, params: params.clone() });
+                let joined = if strategy.keys_ahead {
+                    let identity = consortium.identity(p);
+                    let keys = RoundKeys::generate(params.session(), p, &identity, &mut rng);
+                    let advert = keys.advertisement();
+                    Party::with_keys(
+                        params.clone(),
+                        identity,
+                        consortium.roster(),
+                        Some(input),
+                        keys,
+                    )
+                    .map(|party| (party, Some(advert)))
+                } else {
+                    Party::new(
+                        params.clone(),
+                        p,
+                        consortium.identity(p),
+                        consortium.roster(),
+                        input,
+                        &mut rng,
+                    )
+                    .map(|party| (party, None))
+                };
+                if let Ok((party, advert)) = joined {
+                    copies.push(Copy {
+                        id: p,
+                        view,
+                        party,
+                        rng,
+                        params: params.clone(),
+                        ahead: advert,
+                        precompute: strategy.precompute,
+                    });
                 }
             }
         }
@@ -197,10 +232,14 @@ impl Adversary {
         // Advertise keys.
         let mut adverts = BTreeMap::new();
         for c in &mut copies {
-            for m in drain(&mut c.party) {
+            let sent = c.ahead.take().into_iter().chain(drain(&mut c.party));
+            for m in sent.collect::<Vec<_>>() {
                 if let PartyMessage::AdvertiseKeys { keys, .. } = m {
                     adverts.insert(c.id, keys);
                 }
+            }
+            if c.precompute {
+                c.party.precompute();
             }
         }
         // Keys, each party's holders from its own configuration.
@@ -390,5 +429,9 @@ fn drain(party: &mut Party) -> Vec<PartyMessage> {
 fn deliver(c: &mut Copy, msg: CoordinatorMessage) -> Vec<PartyMessage> {
     let msg = CoordinatorMessage::decode(&msg.encode()).expect("coordinator messages decode");
     let _ = c.party.handle_message(msg, &mut c.rng);
-    drain(&mut c.party)
+    let sent = drain(&mut c.party);
+    if c.precompute {
+        c.party.precompute();
+    }
+    sent
 }

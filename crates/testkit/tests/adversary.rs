@@ -153,13 +153,19 @@ fn attack2_one_colluding_neighbour_cannot_split_a_sparse_round() {
 #[test]
 fn an_honest_round_unmasks_exactly_the_honest_sum() {
     for n in [3, 5, 8, 12, 20] {
-        let config = services_config(n, 300 + n as u64);
-        let mut strategy = Strategy::new(config);
-        strategy.colluders.insert(PartyId(1));
-        let k = Adversary::run(&Consortium::new(n, 9), &strategy, 9);
-        let honest: BTreeSet<PartyId> = (0..n as u32).map(PartyId).filter(|p| p.0 != 1).collect();
-        assert_eq!(k.learned, vec![honest], "n = {n}");
-        k.check().unwrap_or_else(|e| panic!("{e}"));
+        // Keys made at the join or ahead of the round, masks expanded ahead or not.
+        for (keys_ahead, precompute) in [(false, false), (true, true)] {
+            let config = services_config(n, 300 + n as u64);
+            let mut strategy = Strategy::new(config);
+            strategy.colluders.insert(PartyId(1));
+            strategy.keys_ahead = keys_ahead;
+            strategy.precompute = precompute;
+            let k = Adversary::run(&Consortium::new(n, 9), &strategy, 9);
+            let honest: BTreeSet<PartyId> =
+                (0..n as u32).map(PartyId).filter(|p| p.0 != 1).collect();
+            assert_eq!(k.learned, vec![honest], "n = {n}, keys ahead {keys_ahead}");
+            k.check().unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 }
 
@@ -242,6 +248,8 @@ fn random_strategy(config: RoundConfig, rng: &mut ChaCha20Rng) -> Strategy {
     }
     s.replay_other_session = rng.gen_bool(0.1);
     s.signatures_from_holders = rng.gen_bool(0.5);
+    s.keys_ahead = rng.gen_bool(0.3);
+    s.precompute = rng.gen_bool(0.3);
     s
 }
 
