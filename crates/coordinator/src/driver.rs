@@ -182,16 +182,19 @@ async fn run(
         Job::Synthetic(s) if !s.plain => Some(new_session(&record.id)),
         _ => None,
     };
+    // The offer; a training job makes it again to a party of its cohort that comes back.
+    let offer = TaskOffer {
+        job_id: record.id.clone(),
+        spec_json: record.spec_json.clone(),
+        consumer: record.consumer.clone(),
+        coordinator_head_seq: head.seq,
+        coordinator_head_hash: head.hash.clone(),
+        coordinator_head_signature: head.signature.clone().unwrap_or_default(),
+        session: Vec::new(),
+    };
     for &p in &candidates {
-        let offer = TaskOffer {
-            job_id: record.id.clone(),
-            spec_json: record.spec_json.clone(),
-            consumer: record.consumer.clone(),
-            coordinator_head_seq: head.seq,
-            coordinator_head_hash: head.hash.clone(),
-            coordinator_head_signature: head.signature.clone().unwrap_or_default(),
-            session: session.map(|s| s.to_vec()).unwrap_or_default(),
-        };
+        let offer =
+            TaskOffer { session: session.map(|s| s.to_vec()).unwrap_or_default(), ..offer.clone() };
         if shared.send(p, CoordinatorEnvelope { body: Some(Body::Offer(offer)) }).await {
             offered.push(p);
         }
@@ -268,19 +271,7 @@ async fn run(
                 shared,
                 record,
                 spec,
-                Cohort {
-                    parties,
-                    min,
-                    offer: TaskOffer {
-                        job_id: record.id.clone(),
-                        spec_json: record.spec_json.clone(),
-                        consumer: record.consumer.clone(),
-                        coordinator_head_seq: head.seq,
-                        coordinator_head_hash: head.hash.clone(),
-                        coordinator_head_signature: head.signature.clone().unwrap_or_default(),
-                        session: Vec::new(),
-                    },
-                },
+                Cohort { parties, min, offer },
                 resume.map(|r| r.0),
                 next_step,
                 &mut inbox,

@@ -181,7 +181,23 @@ async fn federated_logistic_regression_over_the_services_matches_pooled_training
     cluster.shutdown().await;
 }
 
-/// A hospital that vanishes in the first step does not stop training; the other two finish.
+/// Reads a job's progress until a status's detail starts with `round`; fails if the job ends
+/// first or the deadline passes.
+async fn wait_for_round(
+    stream: &mut tonic::Streaming<veil_proto::v1::JobStatus>,
+    deadline: tokio::time::Instant,
+    round: &str,
+) {
+    loop {
+        let s = tokio::time::timeout_at(deadline, stream.message()).await.unwrap().unwrap();
+        let s = s.expect("the job runs");
+        assert_ne!(s.state, "succeeded", "the job ended before {round}");
+        if s.detail.starts_with(round) {
+            return;
+        }
+    }
+}
+
 /// After a coordinator restart, a party that reconnects a moment after the others is waited
 /// for, not left out of the rest of the job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,14 +208,7 @@ async fn a_resumed_job_waits_for_a_party_that_reconnects_late() {
         jobs.submit(SubmitRequest { spec: logistic(30, "") }).await.unwrap().into_inner().job_id;
     let mut stream = jobs.watch(JobRef { job_id: job.clone() }).await.unwrap().into_inner();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = tokio::time::timeout_at(deadline, stream.message()).await.unwrap().unwrap();
-        let s = s.expect("the job runs until it is interrupted");
-        assert_ne!(s.state, "succeeded", "the job ended before the kill");
-        if s.detail.starts_with("round 5/30") {
-            break;
-        }
-    }
+    wait_for_round(&mut stream, deadline, "round 5/30").await;
     cluster.kill_party(2);
     cluster.kill_coordinator().await;
     cluster.restart_coordinator().await;
@@ -225,18 +234,10 @@ async fn a_party_that_comes_back_rejoins_the_training_job() {
         jobs.submit(SubmitRequest { spec: logistic(120, "") }).await.unwrap().into_inner().job_id;
     let mut stream = jobs.watch(JobRef { job_id: job.clone() }).await.unwrap().into_inner();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let mut wait_for = async |round: &str| loop {
-        let s = tokio::time::timeout_at(deadline, stream.message()).await.unwrap().unwrap();
-        let s = s.expect("the job runs");
-        assert_ne!(s.state, "succeeded", "the job ended before {round}");
-        if s.detail.starts_with(round) {
-            return;
-        }
-    };
-    wait_for("round 10/120").await;
+    wait_for_round(&mut stream, deadline, "round 10/120").await;
     cluster.kill_party(2);
     cluster.wait_disconnected(2).await;
-    wait_for("round 25/120").await;
+    wait_for_round(&mut stream, deadline, "round 25/120").await;
     cluster.start_party(2);
     let done = cluster.wait_job(&job).await;
     assert_eq!(done.state, "succeeded", "{done:?}");
@@ -248,6 +249,7 @@ async fn a_party_that_comes_back_rejoins_the_training_job() {
     cluster.shutdown().await;
 }
 
+/// A hospital that vanishes in the first step does not stop training; the others finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_party_that_vanishes_mid_training_does_not_stop_the_job() {
     let mut cluster =
@@ -283,14 +285,7 @@ async fn a_restarted_coordinator_resumes_training_from_its_checkpoint() {
     let job = jobs.submit(SubmitRequest { spec: text.clone() }).await.unwrap().into_inner().job_id;
     let mut stream = jobs.watch(JobRef { job_id: job.clone() }).await.unwrap().into_inner();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = tokio::time::timeout_at(deadline, stream.message()).await.unwrap().unwrap();
-        let s = s.expect("the job runs until it is interrupted");
-        assert_ne!(s.state, "succeeded", "the job ended before the kill");
-        if s.detail.starts_with("round 10/40") {
-            break;
-        }
-    }
+    wait_for_round(&mut stream, deadline, "round 10/40").await;
     cluster.kill_coordinator().await;
     cluster.restart_coordinator().await;
     let resumed = cluster.wait_job(&job).await;
