@@ -143,6 +143,16 @@ impl Job {
         }
     }
 
+    /// The purpose the job declares (empty if none; synthetic jobs have none).
+    pub fn purpose(&self) -> &str {
+        match self {
+            Job::Columns(s) => &s.purpose,
+            Job::Synthetic(_) => "",
+            Job::Sql(s) => &s.purpose,
+            Job::Train(s) => &s.purpose,
+        }
+    }
+
     /// The fewest parties whose data the answer may combine.
     pub fn min_parties(&self) -> u32 {
         match self {

@@ -195,6 +195,8 @@ fn bytes(b: usize) -> String {
 pub(crate) struct ProcessCluster {
     /// A jobs client for the consumer `analyst`.
     pub(crate) jobs: veil_proto::v1::jobs_client::JobsClient<tonic::transport::Channel>,
+    /// The key that signs `analyst`'s jobs.
+    pub(crate) signer: veil_proto::submission::Signer,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     children: Vec<tokio::process::Child>,
     _dir: tempfile::TempDir,
@@ -262,7 +264,8 @@ impl ProcessCluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let jobs = JobsClient::new(crate::client::channel(&consumer("analyst"), false).await?);
-        Ok(Self { jobs, stop: Some(stop), children, _dir: dir })
+        let signer = crate::client::signer(&consumer("analyst"))?;
+        Ok(Self { jobs, signer, stop: Some(stop), children, _dir: dir })
     }
 
     /// CPU time used so far by this process (the coordinator) and every party process.
@@ -286,7 +289,7 @@ impl Drop for ProcessCluster {
 }
 
 async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
-    use veil_proto::v1::{JobRef, SubmitRequest};
+    use veil_proto::v1::JobRef;
 
     anyhow::ensure!((2..=200).contains(&parties), "--parties must be between 2 and 200");
     let cluster = ProcessCluster::start(parties, |_| String::new()).await?;
@@ -306,7 +309,7 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
             );
             let cpu = cluster.cpu();
             let start = Instant::now();
-            let s = jobs.submit(SubmitRequest { spec }).await?.into_inner();
+            let s = cluster.signer.submit(&mut jobs, &spec).await?;
             let mut stream = jobs.watch(JobRef { job_id: s.job_id.clone() }).await?.into_inner();
             let mut last = None;
             let mut marks = Vec::new();
@@ -424,7 +427,7 @@ const BENCH_SQL: &str = "SELECT carrier, COUNT(*), AVG(dep_delay), STDDEV(dep_de
 async fn query(repeat: usize) -> Result<()> {
     use veil_analytics::{ColumnType, DatasetCatalog, Plan};
     use veil_party_worker::config::DatasetConfig;
-    use veil_proto::v1::{JobRef, SubmitRequest};
+    use veil_proto::v1::JobRef;
     use veil_testkit::cluster::{Cluster, ClusterSpec, DatasetSpec, PartySpec};
 
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/flights");
@@ -472,7 +475,7 @@ async fn query(repeat: usize) -> Result<()> {
     let mut joint = Vec::new();
     for i in 0..=repeat {
         let start = Instant::now();
-        let s = jobs.submit(SubmitRequest { spec: request.clone() }).await?.into_inner();
+        let s = cluster.signer("analyst").submit(&mut jobs, &request).await?;
         let last = crate::client::follow(&mut jobs, &s.job_id, false).await?;
         if last.state != "succeeded" {
             bail!("benchmark query {}: {}", last.state, last.detail);

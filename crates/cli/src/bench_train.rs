@@ -160,10 +160,10 @@ struct JobTiming {
 }
 
 async fn timed_job(cluster: &ProcessCluster, spec: &str) -> Result<JobTiming> {
-    use veil_proto::v1::{JobRef, SubmitRequest};
+    use veil_proto::v1::JobRef;
     let mut jobs = cluster.jobs.clone();
     let start = Instant::now();
-    let s = jobs.submit(SubmitRequest { spec: spec.into() }).await?.into_inner();
+    let s = cluster.signer.submit(&mut jobs, spec).await?;
     let mut stream = jobs.watch(JobRef { job_id: s.job_id.clone() }).await?.into_inner();
     let mut reports = Vec::new();
     let mut last = None;

@@ -7,11 +7,10 @@ use anyhow::{Context, Result, bail};
 use tonic::transport::Channel;
 use veil_analytics::Answer;
 use veil_proto::client::ConsumerFile;
+use veil_proto::submission::Signer;
 use veil_proto::v1::admin_client::AdminClient;
 use veil_proto::v1::jobs_client::JobsClient;
-use veil_proto::v1::{
-    JobRef, JobResult, JobStatus, ListJobsRequest, ListPartiesRequest, SubmitRequest,
-};
+use veil_proto::v1::{JobRef, JobResult, JobStatus, ListJobsRequest, ListPartiesRequest};
 
 /// Connects as the consumer described by `config`.
 pub(crate) async fn channel(config: &Path, plaintext: bool) -> Result<Channel> {
@@ -23,6 +22,11 @@ pub(crate) async fn channel(config: &Path, plaintext: bool) -> Result<Channel> {
         file.coordinator.clone()
     };
     veil_proto::client::connect(&url, tls.as_ref()).await.map_err(anyhow::Error::msg)
+}
+
+/// The key that signs the consumer's jobs.
+pub(crate) fn signer(config: &Path) -> Result<Signer> {
+    Ok(ConsumerFile::load(config)?.signer()?)
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {
@@ -83,8 +87,9 @@ pub(crate) async fn submit(
         .with_context(|| format!("cannot read {}", spec_path.display()))?;
     // Check it here first, for a message that names the file.
     veil_analytics::Job::parse(&spec).with_context(|| format!("{}", spec_path.display()))?;
+    let signer = signer(config)?;
     let mut jobs = JobsClient::new(channel(config, plaintext).await?);
-    let status = jobs.submit(SubmitRequest { spec }).await.map_err(status_error)?.into_inner();
+    let status = signer.submit(&mut jobs, &spec).await.map_err(status_error)?;
     if detach {
         if json {
             println!("{}", serde_json::json!({ "job_id": status.job_id, "state": status.state }));
@@ -390,12 +395,9 @@ pub(crate) async fn query(
 ) -> Result<()> {
     let mut request = options;
     request["sql"] = serde_json::Value::String(sql.to_string());
+    let signer = signer(config)?;
     let mut jobs = JobsClient::new(channel(config, plaintext).await?);
-    let status = jobs
-        .submit(SubmitRequest { spec: request.to_string() })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let status = signer.submit(&mut jobs, &request.to_string()).await.map_err(status_error)?;
     let last = follow(&mut jobs, &status.job_id, !json).await?;
     if last.state != "succeeded" {
         bail!("query {} {}: {}", last.job_id, last.state, last.detail);

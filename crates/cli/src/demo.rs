@@ -12,7 +12,7 @@ use veil_analytics::{Answer, ColumnType, DatasetSchema, JobSpec, Plan};
 use veil_party_worker::Fault;
 use veil_party_worker::config::DatasetConfig;
 use veil_party_worker::data::aggregate_csv;
-use veil_proto::v1::{JobRef, SubmitRequest};
+use veil_proto::v1::JobRef;
 use veil_protocol::Stage;
 use veil_testkit::cluster::{Cluster, ClusterSpec, DatasetSpec, PartySpec};
 
@@ -171,8 +171,7 @@ fn compare(joint: &Answer, pool: &Answer) -> Result<()> {
 
 async fn run_job(cluster: &Cluster) -> Result<Answer> {
     let mut jobs = cluster.jobs().await;
-    let status =
-        jobs.submit(SubmitRequest { spec: JOB.into() }).await.context("submit")?.into_inner();
+    let status = cluster.signer("analyst").submit(&mut jobs, JOB).await.context("submit")?;
     println!("  job {} submitted by consumer \"analyst\"", status.job_id);
     let last = crate::client::follow(&mut jobs, &status.job_id, true).await?;
     if last.state != "succeeded" {
@@ -233,8 +232,7 @@ pub(crate) async fn run() -> Result<()> {
     );
     println!("  of the updates and of the held-out evaluation counts leaves them.");
     let mut jobs = cluster.jobs().await;
-    let status =
-        jobs.submit(SubmitRequest { spec: TRAIN.into() }).await.context("submit")?.into_inner();
+    let status = cluster.signer("analyst").submit(&mut jobs, TRAIN).await.context("submit")?;
     let last = crate::client::follow(&mut jobs, &status.job_id, true).await?;
     if last.state != "succeeded" {
         bail!("training job {}: {}", last.state, last.detail);

@@ -472,7 +472,7 @@ fn the_sql_front_end_survives_generated_queries_in_a_coordinator_process() {
             let mut jobs = veil_proto::v1::jobs_client::JobsClient::new(channel)
                 .max_encoding_message_size(1 << 20);
             let spec = serde_json::json!({ "sql": sql }).to_string();
-            match jobs.submit(veil_proto::v1::SubmitRequest { spec }).await {
+            match jobs.plan(veil_proto::v1::PlanRequest { spec }).await {
                 Ok(_) => answered.0 += 1,
                 Err(s) if s.code() == tonic::Code::InvalidArgument => {
                     assert!(!s.message().is_empty(), "query {i}: a refusal without a reason");

@@ -1,8 +1,8 @@
 //! `veil init`: creating a consortium's keys, certificates, roster and configuration files.
 //!
 //! One CA signs a certificate for the coordinator (for `localhost` and 127.0.0.1) and one per
-//! party and consumer; each party also gets an Ed25519 identity key, whose public half goes into
-//! the roster every member trusts. Private keys are written readable by the owner only.
+//! party and consumer; the coordinator and each party also get an Ed25519 identity key and each
+//! consumer one that signs its jobs, whose public halves go into the roster every member trusts. Private keys are written readable by the owner only.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -81,6 +81,15 @@ fn write(path: &Path, contents: &str, private: bool) -> Result<(), InitError> {
     #[cfg(not(unix))]
     let _ = private;
     Ok(())
+}
+
+/// A fresh Ed25519 key whose seed is written (64 hex digits, owner-only) to `path`.
+fn new_key(path: &Path) -> Result<veil_protocol::IdentityKey, InitError> {
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(seed.as_mut());
+    let key = veil_protocol::IdentityKey::from_seed(&seed);
+    write(path, &format!("{}\n", hex::encode(*key.to_seed())), true)?;
+    Ok(key)
 }
 
 fn check_name(n: &str) -> Result<(), InitError> {
@@ -183,15 +192,7 @@ pub fn create(dir: &Path, spec: &ConsortiumSpec) -> Result<ConsortiumLayout, Ini
     let cdir = dir.join("coordinator");
     write(&cdir.join("cert.pem"), &coordinator.cert_pem, false)?;
     write(&cdir.join("key.pem"), &coordinator.key_pem, true)?;
-    let mut seed = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut seed);
-    let coordinator_identity = veil_protocol::IdentityKey::from_seed(&seed);
-    seed.fill(0);
-    write(
-        &cdir.join("identity.key"),
-        &format!("{}\n", hex::encode(*coordinator_identity.to_seed())),
-        true,
-    )?;
+    let coordinator_identity = new_key(&cdir.join("identity.key"))?;
     let coordinator_config = cdir.join("coordinator.toml");
     write(
         &coordinator_config,
@@ -224,18 +225,10 @@ pub fn create(dir: &Path, spec: &ConsortiumSpec) -> Result<ConsortiumLayout, Ini
     let mut party_configs = Vec::new();
     for (id, name) in spec.parties.iter().enumerate() {
         let l = leaf(&issuer, &format!("veil party {name}"), false)?;
-        let mut seed = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut seed);
-        let identity = veil_protocol::IdentityKey::from_seed(&seed);
-        seed.fill(0);
         let pdir = dir.join("parties").join(name);
         write(&pdir.join("cert.pem"), &l.cert_pem, false)?;
         write(&pdir.join("key.pem"), &l.key_pem, true)?;
-        write(
-            &pdir.join("identity.key"),
-            &format!("{}\n", hex::encode(*identity.to_seed())),
-            true,
-        )?;
+        let identity = new_key(&pdir.join("identity.key"))?;
         let config = pdir.join("party.toml");
         write(
             &config,
@@ -274,6 +267,7 @@ pub fn create(dir: &Path, spec: &ConsortiumSpec) -> Result<ConsortiumLayout, Ini
         let udir = dir.join("consumers").join(name);
         write(&udir.join("cert.pem"), &l.cert_pem, false)?;
         write(&udir.join("key.pem"), &l.key_pem, true)?;
+        let signing = new_key(&udir.join("signing.key"))?;
         let config = udir.join("consumer.toml");
         write(
             &config,
@@ -283,7 +277,9 @@ pub fn create(dir: &Path, spec: &ConsortiumSpec) -> Result<ConsortiumLayout, Ini
                  coordinator = \"{url}\"\n\
                  ca = \"../../ca.pem\"\n\
                  cert = \"cert.pem\"\n\
-                 key = \"key.pem\"\n"
+                 key = \"key.pem\"\n\
+                 # Signs every job it submits; parties check it against the roster.\n\
+                 signing_key = \"signing.key\"\n"
             ),
             false,
         )?;
@@ -291,6 +287,7 @@ pub fn create(dir: &Path, spec: &ConsortiumSpec) -> Result<ConsortiumLayout, Ini
         roster.consumers.push(ConsumerEntry {
             name: name.clone(),
             certificate_sha256: l.fingerprint,
+            signing_key: hex::encode(signing.verifying_key().as_bytes()),
             admin: *admin,
             jobs_per_day: None,
             fetches_per_day: None,

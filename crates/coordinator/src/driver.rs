@@ -191,6 +191,7 @@ async fn run(
         coordinator_head_hash: head.hash.clone(),
         coordinator_head_signature: head.signature.clone().unwrap_or_default(),
         session: Vec::new(),
+        consumer_signature: hex::decode(&record.signature).unwrap_or_default(),
     };
     for &p in &candidates {
         let offer =

@@ -1,18 +1,18 @@
-//! The consumer job service: submit, watch, get, list, cancel, result.
+//! The consumer job service: plan, submit (signed), watch, get, list, cancel, result.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use veil_analytics::Job;
 use veil_proto::roster::Member;
+use veil_proto::submission;
 use veil_proto::v1::jobs_server::Jobs;
 use veil_proto::v1::{
-    JobList, JobRef, JobResult, JobStatus, ListJobsRequest, ReceiptList, SubmitRequest,
+    JobList, JobRef, JobResult, JobStatus, ListJobsRequest, PlanRequest, PlannedJob, ReceiptList,
+    SubmitRequest,
 };
 
 /// The quota window.
@@ -41,6 +41,24 @@ impl JobsApi {
                 "{p} is a party; jobs are submitted by consumers"
             ))),
         }
+    }
+
+    /// The job a specification stands for: a SQL query planned against the parties' catalogs,
+    /// anything else as it is.
+    fn plan_job(&self, text: &str) -> Result<Job, Status> {
+        check_size(text)?;
+        let job = Job::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let Job::Sql(request) = &job else { return Ok(job) };
+        let catalogs = self.shared.catalogs().map_err(Status::failed_precondition)?;
+        let options = veil_analytics::sql::SqlOptions {
+            purpose: request.purpose.clone(),
+            rho: request.privacy.as_ref().map(|p| p.rho),
+            k_threshold: request.k_threshold,
+            min_parties: request.min_parties,
+        };
+        let spec = veil_analytics::sql::plan_sql(&request.sql, &catalogs, &options)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Job::Columns(spec))
     }
 
     /// The job, if the caller may see it (its own, or any for an administrator).
@@ -73,6 +91,16 @@ pub(crate) fn status_of(j: &JobRecord) -> JobStatus {
     }
 }
 
+fn check_size(spec: &str) -> Result<(), Status> {
+    if spec.len() > MAX_SPEC_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "the specification is {} bytes; the limit is {MAX_SPEC_BYTES}",
+            spec.len()
+        )));
+    }
+    Ok(())
+}
+
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
@@ -93,27 +121,46 @@ type StatusStream = Pin<Box<dyn Stream<Item = Result<JobStatus, Status>> + Send>
 impl Jobs for JobsApi {
     type WatchStream = StatusStream;
 
+    async fn plan(&self, request: Request<PlanRequest>) -> Result<Response<PlannedJob>, Status> {
+        self.consumer(&request)?;
+        let job = self.plan_job(&request.into_inner().spec)?;
+        Ok(Response::new(PlannedJob {
+            job_hash: job.hash(),
+            purpose: job.purpose().to_string(),
+            spec_json: job.canonical_json(),
+        }))
+    }
+
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<JobStatus>, Status> {
         let (consumer, _) = self.consumer(&request)?;
-        let text = request.into_inner().spec;
-        if text.len() > MAX_SPEC_BYTES {
+        let SubmitRequest { spec, job_id: id, signature } = request.into_inner();
+        check_size(&spec)?;
+        let job = Job::parse(&spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if matches!(job, Job::Sql(_)) {
+            return Err(Status::invalid_argument(
+                "a SQL query is submitted as the job Jobs.Plan makes of it, signed; plan it first",
+            ));
+        }
+        if !submission::is_job_id(&id) {
             return Err(Status::invalid_argument(format!(
-                "the specification is {} bytes; the limit is {MAX_SPEC_BYTES}",
-                text.len()
+                "job id {id:?} is not {} lowercase hex digits; pick a fresh random one",
+                submission::JOB_ID_HEX_DIGITS
             )));
         }
-        let mut job = Job::parse(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if let Job::Sql(request) = &job {
-            let catalogs = self.shared.catalogs().map_err(Status::failed_precondition)?;
-            let options = veil_analytics::sql::SqlOptions {
-                purpose: request.purpose.clone(),
-                rho: request.privacy.as_ref().map(|p| p.rho),
-                k_threshold: request.k_threshold,
-                min_parties: request.min_parties,
-            };
-            let spec = veil_analytics::sql::plan_sql(&request.sql, &catalogs, &options)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            job = Job::Columns(spec);
+        let key = self.shared.roster.consumer_key(&consumer).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "the roster lists no signing key for consumer {consumer}, and parties take part \
+                 only in signed jobs; add its signing_key to the roster every member holds"
+            ))
+        })?;
+        let job_hash = job.hash();
+        if !submission::verify_job(&key, &signature, &id, &job_hash, &consumer, job.purpose()) {
+            return Err(Status::unauthenticated(format!(
+                "the job's signature does not verify under the signing key the roster lists for \
+                 {consumer} (over job id {id}, job hash {job_hash} and purpose {:?}); submit the \
+                 canonical JSON Jobs.Plan returned, signed with the key in consumer.toml",
+                job.purpose()
+            )));
         }
         let now = now_ms();
         if let Some(limit) = self.shared.roster.consumer(&consumer).and_then(|c| c.jobs_per_day) {
@@ -124,20 +171,12 @@ impl Jobs for JobsApi {
                 )));
             }
         }
-        let mut nonce = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let digest = Sha256::new()
-            .chain_update(job.hash().as_bytes())
-            .chain_update(consumer.as_bytes())
-            .chain_update(now.to_le_bytes())
-            .chain_update(nonce)
-            .finalize();
-        let id = hex::encode(&digest[..12]);
         let record = JobRecord {
             id,
             consumer,
             dataset: job.dataset().to_string(),
             spec_json: job.canonical_json(),
+            signature: hex::encode(&signature),
             state: JobState::Queued,
             detail: "queued".into(),
             parties: Vec::new(),
@@ -145,7 +184,12 @@ impl Jobs for JobsApi {
             updated_ms: now,
             progress_json: String::new(),
         };
-        self.shared.store.insert_job(&record).map_err(internal)?;
+        if !self.shared.store.insert_job(&record).map_err(internal)? {
+            return Err(Status::already_exists(format!(
+                "job id {} is taken; a signed job runs once: sign it again under a fresh id",
+                record.id
+            )));
+        }
         tracing::info!(job = %record.id, consumer = %record.consumer, dataset = %record.dataset, "job submitted");
         let status = status_of(&record);
         crate::driver::start(self.shared.clone(), record, job, None);

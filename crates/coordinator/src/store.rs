@@ -80,6 +80,8 @@ pub struct JobRecord {
     pub dataset: String,
     /// The canonical specification.
     pub spec_json: String,
+    /// The consumer's signature over the job (hex), which every offer carries to the parties.
+    pub signature: String,
     /// Where it stands.
     pub state: JobState,
     /// Progress or, for a failed job, why.
@@ -137,7 +139,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     detail TEXT NOT NULL,
     parties TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
+    updated_ms INTEGER NOT NULL,
+    signature TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS results (
     job_id TEXT PRIMARY KEY REFERENCES jobs(id),
@@ -176,6 +179,15 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // Stores made before jobs were signed by their consumers lack the column.
+        let signed: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'signature'",
+            [],
+            |r| r.get(0),
+        )?;
+        if signed == 0 {
+            conn.execute_batch("ALTER TABLE jobs ADD COLUMN signature TEXT NOT NULL DEFAULT ''")?;
+        }
         Ok(Self { conn: Mutex::new(conn), key })
     }
 
@@ -204,12 +216,12 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT j.id, j.consumer, j.dataset, j.spec, j.state, j.detail, j.parties,
-                    j.created_ms, j.updated_ms, c.state, c.parties
+                    j.created_ms, j.updated_ms, j.signature, c.state, c.parties
              FROM jobs j JOIN checkpoints c ON c.job_id = j.id
              WHERE j.state IN ('queued', 'offering', 'running') ORDER BY j.created_ms",
         )?;
         let rows = stmt.query_map([], |row| {
-            Ok((Self::job_from_row(row)?, row.get::<_, String>(9)?, row.get::<_, String>(10)?))
+            Ok((Self::job_from_row(row)?, row.get::<_, String>(10)?, row.get::<_, String>(11)?))
         })?;
         rows.map(|r| {
             let (job, checkpoint, parties) = r?;
@@ -268,11 +280,11 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// Stores a new job.
-    pub fn insert_job(&self, j: &JobRecord) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO jobs (id, consumer, dataset, spec, state, detail, parties, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    /// Stores a new job; false (and nothing written) if its id is taken.
+    pub fn insert_job(&self, j: &JobRecord) -> Result<bool, StoreError> {
+        let inserted = self.conn().execute(
+            "INSERT INTO jobs (id, consumer, dataset, spec, state, detail, parties, created_ms, updated_ms, signature)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (id) DO NOTHING",
             params![
                 j.id,
                 j.consumer,
@@ -282,10 +294,11 @@ impl Store {
                 j.detail,
                 ids_to_text(&j.parties),
                 j.created_ms,
-                j.updated_ms
+                j.updated_ms,
+                j.signature
             ],
         )?;
-        Ok(())
+        Ok(inserted == 1)
     }
 
     /// Updates a job's state, detail and parties. A job that already ended is left alone.
@@ -333,6 +346,7 @@ impl Store {
                 consumer: row.get(1)?,
                 dataset: row.get(2)?,
                 spec_json: row.get(3)?,
+                signature: row.get(9)?,
                 state: JobState::Queued,
                 detail: row.get(5)?,
                 parties: Vec::new(),
@@ -358,7 +372,8 @@ impl Store {
         let row = self
             .conn()
             .query_row(
-                "SELECT id, consumer, dataset, spec, state, detail, parties, created_ms, updated_ms
+                "SELECT id, consumer, dataset, spec, state, detail, parties, created_ms, updated_ms,
+                        signature
                  FROM jobs WHERE id = ?1",
                 params![id],
                 Self::job_from_row,
@@ -371,7 +386,8 @@ impl Store {
     pub fn jobs(&self, consumer: Option<&str>, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT id, consumer, dataset, spec, state, detail, parties, created_ms, updated_ms
+            "SELECT id, consumer, dataset, spec, state, detail, parties, created_ms, updated_ms,
+                    signature
              FROM jobs WHERE (?1 IS NULL OR consumer = ?1) ORDER BY created_ms DESC, id LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![consumer, limit as i64], Self::job_from_row)?;
@@ -525,6 +541,7 @@ mod tests {
             consumer: "analyst".into(),
             dataset: "flights".into(),
             spec_json: "{}".into(),
+            signature: "ab".repeat(64),
             state,
             detail: String::new(),
             parties: vec![0, 2],
@@ -540,7 +557,9 @@ mod tests {
         let path = dir.path().join("c.db");
         {
             let s = Store::open(&path, SigningKey::from_bytes(&[1; 32])).unwrap();
-            s.insert_job(&job("done", JobState::Running)).unwrap();
+            assert!(s.insert_job(&job("done", JobState::Running)).unwrap());
+            assert!(!s.insert_job(&job("done", JobState::Queued)).unwrap(), "an id is taken once");
+            assert_eq!(s.job("done").unwrap().unwrap().signature, "ab".repeat(64));
             let r = ResultRecord {
                 job_id: "done".into(),
                 answer_json: "{\"rows\":3}".into(),
@@ -548,7 +567,7 @@ mod tests {
                 dropped: vec![],
             };
             s.put_result(&r, "finished", 2).unwrap();
-            s.insert_job(&job("busy", JobState::Running)).unwrap();
+            assert!(s.insert_job(&job("busy", JobState::Running)).unwrap());
         }
         let s = Store::open(&path, SigningKey::from_bytes(&[1; 32])).unwrap();
         assert_eq!(s.fail_interrupted(3).unwrap(), 1);
@@ -581,7 +600,7 @@ mod tests {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("c.db"), SigningKey::from_bytes(&[1; 32])).unwrap();
-        s.insert_job(&job("train", JobState::Running)).unwrap();
+        assert!(s.insert_job(&job("train", JobState::Running)).unwrap());
         let checkpoint = |state: &Training| {
             let (_, text, parties) = s.resumable().unwrap().pop().unwrap();
             assert_eq!(parties, vec![0, 2]);

@@ -135,6 +135,8 @@ pub enum Rule {
     Collusion,
     /// A budget would be exceeded.
     Budget,
+    /// The job is not signed by the consumer the offer names, under the roster's key.
+    ConsumerSignature,
 }
 
 impl Rule {
@@ -157,6 +159,7 @@ impl Rule {
             Rule::Cohort => "cohort",
             Rule::Collusion => "collusion",
             Rule::Budget => "budget",
+            Rule::ConsumerSignature => "consumer-signature",
         }
     }
 }

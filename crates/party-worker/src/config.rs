@@ -167,6 +167,9 @@ pub struct PartyConfig {
     /// The key that signs the coordinator's audit log (from the roster), which signs the heads
     /// the coordinator sends with its offers.
     pub coordinator_key: Option<ed25519_dalek::VerifyingKey>,
+    /// The keys that sign consumers' jobs, by consumer name (from the roster). The party takes
+    /// part only in jobs signed by the consumer the offer names.
+    pub consumer_keys: std::collections::BTreeMap<String, ed25519_dalek::VerifyingKey>,
     /// Datasets served.
     pub datasets: Vec<DatasetConfig>,
     /// The party's store.
@@ -387,6 +390,7 @@ impl PartyFile {
             min_cohort: self.min_cohort as usize,
             max_corrupt: self.max_corrupt as usize,
             coordinator_key: roster_file.audit_key("coordinator"),
+            consumer_keys: roster_file.consumer_keys(),
             datasets: self.datasets,
             state: self.state,
         })

@@ -22,8 +22,10 @@ use tonic::{Code, Status};
 use veil_analytics::{Job, Plan};
 use veil_governance::audit::{Event, Head};
 use veil_governance::budget::{Ledger as _, Reservation};
+use veil_governance::policy::Denial;
 use veil_governance::receipt::{Receipt, decision_statement};
 use veil_governance::{Request, Rule};
+use veil_proto::submission;
 use veil_proto::v1::coordinator_envelope::Body as Outbound;
 use veil_proto::v1::party_envelope::Body;
 use veil_proto::v1::party_gateway_client::PartyGatewayClient;
@@ -664,6 +666,35 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                     .into(),
             );
         }
+    }
+    // The consumer the offer names must have signed this very job under this id: otherwise a
+    // coordinator could run it past the allow-list or charge it to another consumer's budget.
+    let signed = config.consumer_keys.get(&offer.consumer).is_some_and(|key| {
+        submission::verify_job(
+            key,
+            &offer.consumer_signature,
+            &job_id,
+            &job_hash,
+            &offer.consumer,
+            job.purpose(),
+        )
+    });
+    if !signed {
+        let message = if config.consumer_keys.contains_key(&offer.consumer) {
+            format!(
+                "the job is not signed by consumer {:?} under the key the roster lists for it \
+                 (job id {job_id}, job hash {job_hash})",
+                offer.consumer
+            )
+        } else {
+            format!(
+                "the roster lists no job-signing key for consumer {:?}, so no job of its can be \
+                 verified",
+                offer.consumer
+            )
+        };
+        let denial = Denial { rule: Rule::ConsumerSignature, message };
+        return refuse(state, denial.rule, denial.to_string());
     }
     let min_parties = (job.min_parties() as usize).max(config.min_cohort);
     match job {

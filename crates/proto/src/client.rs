@@ -24,6 +24,10 @@ pub struct ConsumerFile {
     pub cert: PathBuf,
     /// The consumer's key.
     pub key: PathBuf,
+    /// The file holding the seed of the key that signs its jobs (64 hex digits), whose public
+    /// half the roster lists.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
 }
 
 impl ConsumerFile {
@@ -35,12 +39,24 @@ impl ConsumerFile {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut f.ca, &mut f.cert, &mut f.key] {
+        for p in [&mut f.ca, &mut f.cert, &mut f.key].into_iter().chain(f.signing_key.as_mut()) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
         Ok(f)
+    }
+
+    /// The key that signs its jobs. Fails, saying what to do, when the file names none.
+    pub fn signer(&self) -> Result<crate::submission::Signer, ConfigError> {
+        let path = self.signing_key.as_ref().ok_or_else(|| ConfigError::Parse {
+            path: format!("the configuration of consumer {}", self.name),
+            message: "it names no signing_key; parties take part only in jobs their consumer \
+                      signed: add `signing_key = \"<file>\"` with the key whose public half the \
+                      roster lists for this consumer (veil init writes both)"
+                .into(),
+        })?;
+        crate::submission::Signer::load(self.name.clone(), path)
     }
 
     /// The TLS material it names.

@@ -10,9 +10,11 @@
 //!   consumers, and conversion to the protocol's [`veil_protocol::Roster`].
 //! - [`tls`]: loading certificates and keys, fingerprints, tonic TLS configuration.
 //! - [`client`]: the consumer's configuration file and connecting to the coordinator.
+//! - [`submission`]: jobs signed by their consumer, which parties verify against the roster.
 
 pub mod client;
 pub mod roster;
+pub mod submission;
 pub mod tls;
 
 /// Version 1 of the wire protocol (generated).

@@ -50,6 +50,10 @@ pub struct ConsumerEntry {
     pub name: String,
     /// Hex SHA-256 of its TLS certificate (DER).
     pub certificate_sha256: String,
+    /// Hex Ed25519 public key that signs its jobs; parties take part only in jobs it signed.
+    /// Empty for a consumer that submits no jobs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signing_key: String,
     /// Whether it may use the admin service.
     #[serde(default)]
     pub admin: bool,
@@ -83,6 +87,14 @@ impl RosterFile {
             |message: String| ConfigError::Parse { path: path.display().to_string(), message };
         let roster: RosterFile = toml::from_str(&text).map_err(|e| parse(e.to_string()))?;
         roster.protocol_roster().map_err(parse)?;
+        for c in &roster.consumers {
+            if !c.signing_key.is_empty() && parse_key(&c.signing_key).is_none() {
+                return Err(parse(format!(
+                    "consumer {}: signing_key must be 64 hex digits of an Ed25519 public key",
+                    c.name
+                )));
+            }
+        }
         Ok(roster)
     }
 
@@ -127,6 +139,19 @@ impl RosterFile {
         self.consumers.iter().find(|c| c.name == name)
     }
 
+    /// The key that verifies a consumer's jobs, if the roster lists one.
+    pub fn consumer_key(&self, name: &str) -> Option<ed25519_dalek::VerifyingKey> {
+        parse_key(&self.consumer(name)?.signing_key)
+    }
+
+    /// Every consumer's job-signing key, by name (consumers without one are left out).
+    pub fn consumer_keys(&self) -> std::collections::BTreeMap<String, ed25519_dalek::VerifyingKey> {
+        self.consumers
+            .iter()
+            .filter_map(|c| Some((c.name.clone(), parse_key(&c.signing_key)?)))
+            .collect()
+    }
+
     /// The key that verifies the coordinator's audit log, or the party's identity key for
     /// `party N` writers.
     pub fn audit_key(&self, writer: &str) -> Option<ed25519_dalek::VerifyingKey> {
@@ -136,12 +161,17 @@ impl RosterFile {
             let id: u32 = writer.strip_prefix("party ")?.parse().ok()?;
             self.party(PartyId(id))?.identity_key.as_str()
         };
-        let bytes: [u8; 32] = hex::decode(hex_key).ok()?.try_into().ok()?;
-        ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()
+        parse_key(hex_key)
     }
 
     /// A party's entry.
     pub fn party(&self, id: PartyId) -> Option<&PartyEntry> {
         self.parties.iter().find(|p| p.id == id.0)
     }
+}
+
+/// An Ed25519 public key from 64 hex digits.
+fn parse_key(hex_key: &str) -> Option<ed25519_dalek::VerifyingKey> {
+    let bytes: [u8; 32] = hex::decode(hex_key).ok()?.try_into().ok()?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()
 }

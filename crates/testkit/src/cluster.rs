@@ -14,9 +14,10 @@ use veil_coordinator::consortium::{self, ConsortiumLayout, ConsortiumSpec};
 use veil_coordinator::{CoordinatorConfig, CoordinatorFile};
 use veil_party_worker::{Fault, PartyConfig, PartyFile, WorkerError, WorkerOptions};
 use veil_proto::client::ConsumerFile;
+use veil_proto::submission::Signer;
 use veil_proto::v1::admin_client::AdminClient;
 use veil_proto::v1::jobs_client::JobsClient;
-use veil_proto::v1::{JobRef, JobResult, JobStatus, ListPartiesRequest, SubmitRequest};
+use veil_proto::v1::{JobRef, JobResult, JobStatus, ListPartiesRequest};
 
 /// A dataset a party serves: name, CSV file, and `column = type` pairs.
 #[derive(Clone, Debug)]
@@ -400,6 +401,20 @@ impl Cluster {
         veil_proto::client::connect(&file.coordinator, Some(&tls)).await.expect("connect")
     }
 
+    /// The key that signs a consumer's jobs (`analyst` or `operator`).
+    pub fn signer(&self, consumer: &str) -> Signer {
+        let path = self.layout.root.join("consumers").join(consumer).join("consumer.toml");
+        ConsumerFile::load(&path)
+            .expect("consumer.toml")
+            .signer()
+            .expect("the consumer's signing key")
+    }
+
+    /// Submits a specification as `analyst`, signed.
+    pub async fn submit(&self, spec: &str) -> Result<JobStatus, tonic::Status> {
+        self.signer("analyst").submit(&mut self.jobs().await, spec).await
+    }
+
     /// A job client for `analyst`.
     pub async fn jobs(&self) -> JobsClient<Channel> {
         JobsClient::new(self.channel("analyst").await)
@@ -438,11 +453,11 @@ impl Cluster {
     /// status and, if it succeeded, its result.
     pub async fn run_job(&self, spec: &str) -> (JobStatus, Option<JobResult>) {
         let mut jobs = self.jobs().await;
-        let status = jobs
-            .submit(SubmitRequest { spec: spec.to_string() })
+        let status = self
+            .signer("analyst")
+            .submit(&mut jobs, spec)
             .await
-            .unwrap_or_else(|s| panic!("submit refused: {s}"))
-            .into_inner();
+            .unwrap_or_else(|s| panic!("submit refused: {s}"));
         let status = self.wait_job(&status.job_id).await;
         let result = if status.state == "succeeded" {
             Some(

@@ -215,9 +215,10 @@ async fn a_party_that_dies_mid_round_leaves_a_result_over_the_survivors() {
 use tonic::Code;
 use veil_coordinator::consortium::{foreign_client_certificate, unlisted_certificate};
 use veil_party_worker::worker::connect_once;
+use veil_proto::submission;
 use veil_proto::tls::TlsMaterial;
 use veil_proto::v1::jobs_client::JobsClient;
-use veil_proto::v1::{ListJobsRequest, SubmitRequest};
+use veil_proto::v1::{ListJobsRequest, PlanRequest, PlannedJob, SubmitRequest};
 use veil_testkit::cluster::party_config;
 
 fn ca(cluster: &Cluster) -> String {
@@ -321,8 +322,17 @@ async fn consumers_without_a_credential_are_refused() {
     let cluster =
         Cluster::start(ClusterSpec { parties: hospitals(None), ..ClusterSpec::named(&[]) }).await;
     let url = format!("https://{}", cluster.addr);
-    let submit = |channel| async move {
-        JobsClient::new(channel).submit(SubmitRequest { spec: RADIUS.into() }).await
+    // A job the genuine consumer planned and signed: its signature lets no one else submit it.
+    let planned = plan(&cluster, RADIUS).await.unwrap();
+    let job_id = submission::new_job_id();
+    let request = SubmitRequest {
+        signature: cluster.signer("analyst").sign(&job_id, &planned),
+        job_id,
+        spec: planned.spec_json,
+    };
+    let submit = |channel| {
+        let request = request.clone();
+        async move { JobsClient::new(channel).submit(request).await }
     };
     // No client certificate at all: refused at the first call.
     let bare = tonic::transport::Endpoint::from_shared(url.clone())
@@ -358,6 +368,69 @@ async fn consumers_without_a_credential_are_refused() {
     // The genuine consumer is served and sees only its own jobs.
     let mut jobs = cluster.jobs().await;
     assert!(jobs.list(ListJobsRequest {}).await.unwrap().into_inner().jobs.is_empty());
+    cluster.shutdown().await;
+}
+
+async fn plan(cluster: &Cluster, spec: &str) -> Result<PlannedJob, tonic::Status> {
+    Ok(cluster.jobs().await.plan(PlanRequest { spec: spec.into() }).await?.into_inner())
+}
+
+/// The coordinator takes a job only as planned, under a fresh well-formed id, signed by the
+/// submitting consumer's roster key over that id, the job's hash and its purpose; and runs a
+/// signed job once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_takes_only_jobs_their_consumer_signed() {
+    let cluster =
+        Cluster::start(ClusterSpec { parties: hospitals(None), ..ClusterSpec::named(&[]) }).await;
+    let mut jobs = cluster.jobs().await;
+    let analyst = cluster.signer("analyst");
+    let planned = plan(&cluster, RADIUS).await.unwrap();
+    let signed = |signer: &submission::Signer, id: &str, planned: &PlannedJob| SubmitRequest {
+        spec: planned.spec_json.clone(),
+        job_id: id.to_string(),
+        signature: signer.sign(id, planned),
+    };
+    let id = submission::new_job_id();
+    let other = plan(&cluster, &RADIUS.replace("mean_radius", "mean_texture")).await.unwrap();
+    let other_purpose = PlannedJob { purpose: "marketing".into(), ..planned.clone() };
+    let cases = [
+        ("unsigned", SubmitRequest { signature: Vec::new(), ..signed(&analyst, &id, &planned) }),
+        ("signed by another consumer", signed(&cluster.signer("operator"), &id, &planned)),
+        (
+            "signed for another job",
+            SubmitRequest { spec: other.spec_json.clone(), ..signed(&analyst, &id, &planned) },
+        ),
+        ("signed for another purpose", signed(&analyst, &id, &other_purpose)),
+        (
+            "signed for another id",
+            SubmitRequest { job_id: submission::new_job_id(), ..signed(&analyst, &id, &planned) },
+        ),
+    ];
+    for (case, request) in cases {
+        let status = jobs.submit(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{case}: {status}");
+        assert!(status.message().contains("signing key the roster lists"), "{case}: {status}");
+    }
+    for bad in ["", "job-1", &"A".repeat(24), "../../../etc/passwd"] {
+        let status = jobs.submit(signed(&analyst, bad, &planned)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}: {status}");
+        assert!(status.message().contains("24 lowercase hex digits"), "{status}");
+    }
+    // A SQL query goes through the plan: submitted as text it is refused.
+    let sql = serde_json::json!({ "sql": "SELECT COUNT(*) FROM cells" }).to_string();
+    let status = jobs
+        .submit(SubmitRequest { spec: sql, ..signed(&analyst, &id, &planned) })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status}");
+    assert!(status.message().contains("plan it first"), "{status}");
+    assert!(jobs.list(ListJobsRequest {}).await.unwrap().into_inner().jobs.is_empty());
+    // Signed as planned, it runs; the same signed job again is refused.
+    let first = jobs.submit(signed(&analyst, &id, &planned)).await.unwrap().into_inner();
+    assert_eq!(first.job_id, id);
+    let status = jobs.submit(signed(&analyst, &id, &planned)).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status}");
+    assert_eq!(cluster.wait_job(&id).await.state, "succeeded");
     cluster.shutdown().await;
 }
 
@@ -447,7 +520,7 @@ async fn a_restarted_coordinator_keeps_results_and_fails_interrupted_jobs_clearl
     cluster.start_party(2);
     cluster.wait_connected(3).await;
     let mut jobs = cluster.jobs().await;
-    let busy = jobs.submit(SubmitRequest { spec: RADIUS.into() }).await.unwrap().into_inner();
+    let busy = cluster.signer("analyst").submit(&mut jobs, RADIUS).await.unwrap();
     let running = cluster.wait_state(&busy.job_id, "running").await;
     assert_eq!(running.state, "running");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -639,7 +712,7 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
         let mut p = raw::connect(party_channel().await, None).await.unwrap();
         assert!(matches!(p.next().await, Ok(Some(_))), "welcome");
         let mut jobs = cluster.jobs().await;
-        let job = jobs.submit(SubmitRequest { spec: RADIUS.into() }).await.unwrap().into_inner();
+        let job = cluster.signer("analyst").submit(&mut jobs, RADIUS).await.unwrap();
         let start = loop {
             match p.next().await.unwrap().unwrap().body {
                 Some(Out::Offer(o)) => {
@@ -806,9 +879,7 @@ async fn sql_group_by_carrier_equals_the_pooled_rows() {
         ("SELECT COUNT(*) FROM trains", "trains"),
     ] {
         let status = jobs
-            .submit(veil_proto::v1::SubmitRequest {
-                spec: serde_json::json!({ "sql": bad }).to_string(),
-            })
+            .plan(PlanRequest { spec: serde_json::json!({ "sql": bad }).to_string() })
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{bad}: {status}");

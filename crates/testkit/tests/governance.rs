@@ -12,7 +12,7 @@ use veil_governance::audit::{self, Entry, Event};
 use veil_party_worker::store::PartyStore;
 use veil_proto::roster::RosterFile;
 use veil_proto::v1::admin_client::AdminClient;
-use veil_proto::v1::{AuditLogRequest, JobRef, SubmitRequest};
+use veil_proto::v1::{AuditLogRequest, JobRef};
 use veil_testkit::cluster::{Cluster, ClusterSpec, DatasetSpec, PartySpec};
 
 fn data(path: &str) -> PathBuf {
@@ -169,14 +169,10 @@ async fn concurrent_jobs_cannot_overspend() {
         ..ClusterSpec::named(&[])
     })
     .await;
-    let mut jobs = cluster.jobs().await;
     let mut ids = Vec::new();
     for _ in 0..6 {
-        let s = jobs
-            .submit(SubmitRequest { spec: job("research", "mean_radius", Some(0.3)) })
-            .await
-            .unwrap();
-        ids.push(s.into_inner().job_id);
+        let s = cluster.submit(&job("research", "mean_radius", Some(0.3))).await.unwrap();
+        ids.push(s.job_id);
     }
     let mut succeeded = 0;
     for id in &ids {
@@ -317,67 +313,158 @@ mod fake {
     }
 }
 
+/// A fake coordinator (with the real coordinator's certificate) and the first party of a new
+/// consortium connected to it; `datasets` is appended to that party's configuration.
+struct FakeRun {
+    layout: veil_coordinator::consortium::ConsortiumLayout,
+    inbound: tokio::sync::mpsc::UnboundedReceiver<veil_proto::v1::PartyEnvelope>,
+    outbound: tokio::sync::mpsc::Sender<Result<veil_proto::v1::CoordinatorEnvelope, tonic::Status>>,
+    party: tokio::task::JoinHandle<Result<(), veil_party_worker::WorkerError>>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeRun {
+    async fn start(consumers: &[&str], min_cohort: u32, datasets: &str) -> Self {
+        use tokio::sync::mpsc;
+        use veil_proto::v1::party_envelope::Body as In;
+
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let layout = veil_coordinator::consortium::create(
+            dir.path(),
+            &veil_coordinator::consortium::ConsortiumSpec {
+                name: "fake".into(),
+                parties: vec!["a".into(), "b".into(), "c".into()],
+                consumers: consumers.iter().map(|c| (c.to_string(), false)).collect(),
+                coordinator: addr,
+            },
+        )
+        .unwrap();
+        let party_toml = &layout.party_configs[0];
+        let mut text = std::fs::read_to_string(party_toml).unwrap();
+        text = text.replace("min_cohort = 2", &format!("min_cohort = {min_cohort}"));
+        text += datasets;
+        std::fs::write(party_toml, text).unwrap();
+
+        let coordinator_dir = layout.root.join("coordinator");
+        let tls = veil_proto::tls::TlsMaterial::load(&veil_proto::tls::TlsFiles {
+            ca: layout.root.join("ca.pem"),
+            cert: coordinator_dir.join("cert.pem"),
+            key: coordinator_dir.join("key.pem"),
+        })
+        .unwrap();
+        let (inbound_tx, mut inbound) = mpsc::unbounded_channel();
+        let (outbound, outbound_rx) = mpsc::channel(16);
+        let fake = fake::FakeCoordinator {
+            inbound: inbound_tx,
+            outbound: std::sync::Mutex::new(Some(outbound_rx)),
+        };
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let server = tonic::transport::Server::builder()
+            .tls_config(tls.server_config())
+            .unwrap()
+            .add_service(veil_proto::v1::party_gateway_server::PartyGatewayServer::new(fake))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+        let server = tokio::spawn(server);
+
+        let config = veil_testkit::cluster::party_config(party_toml);
+        let party = tokio::spawn(veil_party_worker::run(
+            config,
+            Default::default(),
+            std::future::pending(),
+        ));
+        assert!(matches!(next(&mut inbound).await, In::Hello(_)));
+        Self { layout, inbound, outbound, party, server, _dir: dir }
+    }
+
+    /// Offers a job and returns the party's reply. The offer carries `signer`'s signature over
+    /// the job under `signed_id` (None: no signature).
+    async fn offer(
+        &mut self,
+        job_id: &str,
+        spec: &veil_analytics::Job,
+        consumer: &str,
+        signed: Option<(&str, &str)>,
+        session: Vec<u8>,
+    ) -> veil_proto::v1::TaskReply {
+        use veil_proto::v1::coordinator_envelope::Body as Out;
+        use veil_proto::v1::party_envelope::Body as In;
+        let consumer_signature = signed
+            .map(|(signer, signed_id)| {
+                let planned = veil_proto::v1::PlannedJob {
+                    spec_json: spec.canonical_json(),
+                    job_hash: spec.hash(),
+                    purpose: spec.purpose().into(),
+                };
+                self.signer(signer).sign(signed_id, &planned)
+            })
+            .unwrap_or_default();
+        let offer = veil_proto::v1::TaskOffer {
+            job_id: job_id.into(),
+            spec_json: spec.canonical_json(),
+            consumer: consumer.into(),
+            consumer_signature,
+            session,
+            ..Default::default()
+        };
+        self.send(Out::Offer(offer)).await;
+        match next(&mut self.inbound).await {
+            In::Reply(reply) => reply,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    async fn send(&self, body: veil_proto::v1::coordinator_envelope::Body) {
+        let envelope = veil_proto::v1::CoordinatorEnvelope { body: Some(body) };
+        self.outbound.send(Ok(envelope)).await.unwrap();
+    }
+
+    fn signer(&self, consumer: &str) -> veil_proto::submission::Signer {
+        let path = self.layout.root.join("consumers").join(consumer).join("consumer.toml");
+        veil_proto::client::ConsumerFile::load(&path).unwrap().signer().unwrap()
+    }
+
+    /// Stops the party and the fake, and returns the party's audit log.
+    fn stop(self) -> Vec<Entry> {
+        self.party.abort();
+        self.server.abort();
+        PartyStore::open(
+            &self.layout.party_configs[0].parent().unwrap().join("party-state.db"),
+            "party 0",
+            SigningKey::from_bytes(&[0; 32]),
+        )
+        .unwrap()
+        .audit_log()
+        .unwrap()
+    }
+}
+
+fn refusals(log: &[Entry]) -> Vec<&str> {
+    log.iter()
+        .filter_map(|e| match &e.event {
+            Event::JobRefused { rule, .. } => Some(rule.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Nothing the coordinator says can make a party run a job its policy denies: a coordinator
 /// that offers a job on core data, and then starts the round anyway, gets a signed refusal and
 /// not one round message; the same for a round whose cohort is below the party's minimum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_cannot_make_a_party_run_a_forbidden_job() {
-    use tokio::sync::mpsc;
+    use veil_proto::v1::RoundStart;
     use veil_proto::v1::coordinator_envelope::Body as Out;
-    use veil_proto::v1::party_envelope::Body as In;
-    use veil_proto::v1::{CoordinatorEnvelope, RoundStart, TaskOffer};
 
-    let dir = tempfile::tempdir().unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let layout = veil_coordinator::consortium::create(
-        dir.path(),
-        &veil_coordinator::consortium::ConsortiumSpec {
-            name: "fake".into(),
-            parties: vec!["a".into(), "b".into(), "c".into()],
-            consumers: vec![("analyst".into(), false)],
-            coordinator: addr,
-        },
-    )
-    .unwrap();
-    let party_toml = &layout.party_configs[0];
-    let mut text = std::fs::read_to_string(party_toml).unwrap();
-    text = text.replace("min_cohort = 2", "min_cohort = 3");
-    text += &format!(
-        "\n[[datasets]]\nname = \"core\"\npath = {:?}\ncolumns = {{ mean_radius = \"float\" }}\ngrade = \"core\"\n\
-         \n[[datasets]]\nname = \"cells\"\npath = {:?}\ncolumns = {{ mean_radius = \"float\" }}\n",
-        data("breast_cancer/hospital_a.csv").display().to_string(),
-        data("breast_cancer/hospital_a.csv").display().to_string(),
+    let hospital = data("breast_cancer/hospital_a.csv").display().to_string();
+    let datasets = format!(
+        "\n[[datasets]]\nname = \"core\"\npath = {hospital:?}\ncolumns = {{ mean_radius = \"float\" }}\ngrade = \"core\"\n\
+         \n[[datasets]]\nname = \"cells\"\npath = {hospital:?}\ncolumns = {{ mean_radius = \"float\" }}\n",
     );
-    std::fs::write(party_toml, text).unwrap();
-
-    // The fake coordinator, with the real coordinator's certificate.
-    let coordinator_dir = layout.root.join("coordinator");
-    let tls = veil_proto::tls::TlsMaterial::load(&veil_proto::tls::TlsFiles {
-        ca: layout.root.join("ca.pem"),
-        cert: coordinator_dir.join("cert.pem"),
-        key: coordinator_dir.join("key.pem"),
-    })
-    .unwrap();
-    let (inbound_tx, mut inbound) = mpsc::unbounded_channel();
-    let (outbound, outbound_rx) = mpsc::channel(16);
-    let fake = fake::FakeCoordinator {
-        inbound: inbound_tx,
-        outbound: std::sync::Mutex::new(Some(outbound_rx)),
-    };
-    listener.set_nonblocking(true).unwrap();
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    let server = tonic::transport::Server::builder()
-        .tls_config(tls.server_config())
-        .unwrap()
-        .add_service(veil_proto::v1::party_gateway_server::PartyGatewayServer::new(fake))
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
-    let server = tokio::spawn(server);
-
-    let config = veil_testkit::cluster::party_config(party_toml);
-    let party =
-        tokio::spawn(veil_party_worker::run(config, Default::default(), std::future::pending()));
-    assert!(matches!(next(&mut inbound).await, In::Hello(_)));
+    let mut run = FakeRun::start(&["analyst"], 3, &datasets).await;
 
     for (dataset, parties, expect_rule) in
         [("core", vec![0u32, 1, 2], "core-grade"), ("cells", vec![0, 1], "")]
@@ -386,19 +473,10 @@ async fn a_coordinator_cannot_make_a_party_run_a_forbidden_job() {
             "dataset = \"{dataset}\"\nmin_parties = 2\n[[columns]]\nname = \"mean_radius\"\nmin = 0\nmax = 50\n"
         ))
         .unwrap();
-        let job_id = format!("job-{dataset}");
-        let offer = TaskOffer {
-            job_id: job_id.clone(),
-            spec_json: spec.canonical_json(),
-            consumer: "analyst".into(),
-            coordinator_head_seq: 0,
-            coordinator_head_hash: String::new(),
-            coordinator_head_signature: String::new(),
-            // The accepted job's offer names its round's session.
-            session: if expect_rule.is_empty() { vec![7; 32] } else { vec![] },
-        };
-        outbound.send(Ok(CoordinatorEnvelope { body: Some(Out::Offer(offer)) })).await.unwrap();
-        let In::Reply(reply) = next(&mut inbound).await else { panic!("expected a reply") };
+        let job_id = veil_proto::submission::new_job_id();
+        // The accepted job's offer names its round's session.
+        let session = if expect_rule.is_empty() { vec![7; 32] } else { vec![] };
+        let reply = run.offer(&job_id, &spec, "analyst", Some(("analyst", &job_id)), session).await;
         if expect_rule.is_empty() {
             assert!(reply.accept, "{}", reply.reason);
             // Its round keys come with the acceptance, for that session.
@@ -414,7 +492,7 @@ async fn a_coordinator_cannot_make_a_party_run_a_forbidden_job() {
             assert!(reply.reason.contains(expect_rule), "{}", reply.reason);
         }
         // The decision is signed by the party's roster key over the job hash.
-        let roster = RosterFile::load(&layout.roster).unwrap();
+        let roster = RosterFile::load(&run.layout.roster).unwrap();
         let key = roster.audit_key("party 0").unwrap();
         let statement = veil_governance::receipt::decision_statement(
             &job_id,
@@ -449,28 +527,62 @@ async fn a_coordinator_cannot_make_a_party_run_a_forbidden_job() {
             plain: false,
             ..RoundStart::default()
         };
-        outbound.send(Ok(CoordinatorEnvelope { body: Some(Out::Start(start)) })).await.unwrap();
-        let silent = tokio::time::timeout(Duration::from_millis(800), inbound.recv()).await;
+        run.send(Out::Start(start)).await;
+        let silent = tokio::time::timeout(Duration::from_millis(800), run.inbound.recv()).await;
         assert!(silent.is_err(), "the party sent something after a forbidden start: {silent:?}");
     }
-    party.abort();
-    server.abort();
-    let log = PartyStore::open(
-        &layout.party_configs[0].parent().unwrap().join("party-state.db"),
-        "party 0",
-        SigningKey::from_bytes(&[0; 32]),
+    let log = run.stop();
+    assert_eq!(refusals(&log), vec!["core-grade", "cohort"]);
+    assert!(!log.iter().any(|e| matches!(e.event, Event::BudgetCharged { .. })));
+}
+
+/// A coordinator colluding with one consumer cannot pass that consumer's job off as another's:
+/// the party checks the consumer's signature against the roster before its policy, so the
+/// allow-list and the per-consumer budget apply to the consumer who signed the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_cannot_relabel_a_job_to_another_consumer() {
+    let hospital = data("breast_cancer/hospital_a.csv").display().to_string();
+    let datasets = format!(
+        "\n[[datasets]]\nname = \"cells\"\npath = {hospital:?}\ncolumns = {{ mean_radius = \"float\" }}\n\
+         [datasets.policy]\nconsumers = [\"analyst\"]\nbudget_per_consumer = 1.0\n",
+    );
+    let mut run = FakeRun::start(&["analyst", "partner"], 2, &datasets).await;
+    let spec = veil_analytics::Job::parse(
+        "dataset = \"cells\"\n[[columns]]\nname = \"mean_radius\"\nmin = 0\nmax = 50\n\
+         [privacy]\nrho = 0.5\n",
     )
-    .unwrap()
-    .audit_log()
     .unwrap();
-    let refused: Vec<&str> = log
-        .iter()
-        .filter_map(|e| match &e.event {
-            Event::JobRefused { rule, .. } => Some(rule.as_str()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(refused, vec!["core-grade", "cohort"]);
+    let other_id = veil_proto::submission::new_job_id();
+    // (what the offer says, who signed it and under which id, the rule the party cites)
+    let cases = [
+        // The partner's job relabelled as the analyst's: the allow-list would pass it.
+        ("analyst", Some(("partner", "")), "consumer-signature"),
+        // No signature at all.
+        ("analyst", None, "consumer-signature"),
+        // The analyst's signature over the same job under another id (a replay).
+        ("analyst", Some(("analyst", other_id.as_str())), "consumer-signature"),
+        // A consumer the roster does not list.
+        ("stranger", Some(("partner", "")), "consumer-signature"),
+        // The partner's own signed job meets the allow-list.
+        ("partner", Some(("partner", "")), "consumer"),
+    ];
+    for (named, signed, rule) in cases {
+        let job_id = veil_proto::submission::new_job_id();
+        let signed =
+            signed.map(|(who, id)| (who, if id.is_empty() { job_id.as_str() } else { id }));
+        let reply = run.offer(&job_id, &spec, named, signed, Vec::new()).await;
+        assert!(!reply.accept, "{named} / {signed:?} was accepted");
+        assert!(reply.reason.contains(&format!("rule {rule}:")), "{named}: {}", reply.reason);
+    }
+    // The analyst's own signed job is taken.
+    let job_id = veil_proto::submission::new_job_id();
+    let reply = run.offer(&job_id, &spec, "analyst", Some(("analyst", &job_id)), vec![9; 32]).await;
+    assert!(reply.accept, "{}", reply.reason);
+    let log = run.stop();
+    assert_eq!(
+        refusals(&log),
+        vec!["consumer-signature"; 4].into_iter().chain(["consumer"]).collect::<Vec<_>>()
+    );
     assert!(!log.iter().any(|e| matches!(e.event, Event::BudgetCharged { .. })));
 }
 
@@ -489,11 +601,8 @@ async fn consumer_quotas_are_enforced_before_anything_is_offered() {
     let status = jobs.result(JobRef { job_id: result.unwrap().job_id }).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
     assert!(status.message().contains("fetch"), "{status}");
-    jobs.submit(SubmitRequest { spec: job("research", "mean_radius", None) }).await.unwrap();
-    let status = jobs
-        .submit(SubmitRequest { spec: job("research", "mean_radius", None) })
-        .await
-        .unwrap_err();
+    cluster.submit(&job("research", "mean_radius", None)).await.unwrap();
+    let status = cluster.submit(&job("research", "mean_radius", None)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
     assert!(status.message().contains("2 jobs per 24 hours"), "{status}");
     // Every party logged its configuration on first start.

@@ -11,7 +11,7 @@ use veil_learning::eval::EvalCounts;
 use veil_learning::job::{LocalData, TrainSpec, Training};
 use veil_learning::train::{Examples, Standardizer, train_local};
 use veil_party_worker::Fault;
-use veil_proto::v1::{JobRef, SubmitRequest};
+use veil_proto::v1::JobRef;
 use veil_protocol::Stage;
 use veil_testkit::cluster::{
     Cluster, ClusterSpec, example_data, hospitals, hospitals_and_a_clinic,
@@ -94,7 +94,7 @@ optimizer = {{ kind = "sgd" }}
 /// Submits a job and collects every status the watch streams until it ends.
 async fn run_watching(cluster: &Cluster, spec: &str) -> Vec<veil_proto::v1::JobStatus> {
     let mut jobs = cluster.jobs().await;
-    let submitted = jobs.submit(SubmitRequest { spec: spec.into() }).await.unwrap().into_inner();
+    let submitted = cluster.signer("analyst").submit(&mut jobs, spec).await.unwrap();
     let mut stream = jobs.watch(JobRef { job_id: submitted.job_id }).await.unwrap().into_inner();
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -204,8 +204,7 @@ async fn wait_for_round(
 async fn a_resumed_job_waits_for_a_party_that_reconnects_late() {
     let mut cluster = Cluster::start(cluster_spec("", None)).await;
     let mut jobs = cluster.jobs().await;
-    let job =
-        jobs.submit(SubmitRequest { spec: logistic(30, "") }).await.unwrap().into_inner().job_id;
+    let job = cluster.submit(&logistic(30, "")).await.unwrap().job_id;
     let mut stream = jobs.watch(JobRef { job_id: job.clone() }).await.unwrap().into_inner();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     wait_for_round(&mut stream, deadline, "round 5/30").await;
@@ -230,8 +229,7 @@ async fn a_resumed_job_waits_for_a_party_that_reconnects_late() {
 async fn a_party_that_comes_back_rejoins_the_training_job() {
     let mut cluster = Cluster::start(four_party_spec("", None)).await;
     let mut jobs = cluster.jobs().await;
-    let job =
-        jobs.submit(SubmitRequest { spec: logistic(120, "") }).await.unwrap().into_inner().job_id;
+    let job = cluster.submit(&logistic(120, "")).await.unwrap().job_id;
     let mut stream = jobs.watch(JobRef { job_id: job.clone() }).await.unwrap().into_inner();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     wait_for_round(&mut stream, deadline, "round 10/120").await;
@@ -282,7 +280,7 @@ async fn a_restarted_coordinator_resumes_training_from_its_checkpoint() {
     let mut cluster = Cluster::start(cluster_spec("", None)).await;
     let text = logistic(40, "");
     let mut jobs = cluster.jobs().await;
-    let job = jobs.submit(SubmitRequest { spec: text.clone() }).await.unwrap().into_inner().job_id;
+    let job = cluster.submit(&text).await.unwrap().job_id;
     let mut stream = jobs.watch(JobRef { job_id: job.clone() }).await.unwrap().into_inner();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     wait_for_round(&mut stream, deadline, "round 10/40").await;
