@@ -45,6 +45,9 @@ pub enum AnalyticsError {
     /// The specification parses but asks for something invalid.
     #[error("invalid job specification: {0}")]
     Invalid(String),
+    /// A coordinator's plan of a request is not the job the request asks for.
+    #[error("the coordinator's plan is not the job asked for: {0}; nothing was signed")]
+    PlanMismatch(String),
     /// The row predicate (a SQL WHERE clause) nests deeper than the limit.
     #[error(
         "the WHERE clause nests deeper than {limit} levels; each parenthesis, NOT, and AND or \

@@ -143,6 +143,46 @@ impl Job {
         }
     }
 
+    /// Checks that `planned_json` (the canonical JSON a coordinator planned from the
+    /// specification `request`) is the job the request asks for, and returns the purpose to
+    /// sign with it: a specification must come back as its own canonical form; a SQL query as
+    /// a column job over its table with its options ([`crate::sql::check_plan`]).
+    pub fn check_plan(request: &str, planned_json: &str) -> Result<String, AnalyticsError> {
+        let requested = Job::parse(request)?;
+        let planned = Job::parse(planned_json)?;
+        if planned.canonical_json() != planned_json {
+            return Err(AnalyticsError::PlanMismatch("it is not in canonical form".into()));
+        }
+        match (&requested, &planned) {
+            (Job::Sql(r), Job::Columns(spec)) => {
+                let options = crate::sql::SqlOptions {
+                    purpose: r.purpose.clone(),
+                    rho: r.privacy.as_ref().map(|p| p.rho),
+                    k_threshold: r.k_threshold,
+                    min_parties: r.min_parties,
+                };
+                crate::sql::check_plan(&r.sql, &options, spec)?;
+            }
+            (Job::Sql(_), _) => {
+                return Err(AnalyticsError::PlanMismatch(
+                    "it makes a SQL query another kind of job".into(),
+                ));
+            }
+            _ if requested.canonical_json() != planned_json => {
+                return Err(AnalyticsError::PlanMismatch(
+                    "it differs from the job submitted".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(planned.purpose().to_string())
+    }
+
+    /// [`Job::check_plan`] with its error as text: the plan check a consumer's signer runs.
+    pub fn plan_check(request: &str, planned_json: &str) -> Result<String, String> {
+        Job::check_plan(request, planned_json).map_err(|e| e.to_string())
+    }
+
     /// The purpose the job declares (empty if none; synthetic jobs have none).
     pub fn purpose(&self) -> &str {
         match self {
@@ -252,6 +292,19 @@ impl Predicate {
             }
         });
         n
+    }
+
+    /// Whether every number it compares with is finite (JSON has no infinities or NaN, so a
+    /// non-finite literal would not survive the canonical form the job hash covers).
+    fn literals_finite(&self) -> bool {
+        let mut finite = true;
+        let number = |l: &Literal| !matches!(l, Literal::Number(v) if !v.is_finite());
+        self.walk(|p| match p {
+            Predicate::Compare(c) => finite &= number(&c.value),
+            Predicate::In { values, .. } => finite &= values.iter().all(number),
+            _ => {}
+        });
+        finite
     }
 
     /// How many AND, OR and NOT nodes the deepest path passes through (0 for one condition).
@@ -571,6 +624,9 @@ impl JobSpec {
                 }
             }
         }
+        if self.predicate.as_ref().is_some_and(|p| !p.literals_finite()) {
+            return bad("every number in the WHERE clause must be finite".into());
+        }
         Ok(())
     }
 }
@@ -589,6 +645,25 @@ mod tests {
         max = 600
         histogram = [-60, 0, 15, 60, 180, 600]
     "#;
+
+    #[test]
+    fn non_finite_numbers_in_a_predicate_are_refused() {
+        // serde_json writes inf and NaN as null: two different jobs would share a hash.
+        for bad in ["inf", "-inf", "nan"] {
+            let compare = format!(
+                "dataset = \"d\"\npredicate = {{ compare = {{ column = \"x\", op = \"<\", value = {bad} }} }}\n\
+                 [[columns]]\nname = \"x\"\nmin = 0\nmax = 1\n"
+            );
+            let listed = format!(
+                "dataset = \"d\"\npredicate = {{ in = {{ column = \"x\", values = [1, {bad}], negated = false }} }}\n\
+                 [[columns]]\nname = \"x\"\nmin = 0\nmax = 1\n"
+            );
+            for text in [compare, listed] {
+                let e = JobSpec::parse(&text).unwrap_err();
+                assert!(e.to_string().contains("must be finite"), "{bad}: {e}");
+            }
+        }
+    }
 
     #[test]
     fn toml_and_json_parse_to_the_same_spec_and_hash() {

@@ -68,6 +68,44 @@ pub struct SqlOptions {
     pub min_parties: u32,
 }
 
+/// Checks that `planned`, a coordinator's plan of `sql` with `options`, is a plan of that
+/// query: the same table, options, number of outputs and GROUP BY columns, and a predicate
+/// exactly when the query has a WHERE clause. A consumer runs this before it signs a plan.
+pub fn check_plan(
+    sql: &str,
+    options: &SqlOptions,
+    planned: &JobSpec,
+) -> Result<(), AnalyticsError> {
+    let query = parse::parse(sql)?;
+    let differs = |what: &str| Err(AnalyticsError::PlanMismatch(format!("it has another {what}")));
+    if !planned.dataset.eq_ignore_ascii_case(&query.table.name) {
+        return differs("dataset");
+    }
+    let min_parties = if options.min_parties == 0 { 2 } else { options.min_parties };
+    if planned.purpose != options.purpose {
+        return differs("purpose");
+    }
+    if planned.privacy.as_ref().map(|p| p.rho) != options.rho {
+        return differs("privacy charge");
+    }
+    if planned.k_threshold != options.k_threshold {
+        return differs("k-threshold");
+    }
+    if planned.min_parties != min_parties {
+        return differs("minimum of parties");
+    }
+    if planned.select.len() != query.items.len() {
+        return differs("SELECT list");
+    }
+    if planned.group_by.len() != query.group_by.len() {
+        return differs("GROUP BY list");
+    }
+    if planned.predicate.is_some() != query.selection.is_some() || !planned.filter.is_empty() {
+        return differs("WHERE clause");
+    }
+    Ok(())
+}
+
 /// A query result as a table.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Table {

@@ -10,7 +10,9 @@ use veil_proto::client::ConsumerFile;
 use veil_proto::submission::Signer;
 use veil_proto::v1::admin_client::AdminClient;
 use veil_proto::v1::jobs_client::JobsClient;
-use veil_proto::v1::{JobRef, JobResult, JobStatus, ListJobsRequest, ListPartiesRequest};
+use veil_proto::v1::{
+    JobRef, JobResult, JobStatus, ListJobsRequest, ListPartiesRequest, Outcome, PartyOutcome,
+};
 
 /// Connects as the consumer described by `config`.
 pub(crate) async fn channel(config: &Path, plaintext: bool) -> Result<Channel> {
@@ -26,7 +28,7 @@ pub(crate) async fn channel(config: &Path, plaintext: bool) -> Result<Channel> {
 
 /// The key that signs the consumer's jobs.
 pub(crate) fn signer(config: &Path) -> Result<Signer> {
-    Ok(ConsumerFile::load(config)?.signer()?)
+    Ok(ConsumerFile::load(config)?.signer(veil_analytics::Job::plan_check)?)
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {
@@ -82,6 +84,7 @@ pub(crate) async fn submit(
     detach: bool,
     exports: &Exports,
     plaintext: bool,
+    require_all: bool,
 ) -> Result<()> {
     let spec = std::fs::read_to_string(spec_path)
         .with_context(|| format!("cannot read {}", spec_path.display()))?;
@@ -89,7 +92,7 @@ pub(crate) async fn submit(
     veil_analytics::Job::parse(&spec).with_context(|| format!("{}", spec_path.display()))?;
     let signer = signer(config)?;
     let mut jobs = JobsClient::new(channel(config, plaintext).await?);
-    let status = signer.submit(&mut jobs, &spec).await.map_err(status_error)?;
+    let status = signer.submit_with(&mut jobs, &spec, require_all).await.map_err(status_error)?;
     if detach {
         if json {
             println!("{}", serde_json::json!({ "job_id": status.job_id, "state": status.state }));
@@ -106,7 +109,10 @@ pub(crate) async fn submit(
         if json {
             println!(
                 "{}",
-                serde_json::json!({ "job_id": last.job_id, "state": last.state, "detail": last.detail })
+                serde_json::json!({
+                    "job_id": last.job_id, "state": last.state, "detail": last.detail,
+                    "coverage": coverage_json(&last.coverage),
+                })
             );
         }
         bail!("job {} {}: {}", last.job_id, last.state, last.detail);
@@ -190,21 +196,97 @@ pub(crate) async fn follow(
     last.context("the coordinator closed the watch without a status")
 }
 
+/// The parties a job covers, as JSON.
+fn coverage_json(coverage: &[PartyOutcome]) -> serde_json::Value {
+    coverage
+        .iter()
+        .map(|p| {
+            let outcome = Outcome::try_from(p.outcome).unwrap_or(Outcome::Unspecified);
+            let mut v = serde_json::json!({
+                "party_id": p.party_id,
+                "name": p.name,
+                "outcome": outcome_name(outcome),
+            });
+            if !p.rule.is_empty() {
+                v["rule"] = p.rule.clone().into();
+            }
+            if !p.reason.is_empty() {
+                v["reason"] = p.reason.clone().into();
+            }
+            v
+        })
+        .collect()
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Contributed => "contributed",
+        Outcome::Accepted => "accepted",
+        Outcome::Refused => "refused",
+        Outcome::Offline => "offline",
+        Outcome::DataUnavailable => "data-unavailable",
+        Outcome::Dropped => "dropped",
+        Outcome::NoAnswer => "no-answer",
+        Outcome::Fault => "fault",
+        Outcome::Unspecified => "unknown",
+    }
+}
+
+/// An answer's JSON with who it covers added (`coverage`), when it is an object.
+fn with_coverage(answer_json: &str, coverage: &[PartyOutcome]) -> String {
+    match serde_json::from_str::<serde_json::Value>(answer_json) {
+        Ok(serde_json::Value::Object(mut o)) if !coverage.is_empty() => {
+            o.insert("coverage".into(), coverage_json(coverage));
+            serde_json::Value::Object(o).to_string()
+        }
+        _ => answer_json.to_string(),
+    }
+}
+
+/// Which parties an answer covers, and a warning when it covers fewer than serve the dataset.
+fn print_coverage(coverage: &[PartyOutcome]) {
+    if coverage.is_empty() {
+        return;
+    }
+    let serving = coverage.len();
+    let contributed = coverage.iter().filter(|p| p.outcome == Outcome::Contributed as i32).count();
+    if contributed < serving {
+        println!(
+            "warning: this answer covers {contributed} of the {serving} parties that serve the dataset"
+        );
+    }
+    println!("parties:");
+    for p in coverage {
+        let outcome = Outcome::try_from(p.outcome).unwrap_or(Outcome::Unspecified);
+        let why = match (outcome, p.rule.as_str()) {
+            (Outcome::Contributed | Outcome::Accepted, _) => String::new(),
+            (Outcome::Refused, rule) => format!(": refused by rule {rule}: {}", p.reason),
+            (_, _) => format!(": {}", p.reason),
+        };
+        let name = if p.name.is_empty() { format!("party {}", p.party_id) } else { p.name.clone() };
+        println!("  {name:<16} {}{why}", outcome_name(outcome));
+    }
+}
+
 pub(crate) fn print_result(result: &JobResult, json: bool) -> Result<()> {
     if json {
-        println!("{}", result.answer_json);
+        println!("{}", with_coverage(&result.answer_json, &result.coverage));
         return Ok(());
     }
-    if let Ok(answer) = serde_json::from_str::<serde_json::Value>(&result.answer_json) {
-        if answer.get("kind").and_then(|k| k.as_str()) == Some("train") {
-            print_training(&answer);
-            return Ok(());
+    let training = serde_json::from_str::<serde_json::Value>(&result.answer_json)
+        .ok()
+        .filter(|a| a.get("kind").and_then(|k| k.as_str()) == Some("train"));
+    if let Some(answer) = training {
+        print_training(&answer);
+    } else if !result.table_json.is_empty() {
+        print_table(result)?;
+    } else {
+        match serde_json::from_str::<Answer>(&result.answer_json) {
+            Ok(a) => print_answer(&a),
+            Err(_) => println!("{}", result.answer_json),
         }
     }
-    match serde_json::from_str::<Answer>(&result.answer_json) {
-        Ok(a) => print_answer(&a),
-        Err(_) => println!("{}", result.answer_json),
-    }
+    print_coverage(&result.coverage);
     Ok(())
 }
 
@@ -392,12 +474,16 @@ pub(crate) async fn query(
     options: serde_json::Value,
     json: bool,
     plaintext: bool,
+    require_all: bool,
 ) -> Result<()> {
     let mut request = options;
     request["sql"] = serde_json::Value::String(sql.to_string());
     let signer = signer(config)?;
     let mut jobs = JobsClient::new(channel(config, plaintext).await?);
-    let status = signer.submit(&mut jobs, &request.to_string()).await.map_err(status_error)?;
+    let status = signer
+        .submit_with(&mut jobs, &request.to_string(), require_all)
+        .await
+        .map_err(status_error)?;
     let last = follow(&mut jobs, &status.job_id, !json).await?;
     if last.state != "succeeded" {
         bail!("query {} {}: {}", last.job_id, last.state, last.detail);
@@ -405,12 +491,16 @@ pub(crate) async fn query(
     let result =
         jobs.result(JobRef { job_id: last.job_id }).await.map_err(status_error)?.into_inner();
     if json {
-        println!(
-            "{}",
-            if result.table_json.is_empty() { &result.answer_json } else { &result.table_json }
-        );
+        let text =
+            if result.table_json.is_empty() { &result.answer_json } else { &result.table_json };
+        println!("{}", with_coverage(text, &result.coverage));
         return Ok(());
     }
+    print_result(&result, false)
+}
+
+/// A SQL job's result table, and its privacy line.
+fn print_table(result: &JobResult) -> Result<()> {
     let table: serde_json::Value =
         serde_json::from_str(&result.table_json).context("the result has no table")?;
     let headers: Vec<String> = table["headers"]

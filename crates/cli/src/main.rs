@@ -91,6 +91,9 @@ enum Command {
         /// Return as soon as the job is accepted.
         #[arg(long)]
         detach: bool,
+        /// Fail rather than answer over fewer than every party that serves the dataset.
+        #[arg(long)]
+        require_all: bool,
         /// Training jobs: write the model file (JSON) here.
         #[arg(long)]
         model: Option<PathBuf>,
@@ -119,6 +122,9 @@ enum Command {
         /// The fewest parties.
         #[arg(long, default_value_t = 2)]
         min_parties: u32,
+        /// Fail rather than answer over fewer than every party that serves the dataset.
+        #[arg(long)]
+        require_all: bool,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -355,10 +361,20 @@ async fn run(cli: Cli) -> Result<()> {
             veil_party_worker::run(config, options, ctrl_c()).await?;
             Ok(())
         }
-        Command::Submit { spec, config, json, detach, model, safetensors, dangerous_plaintext } => {
+        Command::Submit {
+            spec,
+            config,
+            json,
+            detach,
+            require_all,
+            model,
+            safetensors,
+            dangerous_plaintext,
+        } => {
             logging("warn");
             let exports = client::Exports { model, safetensors };
-            client::submit(&config, &spec, json, detach, &exports, dangerous_plaintext).await
+            client::submit(&config, &spec, json, detach, &exports, dangerous_plaintext, require_all)
+                .await
         }
         Command::Query {
             sql,
@@ -367,6 +383,7 @@ async fn run(cli: Cli) -> Result<()> {
             purpose,
             k_threshold,
             min_parties,
+            require_all,
             json,
             dangerous_plaintext,
         } => {
@@ -381,7 +398,7 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(k) = k_threshold {
                 options["k_threshold"] = k.into();
             }
-            client::query(&config, &sql, options, json, dangerous_plaintext).await
+            client::query(&config, &sql, options, json, dangerous_plaintext, require_all).await
         }
         Command::Jobs { config, json, dangerous_plaintext } => {
             logging("warn");

@@ -21,8 +21,9 @@ use veil_protocol::{
 };
 
 use veil_governance::audit::Event;
-use veil_governance::receipt::{Contribution, Receipt, decision_statement, result_fingerprint};
+use veil_governance::receipt::{Receipt, result_fingerprint};
 
+use crate::offer::{Accepted, Coverage, Decision, OfferFailure, Offering, Reply};
 use crate::store::{JobRecord, JobState, ResultRecord};
 use crate::{JobInput, Shared, lock, now_ms};
 
@@ -82,6 +83,14 @@ pub(crate) fn start(
             shared.send(p, CoordinatorEnvelope { body: Some(Body::End(end)) }).await;
         }
     });
+}
+
+/// Records who a job covers, in the job and its stored row.
+fn set_coverage(shared: &Shared, record: &mut JobRecord, coverage: Coverage) {
+    if let Err(e) = shared.store.set_coverage(&record.id, &coverage) {
+        tracing::error!(job = %record.id, error = %e, "cannot record who the job covers");
+    }
+    record.coverage = coverage;
 }
 
 /// Records a job's new state: published to watchers at once; progress is stored in the
@@ -147,11 +156,37 @@ async fn run(
             candidates = serving();
         }
     }
-    if candidates.len() < min {
-        return Err(End::Failed(format!(
-            "{} connected parties serve dataset {dataset:?}; the job needs at least {min}",
-            candidates.len()
-        )));
+    // Every party known to serve the dataset, connected or not: the answer says what became
+    // of each.
+    let mut all_serving: BTreeSet<PartyId> = candidates.iter().copied().collect();
+    match shared.store.parties() {
+        Ok(known) => all_serving.extend(
+            known
+                .into_iter()
+                .filter(|(_, datasets, _)| datasets.iter().any(|d| d == dataset))
+                .filter(|(p, _, _)| resumed_with.as_ref().is_none_or(|r| r.contains(p)))
+                .map(|(p, _, _)| PartyId(p)),
+        ),
+        Err(e) => tracing::error!(job = %record.id, error = %e, "cannot list the known parties"),
+    }
+    let job_hash = job.hash();
+    if candidates.len() < min || (record.require_all && candidates.len() < all_serving.len()) {
+        // Settled with nobody offered: the coverage names every serving party as offline.
+        let nobody = Offering::new(&record.id, &job_hash, min, &all_serving, &[]);
+        let (failure, coverage) = match nobody.close(0, record.require_all) {
+            Err((OfferFailure::NotAll { serving, missing, why }, coverage)) => {
+                (format!("{}", OfferFailure::NotAll { serving, missing, why }), coverage)
+            }
+            Err((_, coverage)) | Ok((_, coverage)) => (
+                format!(
+                    "{} connected parties serve dataset {dataset:?}; the job needs at least {min}",
+                    candidates.len()
+                ),
+                coverage,
+            ),
+        };
+        set_coverage(shared, record, coverage);
+        return Err(End::Failed(failure));
     }
     set_state(
         shared,
@@ -161,7 +196,6 @@ async fn run(
         Some(&candidates.iter().map(|p| p.0).collect::<Vec<_>>()),
     )
     .await;
-    let job_hash = job.hash();
     let offered_entry = shared
         .store
         .audit(
@@ -200,73 +234,35 @@ async fn run(
             offered.push(p);
         }
     }
-    let mut pending: BTreeSet<PartyId> = offered.iter().copied().collect();
-    let mut accepted = BTreeSet::new();
-    let mut adverts = BTreeMap::new();
-    let mut fingerprints = Vec::new();
-    let mut refused = Vec::new();
-    let mut next_step = 0u64;
-    // The largest minimum cohort among the parties that accept: the round's minimum.
-    let mut required = 0usize;
+    let mut offering = Offering::new(&record.id, &job_hash, min, &all_serving, offered);
     let deadline = tokio::time::Instant::now() + shared.offer_timeout;
-    while !pending.is_empty() {
+    while !offering.is_settled() {
         tokio::select! {
             input = inbox.recv() => match input {
-                Some(JobInput::Reply { from, accept, reason, job_hash: hash, signature, dataset_sha256, next_step: next, advertise, min_cohort, head }) if pending.remove(&from) => {
-                    if !decision_signed(shared, from, &record.id, &hash, accept, &reason, &signature) || hash != job_hash {
-                        refused.push(format!("{from} sent an unsigned or mismatched decision"));
-                    } else if accept && head.is_none() {
-                        // The receipt anchors the party's log at its acceptance; without the
-                        // head, a party could later rewrite its log unseen.
-                        refused.push(format!("{from} accepted without its audit log head"));
-                    } else if accept {
-                        accepted.insert(from);
-                        if !advertise.is_empty() {
-                            adverts.insert(from, advertise);
-                        }
-                        next_step = next_step.max(next);
-                        required = required.max(min_cohort as usize);
-                        fingerprints.push(Contribution { party: from.0, dataset_sha256, head });
-                    } else {
-                        refused.push(format!("{from} refused: {reason}"));
-                    }
-                }
-                Some(JobInput::Departed(p)) => {
-                    if pending.remove(&p) {
-                        refused.push(format!("{p} disconnected"));
-                    }
-                    // Keys from a connection that closed are not the party's any more: if it
-                    // reconnects, it has forgotten them.
-                    adverts.remove(&p);
-                }
+                Some(JobInput::Reply(reply)) => offering.reply(&shared.protocol_roster, *reply),
+                Some(JobInput::Departed(p)) => offering.departed(p),
                 Some(JobInput::Cancel) => return Err(End::Cancelled),
-                Some(_) => {}
+                Some(JobInput::Round { .. }) => {}
                 None => return Err(End::Failed("internal: the job's channel closed".into())),
             },
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    for p in &pending {
-        refused.push(format!("{p} did not answer within {}s", shared.offer_timeout.as_secs()));
-    }
-    if required > min && accepted.len() >= min {
-        refused.push(format!("a party that accepted combines its data with at least {required}"));
-    }
-    let min = min.max(required);
-    if accepted.len() < min {
-        return Err(End::Failed(format!(
-            "{} of {} parties accepted; the job needs {min}. {}",
-            accepted.len(),
-            offered.len(),
-            refused.join("; ")
-        )));
-    }
-    let parties: Vec<PartyId> = accepted.into_iter().collect();
+    let (accepted, mut coverage) =
+        match offering.close(shared.offer_timeout.as_secs(), record.require_all) {
+            Ok(settled) => settled,
+            Err((failure, coverage)) => {
+                set_coverage(shared, record, coverage);
+                return Err(End::Failed(failure.to_string()));
+            }
+        };
+    set_coverage(shared, record, coverage.clone());
+    let Accepted { parties, min, adverts, next_step, contributions: fingerprints } = accepted;
     let ids: Vec<u32> = parties.iter().map(|p| p.0).collect();
     let started = if matches!(job, Job::Train(_)) { "training started" } else { "round started" };
     set_state(shared, record, JobState::Running, started, Some(&ids)).await;
 
-    let (answer_json, aggregate) = match job {
+    let (answer_json, aggregate, took_part, left) = match job {
         Job::Train(spec) => {
             let trained = train(
                 shared,
@@ -278,13 +274,30 @@ async fn run(
                 &mut inbox,
             )
             .await?;
-            (trained.answer_json, trained.aggregate)
+            (trained.answer_json, trained.aggregate, trained.took_part, trained.left)
         }
         _ => {
             let ahead = session.map(|session| Ahead { session, adverts });
-            one_round(shared, record, job, &parties, min, ahead, &mut inbox).await?
+            let (answer_json, aggregate) =
+                one_round(shared, record, job, &parties, min, ahead, &mut inbox).await?;
+            let took_part = aggregate.contributors.clone();
+            (answer_json, aggregate, took_part, BTreeMap::new())
         }
     };
+    coverage.settle(&took_part, &left);
+    let (serving, covered) = coverage.counts();
+    if record.require_all && covered < serving {
+        let missing: Vec<String> =
+            coverage.missing().map(|(p, o)| format!("{p} {}", o.describe())).collect();
+        set_coverage(shared, record, coverage);
+        return Err(End::Failed(format!(
+            "the job requires every party that serves the dataset, and {} of {serving} did not \
+             contribute: {}; nothing was released",
+            serving - covered,
+            missing.join("; ")
+        )));
+    }
+    set_coverage(shared, record, coverage);
     let result = ResultRecord {
         job_id: record.id.clone(),
         answer_json,
@@ -444,23 +457,6 @@ async fn one_round(
     Ok((answer_json, aggregate))
 }
 
-/// Whether a party's decision carries its valid signature.
-fn decision_signed(
-    shared: &Shared,
-    party: PartyId,
-    job_id: &str,
-    job_hash: &str,
-    accept: bool,
-    reason: &str,
-    signature: &[u8],
-) -> bool {
-    let Some(key) = shared.protocol_roster.key(party) else { return false };
-    let Ok(bytes) = <[u8; 64]>::try_from(signature) else { return false };
-    let statement = decision_statement(job_id, job_hash, accept, reason);
-    ed25519_dalek::Verifier::verify(key, &statement, &ed25519_dalek::Signature::from_bytes(&bytes))
-        .is_ok()
-}
-
 /// The status a misbehaving party's stream is closed with, or `None` to ignore the message
 /// (a late one from a party the round no longer waits for).
 fn refusal(job: &str, current: Option<veil_protocol::Stage>, e: &ProtocolError) -> Option<Status> {
@@ -568,7 +564,10 @@ async fn secure_round(
                 }
                 CoordinatorEvent::Finished(aggregate) => return Ok(aggregate),
                 CoordinatorEvent::Aborted(e) => {
-                    let left = training.as_ref().map(|t| t.left.join("; ")).unwrap_or_default();
+                    let left = training
+                        .as_ref()
+                        .map(|t| t.left.values().cloned().collect::<Vec<_>>().join("; "))
+                        .unwrap_or_default();
                     let left = if left.is_empty() { left } else { format!(" ({left})") };
                     return Err(End::Failed(format!("the secure round stopped: {e}{left}")));
                 }
@@ -593,13 +592,13 @@ async fn secure_round(
                 }
                 Some(JobInput::Departed(p)) => coordinator.handle_departure(p, Instant::now()),
                 Some(JobInput::Cancel) => return Err(End::Cancelled),
-                Some(input @ JobInput::Reply { .. }) => {
-                    let left = training.as_mut().and_then(|t| t.left(shared, &record.id, &input));
+                Some(JobInput::Reply(reply)) => {
+                    let left = training.as_mut().and_then(|t| t.left(shared, &record.id, &reply));
                     if let Some(p) = left.filter(|p| parties.contains(p)) {
                         coordinator.handle_departure(p, Instant::now());
                     }
                     if let Some(t) = training.as_mut() {
-                        t.rejoin(shared, &record.id, &input);
+                        t.rejoin(shared, &record.id, &reply);
                     }
                 }
                 None => return Err(End::Failed("internal: the job's channel closed".into())),
@@ -658,12 +657,12 @@ async fn plain_round(
                 }
                 Some(JobInput::Departed(p)) => { waiting.remove(&p); }
                 Some(JobInput::Cancel) => return Err(End::Cancelled),
-                Some(input @ JobInput::Reply { .. }) => {
-                    if let Some(p) = training.as_mut().and_then(|t| t.left(shared, &record.id, &input)) {
+                Some(JobInput::Reply(reply)) => {
+                    if let Some(p) = training.as_mut().and_then(|t| t.left(shared, &record.id, &reply)) {
                         waiting.remove(&p);
                     }
                     if let Some(t) = training.as_mut() {
-                        t.rejoin(shared, &record.id, &input);
+                        t.rejoin(shared, &record.id, &reply);
                     }
                 }
                 Some(_) => {}
@@ -701,7 +700,7 @@ fn record_charge(
 struct TrainingRound {
     start: RoundStart,
     /// Signed reasons of parties that left the step.
-    left: Vec<String>,
+    left: BTreeMap<PartyId, String>,
     /// Parties whose signed acceptance of the job, offered again, came during the step.
     rejoined: Vec<PartyId>,
     /// The job's hash, which an acceptance must name.
@@ -711,29 +710,24 @@ struct TrainingRound {
 impl TrainingRound {
     /// Takes a signed acceptance of the job (offered again to a party of its cohort that came
     /// back) as that party's return from the next step on.
-    fn rejoin(&mut self, shared: &Shared, job_id: &str, input: &JobInput) {
-        let JobInput::Reply { from, accept: true, reason, job_hash, signature, head, .. } = input
-        else {
-            return;
-        };
-        if *job_hash == self.job_hash
-            && head.is_some()
-            && decision_signed(shared, *from, job_id, job_hash, true, reason, signature)
+    fn rejoin(&mut self, shared: &Shared, job_id: &str, reply: &Reply) {
+        if reply.decision == Decision::Accept
+            && reply.job_hash == self.job_hash
+            && reply.head.is_some()
+            && reply.signed(&shared.protocol_roster, job_id)
         {
-            self.rejoined.push(*from);
+            self.rejoined.push(reply.from);
         }
     }
 
-    /// Takes a signed refusal from a party in the round as its departure, with the reason.
-    fn left(&mut self, shared: &Shared, job_id: &str, input: &JobInput) -> Option<PartyId> {
-        let JobInput::Reply { from, accept: false, reason, job_hash, signature, .. } = input else {
-            return None;
-        };
-        if !decision_signed(shared, *from, job_id, job_hash, false, reason, signature) {
+    /// Takes a signed decline from a party in the round as its departure, with the reason.
+    fn left(&mut self, shared: &Shared, job_id: &str, reply: &Reply) -> Option<PartyId> {
+        let Decision::Decline(decline) = &reply.decision else { return None };
+        if !reply.signed(&shared.protocol_roster, job_id) {
             return None;
         }
-        self.left.push(format!("{from} left: {reason}"));
-        Some(*from)
+        self.left.insert(reply.from, decline.to_string());
+        Some(reply.from)
     }
 }
 
@@ -742,6 +736,10 @@ struct Trained {
     answer_json: String,
     /// The last step's contributors, and every party that dropped out on the way.
     aggregate: Aggregate,
+    /// Every party that contributed to a step.
+    took_part: Vec<PartyId>,
+    /// Why parties left, in their signed words (the last reason each gave).
+    left: BTreeMap<PartyId, String>,
 }
 
 /// Runs a training job's steps from `resume` (a checkpoint) or from the start, checkpointing
@@ -786,7 +784,8 @@ async fn train(
     let mut offered_again: BTreeSet<PartyId> = BTreeSet::new();
     let mut dropped = BTreeSet::new();
     let mut contributors = Vec::new();
-    let mut left: Vec<String> = Vec::new();
+    let mut took_part: BTreeSet<PartyId> = BTreeSet::new();
+    let mut left: BTreeMap<PartyId, String> = BTreeMap::new();
     while let Some(step) = state.next_step(spec) {
         // Parties that disconnected while not sampled are gone too.
         let connected = shared.connected_parties();
@@ -806,8 +805,13 @@ async fn train(
         let cohort: Vec<PartyId> = state
             .cohort(spec, step, &ids)
             .map_err(|e| {
-                let why =
-                    if left.is_empty() { String::new() } else { format!(" ({})", left.join("; ")) };
+                let why = if left.is_empty() {
+                    String::new()
+                } else {
+                    let reasons: Vec<String> =
+                        left.iter().map(|(p, r)| format!("{p} left: {r}")).collect();
+                    format!(" ({})", reasons.join("; "))
+                };
                 End::Failed(format!("{step}: {e}{why}"))
             })?
             .into_iter()
@@ -830,7 +834,7 @@ async fn train(
         let min = min.max(spec.min_parties as usize);
         let mut round = TrainingRound {
             start,
-            left: Vec::new(),
+            left: BTreeMap::new(),
             rejoined: Vec::new(),
             job_hash: job_hash.clone(),
         };
@@ -841,6 +845,7 @@ async fn train(
             secure_round(shared, record, &cohort, min, len, inbox, step).await?
         };
         left.append(&mut round.left);
+        took_part.extend(aggregate.contributors.iter().copied());
         for p in &aggregate.dropped {
             live.retain(|q| q != p);
             dropped.insert(*p);
@@ -900,6 +905,8 @@ async fn train(
             contributors,
             dropped: dropped.into_iter().collect(),
         },
+        took_part: took_part.into_iter().collect(),
+        left,
     })
 }
 

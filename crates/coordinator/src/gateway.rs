@@ -12,12 +12,16 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
+use veil_governance::{Decline, DeclineKind};
 use veil_proto::roster::Member;
 use veil_proto::v1::party_envelope::Body as Inbound;
 use veil_proto::v1::party_gateway_server::PartyGateway;
-use veil_proto::v1::{CoordinatorEnvelope, PartyEnvelope, Welcome, coordinator_envelope};
+use veil_proto::v1::{
+    CoordinatorEnvelope, Decline as WireDecline, PartyEnvelope, Welcome, coordinator_envelope,
+};
 use veil_protocol::PartyId;
 
+use crate::offer::{Decision, Reply};
 use crate::{Connection, JobInput, Shared, lock, next_connection_id, now_ms};
 
 /// How long a new stream may take to say hello.
@@ -168,6 +172,47 @@ impl Gateway {
     }
 }
 
+/// A party's reply as the driver reads it: its decision typed, and every field cut to the
+/// size an honest party sends.
+fn reply_of(party: PartyId, r: veil_proto::v1::TaskReply) -> Reply {
+    let reason: String = r.reason.chars().take(2_000).collect();
+    let decision = if r.accept {
+        Decision::Accept
+    } else {
+        let kind = match WireDecline::try_from(r.decline) {
+            Ok(WireDecline::Refused) => Some(DeclineKind::Refused),
+            Ok(WireDecline::DataUnavailable) => Some(DeclineKind::DataUnavailable),
+            Ok(WireDecline::Fault) => Some(DeclineKind::Fault),
+            Ok(WireDecline::Unspecified) | Err(_) => None,
+        };
+        match kind.and_then(|k| Decline::from_parts(k, &r.rule, reason.clone())) {
+            Some(d) => Decision::Decline(d),
+            None => Decision::Malformed(format!(
+                "declined with kind {} and rule {:?}, which do not fit together: {reason}",
+                r.decline, r.rule
+            )),
+        }
+    };
+    Reply {
+        from: party,
+        decision,
+        job_hash: r.job_hash,
+        signature: r.signature,
+        dataset_sha256: r.dataset_sha256.chars().take(64).collect(),
+        next_step: r.next_step,
+        min_cohort: r.min_cohort,
+        // A hash is 64 hex digits; anything else records no head.
+        head: head_of(r.head_seq, r.head_hash, r.head_signature),
+        // An advertisement is under 200 bytes; a longer one is cut, and refused as
+        // undecodable when the round starts.
+        advertise: {
+            let mut a = r.advertise;
+            a.truncate(512);
+            a
+        },
+    }
+}
+
 /// A head a party sent, with its signature: a hash is 64 hex digits and a signature 128;
 /// anything else records no head.
 fn head_of(seq: u64, hash: String, signature: String) -> Option<veil_governance::audit::Head> {
@@ -212,27 +257,7 @@ async fn read_loop(
         }
         let (job_id, input) = match envelope.body {
             Some(Inbound::Reply(r)) => {
-                let reason: String = r.reason.chars().take(2_000).collect();
-                let input = JobInput::Reply {
-                    from: party,
-                    accept: r.accept,
-                    reason,
-                    job_hash: r.job_hash,
-                    signature: r.signature,
-                    dataset_sha256: r.dataset_sha256.chars().take(64).collect(),
-                    next_step: r.next_step,
-                    min_cohort: r.min_cohort,
-                    // A hash is 64 hex digits; anything else records no head.
-                    head: head_of(r.head_seq, r.head_hash, r.head_signature),
-                    // An advertisement is under 200 bytes; a longer one is cut, and refused
-                    // as undecodable when the round starts.
-                    advertise: {
-                        let mut a = r.advertise;
-                        a.truncate(512);
-                        a
-                    },
-                };
-                (r.job_id, input)
+                (r.job_id.clone(), JobInput::Reply(Box::new(reply_of(party, r))))
             }
             Some(Inbound::Round(r)) => {
                 let head = head_of(r.head_seq, r.head_hash, r.head_signature);

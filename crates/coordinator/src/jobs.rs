@@ -7,17 +7,18 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use veil_analytics::Job;
-use veil_proto::roster::Member;
+use veil_proto::roster::{Member, RosterFile};
 use veil_proto::submission;
 use veil_proto::v1::jobs_server::Jobs;
 use veil_proto::v1::{
-    JobList, JobRef, JobResult, JobStatus, ListJobsRequest, PlanRequest, PlannedJob, ReceiptList,
-    SubmitRequest,
+    JobList, JobRef, JobResult, JobStatus, ListJobsRequest, Outcome as WireOutcome, PartyOutcome,
+    PlanRequest, PlannedJob, ReceiptList, SubmitRequest,
 };
 
 /// The quota window.
 const DAY_MS: i64 = 86_400_000;
 
+use crate::offer::Outcome;
 use crate::store::{JobRecord, JobState};
 use crate::{JobInput, Shared, now_ms};
 
@@ -76,9 +77,42 @@ impl JobsApi {
     }
 }
 
+/// The wire form of a job's coverage, parties named as the roster names them.
+pub(crate) fn coverage_of(j: &JobRecord, roster: &RosterFile) -> Vec<PartyOutcome> {
+    j.coverage
+        .entries()
+        .into_iter()
+        .map(|e| {
+            let (outcome, rule, reason) = match e.outcome {
+                Outcome::Contributed => (WireOutcome::Contributed, String::new(), String::new()),
+                Outcome::Accepted => (WireOutcome::Accepted, String::new(), String::new()),
+                Outcome::Refused { rule, reason } => (WireOutcome::Refused, rule, reason),
+                Outcome::Offline { reason } => (WireOutcome::Offline, String::new(), reason),
+                Outcome::DataUnavailable { reason } => {
+                    (WireOutcome::DataUnavailable, String::new(), reason)
+                }
+                Outcome::Dropped { reason } => (WireOutcome::Dropped, String::new(), reason),
+                Outcome::NoAnswer { reason } => (WireOutcome::NoAnswer, String::new(), reason),
+                Outcome::Fault { reason } => (WireOutcome::Fault, String::new(), reason),
+            };
+            PartyOutcome {
+                party_id: e.party,
+                name: roster
+                    .party(veil_protocol::PartyId(e.party))
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default(),
+                outcome: outcome as i32,
+                rule,
+                reason,
+            }
+        })
+        .collect()
+}
+
 /// The wire form of a stored job.
-pub(crate) fn status_of(j: &JobRecord) -> JobStatus {
+pub(crate) fn status_of(j: &JobRecord, roster: &RosterFile) -> JobStatus {
     JobStatus {
+        coverage: coverage_of(j, roster),
         job_id: j.id.clone(),
         consumer: j.consumer.clone(),
         dataset: j.dataset.clone(),
@@ -133,7 +167,7 @@ impl Jobs for JobsApi {
 
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<JobStatus>, Status> {
         let (consumer, _) = self.consumer(&request)?;
-        let SubmitRequest { spec, job_id: id, signature } = request.into_inner();
+        let SubmitRequest { spec, job_id: id, signature, require_all } = request.into_inner();
         check_size(&spec)?;
         let job = Job::parse(&spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if matches!(job, Job::Sql(_)) {
@@ -177,6 +211,8 @@ impl Jobs for JobsApi {
             dataset: job.dataset().to_string(),
             spec_json: job.canonical_json(),
             signature: hex::encode(&signature),
+            require_all,
+            coverage: Default::default(),
             state: JobState::Queued,
             detail: "queued".into(),
             parties: Vec::new(),
@@ -191,7 +227,7 @@ impl Jobs for JobsApi {
             )));
         }
         tracing::info!(job = %record.id, consumer = %record.consumer, dataset = %record.dataset, "job submitted");
-        let status = status_of(&record);
+        let status = status_of(&record, &self.shared.roster);
         crate::driver::start(self.shared.clone(), record, job, None);
         Ok(Response::new(status))
     }
@@ -206,7 +242,7 @@ impl Jobs for JobsApi {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let done = current.state.is_final();
-            if tx.send(Ok(status_of(&current))).await.is_err() || done {
+            if tx.send(Ok(status_of(&current, &shared.roster))).await.is_err() || done {
                 return;
             }
             loop {
@@ -214,7 +250,7 @@ impl Jobs for JobsApi {
                     Ok(s) if s.job_id == id => s,
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(_)) => match shared.store.job(&id) {
-                        Ok(Some(j)) => status_of(&j),
+                        Ok(Some(j)) => status_of(&j, &shared.roster),
                         _ => return,
                     },
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -231,7 +267,7 @@ impl Jobs for JobsApi {
     async fn get(&self, request: Request<JobRef>) -> Result<Response<JobStatus>, Status> {
         let caller = self.consumer(&request)?;
         let job = self.visible_job(&caller, &request.into_inner().job_id)?;
-        Ok(Response::new(status_of(&job)))
+        Ok(Response::new(status_of(&job, &self.shared.roster)))
     }
 
     async fn list(&self, request: Request<ListJobsRequest>) -> Result<Response<JobList>, Status> {
@@ -241,7 +277,9 @@ impl Jobs for JobsApi {
             .store
             .jobs(if admin { None } else { Some(&name) }, 1_000)
             .map_err(internal)?;
-        Ok(Response::new(JobList { jobs: jobs.iter().map(status_of).collect() }))
+        Ok(Response::new(JobList {
+            jobs: jobs.iter().map(|j| status_of(j, &self.shared.roster)).collect(),
+        }))
     }
 
     async fn cancel(&self, request: Request<JobRef>) -> Result<Response<JobStatus>, Status> {
@@ -255,7 +293,7 @@ impl Jobs for JobsApi {
             )));
         }
         self.shared.route(&job.id, JobInput::Cancel);
-        Ok(Response::new(status_of(&job)))
+        Ok(Response::new(status_of(&job, &self.shared.roster)))
     }
 
     async fn receipts(
@@ -304,6 +342,7 @@ impl Jobs for JobsApi {
             contributors: result.contributors,
             dropped: result.dropped,
             table_json,
+            coverage: coverage_of(&job, &self.shared.roster),
         }))
     }
 }

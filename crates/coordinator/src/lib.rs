@@ -5,7 +5,8 @@
 //! into the answer and stores it. Parties dial out to it and hold one stream each
 //! ([`gateway`]); consumers submit and watch jobs ([`jobs`]); administrators list parties
 //! ([`admin`]). Each job runs in its own task ([`driver`]) that feeds the protocol crate's
-//! coordinator state machine. State lives in SQLite ([`store`]).
+//! coordinator state machine; its offer and who the answer covers are pure ([`offer`]). State
+//! lives in SQLite ([`store`]).
 //!
 //! [`serve`] takes its listener and a shutdown future, so tests bind `127.0.0.1:0` and stop it
 //! cleanly.
@@ -16,6 +17,7 @@ pub mod consortium;
 pub mod driver;
 pub mod gateway;
 pub mod jobs;
+pub mod offer;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -93,22 +95,7 @@ pub enum CoordinatorError {
 #[derive(Debug)]
 pub(crate) enum JobInput {
     /// A party answered the offer.
-    Reply {
-        from: PartyId,
-        accept: bool,
-        reason: String,
-        job_hash: String,
-        signature: Vec<u8>,
-        dataset_sha256: String,
-        /// Training jobs: the first step the party still contributes to.
-        next_step: u64,
-        /// Its round keys for the offered session, if the offer named one.
-        advertise: Vec<u8>,
-        /// The fewest parties its data may be combined with.
-        min_cohort: u32,
-        /// Its audit log head once its decision was recorded.
-        head: Option<veil_governance::audit::Head>,
-    },
+    Reply(Box<offer::Reply>),
     /// A round message from a party, with its audit log head when it sent one.
     Round { from: PartyId, bytes: Vec<u8>, head: Option<veil_governance::audit::Head> },
     /// A party's connection closed.
@@ -244,7 +231,7 @@ impl Shared {
 
     /// Publishes a job's current state to watchers.
     pub(crate) fn publish(&self, job: &JobRecord) {
-        let _ = self.status.send(jobs::status_of(job));
+        let _ = self.status.send(jobs::status_of(job, &self.roster));
     }
 
     /// Publishes a job's progress and queues it for the store.

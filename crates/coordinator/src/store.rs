@@ -9,6 +9,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use veil_governance::audit::{Entry, Event};
 use veil_governance::receipt::Receipt;
 
+use crate::offer::Coverage;
+
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -82,6 +84,10 @@ pub struct JobRecord {
     pub spec_json: String,
     /// The consumer's signature over the job (hex), which every offer carries to the parties.
     pub signature: String,
+    /// Whether the consumer asked for every party that serves the dataset, or a failure.
+    pub require_all: bool,
+    /// Every party that serves the dataset and what became of it.
+    pub coverage: Coverage,
     /// Where it stands.
     pub state: JobState,
     /// Progress or, for a failed job, why.
@@ -140,7 +146,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     parties TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,
-    signature TEXT NOT NULL DEFAULT ''
+    signature TEXT NOT NULL DEFAULT '',
+    require_all INTEGER NOT NULL DEFAULT 0,
+    coverage TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS results (
     job_id TEXT PRIMARY KEY REFERENCES jobs(id),
@@ -179,14 +187,20 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        // Stores made before jobs were signed by their consumers lack the column.
-        let signed: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'signature'",
-            [],
-            |r| r.get(0),
-        )?;
-        if signed == 0 {
-            conn.execute_batch("ALTER TABLE jobs ADD COLUMN signature TEXT NOT NULL DEFAULT ''")?;
+        // Stores made by earlier versions lack the newer columns.
+        for (column, definition) in [
+            ("signature", "TEXT NOT NULL DEFAULT ''"),
+            ("require_all", "INTEGER NOT NULL DEFAULT 0"),
+            ("coverage", "TEXT NOT NULL DEFAULT ''"),
+        ] {
+            let present: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = ?1",
+                params![column],
+                |r| r.get(0),
+            )?;
+            if present == 0 {
+                conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} {definition}"))?;
+            }
         }
         Ok(Self { conn: Mutex::new(conn), key })
     }
@@ -216,12 +230,13 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT j.id, j.consumer, j.dataset, j.spec, j.state, j.detail, j.parties,
-                    j.created_ms, j.updated_ms, j.signature, c.state, c.parties
+                    j.created_ms, j.updated_ms, j.signature, j.require_all, j.coverage,
+                    c.state, c.parties
              FROM jobs j JOIN checkpoints c ON c.job_id = j.id
              WHERE j.state IN ('queued', 'offering', 'running') ORDER BY j.created_ms",
         )?;
         let rows = stmt.query_map([], |row| {
-            Ok((Self::job_from_row(row)?, row.get::<_, String>(10)?, row.get::<_, String>(11)?))
+            Ok((Self::job_from_row(row)?, row.get::<_, String>(12)?, row.get::<_, String>(13)?))
         })?;
         rows.map(|r| {
             let (job, checkpoint, parties) = r?;
@@ -283,8 +298,9 @@ impl Store {
     /// Stores a new job; false (and nothing written) if its id is taken.
     pub fn insert_job(&self, j: &JobRecord) -> Result<bool, StoreError> {
         let inserted = self.conn().execute(
-            "INSERT INTO jobs (id, consumer, dataset, spec, state, detail, parties, created_ms, updated_ms, signature)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO jobs (id, consumer, dataset, spec, state, detail, parties, created_ms, updated_ms,
+                               signature, require_all, coverage)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (id) DO NOTHING",
             params![
                 j.id,
                 j.consumer,
@@ -295,7 +311,9 @@ impl Store {
                 ids_to_text(&j.parties),
                 j.created_ms,
                 j.updated_ms,
-                j.signature
+                j.signature,
+                j.require_all,
+                j.coverage.to_json()
             ],
         )?;
         Ok(inserted == 1)
@@ -339,7 +357,9 @@ impl Store {
         Ok(())
     }
 
-    fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(JobRecord, String, String)> {
+    /// A job row (id, consumer, dataset, spec, state, detail, parties, created, updated,
+    /// signature, require_all, coverage), with its state, parties and coverage as text.
+    fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(JobRecord, [String; 3])> {
         Ok((
             JobRecord {
                 id: row.get(0)?,
@@ -347,6 +367,8 @@ impl Store {
                 dataset: row.get(2)?,
                 spec_json: row.get(3)?,
                 signature: row.get(9)?,
+                require_all: row.get(10)?,
+                coverage: Coverage::default(),
                 state: JobState::Queued,
                 detail: row.get(5)?,
                 parties: Vec::new(),
@@ -354,17 +376,28 @@ impl Store {
                 updated_ms: row.get(8)?,
                 progress_json: String::new(),
             },
-            row.get::<_, String>(4)?,
-            row.get::<_, String>(6)?,
+            [row.get(4)?, row.get(6)?, row.get(11)?],
         ))
     }
 
     fn finish_job(
-        (mut j, state, parties): (JobRecord, String, String),
+        (mut j, [state, parties, coverage]): (JobRecord, [String; 3]),
     ) -> Result<JobRecord, StoreError> {
         j.state = JobState::parse(&state)?;
         j.parties = ids_from_text(&parties)?;
+        j.coverage = Coverage::from_json(&coverage).map_err(|e| {
+            StoreError::Corrupt(format!("table jobs, row {:?}: coverage: {e}", j.id))
+        })?;
         Ok(j)
+    }
+
+    /// Records who a job covers.
+    pub fn set_coverage(&self, id: &str, coverage: &Coverage) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE jobs SET coverage = ?2 WHERE id = ?1",
+            params![id, coverage.to_json()],
+        )?;
+        Ok(())
     }
 
     /// One job.
@@ -373,7 +406,7 @@ impl Store {
             .conn()
             .query_row(
                 "SELECT id, consumer, dataset, spec, state, detail, parties, created_ms, updated_ms,
-                        signature
+                        signature, require_all, coverage
                  FROM jobs WHERE id = ?1",
                 params![id],
                 Self::job_from_row,
@@ -387,7 +420,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT id, consumer, dataset, spec, state, detail, parties, created_ms, updated_ms,
-                    signature
+                    signature, require_all, coverage
              FROM jobs WHERE (?1 IS NULL OR consumer = ?1) ORDER BY created_ms DESC, id LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![consumer, limit as i64], Self::job_from_row)?;
@@ -542,6 +575,8 @@ mod tests {
             dataset: "flights".into(),
             spec_json: "{}".into(),
             signature: "ab".repeat(64),
+            require_all: false,
+            coverage: Coverage::default(),
             state,
             detail: String::new(),
             parties: vec![0, 2],

@@ -7,14 +7,17 @@
 //!   rule that refuses.
 //! - [`budget`]: zCDP budgets, caps, the (ε, δ) conversion, and the ledger trait whose
 //!   reservation is atomic and never refunded.
+//! - [`decision`]: a party's signed answer to an offer, and the three kinds of no.
 //! - [`audit`]: the append-only, hash-chained, signed log and its verification.
 //! - [`receipt`]: release receipts and result fingerprints.
 
 pub mod audit;
 pub mod budget;
+pub mod decision;
 pub mod policy;
 pub mod receipt;
 pub mod scan;
 
+pub use decision::{Decline, DeclineKind};
 pub use policy::{DatasetGovernance, Denial, Grade, Policy, Request, Rule};
 pub use receipt::Receipt;

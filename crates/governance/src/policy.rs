@@ -140,6 +140,32 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Every rule.
+    pub const ALL: [Rule; 17] = [
+        Rule::CoreGrade,
+        Rule::Expired,
+        Rule::UsesExhausted,
+        Rule::Consumer,
+        Rule::Purpose,
+        Rule::Kind,
+        Rule::IdentifierColumn,
+        Rule::Column,
+        Rule::ImportantNeedsDp,
+        Rule::ImportantNeedsKThreshold,
+        Rule::DpRequired,
+        Rule::DpFloor,
+        Rule::KThreshold,
+        Rule::Cohort,
+        Rule::Collusion,
+        Rule::Budget,
+        Rule::ConsumerSignature,
+    ];
+
+    /// The rule with this name.
+    pub fn from_name(name: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|r| r.name() == name)
+    }
+
     /// The rule's name as it appears in refusals and the audit log.
     pub fn name(self) -> &'static str {
         match self {

@@ -41,15 +41,3 @@ pub struct Receipt {
 pub fn result_fingerprint(answer_json: &str) -> String {
     hex::encode(Sha256::digest(answer_json.as_bytes()))
 }
-
-/// The statement a party signs when it accepts or refuses a job.
-pub fn decision_statement(job_id: &str, job_hash: &str, accept: bool, reason: &str) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(b"veil/task-decision/v1");
-    for part in [job_id.as_bytes(), job_hash.as_bytes(), reason.as_bytes()] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
-    h.update([u8::from(accept)]);
-    h.finalize().to_vec()
-}

@@ -52,6 +52,27 @@ pub enum DataError {
     },
 }
 
+impl DataError {
+    /// The same failure as the consumer may read it: the dataset by name, never the party's
+    /// file path or connection string (those stay in the party's own log).
+    pub fn public(&self, dataset: &str) -> String {
+        match self {
+            DataError::Read { .. } => {
+                format!("dataset {dataset:?} cannot be read at this party (its log says why)")
+            }
+            DataError::MissingColumn { column, .. } => format!(
+                "dataset {dataset:?}: column {column:?} is declared in the party's configuration but missing from its data"
+            ),
+            DataError::Cell { row, column, expected, .. } => {
+                format!(
+                    "dataset {dataset:?}, row {row}, column {column:?}: the value is not {expected}"
+                )
+            }
+            DataError::Aggregate { source, .. } => format!("dataset {dataset:?}: {source}"),
+        }
+    }
+}
+
 pub(crate) fn parse_cell(raw: &str, ty: ColumnType) -> Result<Value<'_>, &'static str> {
     let raw = raw.trim();
     if raw.is_empty() {

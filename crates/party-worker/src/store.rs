@@ -11,6 +11,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use veil_governance::audit::{Entry, Event};
 use veil_governance::budget::{BudgetError, Caps, Ledger, Reservation, Spent, check};
 use veil_governance::receipt::Receipt;
+use veil_governance::{Decline, Rule};
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -283,26 +284,40 @@ impl PartyStore {
         job_hash: &str,
         step: u32,
         time_ms: i64,
-    ) -> Result<Result<(), String>, StoreError> {
+    ) -> Result<Result<(), Decline>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         match training_progress_in(&tx, &charge.job_id)? {
             Some((hash, _)) if hash != job_hash => {
-                return Ok(Err(format!(
+                return Ok(Err(Decline::Fault(format!(
                     "job id {} was first used for another training specification",
                     charge.job_id
-                )));
+                ))));
             }
             Some((_, next)) if i64::from(step) < next => {
-                return Ok(Err(format!(
+                return Ok(Err(Decline::Fault(format!(
                     "step {step} of job {} was already contributed to, and a step runs once",
                     charge.job_id
-                )));
+                ))));
             }
-            Some(_) => {}
+            Some(_) => {
+                let charged: Option<String> = tx
+                    .query_row(
+                        "SELECT consumer FROM ledger WHERE job_id = ?1 AND dataset = ?2",
+                        params![charge.job_id, charge.dataset],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if charged.as_ref() != Some(&charge.consumer) {
+                    return Ok(Err(Decline::Fault(format!(
+                        "job id {} is charged to another consumer",
+                        charge.job_id
+                    ))));
+                }
+            }
             None => {
                 if let Reserved::Refused(e) = reserve_in(&tx, charge)? {
-                    return Ok(Err(format!("refused by rule budget: {e}")));
+                    return Ok(Err(Decline::refused(Rule::Budget, e.to_string())));
                 }
                 let event = Event::BudgetCharged {
                     job_id: charge.job_id.clone(),
@@ -320,6 +335,18 @@ impl PartyStore {
         )?;
         tx.commit()?;
         Ok(Ok(()))
+    }
+
+    /// The consumer a job id was first charged to, if it was.
+    pub fn charged_consumer(&self, job_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT consumer FROM ledger WHERE job_id = ?1 LIMIT 1",
+                params![job_id],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// A training job's recorded progress: the hash its id is bound to and the first step code
@@ -562,12 +589,19 @@ mod tests {
         assert!(s.claim_training_step(&t, "h", 0, 3).unwrap().is_err());
         assert!(s.claim_training_step(&t, "other", 5, 3).unwrap().is_err(), "bound to its hash");
         assert_eq!(s.training_progress("t").unwrap(), Some(("h".to_string(), 2)));
+        // The same job id and hash under another consumer claims nothing and charges nothing.
+        let other = Reservation { consumer: "y".into(), ..t.clone() };
+        let refusal = s.claim_training_step(&other, "h", 2, 3).unwrap().unwrap_err();
+        assert!(refusal.to_string().contains("another consumer"), "{refusal}");
+        assert_eq!(s.charged_consumer("t").unwrap().as_deref(), Some("x"));
+        assert_eq!(s.training_progress("t").unwrap(), Some(("h".to_string(), 2)));
         // A job id that a column job used (and paid for) starts no training.
         s.reserve_and_log(&charge("c", 0.1), 4).unwrap().unwrap();
         assert!(s.claim_training_step(&charge("c", 0.2), "h", 0, 5).unwrap().is_err());
         // A job the budget cannot pay for claims nothing.
         let big = charge("u", 0.5);
-        assert!(s.claim_training_step(&big, "h", 0, 6).unwrap().unwrap_err().contains("budget"));
+        let refusal = s.claim_training_step(&big, "h", 0, 6).unwrap().unwrap_err();
+        assert_eq!(refusal.rule(), Some(Rule::Budget), "{refusal}");
         assert_eq!(s.training_progress("u").unwrap(), None);
     }
 

@@ -22,14 +22,16 @@ use tonic::{Code, Status};
 use veil_analytics::{Job, Plan};
 use veil_governance::audit::{Event, Head};
 use veil_governance::budget::{Ledger as _, Reservation};
-use veil_governance::policy::Denial;
-use veil_governance::receipt::{Receipt, decision_statement};
-use veil_governance::{Request, Rule};
+use veil_governance::decision::decision_statement;
+use veil_governance::receipt::Receipt;
+use veil_governance::{Decline, DeclineKind, Request, Rule};
 use veil_proto::submission;
 use veil_proto::v1::coordinator_envelope::Body as Outbound;
 use veil_proto::v1::party_envelope::Body;
 use veil_proto::v1::party_gateway_client::PartyGatewayClient;
-use veil_proto::v1::{Hello, PartyEnvelope, RoundPayload, RoundStart, TaskOffer, TaskReply};
+use veil_proto::v1::{
+    Decline as WireDecline, Hello, PartyEnvelope, RoundPayload, RoundStart, TaskOffer, TaskReply,
+};
 use veil_protocol::{
     CoordinatorMessage, IdentityKey, Party, PartyId, PartyStatus, RoundConfig, RoundKeys,
     SessionId, Stage,
@@ -265,14 +267,14 @@ struct TrainingJob {
 struct Prepared {
     job_id: String,
     job_hash: String,
-    result: Result<Accepted, (Rule, String)>,
+    result: Result<Accepted, Decline>,
 }
 
 /// A training step's vector, computed in the background.
 struct Trained {
     start: RoundStart,
     job_id: String,
-    computed: Result<Vec<u64>, (Rule, String)>,
+    computed: Result<Vec<u64>, Decline>,
 }
 
 /// An accepted training job, between and during its steps.
@@ -398,11 +400,23 @@ fn audit(config: &PartyConfig, state: &State, event: Event) {
     }
 }
 
-/// Leaves a job at round start, logging the refusal with the rule that caused it.
-fn leave(config: &PartyConfig, state: &State, job_id: String, rule: Rule, message: String) {
-    tracing::warn!(party = %config.id, job = %job_id, %message, "leaving the job");
-    let event = Event::JobRefused { job_id, party: config.id.0, rule: rule.name().into(), message };
-    audit(config, state, event);
+/// Leaves a job at round start, logging why (the rule for a policy refusal, else the kind).
+fn leave(config: &PartyConfig, state: &State, job_id: String, decline: &Decline) {
+    tracing::warn!(party = %config.id, job = %job_id, %decline, "leaving the job");
+    audit(config, state, refused_event(config, job_id, decline));
+}
+
+/// A failure to read a dataset: logged in full at the party, declined without its paths.
+fn unreadable(dataset: &str, e: &crate::data::DataError) -> Decline {
+    tracing::warn!(dataset, error = %e, "the dataset cannot be read for a job");
+    Decline::DataUnavailable(e.public(dataset))
+}
+
+/// The audit entry of a decline: its rule, or for a decline that is not a policy refusal its
+/// kind; and its message.
+fn refused_event(config: &PartyConfig, job_id: String, decline: &Decline) -> Event {
+    let rule = decline.rule().map_or(decline.kind().name(), Rule::name).to_string();
+    Event::JobRefused { job_id, party: config.id.0, rule, message: decline.message().to_string() }
 }
 
 /// Turns a finished preparation into the signed reply, recording the decision.
@@ -426,17 +440,16 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
         ];
         match state.store.accept(events, session.as_ref(), now_ms()) {
             Ok(true) => Ok(accepted),
-            Ok(false) => Err((
-                Rule::Kind,
+            Ok(false) => Err(Decline::Fault(
                 "the offer names a round session this party has already taken part in".into(),
             )),
-            Err(e) => Err((Rule::Kind, format!("cannot record the acceptance: {e}"))),
+            Err(e) => Err(Decline::Fault(format!("cannot record the acceptance: {e}"))),
         }
     });
     let mut next_step = 0;
     let mut advertise = Vec::new();
     let mut min_cohort = 0;
-    let (accept, reason, dataset_sha256) = match result {
+    let (decline, dataset_sha256) = match result {
         Ok(mut accepted) => {
             let fingerprint = accepted.dataset_sha256.clone();
             next_step = accepted.next_step;
@@ -459,33 +472,27 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
             if let Some(JobState::Preparing { .. }) = state.jobs.get(&job_id) {
                 state.jobs.insert(job_id.clone(), JobState::Ready(Box::new(accepted)));
             }
-            (true, String::new(), fingerprint)
+            (None, fingerprint)
         }
-        Err((rule, reason)) => {
+        Err(decline) => {
             state.jobs.remove(&job_id);
-            tracing::info!(party = %config.id, job = %job_id, %reason, "refused a job");
-            audit(
-                config,
-                state,
-                Event::JobRefused {
-                    job_id: job_id.clone(),
-                    party: config.id.0,
-                    rule: rule.name().into(),
-                    message: reason.clone(),
-                },
-            );
-            (false, reason, String::new())
+            tracing::info!(party = %config.id, job = %job_id, %decline, "declined a job");
+            audit(config, state, refused_event(config, job_id.clone(), &decline));
+            (Some(decline), String::new())
         }
     };
-    let signature = state.signing.sign(&decision_statement(&job_id, &job_hash, accept, &reason));
+    let signature = state.signing.sign(&decision_statement(&job_id, &job_hash, decline.as_ref()));
     let head = state.store.audit_head().unwrap_or_else(|e| {
         tracing::error!(party = %config.id, error = %e, "cannot read the audit log's head");
         None
     });
     let head = head.map(|h| h.signed(&job_id, &state.signing));
+    let (kind, rule, reason) = decline_fields(decline.as_ref());
     TaskReply {
         job_id,
-        accept,
+        accept: decline.is_none(),
+        decline: kind,
+        rule,
         reason,
         job_hash,
         signature: signature.to_bytes().to_vec(),
@@ -499,6 +506,19 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
     }
 }
 
+/// A decline's wire fields: its kind, its rule (for a policy refusal) and its message.
+fn decline_fields(decline: Option<&Decline>) -> (i32, String, String) {
+    let Some(d) = decline else {
+        return (WireDecline::Unspecified as i32, String::new(), String::new());
+    };
+    let kind = match d.kind() {
+        DeclineKind::Refused => WireDecline::Refused,
+        DeclineKind::DataUnavailable => WireDecline::DataUnavailable,
+        DeclineKind::Fault => WireDecline::Fault,
+    };
+    (kind as i32, d.rule().map_or("", Rule::name).to_string(), d.message().to_string())
+}
+
 /// Leaves a training job's step, and tells the coordinator why in a signed refusal, so the
 /// consumer sees the reason rather than a timeout.
 async fn leave_step(
@@ -507,14 +527,16 @@ async fn leave_step(
     tx: &mpsc::Sender<PartyEnvelope>,
     job_id: String,
     job_hash: &str,
-    rule: Rule,
-    message: String,
+    decline: Decline,
 ) -> Result<(), Status> {
-    let signature = state.signing.sign(&decision_statement(&job_id, job_hash, false, &message));
+    let signature = state.signing.sign(&decision_statement(&job_id, job_hash, Some(&decline)));
+    let (kind, rule, reason) = decline_fields(Some(&decline));
     let reply = TaskReply {
         job_id: job_id.clone(),
         accept: false,
-        reason: message.clone(),
+        decline: kind,
+        rule,
+        reason,
         job_hash: job_hash.to_string(),
         signature: signature.to_bytes().to_vec(),
         dataset_sha256: String::new(),
@@ -525,7 +547,7 @@ async fn leave_step(
         head_hash: String::new(),
         head_signature: String::new(),
     };
-    leave(config, state, job_id, rule, message);
+    leave(config, state, job_id, &decline);
     send(tx, Body::Reply(reply)).await
 }
 
@@ -581,10 +603,9 @@ fn govern(
     job_id: &str,
     min_parties: usize,
     reserved: bool,
-) -> Result<(usize, Reservation), (Rule, String)> {
+) -> Result<(usize, Reservation), Decline> {
     let governance = dataset.governance();
-    veil_governance::policy::evaluate(&governance, request)
-        .map_err(|denial| (denial.rule, denial.to_string()))?;
+    veil_governance::policy::evaluate(&governance, request)?;
     let charge = Reservation {
         job_id: job_id.to_string(),
         dataset: dataset.name.clone(),
@@ -597,8 +618,8 @@ fn govern(
         let spent = state.store.spent(&charge.dataset, &charge.consumer);
         match spent.map(|spent| veil_governance::budget::check(spent, charge.rho, charge.caps)) {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err((Rule::Budget, format!("refused by rule budget: {e}"))),
-            Err(e) => return Err((Rule::Budget, e.to_string())),
+            Ok(Err(e)) => return Err(Decline::refused(Rule::Budget, e.to_string())),
+            Err(e) => return Err(Decline::Fault(e.to_string())),
         }
     }
     let min_parties = min_parties.max(governance.policy.min_cohort.unwrap_or(1) as usize);
@@ -619,12 +640,24 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
             let _ = state.prepared_tx.try_send(Prepared {
                 job_id,
                 job_hash: hash,
-                result: Err((Rule::Kind, e.to_string())),
+                result: Err(Decline::Fault(e.to_string())),
             });
             return;
         }
     };
     let job_hash = job.hash();
+    // The consumer signed the hash of the canonical form; an offer in any other form (TOML,
+    // reordered keys) could stand for another job under the same hash.
+    if offer.spec_json != job.canonical_json() {
+        let _ = state.prepared_tx.try_send(Prepared {
+            job_id,
+            job_hash,
+            result: Err(Decline::Fault(
+                "the offer's specification is not in canonical form".into(),
+            )),
+        });
+        return;
+    }
     // Only one-round secure jobs name their session in the offer; a session offered with
     // another kind is ignored.
     let one_round =
@@ -637,7 +670,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
             let _ = state.prepared_tx.try_send(Prepared {
                 job_id,
                 job_hash,
-                result: Err((Rule::Kind, "the offer's session is not 32 bytes".into())),
+                result: Err(Decline::Fault("the offer's session is not 32 bytes".into())),
             });
             return;
         }
@@ -648,22 +681,19 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
         hash: offer.coordinator_head_hash.clone(),
         signature: Some(offer.coordinator_head_signature.clone()),
     });
-    let refuse = |state: &State, rule: Rule, reason: String| {
+    let refuse = |state: &State, decline: Decline| {
         let _ = state.prepared_tx.try_send(Prepared {
             job_id: job_id.clone(),
             job_hash: job_hash.clone(),
-            result: Err((rule, reason)),
+            result: Err(decline),
         });
     };
     // The coordinator's head goes into this party's signed log: it must be the coordinator's
     // own, signed for this job, or an audit could not tell whose record is false.
     if let (Some(head), Some(key)) = (&coordinator_head, &config.coordinator_key) {
         if !head.signed_by(&job_id, key) {
-            return refuse(
-                state,
-                Rule::Kind,
-                "the offer's coordinator log head is not signed by the roster's coordinator key"
-                    .into(),
+            return refuse(state, Decline::Fault("the offer's coordinator log head is not signed by the roster's coordinator key"
+                    .into()),
             );
         }
     }
@@ -693,8 +723,17 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                 offer.consumer
             )
         };
-        let denial = Denial { rule: Rule::ConsumerSignature, message };
-        return refuse(state, denial.rule, denial.to_string());
+        return refuse(state, Decline::refused(Rule::ConsumerSignature, message));
+    }
+    // A job id is charged to one consumer: the same id signed by another (a training job
+    // "resumed" under another consumer's name, say) is not that job.
+    match state.store.charged_consumer(&job_id) {
+        Ok(Some(charged)) if charged != offer.consumer => {
+            let message = format!("job id {job_id} is charged to another consumer");
+            return refuse(state, Decline::Fault(message));
+        }
+        Ok(_) => {}
+        Err(e) => return refuse(state, Decline::Fault(e.to_string())),
     }
     let min_parties = (job.min_parties() as usize).max(config.min_cohort);
     match job {
@@ -703,34 +742,31 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
             else {
                 return refuse(
                     state,
-                    Rule::Kind,
-                    format!("this party does not serve dataset {:?}", spec.dataset),
+                    Decline::DataUnavailable(format!(
+                        "this party does not serve dataset {:?}",
+                        spec.dataset
+                    )),
                 );
             };
             if state.training.len() >= MAX_TRAINING_JOBS {
                 return refuse(
                     state,
-                    Rule::Kind,
-                    format!(
+                    Decline::Fault(format!(
                         "this party already holds the rows of {MAX_TRAINING_JOBS} training jobs in memory; submit again when one ends"
-                    ),
+                    )),
                 );
             }
             if spec.plain && !state.options.dangerous_benchmark {
-                return refuse(
-                    state,
-                    Rule::Kind,
-                    "plain (unmasked) training is refused unless the party runs with --dangerous-benchmark".into(),
+                return refuse(state, Decline::Fault("plain (unmasked) training is refused unless the party runs with --dangerous-benchmark".into()),
                 );
             }
             if dataset.postgres.is_some() {
                 return refuse(
                     state,
-                    Rule::Kind,
-                    format!(
+                    Decline::Fault(format!(
                         "training reads CSV and Parquet files; dataset {:?} is a PostgreSQL table",
                         dataset.name
-                    ),
+                    )),
                 );
             }
             let declared = if spec.standardizes_by_bounds() {
@@ -741,8 +777,10 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                     _ => {
                         return refuse(
                             state,
-                            Rule::Column,
-                            "a differentially private job standardises with declared bounds; declare bounds for every feature".into(),
+                            Decline::refused(
+                                Rule::Column,
+                                "a differentially private job standardises with declared bounds; declare bounds for every feature",
+                            ),
                         );
                     }
                 }
@@ -758,21 +796,20 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                 Ok(Some(_)) => {
                     return refuse(
                         state,
-                        Rule::Kind,
-                        format!(
+                        Decline::Fault(format!(
                             "job id {job_id} was first used for another training specification"
-                        ),
+                        )),
                     );
                 }
-                Err(e) => return refuse(state, Rule::Budget, e.to_string()),
+                Err(e) => return refuse(state, Decline::Fault(e.to_string())),
             };
             let uses = match state.store.uses(&dataset.name) {
                 Ok(u) => u.saturating_sub(u64::from(resumed)),
-                Err(e) => return refuse(state, Rule::Budget, e.to_string()),
+                Err(e) => return refuse(state, Decline::Fault(e.to_string())),
             };
             let rho = match spec.rho_total() {
                 Ok(r) => spec.privacy.as_ref().map(|_| r),
-                Err(e) => return refuse(state, Rule::Budget, e.to_string()),
+                Err(e) => return refuse(state, Decline::Fault(e.to_string())),
             };
             let today = today();
             let mut aggregated: Vec<&str> = spec.features.iter().map(String::as_str).collect();
@@ -792,7 +829,7 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
             let (min_parties, charge) =
                 match govern(state, &dataset, &request, &job_id, min_parties, resumed) {
                     Ok(g) => g,
-                    Err((rule, reason)) => return refuse(state, rule, reason),
+                    Err(decline) => return refuse(state, decline),
                 };
             let tx = state.prepared_tx.clone();
             let consumer = offer.consumer;
@@ -800,11 +837,14 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
             tokio::spawn(async move {
                 let loaded = tokio::task::spawn_blocking(move || {
                     let (x, y) = load_training(&dataset, &spec.features, &spec.label)
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| unreadable(&dataset.name, &e))?;
                     let data = LocalData::new(&spec, x, y).map_err(|e| {
-                        format!("dataset {:?} does not fit the job: {e}", dataset.name)
+                        Decline::DataUnavailable(format!(
+                            "dataset {:?} does not fit the job: {e}",
+                            dataset.name
+                        ))
                     })?;
-                    Ok::<_, String>(TrainingJob { spec: *spec, job_hash: hash, data, declared })
+                    Ok::<_, Decline>(TrainingJob { spec: *spec, job_hash: hash, data, declared })
                 })
                 .await;
                 let result = match loaded {
@@ -820,24 +860,22 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                         keys: None,
                         job_hash: job_hash.clone(),
                     }),
-                    Ok(Err(e)) => Err((Rule::Column, e)),
-                    Err(e) => Err((Rule::Column, format!("loading the training rows failed: {e}"))),
+                    Ok(Err(decline)) => Err(decline),
+                    Err(e) => Err(Decline::Fault(format!("loading the training rows failed: {e}"))),
                 };
                 let _ = tx.send(Prepared { job_id, job_hash, result }).await;
             });
         }
         Job::Sql(_) => refuse(
             state,
-            Rule::Kind,
-            "a SQL query must be planned by the coordinator before it is offered".into(),
+            Decline::Fault(
+                "a SQL query must be planned by the coordinator before it is offered".into(),
+            ),
         ),
         Job::Synthetic(s) => {
             if !state.options.dangerous_benchmark {
-                return refuse(
-                    state,
-                    Rule::Kind,
-                    "synthetic benchmark jobs are refused unless the party runs with --dangerous-benchmark"
-                        .into(),
+                return refuse(state, Decline::Fault("synthetic benchmark jobs are refused unless the party runs with --dangerous-benchmark"
+                        .into()),
                 );
             }
             let vector: Vec<u64> = (0..s.dim).map(|_| state.rng.next_u64()).collect();
@@ -860,17 +898,19 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
             else {
                 return refuse(
                     state,
-                    Rule::Kind,
-                    format!("this party does not serve dataset {:?}", spec.dataset),
+                    Decline::DataUnavailable(format!(
+                        "this party does not serve dataset {:?}",
+                        spec.dataset
+                    )),
                 );
             };
             let plan = match Plan::new(&spec, &dataset.schema()) {
                 Ok(p) => p,
-                Err(e) => return refuse(state, Rule::Column, e.to_string()),
+                Err(e) => return refuse(state, Decline::DataUnavailable(e.to_string())),
             };
             let uses = match state.store.uses(&dataset.name) {
                 Ok(u) => u,
-                Err(e) => return refuse(state, Rule::Budget, e.to_string()),
+                Err(e) => return refuse(state, Decline::Fault(e.to_string())),
             };
             let today = today();
             let request = Request {
@@ -894,10 +934,11 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
             let (min_parties, charge) =
                 match govern(state, &dataset, &request, &job_id, min_parties, false) {
                     Ok(g) => g,
-                    Err((rule, reason)) => return refuse(state, rule, reason),
+                    Err(decline) => return refuse(state, decline),
                 };
             let tx = state.prepared_tx.clone();
             let consumer = offer.consumer;
+            let name = dataset.name.clone();
             let fingerprint_key = Sha256::new()
                 .chain_update(b"veil/dataset-fingerprint/v1")
                 .chain_update(config.identity_seed.as_ref())
@@ -947,8 +988,8 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                         keys: None,
                         job_hash: job_hash.clone(),
                     }),
-                    Ok(Err(e)) => Err((Rule::Column, e.to_string())),
-                    Err(e) => Err((Rule::Column, format!("local aggregation failed: {e}"))),
+                    Ok(Err(e)) => Err(unreadable(&name, &e)),
+                    Err(e) => Err(Decline::Fault(format!("local aggregation failed: {e}"))),
                 };
                 let _ = tx.send(Prepared { job_id, job_hash, result }).await;
             });
@@ -1004,14 +1045,14 @@ async fn start_round(
                     })
                     .await
                     .unwrap_or_else(|e| {
-                        Err((Rule::Column, format!("local training stopped: {e}")))
+                        Err(Decline::Fault(format!("local training stopped: {e}")))
                     });
                     let _ = results.send(Trained { start, job_id, computed }).await;
                 });
             }
-            Err((rule, message)) => {
+            Err(decline) => {
                 let hash = slot.job.job_hash.clone();
-                leave_step(config, state, tx, job_id, &hash, rule, message).await?;
+                leave_step(config, state, tx, job_id, &hash, decline).await?;
             }
         }
         return Ok(false);
@@ -1062,9 +1103,9 @@ async fn trained(
             }
             flush(config, state, tx, &job_id).await
         }
-        Err((rule, message)) => {
+        Err(decline) => {
             let hash = slot.job.job_hash.clone();
-            leave_step(config, state, tx, job_id, &hash, rule, message).await?;
+            leave_step(config, state, tx, job_id, &hash, decline).await?;
             Ok(false)
         }
     }
@@ -1098,8 +1139,12 @@ fn reserve(
     match state.store.reserve_and_log(charge, now_ms()) {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
-            let message = format!("refused by rule budget: {e}");
-            leave(config, state, job_id.to_string(), Rule::Budget, message);
+            leave(
+                config,
+                state,
+                job_id.to_string(),
+                &Decline::refused(Rule::Budget, e.to_string()),
+            );
             false
         }
         Err(e) => {
@@ -1140,10 +1185,10 @@ async fn join_round(
     let minimum = min_parties.max(start.min_cohort as usize);
     if start.parties.len() < minimum {
         let message = format!(
-            "refused by rule cohort: the round has {} parties; this party's data is combined with at least {minimum}",
+            "the round has {} parties; this party's data is combined with at least {minimum}",
             start.parties.len()
         );
-        leave(config, state, job_id, Rule::Cohort, message);
+        leave(config, state, job_id, &Decline::refused(Rule::Cohort, message));
         return Ok(false);
     }
     if start.plain {
@@ -1186,8 +1231,8 @@ async fn join_round(
         // Claimed with the acceptance.
         Some(k) if k.session().0 == session => Ok(true),
         Some(_) => {
-            let message = "left the round: its start names another session than the offer".into();
-            leave(config, state, job_id, Rule::Kind, message);
+            let message = "left the round: its start names another session than the offer";
+            leave(config, state, job_id, &Decline::Fault(message.into()));
             return Ok(false);
         }
         None => state.store.claim_session(&session),
@@ -1208,18 +1253,18 @@ async fn join_round(
     // rather than raising the numbers for itself alone.
     if (start.min_cohort as usize) < minimum {
         let message = format!(
-            "refused by rule cohort: the round releases sums over {} parties; this party's data is combined with at least {minimum}",
+            "the round releases sums over {} parties; this party's data is combined with at least {minimum}",
             start.min_cohort
         );
-        leave(config, state, job_id, Rule::Cohort, message);
+        leave(config, state, job_id, &Decline::refused(Rule::Cohort, message));
         return Ok(false);
     }
     if (start.max_corrupt as usize) < config.max_corrupt {
         let message = format!(
-            "refused by rule collusion: the round tolerates {} colluding parties; this party requires at least {}",
+            "the round tolerates {} colluding parties; this party requires at least {}",
             start.max_corrupt, config.max_corrupt
         );
-        leave(config, state, job_id, Rule::Collusion, message);
+        leave(config, state, job_id, &Decline::refused(Rule::Collusion, message));
         return Ok(false);
     }
     let mut context = [0u8; 32];
@@ -1288,20 +1333,20 @@ async fn round_message(
     }
     if let PartyStatus::Aborted(e) = party.status() {
         tracing::warn!(party = %config.id, job = %payload.job_id, error = %e, "left the round");
-        let (rule, message) = match e {
-            veil_protocol::Error::CohortTooSmall { size, minimum } => (
+        let decline = match e {
+            veil_protocol::Error::CohortTooSmall { size, minimum } => Decline::refused(
                 Rule::Cohort,
                 format!(
-                    "refused by rule cohort: {size} parties remain in the round; this party's data is combined with at least {minimum}"
+                    "{size} parties remain in the round; this party's data is combined with at least {minimum}"
                 ),
             ),
-            other => (Rule::Kind, format!("left the round: {other}")),
+            other => Decline::Fault(format!("left the round: {other}")),
         };
         state.jobs.insert(payload.job_id.clone(), JobState::Idle);
         // A training job goes on after this step: tell the coordinator why this party left.
         if let Some(slot) = state.training.get(&payload.job_id) {
             let hash = slot.job.job_hash.clone();
-            leave_step(config, state, tx, payload.job_id, &hash, rule, message).await?;
+            leave_step(config, state, tx, payload.job_id, &hash, decline).await?;
         }
         return Ok(false);
     }
@@ -1372,10 +1417,10 @@ fn check_step(
     state: &State,
     slot: &TrainingSlot,
     start: &RoundStart,
-) -> Result<(Step, Option<Standardizer>), (Rule, String)> {
+) -> Result<(Step, Option<Standardizer>), Decline> {
     let job = &slot.job;
     let spec = &job.spec;
-    let kind = |m: String| (Rule::Kind, format!("training step refused: {m}"));
+    let kind = |m: String| Decline::Fault(format!("training step refused: {m}"));
     let step = Step::from_code(start.step);
     let rounds = spec.rounds_to_run().map_err(|e| kind(e.to_string()))?;
     match step {
@@ -1430,19 +1475,18 @@ fn check_step(
     };
     let minimum = slot.min_parties.max(start.min_cohort as usize);
     if start.parties.len() < minimum {
-        return Err((
+        return Err(Decline::refused(
             Rule::Cohort,
             format!(
-                "refused by rule cohort: the round has {} parties; this party's data is combined with at least {minimum}",
+                "the round has {} parties; this party's data is combined with at least {minimum}",
                 start.parties.len()
             ),
         ));
     }
     match state.store.claim_training_step(&slot.charge, &job.job_hash, step.code(), now_ms()) {
         Ok(Ok(())) => {}
-        Ok(Err(reason)) if reason.contains("rule budget") => return Err((Rule::Budget, reason)),
-        Ok(Err(reason)) => return Err(kind(reason)),
-        Err(e) => return Err((Rule::Budget, format!("cannot record the step: {e}"))),
+        Ok(Err(decline)) => return Err(decline),
+        Err(e) => return Err(Decline::Fault(format!("cannot record the step: {e}"))),
     }
     Ok((step, standardizer))
 }
@@ -1456,7 +1500,7 @@ fn compute_step(
     parameters: &[f64],
     standardizer: Option<&Standardizer>,
     party: u32,
-) -> Result<Vec<u64>, (Rule, String)> {
+) -> Result<Vec<u64>, Decline> {
     let spec = &job.spec;
     let mut rng = if spec.privacy.is_some() {
         rand_chacha::ChaCha20Rng::from_entropy()
@@ -1472,5 +1516,5 @@ fn compute_step(
     };
     let input = StepInput { step, parameters, standardizer };
     party_vector(spec, &input, &job.data, party, &mut rng)
-        .map_err(|e| (Rule::Column, format!("local training failed: {e}")))
+        .map_err(|e| Decline::Fault(format!("local training failed: {e}")))
 }

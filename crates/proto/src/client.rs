@@ -48,7 +48,10 @@ impl ConsumerFile {
     }
 
     /// The key that signs its jobs. Fails, saying what to do, when the file names none.
-    pub fn signer(&self) -> Result<crate::submission::Signer, ConfigError> {
+    pub fn signer(
+        &self,
+        check: crate::submission::PlanCheck,
+    ) -> Result<crate::submission::Signer, ConfigError> {
         let path = self.signing_key.as_ref().ok_or_else(|| ConfigError::Parse {
             path: format!("the configuration of consumer {}", self.name),
             message: "it names no signing_key; parties take part only in jobs their consumer \
@@ -56,7 +59,7 @@ impl ConsumerFile {
                       roster lists for this consumer (veil init writes both)"
                 .into(),
         })?;
-        crate::submission::Signer::load(self.name.clone(), path)
+        crate::submission::Signer::load(self.name.clone(), path, check)
     }
 
     /// The TLS material it names.

@@ -86,16 +86,33 @@ impl RosterFile {
         let parse =
             |message: String| ConfigError::Parse { path: path.display().to_string(), message };
         let roster: RosterFile = toml::from_str(&text).map_err(|e| parse(e.to_string()))?;
-        roster.protocol_roster().map_err(parse)?;
-        for c in &roster.consumers {
+        roster.check().map_err(parse)?;
+        Ok(roster)
+    }
+
+    /// Checks what the types do not: keys parse, and no id, consumer name or consumer key is
+    /// listed twice.
+    pub fn check(&self) -> Result<(), String> {
+        self.protocol_roster()?;
+        for (i, c) in self.consumers.iter().enumerate() {
+            let earlier = &self.consumers[..i];
+            if earlier.iter().any(|e| e.name == c.name) {
+                return Err(format!("consumer {} is listed twice", c.name));
+            }
+            if !c.signing_key.is_empty() && earlier.iter().any(|e| e.signing_key == c.signing_key) {
+                return Err(format!(
+                    "consumer {} shares its signing_key with another consumer; each signs its own jobs",
+                    c.name
+                ));
+            }
             if !c.signing_key.is_empty() && parse_key(&c.signing_key).is_none() {
-                return Err(parse(format!(
+                return Err(format!(
                     "consumer {}: signing_key must be 64 hex digits of an Ed25519 public key",
                     c.name
-                )));
+                ));
             }
         }
-        Ok(roster)
+        Ok(())
     }
 
     /// The TOML text.
@@ -174,4 +191,41 @@ impl RosterFile {
 fn parse_key(hex_key: &str) -> Option<ed25519_dalek::VerifyingKey> {
     let bytes: [u8; 32] = hex::decode(hex_key).ok()?.try_into().ok()?;
     ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer(name: &str, key: u8) -> ConsumerEntry {
+        ConsumerEntry {
+            name: name.into(),
+            certificate_sha256: format!("{key:064x}"),
+            signing_key: hex::encode(
+                ed25519_dalek::SigningKey::from_bytes(&[key; 32]).verifying_key().as_bytes(),
+            ),
+            admin: false,
+            jobs_per_day: None,
+            fetches_per_day: None,
+        }
+    }
+
+    #[test]
+    fn a_consumer_is_listed_once_with_a_key_of_its_own() {
+        let roster = |consumers| RosterFile {
+            consortium: "c".into(),
+            coordinator_key: String::new(),
+            parties: Vec::new(),
+            consumers,
+        };
+        assert_eq!(roster(vec![consumer("a", 1), consumer("b", 2)]).check(), Ok(()));
+        let twice = roster(vec![consumer("a", 1), consumer("a", 2)]).check().unwrap_err();
+        assert!(twice.contains("listed twice"), "{twice}");
+        let shared = roster(vec![consumer("a", 1), consumer("b", 1)]).check().unwrap_err();
+        assert!(shared.contains("shares its signing_key"), "{shared}");
+        let mut bad = consumer("a", 1);
+        bad.signing_key = "zz".into();
+        let bad = roster(vec![bad]).check().unwrap_err();
+        assert!(bad.contains("64 hex digits"), "{bad}");
+    }
 }

@@ -69,27 +69,38 @@ pub fn is_job_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// A consumer's name and job-signing key.
+/// Checks a coordinator's plan before it is signed: given the specification the consumer
+/// wrote and the canonical JSON the coordinator planned from it, `Ok` with the purpose to sign
+/// when the plan is the job asked for (`veil_analytics::Job::check_plan` is the one for veil's
+/// job kinds), or why not.
+pub type PlanCheck = fn(request: &str, planned_json: &str) -> Result<String, String>;
+
+/// A consumer's name and job-signing key, and the check its plans must pass.
 pub struct Signer {
     name: String,
     key: SigningKey,
+    check: PlanCheck,
 }
 
 impl Signer {
-    /// A signer from the consumer's roster name and its key.
-    pub fn new(name: impl Into<String>, key: SigningKey) -> Self {
-        Self { name: name.into(), key }
+    /// A signer from the consumer's roster name, its key and the plan check.
+    pub fn new(name: impl Into<String>, key: SigningKey, check: PlanCheck) -> Self {
+        Self { name: name.into(), key, check }
     }
 
     /// Reads the key's 32-byte seed as 64 hex digits from `path`.
-    pub fn load(name: impl Into<String>, path: &std::path::Path) -> Result<Self, ConfigError> {
+    pub fn load(
+        name: impl Into<String>,
+        path: &std::path::Path,
+        check: PlanCheck,
+    ) -> Result<Self, ConfigError> {
         let text = Zeroizing::new(crate::read(path)?);
         let mut seed = Zeroizing::new([0u8; 32]);
         hex::decode_to_slice(text.trim(), seed.as_mut()).map_err(|_| ConfigError::Parse {
             path: path.display().to_string(),
             message: "the signing key must be 64 hex digits".into(),
         })?;
-        Ok(Self::new(name, SigningKey::from_bytes(&seed)))
+        Ok(Self::new(name, SigningKey::from_bytes(&seed), check))
     }
 
     /// The consumer's roster name.
@@ -108,22 +119,37 @@ impl Signer {
         self.key.sign(&statement).to_bytes().to_vec()
     }
 
-    /// Plans `spec` at the coordinator, checks that the plan's hash is the hash of its JSON,
-    /// signs it under a fresh id and submits it.
+    /// Plans `spec` at the coordinator, checks that the plan is the job asked for (the plan
+    /// check) and that its hash is the hash of its JSON, signs it under a fresh id with the
+    /// purpose the check found, and submits it. A coordinator that plans another job than the
+    /// one asked for gets no signature.
     pub async fn submit(
         &self,
         jobs: &mut JobsClient<Channel>,
         spec: &str,
     ) -> Result<JobStatus, tonic::Status> {
-        let planned = jobs.plan(PlanRequest { spec: spec.to_string() }).await?.into_inner();
+        self.submit_with(jobs, spec, false).await
+    }
+
+    /// [`Signer::submit`]; with `require_all`, the job fails rather than answer over fewer
+    /// than every party that serves its dataset.
+    pub async fn submit_with(
+        &self,
+        jobs: &mut JobsClient<Channel>,
+        spec: &str,
+        require_all: bool,
+    ) -> Result<JobStatus, tonic::Status> {
+        let mut planned = jobs.plan(PlanRequest { spec: spec.to_string() }).await?.into_inner();
         if hex::encode(Sha256::digest(planned.spec_json.as_bytes())) != planned.job_hash {
             return Err(tonic::Status::data_loss(
                 "the coordinator's plan does not hash to the job hash it gave; nothing was signed",
             ));
         }
+        planned.purpose =
+            (self.check)(spec, &planned.spec_json).map_err(tonic::Status::data_loss)?;
         let job_id = new_job_id();
         let signature = self.sign(&job_id, &planned);
-        let request = SubmitRequest { spec: planned.spec_json, job_id, signature };
+        let request = SubmitRequest { spec: planned.spec_json, job_id, signature, require_all };
         Ok(jobs.submit(request).await?.into_inner())
     }
 }
@@ -143,7 +169,8 @@ mod tests {
 
     #[test]
     fn a_signature_verifies_only_for_its_own_job_consumer_and_purpose() {
-        let signer = Signer::new("analyst", SigningKey::from_bytes(&[7; 32]));
+        let signer =
+            Signer::new("analyst", SigningKey::from_bytes(&[7; 32]), |_, _| Ok(String::new()));
         let key = signer.verifying_key();
         let job = planned("research");
         let id = new_job_id();

@@ -406,7 +406,7 @@ impl Cluster {
         let path = self.layout.root.join("consumers").join(consumer).join("consumer.toml");
         ConsumerFile::load(&path)
             .expect("consumer.toml")
-            .signer()
+            .signer(veil_analytics::Job::plan_check)
             .expect("the consumer's signing key")
     }
 

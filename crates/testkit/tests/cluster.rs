@@ -206,6 +206,12 @@ async fn a_party_that_dies_mid_round_leaves_a_result_over_the_survivors() {
     assert!(started.elapsed() < Duration::from_secs(20));
     let result = result.unwrap();
     assert_eq!((result.contributors.clone(), result.dropped.clone()), (vec![0, 1, 3], vec![2]));
+    // The consumer is told who dropped out mid-round.
+    let outcomes: Vec<(u32, i32)> =
+        result.coverage.iter().map(|p| (p.party_id, p.outcome)).collect();
+    let (contributed, dropped) =
+        (veil_proto::v1::Outcome::Contributed as i32, veil_proto::v1::Outcome::Dropped as i32);
+    assert_eq!(outcomes, vec![(0, contributed), (1, contributed), (2, dropped), (3, contributed)]);
     let a = answer(&result.answer_json);
     assert_eq!(a.rows, rows_of(&["hospital_a", "hospital_b", "hospital_c"]));
     assert!(matches!(cluster.party_outcome(2).await, Some(Ok(()))), "the faulty party exited");
@@ -329,6 +335,7 @@ async fn consumers_without_a_credential_are_refused() {
         signature: cluster.signer("analyst").sign(&job_id, &planned),
         job_id,
         spec: planned.spec_json,
+        require_all: false,
     };
     let submit = |channel| {
         let request = request.clone();
@@ -389,6 +396,7 @@ async fn the_coordinator_takes_only_jobs_their_consumer_signed() {
         spec: planned.spec_json.clone(),
         job_id: id.to_string(),
         signature: signer.sign(id, planned),
+        require_all: false,
     };
     let id = submission::new_job_id();
     let other = plan(&cluster, &RADIUS.replace("mean_radius", "mean_texture")).await.unwrap();
@@ -652,7 +660,7 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
     };
     let reply = |job_id: String, job_hash: String, advertise: Vec<u8>| {
         use ed25519_dalek::Signer;
-        let statement = veil_governance::receipt::decision_statement(&job_id, &job_hash, true, "");
+        let statement = veil_governance::decision::decision_statement(&job_id, &job_hash, None);
         let head = veil_governance::audit::Head { seq: 0, hash: "ab".repeat(32), signature: None }
             .signed(&job_id, &identity);
         Body::Reply(TaskReply {
@@ -668,6 +676,7 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
             head_seq: 0,
             head_signature: head.signature.unwrap_or_default(),
             head_hash: head.hash,
+            ..Default::default()
         })
     };
 

@@ -136,6 +136,66 @@ async fn the_others_answer_without_a_party_that_refuses() {
     cluster.shutdown().await;
 }
 
+/// Every answer says which parties serve the dataset and what became of each: contributed,
+/// refused (with the rule), data unavailable (without the party's paths) or offline; the
+/// consumer can ask for all of them and then gets a failure instead of a partial answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_says_which_parties_it_covers_and_why() {
+    use veil_proto::v1::Outcome;
+    let dir = tempfile::tempdir().unwrap();
+    // hospital_c's rows with the column the job reads renamed: declared, but not in the file.
+    let renamed = dir.path().join("renamed.csv");
+    let text = std::fs::read_to_string(data("breast_cancer/hospital_c.csv")).unwrap();
+    std::fs::write(&renamed, text.replacen("mean_radius", "radius_mean", 1)).unwrap();
+    let mut parties = hospitals(POLICY);
+    parties.push(PartySpec { name: "clinic_d".into(), ..parties[2].clone() });
+    parties.push(PartySpec { name: "clinic_e".into(), ..parties[0].clone() });
+    parties.push(PartySpec { name: "clinic_f".into(), ..parties[1].clone() });
+    parties[2].datasets[0].extra_toml = POLICY.replace("\"research\"", "\"care\"");
+    parties[3].datasets[0].path = renamed.clone();
+    let mut cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    cluster.kill_party(4);
+    cluster.wait_disconnected(4).await;
+
+    let (status, result) = cluster.run_job(&job("research", "mean_radius", None)).await;
+    assert_eq!(status.state, "succeeded", "{status:?}");
+    let coverage = result.unwrap().coverage;
+    let seen: Vec<(&str, i32, &str)> =
+        coverage.iter().map(|p| (p.name.as_str(), p.outcome, p.rule.as_str())).collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("hospital_a", Outcome::Contributed as i32, ""),
+            ("hospital_b", Outcome::Contributed as i32, ""),
+            ("hospital_c", Outcome::Refused as i32, "purpose"),
+            ("clinic_d", Outcome::DataUnavailable as i32, ""),
+            ("clinic_e", Outcome::Offline as i32, ""),
+            ("clinic_f", Outcome::Contributed as i32, ""),
+        ]
+    );
+    let unavailable = &coverage[3].reason;
+    assert!(unavailable.contains("radius") || unavailable.contains("mean_radius"), "{unavailable}");
+    assert!(!unavailable.contains(&dir.path().display().to_string()), "a path: {unavailable}");
+    assert!(!unavailable.contains(".csv"), "a file name: {unavailable}");
+    assert_eq!(status.coverage, coverage, "the status carries the same coverage");
+
+    // Asked for every serving party, the consumer gets a failure naming who is missing.
+    let mut jobs = cluster.jobs().await;
+    let submitted = cluster
+        .signer("analyst")
+        .submit_with(&mut jobs, &job("research", "mean_radius", None), true)
+        .await
+        .unwrap();
+    let failed = cluster.wait_job(&submitted.job_id).await;
+    assert_eq!(failed.state, "failed", "{failed:?}");
+    assert!(failed.detail.contains("requires every party"), "{}", failed.detail);
+    assert!(failed.detail.contains("party 4 offline"), "{}", failed.detail);
+    let status =
+        jobs.result(veil_proto::v1::JobRef { job_id: submitted.job_id }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budgets_are_charged_before_release_and_exhaustion_refuses() {
     let cluster =
@@ -424,7 +484,10 @@ impl FakeRun {
 
     fn signer(&self, consumer: &str) -> veil_proto::submission::Signer {
         let path = self.layout.root.join("consumers").join(consumer).join("consumer.toml");
-        veil_proto::client::ConsumerFile::load(&path).unwrap().signer().unwrap()
+        veil_proto::client::ConsumerFile::load(&path)
+            .unwrap()
+            .signer(veil_analytics::Job::plan_check)
+            .unwrap()
     }
 
     /// Stops the party and the fake, and returns the party's audit log.
@@ -489,17 +552,21 @@ async fn a_coordinator_cannot_make_a_party_run_a_forbidden_job() {
         } else {
             assert!(reply.advertise.is_empty());
             assert!(!reply.accept);
-            assert!(reply.reason.contains(expect_rule), "{}", reply.reason);
+            assert_eq!(reply.rule, expect_rule, "{}", reply.reason);
+            assert_eq!(reply.decline, veil_proto::v1::Decline::Refused as i32);
         }
-        // The decision is signed by the party's roster key over the job hash.
+        // The decision (its kind, rule and message) is signed by the party's roster key over
+        // the job hash.
         let roster = RosterFile::load(&run.layout.roster).unwrap();
         let key = roster.audit_key("party 0").unwrap();
-        let statement = veil_governance::receipt::decision_statement(
-            &job_id,
-            &spec.hash(),
-            reply.accept,
-            &reply.reason,
-        );
+        let decline = (!reply.accept).then(|| {
+            veil_governance::Decline::refused(
+                veil_governance::Rule::from_name(&reply.rule).unwrap(),
+                reply.reason.clone(),
+            )
+        });
+        let statement =
+            veil_governance::decision::decision_statement(&job_id, &spec.hash(), decline.as_ref());
         let sig =
             ed25519_dalek::Signature::from_bytes(&reply.signature.clone().try_into().unwrap());
         ed25519_dalek::Verifier::verify(&key, &statement, &sig).unwrap();
@@ -572,7 +639,7 @@ async fn a_coordinator_cannot_relabel_a_job_to_another_consumer() {
             signed.map(|(who, id)| (who, if id.is_empty() { job_id.as_str() } else { id }));
         let reply = run.offer(&job_id, &spec, named, signed, Vec::new()).await;
         assert!(!reply.accept, "{named} / {signed:?} was accepted");
-        assert!(reply.reason.contains(&format!("rule {rule}:")), "{named}: {}", reply.reason);
+        assert_eq!(reply.rule, rule, "{named}: {}", reply.reason);
     }
     // The analyst's own signed job is taken.
     let job_id = veil_proto::submission::new_job_id();
