@@ -287,6 +287,9 @@ struct TrainingSlot {
 
 struct State {
     jobs: HashMap<String, JobState>,
+    /// The job hash and consumer of every job this party accepted, until the job ends: a
+    /// receipt is kept only for what the party took part in.
+    accepted: HashMap<String, (String, String)>,
     training: HashMap<String, TrainingSlot>,
     store: Arc<PartyStore>,
     signing: SigningKey,
@@ -304,6 +307,7 @@ impl State {
         let (trained_tx, trained_rx) = mpsc::channel(64);
         Self {
             jobs: HashMap::new(),
+            accepted: HashMap::new(),
             training: HashMap::new(),
             store,
             signing,
@@ -469,6 +473,7 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
                 advertise = keys.advertisement().encode();
                 accepted.keys = Some(keys);
             }
+            state.accepted.insert(job_id.clone(), (job_hash.clone(), accepted.consumer.clone()));
             if let Some(JobState::Preparing { .. }) = state.jobs.get(&job_id) {
                 state.jobs.insert(job_id.clone(), JobState::Ready(Box::new(accepted)));
             }
@@ -575,9 +580,22 @@ async fn handle(
         Outbound::End(end) => {
             state.jobs.remove(&end.job_id);
             state.training.remove(&end.job_id);
+            let accepted = state.accepted.remove(&end.job_id);
             if !end.receipt_json.is_empty() {
+                // The receipt goes into this party's signed log: it must be for the job, hash
+                // and consumer the party accepted, not whatever the coordinator says.
+                let ours = |r: &Receipt| {
+                    r.job_id == end.job_id
+                        && accepted.as_ref().is_some_and(|(hash, consumer)| {
+                            r.job_hash == *hash && r.consumer == *consumer
+                        })
+                        && r.parties.iter().any(|c| c.party == config.id.0)
+                };
                 match serde_json::from_str::<Receipt>(&end.receipt_json) {
-                    Ok(r) if r.parties.iter().any(|c| c.party == config.id.0) => {
+                    Ok(r) if !ours(&r) && r.parties.iter().any(|c| c.party == config.id.0) => {
+                        tracing::warn!(party = %config.id, job = %end.job_id, "a receipt for another job, hash or consumer than this party accepted; not kept");
+                    }
+                    Ok(r) if ours(&r) => {
                         if let Err(e) = state.store.put_receipt(&r) {
                             tracing::error!(party = %config.id, error = %e, "cannot store a receipt");
                         }

@@ -645,10 +645,55 @@ async fn a_coordinator_cannot_relabel_a_job_to_another_consumer() {
     let job_id = veil_proto::submission::new_job_id();
     let reply = run.offer(&job_id, &spec, "analyst", Some(("analyst", &job_id)), vec![9; 32]).await;
     assert!(reply.accept, "{}", reply.reason);
+    // Its end comes with a receipt that names the partner: the party does not log it as a
+    // release to anyone. The true receipt of the next accepted job it does log.
+    let receipt = |job_id: &str, consumer: &str| veil_governance::Receipt {
+        job_id: job_id.into(),
+        job_hash: spec.hash(),
+        consumer: consumer.into(),
+        dataset: "cells".into(),
+        parties: vec![veil_governance::receipt::Contribution {
+            party: 0,
+            dataset_sha256: String::new(),
+            head: None,
+        }],
+        rho: 0.5,
+        result_sha256: "00".repeat(32),
+        time_ms: 1,
+    };
+    let end = |job_id: &str, consumer: &str| {
+        veil_proto::v1::coordinator_envelope::Body::End(veil_proto::v1::TaskEnd {
+            job_id: job_id.into(),
+            succeeded: true,
+            reason: String::new(),
+            receipt_json: serde_json::to_string(&receipt(job_id, consumer)).unwrap(),
+        })
+    };
+    run.send(end(&job_id, "partner")).await;
+    let second = veil_proto::submission::new_job_id();
+    let reply = run.offer(&second, &spec, "analyst", Some(("analyst", &second)), vec![8; 32]).await;
+    assert!(reply.accept, "{}", reply.reason);
+    run.send(end(&second, "analyst")).await;
+    // A message after the end, so the end has been handled when the log is read.
+    let third = veil_proto::submission::new_job_id();
+    run.offer(&third, &spec, "partner", Some(("partner", &third)), Vec::new()).await;
     let log = run.stop();
+    let released: Vec<(&str, &str)> = log
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ResultReleased { receipt } => {
+                Some((receipt.job_id.as_str(), receipt.consumer.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released, vec![(second.as_str(), "analyst")]);
     assert_eq!(
         refusals(&log),
-        vec!["consumer-signature"; 4].into_iter().chain(["consumer"]).collect::<Vec<_>>()
+        vec!["consumer-signature"; 4]
+            .into_iter()
+            .chain(["consumer", "consumer"])
+            .collect::<Vec<_>>()
     );
     assert!(!log.iter().any(|e| matches!(e.event, Event::BudgetCharged { .. })));
 }
