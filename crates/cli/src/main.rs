@@ -13,10 +13,12 @@ mod bench_train;
 mod client;
 mod demo;
 mod governance;
+mod output;
 mod predict;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -271,18 +273,36 @@ fn parse_rho(s: &str) -> Result<f64, String> {
 fn logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(output::colour_logs())
+        .try_init();
 }
 
 async fn ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn main() -> Result<()> {
+/// Usage errors are clap's (status 2); any other failure is one `error: …` line on standard
+/// error and status 1, never a backtrace; a closed output pipe ends the command quietly with
+/// status 0 (see [`output`]).
+fn main() -> ExitCode {
+    output::exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run(cli))
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            output::report(&e);
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(cli: Cli) -> Result<()> {

@@ -107,7 +107,7 @@ impl PartyGateway for Gateway {
                      for its stream to close",
                     live.since_ms
                 );
-                tracing::warn!(%party, "a second connection with a connected party's identity refused");
+                tracing::warn!(party = %self.shared.party_name(party), "a second connection with a connected party's identity refused");
                 return Err(Status::already_exists(message));
             }
             parties.insert(
@@ -128,7 +128,7 @@ impl PartyGateway for Gateway {
             // The old stream is replaced; jobs treat the party as gone from their round.
             self.shared.broadcast_departure(party);
         }
-        tracing::info!(%party, datasets = ?hello.datasets, "party connected");
+        tracing::info!(party = %self.shared.party_name(party), datasets = ?hello.datasets, "party connected");
         if let Err(e) = self
             .shared
             .store
@@ -154,7 +154,7 @@ impl PartyGateway for Gateway {
                     false
                 }
             };
-            tracing::info!(%party, %reason, "party stream ended");
+            tracing::info!(party = %shared.party_name(party), %reason, "party stream ended");
             if mine {
                 shared.broadcast_departure(party);
             }
@@ -271,7 +271,7 @@ async fn read_loop(
             }
         };
         if !shared.route(&job_id, input) {
-            tracing::debug!(%party, job_id, "message for a job that is not running");
+            tracing::debug!(party = %shared.party_name(party), job_id, "message for a job that is not running");
         }
     }
 }

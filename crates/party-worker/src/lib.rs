@@ -4,8 +4,10 @@
 //! ([`worker`]); for every job it is offered, it checks the specification against the datasets
 //! it serves, computes its local vector from its own rows ([`data`]) and, if it accepts, takes
 //! part in the secure round: only its masked vector and the protocol's shares ever leave.
-//! Its configuration is a TOML file ([`config`]).
+//! Whether it takes part in a job is decided with no I/O ([`admission`]). Its configuration
+//! is a TOML file ([`config`]).
 
+pub mod admission;
 pub mod config;
 pub mod data;
 pub mod store;

@@ -19,13 +19,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
-use veil_analytics::{Job, Plan};
 use veil_governance::audit::{Event, Head};
-use veil_governance::budget::{Ledger as _, Reservation};
+use veil_governance::budget::Reservation;
 use veil_governance::decision::decision_statement;
 use veil_governance::receipt::Receipt;
-use veil_governance::{Decline, DeclineKind, Request, Rule};
-use veil_proto::submission;
+use veil_governance::{Decline, DeclineKind, Rule};
 use veil_proto::v1::coordinator_envelope::Body as Outbound;
 use veil_proto::v1::party_envelope::Body;
 use veil_proto::v1::party_gateway_client::PartyGatewayClient;
@@ -38,9 +36,10 @@ use veil_protocol::{
 };
 use zeroize::Zeroizing;
 
-use crate::config::{DatasetConfig, PartyConfig};
+use crate::admission::{self, Admission, Offer, Situation, Work};
+use crate::config::PartyConfig;
 use crate::data::{aggregate_file, aggregate_postgres, load_training};
-use crate::store::{PartyStore, caps};
+use crate::store::PartyStore;
 use veil_learning::job::{LocalData, Step, StepInput, TrainSpec, party_vector};
 use veil_learning::train::Standardizer;
 
@@ -80,9 +79,6 @@ pub enum WorkerError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// Most training jobs a party takes part in at once (each keeps its rows in memory).
-const MAX_TRAINING_JOBS: usize = 4;
-
 /// Reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -98,7 +94,7 @@ pub async fn run(
     let signing = SigningKey::from_bytes(&config.identity_seed);
     let store = Arc::new(PartyStore::open(&config.state, &config.id.to_string(), signing.clone())?);
     if let Err(e) = store.check_ledger() {
-        tracing::error!(party = %config.id, error = %e, "the party's records were tampered with; not serving");
+        tracing::error!(party = %config.name, error = %e, "the party's records were tampered with; not serving");
         return Err(e.into());
     }
     record_configuration(&config, &store)?;
@@ -116,14 +112,14 @@ pub async fn run(
             Err(status)
                 if matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated) =>
             {
-                tracing::error!(party = %config.id, %status, "refused by the coordinator");
+                tracing::error!(party = %config.name, %status, "refused by the coordinator");
                 return Err(WorkerError::Refused(status.message().to_string()));
             }
             // A plain-text party against a TLS coordinator never gets further: say so and stop.
             Err(status)
                 if config.tls.is_none() && status.message().contains("h2 protocol error") =>
             {
-                tracing::error!(party = %config.id, %status, "the coordinator does not speak plain text");
+                tracing::error!(party = %config.name, %status, "the coordinator does not speak plain text");
                 return Err(WorkerError::Refused(format!(
                     "the coordinator does not speak plain text ({status}): start the party \
                      without --dangerous-plaintext, or the coordinator with it"
@@ -131,13 +127,13 @@ pub async fn run(
             }
             Err(status) if status.code() == Code::AlreadyExists => {
                 tracing::error!(
-                    party = %config.id,
+                    party = %config.name,
                     %status,
                     "another process with this party's identity is connected; retrying"
                 );
             }
             Err(status) => {
-                tracing::warn!(party = %config.id, %status, "connection to the coordinator lost; retrying");
+                tracing::warn!(party = %config.name, %status, "connection to the coordinator lost; retrying");
             }
         }
         tokio::select! {
@@ -344,7 +340,7 @@ async fn session(
         .await
         .map_err(|_| Status::internal("outbound channel closed"))?;
     let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
-    tracing::info!(party = %config.id, coordinator = %config.coordinator, "connected");
+    tracing::info!(party = %config.name, coordinator = %config.coordinator, "connected");
     // Jobs from a previous connection cannot continue: the coordinator saw us leave.
     state.jobs.clear();
     state.training.clear();
@@ -400,13 +396,13 @@ fn today() -> String {
 
 fn audit(config: &PartyConfig, state: &State, event: Event) {
     if let Err(e) = state.store.audit(event, now_ms()) {
-        tracing::error!(party = %config.id, error = %e, "cannot write the audit log");
+        tracing::error!(party = %config.name, error = %e, "cannot write the audit log");
     }
 }
 
 /// Leaves a job at round start, logging why (the rule for a policy refusal, else the kind).
 fn leave(config: &PartyConfig, state: &State, job_id: String, decline: &Decline) {
-    tracing::warn!(party = %config.id, job = %job_id, %decline, "leaving the job");
+    tracing::warn!(party = %config.name, job = %job_id, %decline, "leaving the job");
     audit(config, state, refused_event(config, job_id, decline));
 }
 
@@ -481,14 +477,14 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
         }
         Err(decline) => {
             state.jobs.remove(&job_id);
-            tracing::info!(party = %config.id, job = %job_id, %decline, "declined a job");
+            tracing::info!(party = %config.name, job = %job_id, %decline, "declined a job");
             audit(config, state, refused_event(config, job_id.clone(), &decline));
             (Some(decline), String::new())
         }
     };
     let signature = state.signing.sign(&decision_statement(&job_id, &job_hash, decline.as_ref()));
     let head = state.store.audit_head().unwrap_or_else(|e| {
-        tracing::error!(party = %config.id, error = %e, "cannot read the audit log's head");
+        tracing::error!(party = %config.name, error = %e, "cannot read the audit log's head");
         None
     });
     let head = head.map(|h| h.signed(&job_id, &state.signing));
@@ -593,16 +589,18 @@ async fn handle(
                 };
                 match serde_json::from_str::<Receipt>(&end.receipt_json) {
                     Ok(r) if !ours(&r) && r.parties.iter().any(|c| c.party == config.id.0) => {
-                        tracing::warn!(party = %config.id, job = %end.job_id, "a receipt for another job, hash or consumer than this party accepted; not kept");
+                        tracing::warn!(party = %config.name, job = %end.job_id, "a receipt for another job, hash or consumer than this party accepted; not kept");
                     }
                     Ok(r) if ours(&r) => {
                         if let Err(e) = state.store.put_receipt(&r) {
-                            tracing::error!(party = %config.id, error = %e, "cannot store a receipt");
+                            tracing::error!(party = %config.name, error = %e, "cannot store a receipt");
                         }
                         audit(config, state, Event::ResultReleased { receipt: r });
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(party = %config.id, error = %e, "unreadable receipt"),
+                    Err(e) => {
+                        tracing::warn!(party = %config.name, error = %e, "unreadable receipt")
+                    }
                 }
             }
             Ok(false)
@@ -610,247 +608,62 @@ async fn handle(
     }
 }
 
-/// Evaluates the dataset's policy for a request and takes a first look at the budget (the
-/// binding check is the atomic reservation when the round starts; `reserved` skips it for a job
-/// whose charge the party already holds); returns the job's minimum cohort under the policy
-/// and the charge to reserve.
-fn govern(
-    state: &State,
-    dataset: &DatasetConfig,
-    request: &Request<'_>,
-    job_id: &str,
-    min_parties: usize,
-    reserved: bool,
-) -> Result<(usize, Reservation), Decline> {
-    let governance = dataset.governance();
-    veil_governance::policy::evaluate(&governance, request)?;
-    let charge = Reservation {
-        job_id: job_id.to_string(),
-        dataset: dataset.name.clone(),
-        consumer: request.consumer.to_string(),
-        rho: request.rho.unwrap_or(0.0),
-        caps: caps(&governance.policy),
-        max_uses: governance.policy.max_uses,
-    };
-    if !reserved {
-        let spent = state.store.spent(&charge.dataset, &charge.consumer);
-        match spent.map(|spent| veil_governance::budget::check(spent, charge.rho, charge.caps)) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Decline::refused(Rule::Budget, e.to_string())),
-            Err(e) => return Err(Decline::Fault(e.to_string())),
-        }
-    }
-    let min_parties = min_parties.max(governance.policy.min_cohort.unwrap_or(1) as usize);
-    Ok((min_parties, charge))
-}
-
-/// Checks an offer against the party's data and policy and computes the local vector in the
-/// background; the signed reply follows when it is ready.
+/// Decides an offer ([`admission`]) and, for an admitted job, computes what it needs in the
+/// background (the local vector of a column job, the rows of a training job); the signed reply
+/// follows when that is ready.
 fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
     let job_id = offer.job_id.clone();
     if state.jobs.contains_key(&job_id) {
         return;
     }
-    let job = match Job::parse(&offer.spec_json) {
-        Ok(j) => j,
-        Err(e) => {
-            let hash = hex::encode(Sha256::digest(offer.spec_json.as_bytes()));
-            let _ = state.prepared_tx.try_send(Prepared {
-                job_id,
-                job_hash: hash,
-                result: Err(Decline::Fault(e.to_string())),
-            });
-            return;
-        }
-    };
-    let job_hash = job.hash();
-    // The consumer signed the hash of the canonical form; an offer in any other form (TOML,
-    // reordered keys) could stand for another job under the same hash.
-    if offer.spec_json != job.canonical_json() {
-        let _ = state.prepared_tx.try_send(Prepared {
-            job_id,
-            job_hash,
-            result: Err(Decline::Fault(
-                "the offer's specification is not in canonical form".into(),
-            )),
-        });
-        return;
-    }
-    // Only one-round secure jobs name their session in the offer; a session offered with
-    // another kind is ignored.
-    let one_round =
-        matches!(&job, Job::Columns(_)) || matches!(&job, Job::Synthetic(s) if !s.plain);
-    let session = match <[u8; 32]>::try_from(offer.session.as_slice()) {
-        Ok(_) if !one_round => None,
-        Ok(s) => Some(s),
-        Err(_) if offer.session.is_empty() => None,
-        Err(_) => {
-            let _ = state.prepared_tx.try_send(Prepared {
-                job_id,
-                job_hash,
-                result: Err(Decline::Fault("the offer's session is not 32 bytes".into())),
-            });
-            return;
-        }
-    };
-    state.jobs.insert(job_id.clone(), JobState::Preparing { session });
     let coordinator_head = (!offer.coordinator_head_hash.is_empty()).then(|| Head {
         seq: offer.coordinator_head_seq,
         hash: offer.coordinator_head_hash.clone(),
         signature: Some(offer.coordinator_head_signature.clone()),
     });
-    let refuse = |state: &State, decline: Decline| {
-        let _ = state.prepared_tx.try_send(Prepared {
-            job_id: job_id.clone(),
-            job_hash: job_hash.clone(),
-            result: Err(decline),
-        });
+    let today = today();
+    let situation = Situation {
+        today: &today,
+        dangerous_benchmark: state.options.dangerous_benchmark,
+        training_jobs: state.training.len(),
     };
-    // The coordinator's head goes into this party's signed log: it must be the coordinator's
-    // own, signed for this job, or an audit could not tell whose record is false.
-    if let (Some(head), Some(key)) = (&coordinator_head, &config.coordinator_key) {
-        if !head.signed_by(&job_id, key) {
-            return refuse(state, Decline::Fault("the offer's coordinator log head is not signed by the roster's coordinator key"
-                    .into()),
-            );
+    let view = Offer {
+        job_id: &offer.job_id,
+        spec_json: &offer.spec_json,
+        consumer: &offer.consumer,
+        consumer_signature: &offer.consumer_signature,
+        session: &offer.session,
+        coordinator_head: coordinator_head.as_ref(),
+    };
+    let (job_hash, decision) = admission::admit(config, &situation, state.store.as_ref(), &view);
+    let Admission { session, min_parties, charge, work } = match decision {
+        Ok(a) => a,
+        Err(decline) => {
+            let _ = state.prepared_tx.try_send(Prepared { job_id, job_hash, result: Err(decline) });
+            return;
         }
-    }
-    // The consumer the offer names must have signed this very job under this id: otherwise a
-    // coordinator could run it past the allow-list or charge it to another consumer's budget.
-    let signed = config.consumer_keys.get(&offer.consumer).is_some_and(|key| {
-        submission::verify_job(
-            key,
-            &offer.consumer_signature,
-            &job_id,
-            &job_hash,
-            &offer.consumer,
-            job.purpose(),
-        )
-    });
-    if !signed {
-        let message = if config.consumer_keys.contains_key(&offer.consumer) {
-            format!(
-                "the job is not signed by consumer {:?} under the key the roster lists for it \
-                 (job id {job_id}, job hash {job_hash})",
-                offer.consumer
-            )
-        } else {
-            format!(
-                "the roster lists no job-signing key for consumer {:?}, so no job of its can be \
-                 verified",
-                offer.consumer
-            )
-        };
-        return refuse(state, Decline::refused(Rule::ConsumerSignature, message));
-    }
-    // A job id is charged to one consumer: the same id signed by another (a training job
-    // "resumed" under another consumer's name, say) is not that job.
-    match state.store.charged_consumer(&job_id) {
-        Ok(Some(charged)) if charged != offer.consumer => {
-            let message = format!("job id {job_id} is charged to another consumer");
-            return refuse(state, Decline::Fault(message));
+    };
+    state.jobs.insert(job_id.clone(), JobState::Preparing { session });
+    let accepted = Accepted {
+        vector: Zeroizing::new(Vec::new()),
+        min_parties,
+        charge,
+        dataset_sha256: String::new(),
+        consumer: offer.consumer,
+        coordinator_head,
+        training: None,
+        next_step: 0,
+        keys: None,
+        job_hash: job_hash.clone(),
+    };
+    let tx = state.prepared_tx.clone();
+    match work {
+        Work::Synthetic { dim } => {
+            let vector: Vec<u64> = (0..dim).map(|_| state.rng.next_u64()).collect();
+            let accepted = Accepted { vector: Zeroizing::new(vector), ..accepted };
+            let _ = state.prepared_tx.try_send(Prepared { job_id, job_hash, result: Ok(accepted) });
         }
-        Ok(_) => {}
-        Err(e) => return refuse(state, Decline::Fault(e.to_string())),
-    }
-    let min_parties = (job.min_parties() as usize).max(config.min_cohort);
-    match job {
-        Job::Train(spec) => {
-            let Some(dataset) = config.datasets.iter().find(|d| d.name == spec.dataset).cloned()
-            else {
-                return refuse(
-                    state,
-                    Decline::DataUnavailable(format!(
-                        "this party does not serve dataset {:?}",
-                        spec.dataset
-                    )),
-                );
-            };
-            if state.training.len() >= MAX_TRAINING_JOBS {
-                return refuse(
-                    state,
-                    Decline::Fault(format!(
-                        "this party already holds the rows of {MAX_TRAINING_JOBS} training jobs in memory; submit again when one ends"
-                    )),
-                );
-            }
-            if spec.plain && !state.options.dangerous_benchmark {
-                return refuse(state, Decline::Fault("plain (unmasked) training is refused unless the party runs with --dangerous-benchmark".into()),
-                );
-            }
-            if dataset.postgres.is_some() {
-                return refuse(
-                    state,
-                    Decline::Fault(format!(
-                        "training reads CSV and Parquet files; dataset {:?} is a PostgreSQL table",
-                        dataset.name
-                    )),
-                );
-            }
-            let declared = if spec.standardizes_by_bounds() {
-                let bounds: Option<Vec<(f64, f64)>> =
-                    spec.features.iter().map(|f| dataset.bounds.get(f).copied()).collect();
-                match bounds.map(|b| Standardizer::from_bounds(&b)) {
-                    Some(Ok(s)) => Some(s),
-                    _ => {
-                        return refuse(
-                            state,
-                            Decline::refused(
-                                Rule::Column,
-                                "a differentially private job standardises with declared bounds; declare bounds for every feature",
-                            ),
-                        );
-                    }
-                }
-            } else {
-                None
-            };
-            // A job this party already took part in (offered again by a restarted
-            // coordinator) is bound to its specification, holds its reservation and counts
-            // among the dataset's uses already.
-            let (resumed, next_step) = match state.store.training_progress(&job_id) {
-                Ok(None) => (false, 0),
-                Ok(Some((hash, next))) if hash == job_hash => (true, next.max(0) as u64),
-                Ok(Some(_)) => {
-                    return refuse(
-                        state,
-                        Decline::Fault(format!(
-                            "job id {job_id} was first used for another training specification"
-                        )),
-                    );
-                }
-                Err(e) => return refuse(state, Decline::Fault(e.to_string())),
-            };
-            let uses = match state.store.uses(&dataset.name) {
-                Ok(u) => u.saturating_sub(u64::from(resumed)),
-                Err(e) => return refuse(state, Decline::Fault(e.to_string())),
-            };
-            let rho = match spec.rho_total() {
-                Ok(r) => spec.privacy.as_ref().map(|_| r),
-                Err(e) => return refuse(state, Decline::Fault(e.to_string())),
-            };
-            let today = today();
-            let mut aggregated: Vec<&str> = spec.features.iter().map(String::as_str).collect();
-            aggregated.push(&spec.label);
-            let request = Request {
-                consumer: &offer.consumer,
-                purpose: &spec.purpose,
-                kind: "train",
-                aggregated,
-                filtered: Vec::new(),
-                grouped: Vec::new(),
-                rho,
-                k_threshold: None,
-                today: &today,
-                uses,
-            };
-            let (min_parties, charge) =
-                match govern(state, &dataset, &request, &job_id, min_parties, resumed) {
-                    Ok(g) => g,
-                    Err(decline) => return refuse(state, decline),
-                };
-            let tx = state.prepared_tx.clone();
-            let consumer = offer.consumer;
+        Work::Train { dataset, spec, declared, next_step } => {
             let hash = job_hash.clone();
             tokio::spawn(async move {
                 let loaded = tokio::task::spawn_blocking(move || {
@@ -866,96 +679,16 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                 })
                 .await;
                 let result = match loaded {
-                    Ok(Ok(training)) => Ok(Accepted {
-                        vector: Zeroizing::new(Vec::new()),
-                        min_parties,
-                        charge: Some(charge),
-                        dataset_sha256: String::new(),
-                        consumer,
-                        coordinator_head,
-                        training: Some(Arc::new(training)),
-                        next_step,
-                        keys: None,
-                        job_hash: job_hash.clone(),
-                    }),
+                    Ok(Ok(training)) => {
+                        Ok(Accepted { training: Some(Arc::new(training)), next_step, ..accepted })
+                    }
                     Ok(Err(decline)) => Err(decline),
                     Err(e) => Err(Decline::Fault(format!("loading the training rows failed: {e}"))),
                 };
                 let _ = tx.send(Prepared { job_id, job_hash, result }).await;
             });
         }
-        Job::Sql(_) => refuse(
-            state,
-            Decline::Fault(
-                "a SQL query must be planned by the coordinator before it is offered".into(),
-            ),
-        ),
-        Job::Synthetic(s) => {
-            if !state.options.dangerous_benchmark {
-                return refuse(state, Decline::Fault("synthetic benchmark jobs are refused unless the party runs with --dangerous-benchmark"
-                        .into()),
-                );
-            }
-            let vector: Vec<u64> = (0..s.dim).map(|_| state.rng.next_u64()).collect();
-            let accepted = Accepted {
-                vector: Zeroizing::new(vector),
-                min_parties,
-                charge: None,
-                dataset_sha256: String::new(),
-                consumer: offer.consumer,
-                coordinator_head,
-                training: None,
-                next_step: 0,
-                keys: None,
-                job_hash: job_hash.clone(),
-            };
-            let _ = state.prepared_tx.try_send(Prepared { job_id, job_hash, result: Ok(accepted) });
-        }
-        Job::Columns(spec) => {
-            let Some(dataset) = config.datasets.iter().find(|d| d.name == spec.dataset).cloned()
-            else {
-                return refuse(
-                    state,
-                    Decline::DataUnavailable(format!(
-                        "this party does not serve dataset {:?}",
-                        spec.dataset
-                    )),
-                );
-            };
-            let plan = match Plan::new(&spec, &dataset.schema()) {
-                Ok(p) => p,
-                Err(e) => return refuse(state, Decline::DataUnavailable(e.to_string())),
-            };
-            let uses = match state.store.uses(&dataset.name) {
-                Ok(u) => u,
-                Err(e) => return refuse(state, Decline::Fault(e.to_string())),
-            };
-            let today = today();
-            let request = Request {
-                consumer: &offer.consumer,
-                purpose: &spec.purpose,
-                kind: "column-aggregates",
-                aggregated: spec.columns.iter().map(|c| c.name.as_str()).collect(),
-                // Every column a row is tested on: the simple filter and the SQL WHERE clause.
-                filtered: spec
-                    .filter
-                    .iter()
-                    .map(|f| f.column.as_str())
-                    .chain(spec.predicate.iter().flat_map(|p| p.columns()))
-                    .collect(),
-                grouped: spec.group_by.iter().map(|g| g.column.as_str()).collect(),
-                rho: spec.privacy.as_ref().map(|p| p.rho),
-                k_threshold: spec.k_threshold,
-                today: &today,
-                uses,
-            };
-            let (min_parties, charge) =
-                match govern(state, &dataset, &request, &job_id, min_parties, false) {
-                    Ok(g) => g,
-                    Err(decline) => return refuse(state, decline),
-                };
-            let tx = state.prepared_tx.clone();
-            let consumer = offer.consumer;
+        Work::Columns { dataset, plan } => {
             let name = dataset.name.clone();
             let fingerprint_key = Sha256::new()
                 .chain_update(b"veil/dataset-fingerprint/v1")
@@ -994,18 +727,9 @@ fn prepare(config: &PartyConfig, state: &mut State, offer: TaskOffer) {
                     }
                 };
                 let result = match scan {
-                    Ok(Ok((vector, dataset_sha256))) => Ok(Accepted {
-                        vector: Zeroizing::new(vector),
-                        min_parties,
-                        charge: Some(charge),
-                        dataset_sha256,
-                        consumer,
-                        coordinator_head,
-                        training: None,
-                        next_step: 0,
-                        keys: None,
-                        job_hash: job_hash.clone(),
-                    }),
+                    Ok(Ok((vector, dataset_sha256))) => {
+                        Ok(Accepted { vector: Zeroizing::new(vector), dataset_sha256, ..accepted })
+                    }
                     Ok(Err(e)) => Err(unreadable(&name, &e)),
                     Err(e) => Err(Decline::Fault(format!("local aggregation failed: {e}"))),
                 };
@@ -1025,7 +749,7 @@ async fn start_round(
     let training = state.training.get(&job_id).cloned();
     let (vector, min_parties, charge, keys, job_hash) = if let Some(slot) = training {
         if matches!(state.jobs.get(&job_id), Some(JobState::Preparing { .. }) | None) {
-            tracing::warn!(party = %config.id, job = %job_id, "training step before the job was accepted");
+            tracing::warn!(party = %config.name, job = %job_id, "training step before the job was accepted");
             return Ok(false);
         }
         state.jobs.insert(job_id.clone(), JobState::Idle);
@@ -1076,7 +800,7 @@ async fn start_round(
         return Ok(false);
     } else {
         let Some(JobState::Ready(accepted)) = state.jobs.remove(&job_id) else {
-            tracing::warn!(party = %config.id, job = %job_id, "round start for a job this party did not accept");
+            tracing::warn!(party = %config.name, job = %job_id, "round start for a job this party did not accept");
             return Ok(false);
         };
         let Accepted { vector, min_parties, charge, keys, job_hash, .. } = *accepted;
@@ -1116,7 +840,7 @@ async fn trained(
                 return Ok(false);
             };
             if let Err(e) = party.provide_input(v) {
-                tracing::warn!(party = %config.id, job = %job_id, error = %e, "the round took no input");
+                tracing::warn!(party = %config.name, job = %job_id, error = %e, "the round took no input");
                 return Ok(false);
             }
             flush(config, state, tx, &job_id).await
@@ -1139,7 +863,7 @@ fn head_fields(config: &PartyConfig, state: &State, job_id: &str) -> (u64, Strin
         }
         Ok(None) => (0, String::new(), String::new()),
         Err(e) => {
-            tracing::error!(party = %config.id, error = %e, "cannot read the audit log's head");
+            tracing::error!(party = %config.name, error = %e, "cannot read the audit log's head");
             (0, String::new(), String::new())
         }
     }
@@ -1166,7 +890,7 @@ fn reserve(
             false
         }
         Err(e) => {
-            tracing::error!(party = %config.id, error = %e, "cannot reserve the budget; leaving the job");
+            tracing::error!(party = %config.name, error = %e, "cannot reserve the budget; leaving the job");
             false
         }
     }
@@ -1197,7 +921,7 @@ async fn join_round(
     let Joining { vector, min_parties, charge, keys, job_hash } = joining;
     let job_id = start.job_id.clone();
     if vector.as_ref().is_some_and(|v| start.vector_len as usize != v.len()) {
-        tracing::warn!(party = %config.id, job = %job_id, "round start with the wrong vector length; leaving the job");
+        tracing::warn!(party = %config.name, job = %job_id, "round start with the wrong vector length; leaving the job");
         return Ok(false);
     }
     let minimum = min_parties.max(start.min_cohort as usize);
@@ -1211,7 +935,7 @@ async fn join_round(
     }
     if start.plain {
         let Some(vector) = vector else {
-            tracing::warn!(party = %config.id, job = %job_id, "internal: a plain round without its vector");
+            tracing::warn!(party = %config.name, job = %job_id, "internal: a plain round without its vector");
             return Ok(false);
         };
         // A release of this party's data alone, which its own configuration and the job both
@@ -1219,7 +943,7 @@ async fn join_round(
         // charged first like any release.
         let alone = start.parties == [config.id.0] && min_parties <= 1 && config.min_cohort <= 1;
         if !state.options.dangerous_benchmark && !alone {
-            tracing::warn!(party = %config.id, job = %job_id, "refusing a plain round");
+            tracing::warn!(party = %config.name, job = %job_id, "refusing a plain round");
             return Ok(false);
         }
         if alone && !reserve(config, state, &job_id, charge.as_ref()) {
@@ -1242,7 +966,7 @@ async fn join_round(
         return Ok(false);
     }
     let Ok(session) = <[u8; 32]>::try_from(start.session.as_slice()) else {
-        tracing::warn!(party = %config.id, job = %job_id, "round start without a 32-byte session; leaving the job");
+        tracing::warn!(party = %config.name, job = %job_id, "round start without a 32-byte session; leaving the job");
         return Ok(false);
     };
     let claimed = match &keys {
@@ -1258,11 +982,11 @@ async fn join_round(
     match claimed {
         Ok(true) => {}
         Ok(false) => {
-            tracing::warn!(party = %config.id, job = %job_id, "round start reusing a session; leaving the job");
+            tracing::warn!(party = %config.name, job = %job_id, "round start reusing a session; leaving the job");
             return Ok(false);
         }
         Err(e) => {
-            tracing::error!(party = %config.id, error = %e, "cannot record the session; leaving the job");
+            tracing::error!(party = %config.name, error = %e, "cannot record the session; leaving the job");
             return Ok(false);
         }
     }
@@ -1287,7 +1011,7 @@ async fn join_round(
     }
     let mut context = [0u8; 32];
     if hex::decode_to_slice(&job_hash, &mut context).is_err() {
-        tracing::warn!(party = %config.id, job = %job_id, "internal: a job hash that is not 32 bytes of hex; leaving the job");
+        tracing::warn!(party = %config.name, job = %job_id, "internal: a job hash that is not 32 bytes of hex; leaving the job");
         return Ok(false);
     }
     let round = RoundConfig {
@@ -1304,7 +1028,7 @@ async fn join_round(
     let params = match round.validate() {
         Ok(p) => Arc::new(p),
         Err(e) => {
-            tracing::warn!(party = %config.id, job = %job_id, error = %e, "unsafe round parameters; leaving the job");
+            tracing::warn!(party = %config.name, job = %job_id, error = %e, "unsafe round parameters; leaving the job");
             return Ok(false);
         }
     };
@@ -1326,7 +1050,7 @@ async fn join_round(
     let party = match joined {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!(party = %config.id, job = %job_id, error = %e, "cannot join the round");
+            tracing::warn!(party = %config.name, job = %job_id, error = %e, "cannot join the round");
             return Ok(false);
         }
     };
@@ -1347,10 +1071,10 @@ async fn round_message(
         .map_err(veil_protocol::Error::from)
         .and_then(|m| party.handle_message(m, &mut rand_chacha::ChaCha20Rng::from_entropy()));
     if let Err(e) = result {
-        tracing::warn!(party = %config.id, job = %payload.job_id, error = %e, "round message rejected");
+        tracing::warn!(party = %config.name, job = %payload.job_id, error = %e, "round message rejected");
     }
     if let PartyStatus::Aborted(e) = party.status() {
-        tracing::warn!(party = %config.id, job = %payload.job_id, error = %e, "left the round");
+        tracing::warn!(party = %config.name, job = %payload.job_id, error = %e, "left the round");
         let decline = match e {
             veil_protocol::Error::CohortTooSmall { size, minimum } => Decline::refused(
                 Rule::Cohort,
@@ -1416,11 +1140,11 @@ async fn injected(
             // Let the transport deliver what was just sent, as a crashed process's kernel
             // would, then vanish.
             tokio::time::sleep(Duration::from_millis(300)).await;
-            tracing::warn!(party = %config.id, job = %job_id, %stage, "injected fault: exiting");
+            tracing::warn!(party = %config.name, job = %job_id, %stage, "injected fault: exiting");
             Some(true)
         }
         Some(Fault::StallAfter(s)) if s == stage => {
-            tracing::warn!(party = %config.id, job = %job_id, %stage, "injected fault: going silent");
+            tracing::warn!(party = %config.name, job = %job_id, %stage, "injected fault: going silent");
             state.jobs.insert(job_id.to_string(), JobState::Idle);
             Some(false)
         }

@@ -788,6 +788,28 @@ const CARRIERS: [&str; 16] = [
     "9E", "AA", "AS", "B6", "DL", "EV", "F9", "FL", "HA", "MQ", "OO", "UA", "US", "VX", "WN", "YV",
 ];
 
+/// Parties that announce different catalogs for one dataset are named, with the column and
+/// what differs, when a query is planned against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_mismatch_names_the_parties_the_column_and_what_differs() {
+    let mut parties = airports();
+    for (i, p) in parties.iter_mut().enumerate() {
+        let hi = if i == 2 { 900.0 } else { 1500.0 };
+        p.datasets[0].extra_toml = format!("bounds = {{ dep_delay = [-60.0, {hi:.1}] }}\n");
+    }
+    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let sql = serde_json::json!({ "sql": "SELECT AVG(dep_delay) FROM flights" }).to_string();
+    let status = plan(&cluster, &sql).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status}");
+    let m = status.message();
+    assert!(m.contains("ewr and lga announce different catalogs"), "{m}");
+    assert!(
+        m.contains("column \"dep_delay\": bounds [-60, 1500] at ewr, [-60, 900] at lga"),
+        "{m}"
+    );
+    cluster.shutdown().await;
+}
+
 /// The three airports with the carriers' domain declared and the given bounds.
 async fn carriers(bounds: &str) -> Cluster {
     let domain: Vec<String> = CARRIERS.iter().map(|c| format!("\"{c}\"")).collect();

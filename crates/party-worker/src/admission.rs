@@ -1,0 +1,600 @@
+//! Admission: whether this party takes part in an offered job, decided with no I/O.
+//!
+//! In order, an offer must be in the canonical form its hash covers, name a well-formed
+//! session, carry the coordinator's signed log head, be signed by the consumer it names (rule
+//! `consumer-signature`), not reuse another consumer's job id, and then pass the per-kind
+//! checks: the dataset is served and has what the job reads, the owner's policy allows the
+//! request, and the budget can pay for it. What the party then has to compute (scan a dataset,
+//! load training rows, draw a synthetic vector) is the [`Work`] it is handed; the worker does
+//! that I/O. Every no is a typed [`Decline`].
+
+use veil_analytics::{Job, Plan};
+use veil_governance::audit::Head;
+use veil_governance::budget::{Reservation, Spent};
+use veil_governance::{Decline, Request, Rule};
+use veil_learning::job::TrainSpec;
+use veil_learning::train::Standardizer;
+use veil_proto::submission;
+
+use crate::config::{DatasetConfig, PartyConfig};
+use crate::store::caps;
+
+/// Most training jobs a party takes part in at once (each keeps its rows in memory).
+pub const MAX_TRAINING_JOBS: usize = 4;
+
+/// What admission reads of the party's records.
+pub trait Records {
+    /// Jobs a dataset already took part in.
+    fn uses(&self, dataset: &str) -> Result<u64, String>;
+    /// ρ spent on a dataset, by a consumer and in all.
+    fn spent(&self, dataset: &str, consumer: &str) -> Result<Spent, String>;
+    /// A training job's hash and the first step it still accepts, if it took part before.
+    fn training_progress(&self, job_id: &str) -> Result<Option<(String, i64)>, String>;
+    /// The consumer a job id was charged to, if it was.
+    fn charged_consumer(&self, job_id: &str) -> Result<Option<String>, String>;
+}
+
+/// An offer as admission reads it.
+#[derive(Clone, Copy, Debug)]
+pub struct Offer<'a> {
+    /// The job id.
+    pub job_id: &'a str,
+    /// The specification's canonical JSON.
+    pub spec_json: &'a str,
+    /// The consumer it names.
+    pub consumer: &'a str,
+    /// That consumer's signature over the job.
+    pub consumer_signature: &'a [u8],
+    /// The round's session, for one-round secure jobs (else empty).
+    pub session: &'a [u8],
+    /// The coordinator's signed log head at the offer.
+    pub coordinator_head: Option<&'a Head>,
+}
+
+/// What admission needs to know of the moment.
+#[derive(Clone, Copy, Debug)]
+pub struct Situation<'a> {
+    /// Today, `YYYY-MM-DD` (UTC).
+    pub today: &'a str,
+    /// Whether the party runs for benchmarks (synthetic and plain jobs).
+    pub dangerous_benchmark: bool,
+    /// Training jobs whose rows the party holds now.
+    pub training_jobs: usize,
+}
+
+/// What the party computes for an admitted job.
+#[derive(Debug)]
+pub enum Work {
+    /// Scan a dataset through the job's plan.
+    Columns {
+        /// The dataset.
+        dataset: Box<DatasetConfig>,
+        /// The plan.
+        plan: Box<Plan>,
+    },
+    /// Load a dataset's training rows and take part in the steps from `next_step` on.
+    Train {
+        /// The dataset.
+        dataset: Box<DatasetConfig>,
+        /// The job.
+        spec: Box<TrainSpec>,
+        /// The standardisation its declared bounds give (DP jobs).
+        declared: Option<Standardizer>,
+        /// The first step it still contributes to (more than 0 when offered again).
+        next_step: u64,
+    },
+    /// Draw a random benchmark vector.
+    Synthetic {
+        /// Elements.
+        dim: u32,
+    },
+}
+
+/// An admitted job.
+#[derive(Debug)]
+pub struct Admission {
+    /// The round's session, when the offer fixed it.
+    pub session: Option<[u8; 32]>,
+    /// The fewest parties its data may be combined with.
+    pub min_parties: usize,
+    /// The charge to reserve before anything derived from the data leaves (`None`: none).
+    pub charge: Option<Reservation>,
+    /// What to compute.
+    pub work: Work,
+}
+
+/// Decides an offer. Returns the job's hash (what the signed reply is about) with the
+/// admission or the decline.
+pub fn admit(
+    config: &PartyConfig,
+    situation: &Situation<'_>,
+    records: &impl Records,
+    offer: &Offer<'_>,
+) -> (String, Result<Admission, Decline>) {
+    let job = match Job::parse(offer.spec_json) {
+        Ok(j) => j,
+        Err(e) => {
+            let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(offer.spec_json));
+            return (hash, Err(Decline::Fault(e.to_string())));
+        }
+    };
+    let job_hash = job.hash();
+    let decision = decide(config, situation, records, offer, job, &job_hash);
+    (job_hash, decision)
+}
+
+fn decide(
+    config: &PartyConfig,
+    situation: &Situation<'_>,
+    records: &impl Records,
+    offer: &Offer<'_>,
+    job: Job,
+    job_hash: &str,
+) -> Result<Admission, Decline> {
+    let job_id = offer.job_id;
+    // The consumer signed the hash of the canonical form; an offer in any other form (TOML,
+    // reordered keys) could stand for another job under the same hash.
+    if offer.spec_json != job.canonical_json() {
+        return Err(Decline::Fault("the offer's specification is not in canonical form".into()));
+    }
+    // Only one-round secure jobs name their session in the offer; a session offered with
+    // another kind is ignored.
+    let one_round =
+        matches!(&job, Job::Columns(_)) || matches!(&job, Job::Synthetic(s) if !s.plain);
+    let session = match <[u8; 32]>::try_from(offer.session) {
+        Ok(_) if !one_round => None,
+        Ok(s) => Some(s),
+        Err(_) if offer.session.is_empty() => None,
+        Err(_) => return Err(Decline::Fault("the offer's session is not 32 bytes".into())),
+    };
+    // The coordinator's head goes into this party's signed log: it must be the coordinator's
+    // own, signed for this job, or an audit could not tell whose record is false.
+    if let (Some(head), Some(key)) = (offer.coordinator_head, &config.coordinator_key) {
+        if !head.signed_by(job_id, key) {
+            return Err(Decline::Fault(
+                "the offer's coordinator log head is not signed by the roster's coordinator key"
+                    .into(),
+            ));
+        }
+    }
+    // The consumer the offer names must have signed this very job under this id: otherwise a
+    // coordinator could run it past the allow-list or charge it to another consumer's budget.
+    let consumer = offer.consumer;
+    let signed = config.consumer_keys.get(consumer).is_some_and(|key| {
+        let signature = offer.consumer_signature;
+        submission::verify_job(key, signature, job_id, job_hash, consumer, job.purpose())
+    });
+    if !signed {
+        let message = if config.consumer_keys.contains_key(consumer) {
+            format!(
+                "the job is not signed by consumer {consumer:?} under the key the roster lists \
+                 for it (job id {job_id}, job hash {job_hash})"
+            )
+        } else {
+            format!(
+                "the roster lists no job-signing key for consumer {consumer:?}, so no job of its \
+                 can be verified"
+            )
+        };
+        return Err(Decline::refused(Rule::ConsumerSignature, message));
+    }
+    // A job id is charged to one consumer: the same id signed by another (a training job
+    // "resumed" under another consumer's name, say) is not that job.
+    match records.charged_consumer(job_id).map_err(Decline::Fault)? {
+        Some(charged) if charged != consumer => {
+            return Err(Decline::Fault(format!("job id {job_id} is charged to another consumer")));
+        }
+        _ => {}
+    }
+    let min_parties = (job.min_parties() as usize).max(config.min_cohort);
+    let admission = |min_parties, charge, work| Admission { session, min_parties, charge, work };
+    match job {
+        Job::Columns(spec) => {
+            let dataset = served(config, &spec.dataset)?;
+            let plan = Plan::new(&spec, &dataset.schema())
+                .map_err(|e| Decline::DataUnavailable(e.to_string()))?;
+            let request = Request {
+                consumer,
+                purpose: &spec.purpose,
+                kind: "column-aggregates",
+                aggregated: spec.columns.iter().map(|c| c.name.as_str()).collect(),
+                // Every column a row is tested on: the simple filter and the SQL WHERE clause.
+                filtered: spec
+                    .filter
+                    .iter()
+                    .map(|f| f.column.as_str())
+                    .chain(spec.predicate.iter().flat_map(|p| p.columns()))
+                    .collect(),
+                grouped: spec.group_by.iter().map(|g| g.column.as_str()).collect(),
+                rho: spec.privacy.as_ref().map(|p| p.rho),
+                k_threshold: spec.k_threshold,
+                today: situation.today,
+                uses: records.uses(&dataset.name).map_err(Decline::Fault)?,
+            };
+            let (min_parties, charge) =
+                govern(records, &dataset, &request, job_id, min_parties, false)?;
+            let work = Work::Columns { dataset: Box::new(dataset), plan: Box::new(plan) };
+            Ok(admission(min_parties, Some(charge), work))
+        }
+        Job::Train(spec) => {
+            let dataset = served(config, &spec.dataset)?;
+            if situation.training_jobs >= MAX_TRAINING_JOBS {
+                return Err(Decline::Fault(format!(
+                    "this party already holds the rows of {MAX_TRAINING_JOBS} training jobs in memory; submit again when one ends"
+                )));
+            }
+            if spec.plain && !situation.dangerous_benchmark {
+                return Err(Decline::Fault(
+                    "plain (unmasked) training is refused unless the party runs with --dangerous-benchmark".into(),
+                ));
+            }
+            if dataset.postgres.is_some() {
+                return Err(Decline::Fault(format!(
+                    "training reads CSV and Parquet files; dataset {:?} is a PostgreSQL table",
+                    dataset.name
+                )));
+            }
+            let declared = if spec.standardizes_by_bounds() {
+                let bounds: Option<Vec<(f64, f64)>> =
+                    spec.features.iter().map(|f| dataset.bounds.get(f).copied()).collect();
+                match bounds.map(|b| Standardizer::from_bounds(&b)) {
+                    Some(Ok(s)) => Some(s),
+                    _ => {
+                        return Err(Decline::refused(
+                            Rule::Column,
+                            "a differentially private job standardises with declared bounds; declare bounds for every feature",
+                        ));
+                    }
+                }
+            } else {
+                None
+            };
+            // A job this party already took part in (offered again by a restarted
+            // coordinator) is bound to its specification, holds its reservation and counts
+            // among the dataset's uses already.
+            let (resumed, next_step) =
+                match records.training_progress(job_id).map_err(Decline::Fault)? {
+                    None => (false, 0),
+                    Some((hash, next)) if hash == job_hash => (true, next.max(0) as u64),
+                    Some(_) => {
+                        return Err(Decline::Fault(format!(
+                            "job id {job_id} was first used for another training specification"
+                        )));
+                    }
+                };
+            let uses = records.uses(&dataset.name).map_err(Decline::Fault)?;
+            let rho = spec.rho_total().map_err(|e| Decline::Fault(e.to_string()))?;
+            let mut aggregated: Vec<&str> = spec.features.iter().map(String::as_str).collect();
+            aggregated.push(&spec.label);
+            let request = Request {
+                consumer,
+                purpose: &spec.purpose,
+                kind: "train",
+                aggregated,
+                filtered: Vec::new(),
+                grouped: Vec::new(),
+                rho: spec.privacy.as_ref().map(|_| rho),
+                k_threshold: None,
+                today: situation.today,
+                uses: uses.saturating_sub(u64::from(resumed)),
+            };
+            let (min_parties, charge) =
+                govern(records, &dataset, &request, job_id, min_parties, resumed)?;
+            let work = Work::Train { dataset: Box::new(dataset), spec, declared, next_step };
+            Ok(admission(min_parties, Some(charge), work))
+        }
+        Job::Synthetic(s) => {
+            if !situation.dangerous_benchmark {
+                return Err(Decline::Fault(
+                    "synthetic benchmark jobs are refused unless the party runs with --dangerous-benchmark"
+                        .into(),
+                ));
+            }
+            Ok(admission(min_parties, None, Work::Synthetic { dim: s.dim }))
+        }
+        Job::Sql(_) => Err(Decline::Fault(
+            "a SQL query must be planned by the coordinator before it is offered".into(),
+        )),
+    }
+}
+
+/// The dataset the job names, if this party serves it.
+fn served(config: &PartyConfig, name: &str) -> Result<DatasetConfig, Decline> {
+    config.datasets.iter().find(|d| d.name == name).cloned().ok_or_else(|| {
+        Decline::DataUnavailable(format!("this party does not serve dataset {name:?}"))
+    })
+}
+
+/// Evaluates the dataset's policy for a request and takes a first look at the budget (the
+/// binding check is the atomic reservation when the round starts; `reserved` skips it for a job
+/// whose charge the party already holds); returns the job's minimum cohort under the policy
+/// and the charge to reserve.
+fn govern(
+    records: &impl Records,
+    dataset: &DatasetConfig,
+    request: &Request<'_>,
+    job_id: &str,
+    min_parties: usize,
+    reserved: bool,
+) -> Result<(usize, Reservation), Decline> {
+    let governance = dataset.governance();
+    veil_governance::policy::evaluate(&governance, request)?;
+    let charge = Reservation {
+        job_id: job_id.to_string(),
+        dataset: dataset.name.clone(),
+        consumer: request.consumer.to_string(),
+        rho: request.rho.unwrap_or(0.0),
+        caps: caps(&governance.policy),
+        max_uses: governance.policy.max_uses,
+    };
+    if !reserved {
+        let spent = records.spent(&charge.dataset, &charge.consumer).map_err(Decline::Fault)?;
+        veil_governance::budget::check(spent, charge.rho, charge.caps)
+            .map_err(|e| Decline::refused(Rule::Budget, e.to_string()))?;
+    }
+    let min_parties = min_parties.max(governance.policy.min_cohort.unwrap_or(1) as usize);
+    Ok((min_parties, charge))
+}
+
+impl Records for crate::store::PartyStore {
+    fn uses(&self, dataset: &str) -> Result<u64, String> {
+        crate::store::PartyStore::uses(self, dataset).map_err(|e| e.to_string())
+    }
+
+    fn spent(&self, dataset: &str, consumer: &str) -> Result<Spent, String> {
+        veil_governance::budget::Ledger::spent(self, dataset, consumer).map_err(|e| e.to_string())
+    }
+
+    fn training_progress(&self, job_id: &str) -> Result<Option<(String, i64)>, String> {
+        crate::store::PartyStore::training_progress(self, job_id).map_err(|e| e.to_string())
+    }
+
+    fn charged_consumer(&self, job_id: &str) -> Result<Option<String>, String> {
+        crate::store::PartyStore::charged_consumer(self, job_id).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use ed25519_dalek::SigningKey;
+    use veil_analytics::Job;
+    use veil_governance::{DeclineKind, Rule};
+    use veil_proto::submission::{Signer, new_job_id};
+    use veil_proto::v1::PlannedJob;
+    use veil_protocol::PartyId;
+
+    use super::*;
+
+    /// What the party's records say.
+    #[derive(Default)]
+    struct Book {
+        uses: u64,
+        spent: f64,
+        progress: Option<(String, i64)>,
+        charged: Option<String>,
+    }
+
+    impl Records for Book {
+        fn uses(&self, _: &str) -> Result<u64, String> {
+            Ok(self.uses)
+        }
+        fn spent(&self, _: &str, _: &str) -> Result<Spent, String> {
+            Ok(Spent { consumer: self.spent, total: self.spent })
+        }
+        fn training_progress(&self, _: &str) -> Result<Option<(String, i64)>, String> {
+            Ok(self.progress.clone())
+        }
+        fn charged_consumer(&self, _: &str) -> Result<Option<String>, String> {
+            Ok(self.charged.clone())
+        }
+    }
+
+    fn analyst() -> Signer {
+        Signer::new("analyst", SigningKey::from_bytes(&[3; 32]), Job::plan_check)
+    }
+
+    fn config(datasets: &str) -> PartyConfig {
+        #[derive(serde::Deserialize)]
+        struct Datasets {
+            datasets: Vec<DatasetConfig>,
+        }
+        let parsed: Datasets = toml::from_str(datasets).unwrap();
+        PartyConfig {
+            id: PartyId(0),
+            name: "a".into(),
+            coordinator: "https://127.0.0.1:1".into(),
+            roster: Arc::new(veil_protocol::Roster::new()),
+            tls: None,
+            identity_seed: zeroize::Zeroizing::new([1; 32]),
+            min_cohort: 2,
+            max_corrupt: 1,
+            coordinator_key: None,
+            consumer_keys: BTreeMap::from([("analyst".to_string(), analyst().verifying_key())]),
+            datasets: parsed.datasets,
+            state: "unused.db".into(),
+        }
+    }
+
+    const CELLS: &str = r#"
+[[datasets]]
+name = "cells"
+path = "cells.csv"
+columns = { mean_radius = "float", target = "int", ssn = "float" }
+tags = { ssn = "identifier" }
+bounds = { mean_radius = [0.0, 50.0] }
+[datasets.policy]
+purposes = ["research"]
+budget_per_consumer = 1.0
+"#;
+
+    fn columns(extra: &str) -> String {
+        format!(
+            "dataset = \"cells\"\npurpose = \"research\"\n{extra}\n[[columns]]\nname = \"mean_radius\"\nmin = 0\nmax = 50\n"
+        )
+    }
+
+    fn training(extra: &str) -> String {
+        format!(
+            "kind = \"train\"\ndataset = \"cells\"\npurpose = \"research\"\nfeatures = [\"mean_radius\"]\nlabel = \"target\"\nrounds = 3\nmodel = {{ kind = \"logistic_regression\" }}\nlocal = {{ epochs = 1, batch_size = 16, learning_rate = 0.1, optimizer = {{ kind = \"sgd\" }} }}\n{extra}"
+        )
+    }
+
+    /// Admits `spec` as `consumer` offers it, signed by `signer` under the offer's id.
+    fn offer_as(
+        config: &PartyConfig,
+        book: &Book,
+        spec: &str,
+        consumer: &str,
+        signer: Option<&Signer>,
+        situation: Situation<'_>,
+    ) -> Result<Admission, Decline> {
+        let job = Job::parse(spec).unwrap();
+        let spec_json = job.canonical_json();
+        let job_id = new_job_id();
+        let planned = PlannedJob {
+            spec_json: spec_json.clone(),
+            job_hash: job.hash(),
+            purpose: job.purpose().into(),
+        };
+        let signature = signer.map(|s| s.sign(&job_id, &planned)).unwrap_or_default();
+        let offer = Offer {
+            job_id: &job_id,
+            spec_json: &spec_json,
+            consumer,
+            consumer_signature: &signature,
+            session: &[],
+            coordinator_head: None,
+        };
+        admit(config, &situation, book, &offer).1
+    }
+
+    const TODAY: Situation<'static> =
+        Situation { today: "2026-12-05", dangerous_benchmark: false, training_jobs: 0 };
+
+    fn offer(config: &PartyConfig, book: &Book, spec: &str) -> Result<Admission, Decline> {
+        offer_as(config, book, spec, "analyst", Some(&analyst()), TODAY)
+    }
+
+    fn refused(d: Result<Admission, Decline>) -> (DeclineKind, Option<Rule>, String) {
+        let d = d.unwrap_err();
+        (d.kind(), d.rule(), d.message().to_string())
+    }
+
+    #[test]
+    fn an_allowed_column_job_is_admitted_with_its_charge_and_cohort() {
+        let a =
+            offer(&config(CELLS), &Book::default(), &columns("privacy = { rho = 0.5 }")).unwrap();
+        assert_eq!(a.min_parties, 2);
+        let charge = a.charge.unwrap();
+        assert_eq!((charge.consumer.as_str(), charge.rho), ("analyst", 0.5));
+        assert!(matches!(a.work, Work::Columns { .. }));
+    }
+
+    #[test]
+    fn each_policy_rule_refuses_with_its_name() {
+        let c = config(CELLS);
+        let book = Book::default();
+        let (kind, rule, _) = refused(offer(&c, &book, &columns("").replace("research", "ads")));
+        assert_eq!((kind, rule), (DeclineKind::Refused, Some(Rule::Purpose)));
+        let identifier = columns("").replace("mean_radius\"\nmin", "ssn\"\nmin");
+        let (_, rule, m) = refused(offer(&c, &book, &identifier));
+        assert_eq!(rule, Some(Rule::IdentifierColumn), "{m}");
+        let spent = Book { spent: 0.8, ..Book::default() };
+        let (kind, rule, m) = refused(offer(&c, &spent, &columns("privacy = { rho = 0.5 }")));
+        assert_eq!((kind, rule), (DeclineKind::Refused, Some(Rule::Budget)), "{m}");
+    }
+
+    #[test]
+    fn only_a_job_its_named_consumer_signed_is_considered() {
+        let c = config(CELLS);
+        let book = Book::default();
+        let spec = columns("");
+        let partner = Signer::new("partner", SigningKey::from_bytes(&[4; 32]), Job::plan_check);
+        for (consumer, signer) in
+            [("analyst", None), ("analyst", Some(&partner)), ("partner", Some(&partner))]
+        {
+            let (kind, rule, _) = refused(offer_as(&c, &book, &spec, consumer, signer, TODAY));
+            assert_eq!((kind, rule), (DeclineKind::Refused, Some(Rule::ConsumerSignature)));
+        }
+        let charged = Book { charged: Some("partner".into()), ..Book::default() };
+        let (kind, _, m) = refused(offer(&c, &charged, &spec));
+        assert_eq!(kind, DeclineKind::Fault);
+        assert!(m.contains("charged to another consumer"), "{m}");
+    }
+
+    #[test]
+    fn data_the_party_cannot_provide_is_unavailable_not_refused() {
+        let c = config(CELLS);
+        let book = Book::default();
+        let other = columns("").replace("\"cells\"", "\"flights\"");
+        let (kind, _, m) = refused(offer(&c, &book, &other));
+        assert_eq!(kind, DeclineKind::DataUnavailable);
+        assert!(m.contains("does not serve dataset \"flights\""), "{m}");
+        let missing = columns("").replace("mean_radius", "mean_area");
+        let (kind, _, m) = refused(offer(&c, &book, &missing));
+        assert_eq!(kind, DeclineKind::DataUnavailable, "{m}");
+    }
+
+    #[test]
+    fn malformed_and_benchmark_offers_are_faults() {
+        let c = config(CELLS);
+        let book = Book::default();
+        let synthetic = "kind = \"synthetic\"\ndim = 4\n";
+        let (kind, _, m) = refused(offer(&c, &book, synthetic));
+        assert_eq!(kind, DeclineKind::Fault);
+        assert!(m.contains("--dangerous-benchmark"), "{m}");
+        let benchmark = Situation { dangerous_benchmark: true, ..TODAY };
+        let a = offer_as(&c, &book, synthetic, "analyst", Some(&analyst()), benchmark).unwrap();
+        assert!(matches!(a.work, Work::Synthetic { dim: 4 }) && a.charge.is_none());
+        // Not the canonical form the consumer's hash covers.
+        let job = Job::parse(&columns("")).unwrap();
+        let (id, toml) = (new_job_id(), columns(""));
+        let offer = Offer {
+            job_id: &id,
+            spec_json: &toml,
+            consumer: "analyst",
+            consumer_signature: &[],
+            session: &[],
+            coordinator_head: None,
+        };
+        let (hash, decision) = admit(&c, &TODAY, &book, &offer);
+        assert_eq!(hash, job.hash());
+        assert!(refused(decision).2.contains("canonical form"));
+    }
+
+    #[test]
+    fn a_training_job_is_bound_to_its_hash_and_resumes_where_it_left() {
+        let c = config(CELLS);
+        let spec = training("");
+        let hash = Job::parse(&spec).unwrap().hash();
+        let fresh = offer(&c, &Book::default(), &spec).unwrap();
+        assert!(matches!(fresh.work, Work::Train { next_step: 0, .. }));
+        let resumed = Book {
+            progress: Some((hash, 5)),
+            charged: Some("analyst".into()),
+            spent: 1.0,
+            uses: 1,
+        };
+        let again = offer(&c, &resumed, &spec).unwrap();
+        assert!(
+            matches!(again.work, Work::Train { next_step: 5, .. }),
+            "resumed past its budget check"
+        );
+        let other = Book { progress: Some(("another".into(), 5)), ..Book::default() };
+        assert!(refused(offer(&c, &other, &spec)).2.contains("another training specification"));
+        let busy = Situation { training_jobs: MAX_TRAINING_JOBS, ..TODAY };
+        let (kind, _, _) =
+            refused(offer_as(&c, &Book::default(), &spec, "analyst", Some(&analyst()), busy));
+        assert_eq!(kind, DeclineKind::Fault);
+        // Under DP, standardisation needs declared bounds for every feature.
+        let dp = training("privacy = { clip = 1.0, noise_multiplier = 1.0, rho = 5.0 }\n");
+        let no_bounds = config(&CELLS.replace("bounds = { mean_radius = [0.0, 50.0] }\n", ""));
+        let (kind, rule, m) = refused(offer(&no_bounds, &Book::default(), &dp));
+        assert_eq!((kind, rule), (DeclineKind::Refused, Some(Rule::Column)), "{m}");
+    }
+}
