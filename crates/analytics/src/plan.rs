@@ -49,6 +49,26 @@ impl DpCalibration {
         let total = self.multiplier * self.multiplier * (delta * delta) as f64;
         ((total / f64::from(self.parties)).ceil() as u64).max(1)
     }
+
+    /// Standard deviation of the total noise in an element of sensitivity `delta` of a sum over
+    /// `contributors` parties, each of which added [`DpCalibration::party_variance`].
+    pub fn noise_sd(&self, delta: i128, contributors: usize) -> f64 {
+        (self.party_variance(delta) as f64 * contributors as f64).sqrt()
+    }
+
+    /// Standard deviation of the noise in a released count (a row count, a column's count or a
+    /// histogram slot) of a sum over `contributors` parties.
+    pub fn count_sd(&self, contributors: usize) -> f64 {
+        self.noise_sd(1, contributors)
+    }
+
+    /// Standard deviation of the noise in a released sum of a column whose values are clipped
+    /// to `[min, max]`, over `contributors` parties: the sum is carried in [`DP_UNITS`] per
+    /// `max(|min|, |max|)`.
+    pub fn sum_sd(&self, min: f64, max: f64, contributors: usize) -> f64 {
+        let bound = min.abs().max(max.abs());
+        self.noise_sd(DP_UNITS, contributors) * bound / DP_UNITS as f64
+    }
 }
 
 struct ColumnPlan {
@@ -200,7 +220,28 @@ fn key_of(v: Value<'_>) -> Option<String> {
 
 /// Groups a specification produces (1 when it does not group).
 fn group_count(group_by: &[crate::spec::GroupBy]) -> usize {
-    group_by.iter().map(|g| g.values.len() + 1).product()
+    group_by.iter().map(|g| g.values.len() + EXTRA_GROUPS).product()
+}
+
+/// Groups each group-by column has besides its declared values: `(other)`, then `(null)`.
+pub const EXTRA_GROUPS: usize = 2;
+
+/// A group-by column's slot for a cell: its position in the domain, then `(other)` (a value
+/// outside the domain), then `(null)` (a missing value).
+fn group_slot(values: &[String], cell: Value<'_>) -> usize {
+    match key_of(cell) {
+        None => values.len() + 1,
+        Some(k) => values.iter().position(|v| *v == k).unwrap_or(values.len()),
+    }
+}
+
+/// The key of a group-by column's slot (see [`group_slot`]).
+fn slot_key(values: &[String], slot: usize) -> String {
+    match values.get(slot) {
+        Some(v) => v.clone(),
+        None if slot == values.len() => OTHER.to_string(),
+        None => NULL_GROUP.to_string(),
+    }
 }
 
 /// Whether a literal fits its column's type (and text is only compared for (in)equality).
@@ -385,10 +426,6 @@ impl Plan {
         let k = self.spec.k_threshold.unwrap_or(0);
         // Counts are sums of (possibly noisy) integers: read them signed, release them ≥ 0.
         let count_at = |at: usize| (sum[at] as i64).max(0) as u64;
-        // Standard deviation of the total noise of an element of sensitivity `delta`.
-        let noise_sd = |delta: i128| {
-            dp.map(|d| (d.party_variance(delta) as f64 * contributors.len() as f64).sqrt())
-        };
         let decode = |base: usize| -> Vec<ColumnAnswer> {
             self.columns
                 .iter()
@@ -430,10 +467,9 @@ impl Plan {
                             above: shown(h + c.edges.len()),
                         }
                     });
-                    let noise = dp.map(|_| {
-                        let unit = noise_sd(1).unwrap_or(0.0);
-                        let sum_sd =
-                            noise_sd(DP_UNITS).unwrap_or(0.0) * c.bound() / DP_UNITS as f64;
+                    let noise = dp.map(|d| {
+                        let unit = d.count_sd(contributors.len());
+                        let sum_sd = d.sum_sd(c.min, c.max, contributors.len());
                         NoiseReport {
                             count_ci95: 1.96 * unit,
                             sum_ci95: 1.96 * sum_sd,
@@ -490,10 +526,9 @@ impl Plan {
                 let mut rest = g;
                 let mut key = vec![String::new(); self.groups.len()];
                 for (j, gp) in self.groups.iter().enumerate().rev() {
-                    let radix = gp.values.len() + 1;
-                    let at = rest % radix;
+                    let radix = gp.values.len() + EXTRA_GROUPS;
+                    key[j] = slot_key(&gp.values, rest % radix);
                     rest /= radix;
-                    key[j] = gp.values.get(at).cloned().unwrap_or_else(|| OTHER.to_string());
                 }
                 let base = g * self.segment;
                 let rows = count_at(base);
@@ -625,15 +660,16 @@ impl Plan {
         }
         // The group index, in mixed radix with the last column fastest.
         let mut group = "0".to_string();
+        // Slots as in `group_slot`: the domain's values, then (other), then (null).
         for g in &self.groups {
-            let mut arms = String::new();
+            let column = name(g.index);
+            let mut arms = format!(" WHEN {column} IS NULL THEN {}", g.values.len() + 1);
             for (i, v) in g.values.iter().enumerate() {
                 let placeholder = b.param(&Literal::Text(v.clone()));
-                arms += &format!(" WHEN {placeholder} THEN {i}");
+                arms += &format!(" WHEN ({column})::text = {placeholder} THEN {i}");
             }
-            let case =
-                format!("(CASE ({})::text{arms} ELSE {} END)", name(g.index), g.values.len());
-            group = format!("({group} * {} + {case})", g.values.len() + 1);
+            let case = format!("(CASE{arms} ELSE {} END)", g.values.len());
+            group = format!("({group} * {} + {case})", g.values.len() + EXTRA_GROUPS);
         }
         let mut outputs = vec![format!("({group})::text AS g"), "COUNT(*)::text".to_string()];
         for c in &self.columns {
@@ -808,10 +844,7 @@ impl LocalAggregate<'_> {
         self.rows += 1;
         let mut group = 0;
         for g in &self.plan.groups {
-            let key = key_of(cell(g.index));
-            let at =
-                key.and_then(|k| g.values.iter().position(|v| *v == k)).unwrap_or(g.values.len());
-            group = group * (g.values.len() + 1) + at;
+            group = group * (g.values.len() + EXTRA_GROUPS) + group_slot(&g.values, cell(g.index));
         }
         let base = group * self.plan.segment;
         let sums = group * 2 * self.plan.columns.len();
@@ -920,8 +953,8 @@ pub struct Answer {
     pub rows: u64,
     /// Per requested column (when the job does not group).
     pub columns: Vec<ColumnAnswer>,
-    /// Per group (when the job groups), in key order; `(other)` collects values outside a
-    /// declared domain.
+    /// Per group (when the job groups), in key order: for each group-by column its declared
+    /// values, then `(other)` (values outside the domain), then `(null)` (missing values).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<GroupAnswer>,
     /// Parties whose rows are in the answer.
@@ -941,6 +974,10 @@ pub struct Answer {
 
 /// The key of values outside a group-by column's declared domain.
 pub const OTHER: &str = "(other)";
+
+/// The key of missing values in a group-by column: a group of its own, apart from
+/// [`OTHER`].
+pub const NULL_GROUP: &str = "(null)";
 
 /// One group of a grouped answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -968,6 +1005,57 @@ pub struct NoiseReport {
     pub mean_ci95: f64,
     /// Of each histogram slot.
     pub histogram_bin_ci95: f64,
+}
+
+impl NoiseReport {
+    /// The conservative 95% half-width of the noise in `column`'s mean
+    /// ([`mean_noise_half_width`]), from this report's count and sum intervals, without the
+    /// column's bounds (which only narrow it); `None` where none can be stated.
+    pub fn mean_bound_ci95(&self, column: &ColumnAnswer) -> Option<f64> {
+        // The z the report's half-widths were made with.
+        let z = 1.96;
+        mean_noise_half_width(
+            column.count,
+            column.sum,
+            column.mean?,
+            self.count_ci95 / z,
+            self.sum_ci95 / z,
+            None,
+        )
+    }
+}
+
+/// z of a two-sided 97.5% interval of a normal distribution: a sum's and a count's noise both
+/// lie within theirs with probability at least 95% (Bonferroni).
+const Z_JOINT95: f64 = 2.241_402_727_604_947;
+
+/// A conservative half-width of a 95% interval of the noise in a released mean `sum / count`
+/// (then clamped into `bounds`), given the standard deviations of the noise in the count and
+/// in the sum: with probability at least 95% both noises lie within their 97.5% intervals, and
+/// then the noise-free mean lies between the extremes of sum / count over those intervals
+/// (and within the bounds), which are at most the returned distance from `mean`. `None` when
+/// the count's interval reaches below one, where the noise-free count may be zero and no
+/// interval of the mean can be stated.
+pub fn mean_noise_half_width(
+    count: u64,
+    sum: f64,
+    mean: f64,
+    count_sd: f64,
+    sum_sd: f64,
+    bounds: Option<(f64, f64)>,
+) -> Option<f64> {
+    let (dn, ds) = (Z_JOINT95 * count_sd, Z_JOINT95 * sum_sd);
+    let (n_lo, n_hi) = (count as f64 - dn, count as f64 + dn);
+    if !(n_lo >= 1.0 && mean.is_finite() && sum.is_finite()) {
+        return None;
+    }
+    let corners = [(sum - ds) / n_lo, (sum - ds) / n_hi, (sum + ds) / n_lo, (sum + ds) / n_hi];
+    let mut lo = corners.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut hi = corners.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if let Some((min, max)) = bounds {
+        (lo, hi) = (lo.clamp(min, max), hi.clamp(min, max));
+    }
+    Some((hi - mean).max(mean - lo).max(0.0))
 }
 
 /// Statistics of one column.
@@ -1206,7 +1294,7 @@ mod tests {
             }))),
         ]));
         let plan = Plan::new(&s, &schema()).unwrap();
-        assert_eq!(plan.vector_len(), 3 * plan.segment);
+        assert_eq!(plan.vector_len(), 4 * plan.segment);
         // Rows kept: (1.5, x, 3), (-5, x, 4); (-20, y, null) fails NOT a < -6; the others fail
         // the IN.
         let v = vector(&plan, &rows());
@@ -1216,7 +1304,12 @@ mod tests {
             a.groups.iter().map(|g| (g.key[0].clone(), g.rows)).collect();
         assert_eq!(
             keys,
-            vec![("x".into(), Some(2)), ("y".into(), Some(0)), (OTHER.into(), Some(0))]
+            vec![
+                ("x".into(), Some(2)),
+                ("y".into(), Some(0)),
+                (OTHER.into(), Some(0)),
+                (NULL_GROUP.into(), Some(0))
+            ]
         );
         assert_eq!(a.groups[0].columns[0].sum, 1.5 - 5.0);
         assert_eq!(a.rows, 2);
@@ -1226,7 +1319,7 @@ mod tests {
         let a = plan.answer(&vector(&plan, &rows()), vec![0], vec![]).unwrap();
         assert_eq!(
             a.groups.iter().map(|g| g.suppressed).collect::<Vec<_>>(),
-            vec![false, true, true]
+            vec![false, true, true, true]
         );
         assert!(a.groups[1].columns.is_empty() && a.groups[1].rows.is_none());
     }
@@ -1239,6 +1332,105 @@ mod tests {
         assert_eq!(layout.vector_len(), plan.vector_len());
         let v = vector(&plan, &rows());
         assert_eq!(layout.answer(&v, vec![0], vec![]), plan.answer(&v, vec![0], vec![]));
+    }
+
+    /// Requirement: missing values in a GROUP BY column form their own `(null)` group, apart
+    /// from `(other)`, in every party's layout alike, and the k-threshold treats it like any
+    /// group.
+    #[test]
+    fn missing_group_values_form_their_own_null_group() {
+        let schema = DatasetSchema {
+            name: "t".into(),
+            columns: vec![("a".into(), ColumnType::Float), ("g".into(), ColumnType::String)],
+        };
+        let mut s = spec("dataset = \"t\"\n[[columns]]\nname = \"a\"\nmin = 0\nmax = 10\n");
+        s.group_by =
+            vec![crate::spec::GroupBy { column: "g".into(), values: vec!["x".into(), "y".into()] }];
+        let plan = Plan::new(&s, &schema).unwrap();
+        // Declared values, (other), (null): one segment each, as the specification says.
+        assert_eq!(plan.vector_len(), 4 * plan.segment);
+        assert_eq!(s.vector_len(), plan.vector_len());
+        let rows: [(f64, Option<&str>); 7] = [
+            (1.0, Some("x")),
+            (2.0, None),
+            (3.0, None),
+            (4.0, Some("zz")),
+            (5.0, None),
+            (6.0, Some("y")),
+            (7.0, Some("")),
+        ];
+        let push = |rows: &[(f64, Option<&str>)]| {
+            let mut agg = plan.aggregate([0; 32]);
+            for (a, g) in rows {
+                agg.push_row(&[Value::Number(*a), g.map_or(Value::Null, Value::Text)]).unwrap();
+            }
+            agg.finish()
+        };
+        // Two parties' vectors add up to the pooled one, so they share the layout.
+        let (first, second) = (push(&rows[..3]), push(&rows[3..]));
+        let joint: Vec<u64> = first.iter().zip(&second).map(|(x, y)| x.wrapping_add(*y)).collect();
+        assert_eq!(joint, push(&rows));
+        let a = plan.answer(&joint, vec![0, 1], vec![]).unwrap();
+        let groups: Vec<(&str, Option<u64>, f64)> =
+            a.groups.iter().map(|g| (g.key[0].as_str(), g.rows, g.columns[0].sum)).collect();
+        // An empty string is a value (outside the domain), not a missing one.
+        assert_eq!(
+            groups,
+            [
+                ("x", Some(1), 1.0),
+                ("y", Some(1), 6.0),
+                (OTHER, Some(2), 4.0 + 7.0),
+                (NULL_GROUP, Some(3), 2.0 + 3.0 + 5.0)
+            ]
+        );
+        assert_eq!(Layout::new(&s).unwrap().answer(&joint, vec![0, 1], vec![]), Ok(a));
+        // Under a k-threshold the (null) group is released or suppressed by its own count.
+        s.k_threshold = Some(3);
+        let plan = Plan::new(&s, &schema).unwrap();
+        let mut agg = plan.aggregate([0; 32]);
+        for (a, g) in rows {
+            agg.push_row(&[Value::Number(a), g.map_or(Value::Null, Value::Text)]).unwrap();
+        }
+        let a = plan.answer(&agg.finish(), vec![0], vec![]).unwrap();
+        let released: Vec<(&str, bool)> =
+            a.groups.iter().map(|g| (g.key[0].as_str(), g.suppressed)).collect();
+        assert_eq!(released, [("x", true), ("y", true), (OTHER, true), (NULL_GROUP, false)]);
+        assert_eq!(a.rows, 3, "the total counts the released (null) group only");
+        // With two group-by columns, (null) combines with every other slot.
+        s.k_threshold = None;
+        s.group_by.push(crate::spec::GroupBy { column: "a".into(), values: vec!["1".into()] });
+        let plan = Plan::new(&s, &schema).unwrap();
+        let mut agg = plan.aggregate([0; 32]);
+        agg.push_row(&[Value::Null, Value::Null]).unwrap();
+        agg.push_row(&[Value::Number(1.0), Value::Null]).unwrap();
+        let a = plan.answer(&agg.finish(), vec![0], vec![]).unwrap();
+        assert_eq!(a.groups.len(), 4 * 3);
+        let filled: Vec<Vec<String>> =
+            a.groups.iter().filter(|g| g.rows == Some(1)).map(|g| g.key.clone()).collect();
+        assert_eq!(
+            filled,
+            [vec![NULL_GROUP.to_string(), "1".into()], vec![NULL_GROUP.into(), NULL_GROUP.into()]]
+        );
+    }
+
+    /// The database pushdown puts a missing group-by value in the (null) slot, before it
+    /// compares the value with the domain (where NULL would match nothing and fall into
+    /// `(other)`).
+    #[test]
+    fn the_pushdown_groups_missing_values_as_null() {
+        let mut s = spec("dataset = \"t\"\n[[columns]]\nname = \"a\"\nmin = 0\nmax = 10\n");
+        s.group_by =
+            vec![crate::spec::GroupBy { column: "g".into(), values: vec!["x".into(), "y".into()] }];
+        let plan = Plan::new(&s, &schema()).unwrap();
+        let sql = plan.aggregate_sql("t", &|i| format!("c{i}")).unwrap();
+        assert!(
+            sql.sql.contains(
+                "(0 * 4 + (CASE WHEN c1 IS NULL THEN 3 WHEN (c1)::text = $1::text THEN 0 \
+                 WHEN (c1)::text = $2::text THEN 1 ELSE 2 END))"
+            ),
+            "{}",
+            sql.sql
+        );
     }
 
     #[test]

@@ -231,7 +231,8 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predicate: Option<Predicate>,
     /// Categorical columns to group by, each with its declared value domain; the answer has one
-    /// group per combination, values outside a domain falling into `(other)`.
+    /// group per combination, values outside a domain falling into `(other)` and missing
+    /// values into `(null)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub group_by: Vec<GroupBy>,
     /// The output columns of a SQL query, in order (empty for TOML jobs).
@@ -502,8 +503,9 @@ impl JobSpec {
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Elements of every party's vector: per group, its row count and per column count, two
-    /// clipping counters, two three-limb sums and the histogram slots.
+    /// Elements of every party's vector: per group (each group-by column's declared values,
+    /// `(other)` and `(null)`, combined), its row count and per column count, two clipping
+    /// counters, two three-limb sums and the histogram slots.
     pub fn vector_len(&self) -> usize {
         let segment: usize = 1 + self
             .columns
@@ -516,7 +518,7 @@ impl JobSpec {
         let groups = self
             .group_by
             .iter()
-            .try_fold(1usize, |acc, g| acc.checked_mul(g.values.len() + 1))
+            .try_fold(1usize, |acc, g| acc.checked_mul(g.values.len() + crate::plan::EXTRA_GROUPS))
             .unwrap_or(usize::MAX);
         segment.saturating_mul(groups)
     }
@@ -584,8 +586,10 @@ impl JobSpec {
         if self.k_threshold == Some(0) {
             return bad("k_threshold must be at least 1".into());
         }
-        let groups =
-            self.group_by.iter().try_fold(1usize, |acc, g| acc.checked_mul(g.values.len() + 1));
+        let groups = self
+            .group_by
+            .iter()
+            .try_fold(1usize, |acc, g| acc.checked_mul(g.values.len() + crate::plan::EXTRA_GROUPS));
         if groups.is_none_or(|n| n > MAX_GROUPS) {
             return bad(format!("GROUP BY yields more than {MAX_GROUPS} groups"));
         }
@@ -689,7 +693,8 @@ mod tests {
     #[test]
     fn oversized_jobs_and_tiny_rho_are_refused() {
         let mut s = JobSpec::parse(EXAMPLE).unwrap();
-        let values: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        // 19 values, (other) and (null): 21^3 groups, within the limit on groups.
+        let values: Vec<String> = (0..19).map(|i| i.to_string()).collect();
         s.group_by = ["a", "b", "c"]
             .iter()
             .map(|c| GroupBy { column: c.to_string(), values: values.clone() })

@@ -26,7 +26,9 @@
 //!
 //! MIN, MAX and quantiles are read off a histogram (the query's own `HISTOGRAM` edges for the
 //! column, else 100 equal bins over its bounds): they are bin edges and interpolations, never
-//! a single row's exact value.
+//! a single row's exact value, kept within the column's declared bounds; the [`Table`] says so,
+//! with the width of the bin each was read in. A differentially private table carries the
+//! answer's privacy block and the 95% half-widths of the noise in its values.
 
 #[cfg(test)]
 mod limits;
@@ -36,7 +38,7 @@ use serde_json::Value as Json;
 
 use self::parse::{Arg, Atom, Call, ItemExpr, Operand, OperandKind, SelectItem, Step, TableRef};
 use crate::AnalyticsError;
-use crate::plan::{Answer, ColumnAnswer, Histogram};
+use crate::plan::{Answer, ColumnAnswer, DpCalibration, Histogram, NULL_GROUP, OTHER};
 use crate::schema::{ColumnInfo, DatasetCatalog};
 use crate::spec::{
     ColumnRequest, Condition, GroupBy, JobSpec, Literal, MAX_BINS, MAX_SQL_BYTES, Op, Output,
@@ -107,12 +109,65 @@ pub fn check_plan(
 }
 
 /// A query result as a table.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Table {
     /// Column headings.
     pub headers: Vec<String>,
     /// Rows, one value per heading.
     pub rows: Vec<Vec<Json>>,
+    /// For differentially private answers: per row and heading, the half-width of a 95%
+    /// interval of the noise in that value (see [`Table::notes`] for what each kind of value's
+    /// means); `null` for group keys, withheld values, and values no interval can honestly be
+    /// stated for (variances, standard deviations, readings off a histogram).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci95: Option<Vec<Vec<Option<f64>>>>,
+    /// The outputs read off a histogram (MIN, MAX, MEDIAN, QUANTILE): approximate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approximate: Vec<Approximate>,
+    /// The HISTOGRAM outputs: their edges and the slots outside them (the cells hold the bins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub histograms: Vec<HistogramOutput>,
+    /// What a reader needs to know to read the values, in sentences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// For differentially private answers: the guarantee and the noise calibration (the
+    /// answer's own `privacy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<DpCalibration>,
+}
+
+/// An output read off a histogram.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Approximate {
+    /// Its position in [`Table::headers`].
+    pub column: usize,
+    /// The declared bounds of the column it reads; readings are kept within them.
+    pub bounds: (f64, f64),
+    /// Per row, how its value was read (`null` where the value is).
+    pub readings: Vec<Option<Reading>>,
+}
+
+/// How one value was read off a histogram.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Reading {
+    /// The width of the bin the value was read in (its resolution); `None` when the value is the
+    /// histogram's outer edge standing for values beyond it.
+    pub bin_width: Option<f64>,
+    /// Whether the reading lay outside the declared bounds and shows the nearer bound instead.
+    pub clamped: bool,
+}
+
+/// A `HISTOGRAM` output.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HistogramOutput {
+    /// Its position in [`Table::headers`].
+    pub column: usize,
+    /// Bin edges; the cell's counts are of `[e_i, e_i+1)`, the last bin closed.
+    pub edges: Vec<f64>,
+    /// Per row, the values below the first edge (`null` if withheld).
+    pub below: Vec<Option<u64>>,
+    /// Per row, the values above the last edge (`null` if withheld).
+    pub above: Vec<Option<u64>>,
 }
 
 fn unsupported(what: impl std::fmt::Display) -> AnalyticsError {
@@ -574,45 +629,146 @@ fn check_literal(c: &ColumnInfo, op: Op, value: &Literal) -> Result<(), Analytic
 
 /// Turns an answer into the table the query's SELECT list asks for: one row per group when
 /// the query groups (suppressed groups show their key and nulls, and a trailing `suppressed`
-/// column says which), else one row.
+/// column says which), else one row. A differentially private answer gets the 95% intervals of
+/// its noise and its privacy block; readings off a histogram say so, with their resolution.
 pub fn result_table(spec: &JobSpec, answer: &Answer) -> Table {
     let grouped = !spec.group_by.is_empty();
     let mut headers: Vec<String> = spec.select.iter().map(|o| o.name.clone()).collect();
-    let rows = if grouped {
-        headers.push("suppressed".to_string());
+    let noise = answer
+        .privacy
+        .map(|calibration| Noise { calibration, contributors: answer.contributors.len() });
+    let sources: Vec<RowSource<'_>> = if grouped {
         answer
             .groups
             .iter()
-            .map(|g| {
-                let mut row: Vec<Json> = spec
-                    .select
-                    .iter()
-                    .map(|o| match &o.kind {
-                        OutputKind::Key(c) => spec
-                            .group_by
-                            .iter()
-                            .position(|b| b.column == *c)
-                            .and_then(|i| g.key.get(i))
-                            .map_or(Json::Null, |k| Json::String(k.clone())),
-                        _ if g.suppressed => Json::Null,
-                        kind => cell(kind, g.rows, &g.columns),
-                    })
-                    .collect();
-                row.push(Json::Bool(g.suppressed));
-                row
+            .map(|g| RowSource {
+                key: &g.key,
+                rows: g.rows,
+                columns: &g.columns,
+                suppressed: g.suppressed,
             })
             .collect()
     } else {
-        vec![
+        vec![RowSource {
+            key: &[],
+            rows: (!answer.suppressed).then_some(answer.rows),
+            columns: &answer.columns,
+            suppressed: answer.suppressed,
+        }]
+    };
+    let cells: Vec<Vec<Cell>> = sources
+        .iter()
+        .map(|source| {
             spec.select
                 .iter()
-                .map(|o| {
-                    cell(&o.kind, (!answer.suppressed).then_some(answer.rows), &answer.columns)
+                .map(|o| match &o.kind {
+                    OutputKind::Key(c) => Cell::plain(
+                        spec.group_by
+                            .iter()
+                            .position(|b| b.column == *c)
+                            .and_then(|i| source.key.get(i))
+                            .map_or(Json::Null, |k| Json::String(k.clone())),
+                    ),
+                    _ if source.suppressed => Cell::plain(Json::Null),
+                    kind => cell(spec, kind, source.rows, source.columns, noise.as_ref()),
                 })
-                .collect(),
-        ]
-    };
-    Table { headers, rows }
+                .collect()
+        })
+        .collect();
+    let mut rows: Vec<Vec<Json>> =
+        cells.iter().map(|r| r.iter().map(|c| c.value.clone()).collect()).collect();
+    if grouped {
+        headers.push("suppressed".to_string());
+        for (row, source) in rows.iter_mut().zip(&sources) {
+            row.push(Json::Bool(source.suppressed));
+        }
+    }
+    let ci95 = noise.as_ref().map(|_| {
+        cells
+            .iter()
+            .map(|r| {
+                let mut ci: Vec<Option<f64>> = r.iter().map(|c| c.ci95).collect();
+                if grouped {
+                    ci.push(None);
+                }
+                ci
+            })
+            .collect()
+    });
+    let bounds =
+        |column: &str| spec.columns.iter().find(|c| c.name == column).map(|c| (c.min, c.max));
+    let mut approximate = Vec::new();
+    let mut histograms = Vec::new();
+    for (i, o) in spec.select.iter().enumerate() {
+        match &o.kind {
+            // A planned query declares the bounds of every column it aggregates.
+            OutputKind::Min(c) | OutputKind::Max(c) | OutputKind::Quantile(c, _) => {
+                if let Some(bounds) = bounds(c) {
+                    approximate.push(Approximate {
+                        column: i,
+                        bounds,
+                        readings: cells.iter().map(|r| r[i].reading).collect(),
+                    })
+                }
+            }
+            OutputKind::Histogram(c) => histograms.push(HistogramOutput {
+                column: i,
+                edges: spec
+                    .columns
+                    .iter()
+                    .find(|r| r.name == *c)
+                    .map(|r| r.histogram.clone())
+                    .unwrap_or_default(),
+                below: cells.iter().map(|r| r[i].outside.0).collect(),
+                above: cells.iter().map(|r| r[i].outside.1).collect(),
+            }),
+            _ => {}
+        }
+    }
+    let notes = notes(spec, answer, &headers, &approximate, noise.is_some());
+    Table { headers, rows, ci95, approximate, histograms, notes, privacy: answer.privacy }
+}
+
+/// What one row of the table is made from: a group, or the whole answer.
+struct RowSource<'a> {
+    /// The group's key (empty for the whole answer).
+    key: &'a [String],
+    rows: Option<u64>,
+    columns: &'a [ColumnAnswer],
+    suppressed: bool,
+}
+
+/// The noise of a differentially private answer.
+struct Noise {
+    calibration: DpCalibration,
+    /// Parties whose noise is in the sum.
+    contributors: usize,
+}
+
+impl Noise {
+    /// The half-width of a 95% interval of the noise in a count.
+    fn count(&self) -> f64 {
+        Z95 * self.calibration.count_sd(self.contributors)
+    }
+}
+
+/// z of a two-sided 95% interval of a normal distribution, as the answer's own
+/// [`NoiseReport`](crate::plan::NoiseReport) rounds it.
+const Z95: f64 = 1.96;
+
+/// One output's value in one row, and what the table says about it.
+struct Cell {
+    value: Json,
+    ci95: Option<f64>,
+    reading: Option<Reading>,
+    /// A histogram's slots below and above its edges.
+    outside: (Option<u64>, Option<u64>),
+}
+
+impl Cell {
+    fn plain(value: Json) -> Self {
+        Cell { value, ci95: None, reading: None, outside: (None, None) }
+    }
 }
 
 fn json_f64(x: f64) -> Json {
@@ -620,63 +776,222 @@ fn json_f64(x: f64) -> Json {
 }
 
 /// One output's value from a group's (or the whole answer's) rows and column answers.
-fn cell(kind: &OutputKind, rows: Option<u64>, columns: &[ColumnAnswer]) -> Json {
+fn cell(
+    spec: &JobSpec,
+    kind: &OutputKind,
+    rows: Option<u64>,
+    columns: &[ColumnAnswer],
+    noise: Option<&Noise>,
+) -> Cell {
     let col = |name: &str| columns.iter().find(|c| c.name == name && !c.suppressed);
     let hist = |name: &str| col(name).and_then(|c| c.histogram.as_ref());
-    let stat = |name: &str, f: fn(&ColumnAnswer) -> Option<f64>| {
-        col(name).and_then(f).map_or(Json::Null, json_f64)
+    let request = |name: &str| spec.columns.iter().find(|c| c.name == name);
+    let counted = |value: Option<u64>| {
+        let ci95 = noise.filter(|_| value.is_some()).map(Noise::count);
+        Cell { ci95, ..Cell::plain(value.map_or(Json::Null, Json::from)) }
     };
-    let from_hist = |name: &str, f: &dyn Fn(&Histogram) -> Option<f64>| {
-        hist(name).and_then(f).map_or(Json::Null, json_f64)
+    let stat = |name: &str, f: &dyn Fn(&ColumnAnswer) -> Option<f64>| {
+        Cell::plain(col(name).and_then(f).map_or(Json::Null, json_f64))
+    };
+    let read = |name: &str, f: &dyn Fn(&Histogram) -> Option<Read>| {
+        let Some(r) = hist(name).and_then(f) else { return Cell::plain(Json::Null) };
+        let (lo, hi) = request(name).map_or((r.value, r.value), |c| (c.min, c.max));
+        let value = r.value.clamp(lo, hi);
+        Cell {
+            reading: Some(Reading { bin_width: r.bin_width, clamped: value != r.value }),
+            ..Cell::plain(json_f64(value))
+        }
     };
     match kind {
-        OutputKind::Key(_) => Json::Null,
-        OutputKind::CountRows => rows.map_or(Json::Null, Json::from),
-        OutputKind::Count(c) => col(c).map_or(Json::Null, |a| Json::from(a.count)),
-        OutputKind::Sum(c) => stat(c, |a| Some(a.sum)),
-        OutputKind::Avg(c) => stat(c, |a| a.mean),
-        OutputKind::Variance(c) => stat(c, |a| a.variance),
-        OutputKind::StdDev(c) => stat(c, |a| a.std_dev),
-        OutputKind::Min(c) => from_hist(c, &histogram_min),
-        OutputKind::Max(c) => from_hist(c, &histogram_max),
-        OutputKind::Quantile(c, q) => from_hist(c, &|h| quantile(h, *q)),
-        OutputKind::Histogram(c) => hist(c).map_or(Json::Null, |h| {
-            Json::Array(h.counts.iter().map(|n| n.map_or(Json::Null, Json::from)).collect())
-        }),
+        OutputKind::Key(_) => Cell::plain(Json::Null),
+        OutputKind::CountRows => counted(rows),
+        OutputKind::Count(c) => counted(col(c).map(|a| a.count)),
+        OutputKind::Sum(c) => {
+            let mut cell = stat(c, &|a| Some(a.sum));
+            if let (Some(n), Some(r), false) = (noise, request(c), cell.value.is_null()) {
+                cell.ci95 = Some(Z95 * n.calibration.sum_sd(r.min, r.max, n.contributors));
+            }
+            cell
+        }
+        OutputKind::Avg(c) => {
+            let mut cell = stat(c, &|a| a.mean);
+            if let (Some(n), Some(r), Some(a)) = (noise, request(c), col(c)) {
+                cell.ci95 = a.mean.and_then(|mean| {
+                    crate::plan::mean_noise_half_width(
+                        a.count,
+                        a.sum,
+                        mean,
+                        n.calibration.count_sd(n.contributors),
+                        n.calibration.sum_sd(r.min, r.max, n.contributors),
+                        Some((r.min, r.max)),
+                    )
+                });
+            }
+            cell
+        }
+        OutputKind::Variance(c) => stat(c, &|a| a.variance),
+        OutputKind::StdDev(c) => stat(c, &|a| a.std_dev),
+        OutputKind::Min(c) => read(c, &histogram_min),
+        OutputKind::Max(c) => read(c, &histogram_max),
+        OutputKind::Quantile(c, q) => read(c, &|h| quantile(h, *q)),
+        OutputKind::Histogram(c) => match hist(c) {
+            None => Cell::plain(Json::Null),
+            Some(h) => Cell {
+                value: Json::Array(
+                    h.counts.iter().map(|n| n.map_or(Json::Null, Json::from)).collect(),
+                ),
+                // Every slot carries the same noise.
+                ci95: noise.map(Noise::count),
+                reading: None,
+                outside: (h.below, h.above),
+            },
+        },
     }
+}
+
+/// A number for a sentence: six significant digits, without a float's last-digit noise.
+fn short(x: f64) -> String {
+    format!("{:.5e}", x).parse::<f64>().map_or_else(|_| x.to_string(), |v| v.to_string())
+}
+
+/// The table's notes: what the group keys, the intervals and the approximate readings mean,
+/// and what the k-threshold withheld.
+fn notes(
+    spec: &JobSpec,
+    answer: &Answer,
+    headers: &[String],
+    approximate: &[Approximate],
+    private: bool,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    if !spec.group_by.is_empty() {
+        notes.push(format!(
+            "{OTHER} is the group of values outside a GROUP BY column's declared domain, \
+             {NULL_GROUP} the group of missing values"
+        ));
+    }
+    if private {
+        notes.push(
+            "± is the half-width of a 95% interval of the noise added for differential privacy \
+             (not of sampling, clipping or rounding): for COUNT, SUM and each HISTOGRAM bin, \
+             1.96 standard deviations of its noise; for AVG a conservative bound, holding \
+             whenever the noise in both its sum and its count lies within their 97.5% \
+             intervals; ±? where no interval can be stated: VAR, STDDEV, values read off a \
+             histogram, and AVG when its count's interval reaches below one"
+                .to_string(),
+        );
+    }
+    for a in approximate {
+        let Some(output) = spec.select.get(a.column) else { continue };
+        let column = match &output.kind {
+            OutputKind::Min(c) | OutputKind::Max(c) | OutputKind::Quantile(c, _) => c,
+            _ => continue,
+        };
+        let readings: Vec<&Reading> = a.readings.iter().flatten().collect();
+        let widths: Vec<f64> = readings.iter().filter_map(|r| r.bin_width).collect();
+        let (narrowest, widest) =
+            widths.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), w| (lo.min(*w), hi.max(*w)));
+        let mut note = format!(
+            "{} is approximate: read off a histogram of {column}, so the true value lies within \
+             the bin it was read in",
+            headers[a.column]
+        );
+        if !widths.is_empty() {
+            if short(narrowest) == short(widest) {
+                note += &format!(" (bin width {})", short(widest));
+            } else {
+                note += &format!(" (bin widths {} to {})", short(narrowest), short(widest));
+            }
+        }
+        if readings.iter().any(|r| r.bin_width.is_none()) {
+            note += "; where values lie beyond the histogram's edges it shows the outer edge, \
+                     and the true value lies beyond it";
+        }
+        if private {
+            note += "; the bins are noisy, so an empty bin may look filled and the reading be \
+                     off by more than a bin";
+        }
+        note += &format!(
+            "; values are kept within {column}'s declared bounds [{}, {}]",
+            short(a.bounds.0),
+            short(a.bounds.1)
+        );
+        let clamped = readings.iter().filter(|r| r.clamped).count();
+        if clamped > 0 {
+            note += &format!(
+                " ({clamped} of {} shown at a bound they were read beyond)",
+                readings.len()
+            );
+        }
+        notes.push(note);
+    }
+    let k = spec.k_threshold.unwrap_or(0);
+    if spec.group_by.is_empty() && k > 0 {
+        if answer.suppressed {
+            notes.push(format!("withheld: fewer rows than the k-threshold ({k})"));
+        } else {
+            for c in answer.columns.iter().filter(|c| c.suppressed) {
+                notes.push(format!(
+                    "{}'s statistics withheld by the k-threshold ({k}): fewer values than k, or \
+                     a histogram slot under k that the other numbers would give away",
+                    c.name
+                ));
+            }
+        }
+    }
+    notes
 }
 
 fn nonzero(n: &Option<u64>) -> bool {
     n.is_some_and(|n| n > 0)
 }
 
+/// A value read off a histogram.
+struct Read {
+    value: f64,
+    /// The width of the bin it was read in; `None` for an outer edge standing for the values
+    /// beyond it.
+    bin_width: Option<f64>,
+}
+
+impl Read {
+    fn in_bin(h: &Histogram, i: usize, value: f64) -> Option<Read> {
+        let width = h.edges.get(i + 1)? - h.edges.get(i)?;
+        Some(Read { value, bin_width: Some(width) })
+    }
+
+    fn edge(value: Option<f64>) -> Option<Read> {
+        value.map(|value| Read { value, bin_width: None })
+    }
+}
+
 /// The lower edge of the lowest non-empty bin (the first edge if values lie below it).
-fn histogram_min(h: &Histogram) -> Option<f64> {
+fn histogram_min(h: &Histogram) -> Option<Read> {
     let (first, last) = (h.edges.first().copied(), h.edges.last().copied());
     if nonzero(&h.below) {
-        return first;
+        return Read::edge(first);
     }
     match h.counts.iter().position(nonzero) {
-        Some(i) => h.edges.get(i).copied(),
-        None => last.filter(|_| nonzero(&h.above)),
+        Some(i) => Read::in_bin(h, i, *h.edges.get(i)?),
+        None => Read::edge(last.filter(|_| nonzero(&h.above))),
     }
 }
 
 /// The upper edge of the highest non-empty bin (the last edge if values lie above it).
-fn histogram_max(h: &Histogram) -> Option<f64> {
+fn histogram_max(h: &Histogram) -> Option<Read> {
     let (first, last) = (h.edges.first().copied(), h.edges.last().copied());
     if nonzero(&h.above) {
-        return last;
+        return Read::edge(last);
     }
     match h.counts.iter().rposition(nonzero) {
-        Some(i) => h.edges.get(i + 1).copied(),
-        None => first.filter(|_| nonzero(&h.below)),
+        Some(i) => Read::in_bin(h, i, *h.edges.get(i + 1)?),
+        None => Read::edge(first.filter(|_| nonzero(&h.below))),
     }
 }
 
 /// The `q` quantile, interpolated linearly within the bin it falls in; values below the first
 /// edge count as at it, values above the last as at that, suppressed bins as empty.
-fn quantile(h: &Histogram, q: f64) -> Option<f64> {
+fn quantile(h: &Histogram, q: f64) -> Option<Read> {
     let n = |c: &Option<u64>| c.unwrap_or(0) as f64;
     let (below, above) = (n(&h.below), n(&h.above));
     let total = below + above + h.counts.iter().map(n).sum::<f64>();
@@ -685,7 +1000,7 @@ fn quantile(h: &Histogram, q: f64) -> Option<f64> {
     }
     let target = q * total;
     if below > 0.0 && target <= below {
-        return h.edges.first().copied();
+        return Read::edge(h.edges.first().copied());
     }
     let mut cumulative = below;
     for (i, c) in h.counts.iter().enumerate() {
@@ -693,11 +1008,11 @@ fn quantile(h: &Histogram, q: f64) -> Option<f64> {
         if count > 0.0 && cumulative + count >= target {
             let (lo, hi) = (*h.edges.get(i)?, *h.edges.get(i + 1)?);
             let fraction = ((target - cumulative) / count).clamp(0.0, 1.0);
-            return Some(lo + fraction * (hi - lo));
+            return Read::in_bin(h, i, lo + fraction * (hi - lo));
         }
         cumulative += count;
     }
-    h.edges.last().copied()
+    Read::edge(h.edges.last().copied())
 }
 
 #[cfg(test)]
@@ -923,17 +1238,27 @@ mod tests {
 
     /// Runs `spec` over rows `(month, carrier, dep_delay)` in one party and decodes the answer.
     fn run(spec: &JobSpec, rows: &[(f64, &str, Option<f64>)]) -> Answer {
+        let rows: Vec<_> = rows.iter().map(|(m, c, d)| (*m, Some(*c), *d)).collect();
+        run_seeded(spec, &rows, [0; 32])
+    }
+
+    /// [`run`] with missing carriers and a noise seed.
+    fn run_seeded(
+        spec: &JobSpec,
+        rows: &[(f64, Option<&str>, Option<f64>)],
+        seed: [u8; 32],
+    ) -> Answer {
         let c = catalog();
         let schema = DatasetSchema {
             name: c.name.clone(),
             columns: c.columns.iter().map(|c| (c.name.clone(), c.ty)).collect(),
         };
         let plan = Plan::new(spec, &schema).unwrap();
-        let mut agg = plan.aggregate([0; 32]);
+        let mut agg = plan.aggregate(seed);
         for (month, carrier, delay) in rows {
             let row = [
                 Value::Number(*month),
-                Value::Text(carrier),
+                carrier.map_or(Value::Null, Value::Text),
                 delay.map_or(Value::Null, Value::Number),
                 Value::Null,
             ];
@@ -1004,15 +1329,205 @@ mod tests {
         // would give them away through the count and the other slots, so those columns are
         // withheld while the groups' row counts are released.
         let rows: Vec<Json> = table.rows.into_iter().map(Json::Array).collect();
-        let other = crate::plan::OTHER;
         assert_eq!(
             rows,
             [
                 json!(["AA", 4, null, null, null, null, null, false]),
                 json!(["UA", 2, null, null, null, null, null, false]),
                 json!(["DL", null, null, null, null, null, null, true]),
-                json!([other, null, null, null, null, null, null, true]),
+                json!([OTHER, null, null, null, null, null, null, true]),
+                json!([NULL_GROUP, null, null, null, null, null, null, true]),
             ]
         );
+        assert!(table.ci95.is_none() && table.privacy.is_none(), "an exact answer has no noise");
+    }
+
+    /// Requirement 1: rows whose GROUP BY column is missing are a `(null)` row of their own,
+    /// apart from `(other)`, released or suppressed by their own count.
+    #[test]
+    fn missing_group_values_are_a_null_row_of_their_own() {
+        let options = SqlOptions { k_threshold: Some(2), ..SqlOptions::default() };
+        let spec = plan_sql(
+            "SELECT carrier, COUNT(*) AS n, SUM(dep_delay) AS s FROM flights GROUP BY carrier",
+            &[catalog()],
+            &options,
+        )
+        .unwrap();
+        let rows = [
+            (1.0, Some("AA"), Some(1.0)),
+            (1.0, Some("AA"), Some(2.0)),
+            (1.0, None, Some(10.0)),
+            (1.0, None, Some(20.0)),
+            (1.0, None, None),
+            (1.0, Some("ZZ"), Some(5.0)),
+            (1.0, Some("ZZ"), Some(6.0)),
+        ];
+        let table = result_table(&spec, &run_seeded(&spec, &rows, [0; 32]));
+        let shown: Vec<Json> = table.rows.iter().cloned().map(Json::Array).collect();
+        assert_eq!(
+            shown,
+            [
+                json!(["AA", 2, 3.0, false]),
+                json!(["UA", null, null, true]),
+                json!(["DL", null, null, true]),
+                json!([OTHER, 2, 11.0, false]),
+                json!([NULL_GROUP, 3, 30.0, false]),
+            ]
+        );
+        assert!(table.notes.iter().any(|n| n.contains(NULL_GROUP) && n.contains("missing")));
+        // Two rows with a missing carrier are fewer than k: the (null) group is withheld.
+        let table = result_table(&spec, &run_seeded(&spec, &rows[..2], [0; 32]));
+        assert_eq!(table.rows[4], [json!(NULL_GROUP), Json::Null, Json::Null, json!(true)]);
+    }
+
+    fn private(rho: f64) -> SqlOptions {
+        SqlOptions { rho: Some(rho), min_parties: 1, ..SqlOptions::default() }
+    }
+
+    /// Requirement 2: a differentially private table carries its privacy block and, per
+    /// released value, the 95% half-width of its noise from the calibration (also for a
+    /// counts-only query); the intervals cover the noise-free values as often as they say.
+    #[test]
+    fn dp_tables_carry_95_percent_noise_intervals_and_the_privacy_block() {
+        let spec = plan_sql(
+            "SELECT carrier, COUNT(*) FROM flights GROUP BY carrier",
+            &[catalog()],
+            &private(0.5),
+        )
+        .unwrap();
+        let rows = [(1.0, Some("AA"), None), (2.0, None, None)];
+        let answer = run_seeded(&spec, &rows, [1; 32]);
+        let table = result_table(&spec, &answer);
+        let dp = answer.privacy.unwrap();
+        assert_eq!(table.privacy, Some(dp));
+        let count = 1.96 * dp.count_sd(1);
+        let ci95 = table.ci95.as_ref().unwrap();
+        assert_eq!(ci95.len(), table.rows.len());
+        for (row, ci) in table.rows.iter().zip(ci95) {
+            assert_eq!(ci[0], None, "a group key has no interval");
+            match row[1].is_null() {
+                true => assert_eq!(ci[1], None),
+                false => assert!((ci[1].unwrap() - count).abs() < 1e-3 * count, "{ci:?}"),
+            }
+        }
+        assert!(table.notes.iter().any(|n| n.contains("95% interval")));
+
+        // Over many releases, COUNT's and SUM's intervals cover the noise-free values about 95%
+        // of the time, and AVG's conservative one at least that often; VAR's is not stated.
+        let spec = plan_sql(
+            "SELECT COUNT(*), SUM(month), AVG(month), VAR(month) FROM flights",
+            &[catalog()],
+            &private(1.0),
+        )
+        .unwrap();
+        let rows: Vec<(f64, Option<&str>, Option<f64>)> =
+            (0..300).map(|i| (f64::from(1 + i % 12), Some("AA"), None)).collect();
+        let truth: [f64; 3] = {
+            let sum = rows.iter().map(|r| r.0).sum::<f64>();
+            [300.0, sum, sum / 300.0]
+        };
+        let trials = 400;
+        let mut covered = [0u32; 3];
+        for t in 0..trials {
+            let mut seed = [9u8; 32];
+            seed[..2].copy_from_slice(&(t as u16).to_le_bytes());
+            let table = result_table(&spec, &run_seeded(&spec, &rows, seed));
+            let (row, ci) = (&table.rows[0], &table.ci95.as_ref().unwrap()[0]);
+            assert_eq!(ci[3], None, "no interval is stated for a variance");
+            for i in 0..3 {
+                let half = ci[i].expect("COUNT, SUM and AVG state an interval");
+                if (row[i].as_f64().unwrap() - truth[i]).abs() <= half {
+                    covered[i] += 1;
+                }
+            }
+        }
+        let rate = covered.map(|c| f64::from(c) / f64::from(trials));
+        // With 400 releases, the coverage of a 95% interval lies in [0.92, 0.98] with
+        // probability above 0.999.
+        assert!((0.92..=0.98).contains(&rate[0]), "COUNT coverage {rate:?}");
+        assert!((0.92..=0.98).contains(&rate[1]), "SUM coverage {rate:?}");
+        assert!(rate[2] >= 0.95, "AVG coverage {rate:?}");
+    }
+
+    /// Requirement 3: MIN, MAX and quantiles say they are read off a histogram, with the bin
+    /// width they were read at, and never leave the declared bounds.
+    #[test]
+    fn histogram_readings_are_labelled_approximate_and_kept_within_the_bounds() {
+        // Edges reach beyond the declared bounds [-60, 1500].
+        let spec = plan(
+            "SELECT MIN(dep_delay) AS lo, MAX(dep_delay) AS hi, MEDIAN(dep_delay) AS med, \
+             HISTOGRAM(dep_delay, -100, 0, 60, 1600) FROM flights",
+        )
+        .unwrap();
+        let rows = [
+            (1.0, "AA", Some(-80.0)),
+            (1.0, "AA", Some(10.0)),
+            (1.0, "AA", Some(20.0)),
+            (1.0, "AA", Some(1550.0)),
+        ];
+        let table = result_table(&spec, &run(&spec, &rows));
+        assert_eq!(&table.rows[0][..3], [json!(-60.0), json!(1500.0), json!(30.0)]);
+        let reading = |column: usize| {
+            let a = table.approximate.iter().find(|a| a.column == column).unwrap();
+            assert_eq!(a.bounds, (-60.0, 1500.0));
+            a.readings[0].unwrap()
+        };
+        assert_eq!(reading(0), Reading { bin_width: Some(100.0), clamped: true });
+        assert_eq!(reading(1), Reading { bin_width: Some(1540.0), clamped: true });
+        assert_eq!(reading(2), Reading { bin_width: Some(60.0), clamped: false });
+        assert_eq!(table.approximate.len(), 3, "a histogram's bins are counts, not readings");
+        let note = |header: &str| {
+            table.notes.iter().find(|n| n.starts_with(header)).cloned().unwrap_or_default()
+        };
+        assert!(note("med").contains("approximate") && note("med").contains("bin width 60"));
+        assert!(
+            note("lo").contains("[-60, 1500]") && note("lo").contains("1 of 1"),
+            "{:?}",
+            table.notes
+        );
+        // A value beyond the histogram's edges is read as the outer edge, without a width.
+        let table = result_table(&spec, &run(&spec, &[(1.0, "AA", Some(2000.0))]));
+        assert_eq!(table.rows[0][1], json!(1500.0));
+        assert_eq!(
+            table.approximate[1].readings[0],
+            Some(Reading { bin_width: None, clamped: true })
+        );
+        assert!(note("hi").is_empty() || table.notes.iter().any(|n| n.contains("beyond it")));
+        // The default histogram's readings carry its width.
+        let spec = plan("SELECT MEDIAN(dep_delay) FROM flights").unwrap();
+        let table = result_table(&spec, &run(&spec, &rows));
+        assert!(table.notes[0].contains("bin width 15.6"), "{:?}", table.notes);
+    }
+
+    /// Requirement 4: a lone HISTOGRAM has its row, with its edges and the values outside
+    /// them; withheld by a k-threshold, a note says why.
+    #[test]
+    fn a_lone_histogram_has_its_row_with_its_edges_and_outer_slots() {
+        let rows = [
+            (1.0, "AA", Some(-5.0)),
+            (1.0, "AA", Some(3.0)),
+            (1.0, "AA", Some(4.0)),
+            (1.0, "AA", Some(20.0)),
+            (1.0, "AA", Some(-200.0)),
+        ];
+        let sql = "SELECT HISTOGRAM(dep_delay, -100, 0, 15) FROM flights";
+        let spec = plan(sql).unwrap();
+        let table = result_table(&spec, &run(&spec, &rows));
+        assert_eq!(table.headers, ["histogram(dep_delay, -100, 0, 15)"]);
+        assert_eq!(table.rows, [[json!([1, 2])]]);
+        assert_eq!(
+            table.histograms,
+            [HistogramOutput {
+                column: 0,
+                edges: vec![-100.0, 0.0, 15.0],
+                below: vec![Some(1)],
+                above: vec![Some(1)],
+            }]
+        );
+        let options = SqlOptions { k_threshold: Some(2), ..SqlOptions::default() };
+        let spec = plan_sql(sql, &[catalog()], &options).unwrap();
+        let table = result_table(&spec, &run(&spec, &rows));
+        assert_eq!(table.rows, [[Json::Null]]);
+        assert!(table.notes.iter().any(|n| n.contains("withheld")), "{:?}", table.notes);
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tonic::transport::Channel;
 use veil_analytics::Answer;
+use veil_analytics::sql::{HistogramOutput, Table};
 use veil_proto::client::ConsumerFile;
 use veil_proto::submission::Signer;
 use veil_proto::v1::admin_client::AdminClient;
@@ -331,8 +332,14 @@ fn print_training(answer: &serde_json::Value) {
 
 /// A readable table of a column-aggregate answer.
 pub(crate) fn print_answer(a: &Answer) {
-    println!(
-        "dataset {:?}: {} rows from parties {:?}{}",
+    print!("{}", answer_text(a));
+}
+
+/// [`print_answer`]'s text: a line per column (per group, for a grouped job), with the 95%
+/// intervals of the noise of a differentially private answer.
+fn answer_text(a: &Answer) -> String {
+    let mut out = format!(
+        "dataset {:?}: {} rows from parties {:?}{}\n",
         a.dataset,
         a.rows,
         a.contributors,
@@ -342,46 +349,156 @@ pub(crate) fn print_answer(a: &Answer) {
             format!(" (dropped out: {:?})", a.dropped)
         }
     );
-    println!(
-        "{:<20} {:>10} {:>16} {:>14} {:>14} {:>9}",
-        "column", "count", "sum", "mean", "std dev", "clipped"
-    );
-    for c in &a.columns {
-        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-        println!(
-            "{:<20} {:>10} {:>16.4} {:>14} {:>14} {:>9}",
-            c.name,
-            c.count,
-            c.sum,
-            opt(c.mean),
-            opt(c.std_dev),
-            c.clipped_below + c.clipped_above
-        );
-        if let Some(h) = &c.histogram {
-            let count = |n: Option<u64>| n.map_or("suppressed".to_string(), |n| n.to_string());
-            let bins: Vec<String> = h
-                .counts
-                .iter()
-                .enumerate()
-                .map(|(i, n)| {
-                    format!(
-                        "[{}, {}{}: {}",
-                        h.edges[i],
-                        h.edges[i + 1],
-                        if i + 2 == h.edges.len() { "]" } else { ")" },
-                        count(*n)
-                    )
-                })
-                .collect();
-            println!(
-                "{:<20} below {}; {}; above {}",
-                "  histogram",
-                count(h.below),
-                bins.join("; "),
-                count(h.above)
-            );
+    let grouped = !a.groups.is_empty();
+    let mut headers: Vec<String> = Vec::new();
+    if grouped {
+        headers.extend(["group".to_string(), "rows".to_string()]);
+    }
+    headers.extend(["column", "count", "sum", "mean", "std dev", "clipped"].map(String::from));
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut histograms: Vec<String> = Vec::new();
+    let private = a.privacy.is_some();
+    let sections: Vec<(Option<String>, Option<u64>, &[veil_analytics::ColumnAnswer])> = if grouped {
+        a.groups.iter().map(|g| (Some(g.key.join(", ")), g.rows, g.columns.as_slice())).collect()
+    } else {
+        vec![(None, Some(a.rows), a.columns.as_slice())]
+    };
+    for (key, group_rows, columns) in sections {
+        let lead = |row: &mut Vec<String>| {
+            if let Some(k) = &key {
+                let count = group_rows.map_or("suppressed".to_string(), |n| {
+                    let ci = a.privacy.map(|p| 1.96 * p.count_sd(a.contributors.len()));
+                    with_ci(n.to_string(), ci, private)
+                });
+                row.extend([k.clone(), count]);
+            }
+        };
+        if columns.is_empty() && grouped {
+            let mut row = Vec::new();
+            lead(&mut row);
+            row.resize(headers.len(), String::new());
+            rows.push(row);
+        }
+        for c in columns {
+            let mut row = Vec::new();
+            lead(&mut row);
+            if c.suppressed {
+                row.push(c.name.clone());
+                row.push("withheld (k-threshold)".to_string());
+                row.resize(headers.len(), String::new());
+                rows.push(row);
+                continue;
+            }
+            let noise = c.noise.as_ref();
+            let opt = |v: Option<f64>, ci: Option<f64>| {
+                v.map_or("-".to_string(), |v| with_ci(format!("{v:.4}"), ci, private))
+            };
+            row.extend([
+                c.name.clone(),
+                with_ci(c.count.to_string(), noise.map(|n| n.count_ci95), private),
+                with_ci(format!("{:.4}", c.sum), noise.map(|n| n.sum_ci95), private),
+                opt(c.mean, noise.and_then(|n| n.mean_bound_ci95(c))),
+                opt(c.std_dev, None),
+                // Two noisy counters: their noise adds.
+                with_ci(
+                    (c.clipped_below + c.clipped_above).to_string(),
+                    noise.map(|n| n.count_ci95 * std::f64::consts::SQRT_2),
+                    private,
+                ),
+            ]);
+            rows.push(row);
+            if let Some(h) = &c.histogram {
+                let count = |n: Option<u64>| n.map_or("suppressed".to_string(), |n| n.to_string());
+                let bins: Vec<String> = h
+                    .counts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        format!(
+                            "[{}, {}{}: {}",
+                            h.edges[i],
+                            h.edges[i + 1],
+                            if i + 2 == h.edges.len() { "]" } else { ")" },
+                            count(*n)
+                        )
+                    })
+                    .collect();
+                let per_slot = noise.map_or(String::new(), |n| {
+                    format!(" (± {} per slot)", significant(n.histogram_bin_ci95))
+                });
+                let whose = key.as_ref().map_or(String::new(), |k| format!(" of {k}"));
+                histograms.push(format!(
+                    "  histogram of {}{whose}: below {}; {}; above {}{per_slot}",
+                    c.name,
+                    count(h.below),
+                    bins.join("; "),
+                    count(h.above)
+                ));
+            }
         }
     }
+    out += &aligned(&headers, &rows);
+    for h in histograms {
+        out += &h;
+        out.push('\n');
+    }
+    if let Some(p) = a.privacy {
+        out += &privacy_line(&p);
+        out += "±: half-width of a 95% interval of the noise (count, sum, clipped, histogram \
+                slots: 1.96 standard deviations; mean: a conservative bound); ±?: none can be \
+                stated\n";
+    }
+    out
+}
+
+/// `value ± half-width`; under differential privacy a value without one is `value ±?`.
+fn with_ci(value: String, ci95: Option<f64>, private: bool) -> String {
+    match ci95 {
+        Some(h) => format!("{value} ± {}", significant(h)),
+        None if private => format!("{value} ±?"),
+        None => value,
+    }
+}
+
+/// `x` to three significant digits (a half-width: more would be noise).
+fn significant(x: f64) -> String {
+    if !x.is_finite() || x == 0.0 {
+        return format!("{x}");
+    }
+    let decimals = (2 - x.abs().log10().floor() as i32).max(0) as usize;
+    format!("{x:.decimals$}")
+}
+
+/// Rows under their headings, right-aligned in columns.
+fn aligned(headers: &[String], rows: &[Vec<String>]) -> String {
+    let width = |s: &String| s.chars().count();
+    let widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            rows.iter().map(|r| r.get(i).map_or(0, width)).max().unwrap_or(0).max(width(h))
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let cells: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{}{c}", " ".repeat(w.saturating_sub(width(c)))))
+            .collect();
+        cells.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers);
+    for r in rows {
+        out += &line(r);
+    }
+    out
+}
+
+fn privacy_line(p: &veil_analytics::DpCalibration) -> String {
+    format!(
+        "differentially private: ρ = {} (ε = {:.3} at δ = {}), noise multiplier {:.3} over ≥ {} parties\n",
+        p.rho, p.epsilon, p.delta, p.multiplier, p.parties
+    )
 }
 
 pub(crate) async fn jobs(config: &Path, json: bool, plaintext: bool) -> Result<()> {
@@ -491,65 +608,140 @@ pub(crate) async fn query(
     let result =
         jobs.result(JobRef { job_id: last.job_id }).await.map_err(status_error)?.into_inner();
     if json {
-        let text =
-            if result.table_json.is_empty() { &result.answer_json } else { &result.table_json };
-        println!("{}", with_coverage(text, &result.coverage));
+        println!("{}", query_json(&result));
         return Ok(());
     }
     print_result(&result, false)
 }
 
-/// A SQL job's result table, and its privacy line.
+/// `veil query --json`: the result table (or, for a job without one, the answer), with the
+/// answer's privacy block and who it covers.
+fn query_json(result: &JobResult) -> String {
+    if result.table_json.is_empty() {
+        return with_coverage(&result.answer_json, &result.coverage);
+    }
+    let table = serde_json::from_str::<serde_json::Value>(&result.table_json);
+    let answer = serde_json::from_str::<serde_json::Value>(&result.answer_json);
+    let text = match (table, answer) {
+        // A coordinator that predates tables with a privacy block: take the answer's.
+        (Ok(serde_json::Value::Object(mut t)), Ok(a)) if !t.contains_key("privacy") => {
+            if let Some(p) = a.get("privacy").filter(|p| !p.is_null()) {
+                t.insert("privacy".into(), p.clone());
+            }
+            serde_json::Value::Object(t).to_string()
+        }
+        _ => result.table_json.clone(),
+    };
+    with_coverage(&text, &result.coverage)
+}
+
+/// A SQL job's result table, its privacy line and its notes.
 fn print_table(result: &JobResult) -> Result<()> {
-    let table: serde_json::Value =
+    print!("{}", table_text(result)?);
+    Ok(())
+}
+
+/// [`print_table`]'s text: values with the 95% half-widths of their noise (`±?` where none
+/// can be stated), histograms with their edges, readings off a histogram marked approximate
+/// (`≈` in the heading), then the privacy line and the table's notes.
+fn table_text(result: &JobResult) -> Result<String> {
+    let table: Table =
         serde_json::from_str(&result.table_json).context("the result has no table")?;
-    let headers: Vec<String> = table["headers"]
-        .as_array()
-        .map(|h| h.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect())
-        .unwrap_or_default();
-    let cell = |v: &serde_json::Value| match v {
-        serde_json::Value::Null => "—".to_string(),
-        serde_json::Value::Number(n) => n.as_f64().map_or(n.to_string(), |f| {
+    let privacy = table.privacy.or_else(|| {
+        serde_json::from_str::<Answer>(&result.answer_json).ok().and_then(|a| a.privacy)
+    });
+    let number = |n: &serde_json::Number| {
+        n.as_f64().map_or(n.to_string(), |f| {
             if f.fract() == 0.0 && f.abs() < 1e15 {
                 format!("{}", f as i64)
             } else {
                 format!("{f:.4}")
             }
-        }),
+        })
+    };
+    let plain = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "—".to_string(),
+        serde_json::Value::Number(n) => number(n),
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let rows: Vec<Vec<String>> = table["rows"]
-        .as_array()
-        .map(|r| {
-            r.iter()
-                .map(|row| row.as_array().map(|c| c.iter().map(cell).collect()).unwrap_or_default())
-                .collect()
-        })
-        .unwrap_or_default();
-    let widths: Vec<usize> = headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            rows.iter().map(|r| r.get(i).map_or(0, String::len)).max().unwrap_or(0).max(h.len())
-        })
-        .collect();
-    let line = |cells: &[String]| {
-        cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect::<Vec<_>>().join("  ")
-    };
-    println!("{}", line(&headers));
-    for r in &rows {
-        println!("{}", line(r));
-    }
-    if let Ok(answer) = serde_json::from_str::<Answer>(&result.answer_json) {
-        if let Some(p) = answer.privacy {
-            println!(
-                "differentially private: ρ = {} (ε = {:.3} at δ = {}), noise multiplier {:.3} over ≥ {} parties",
-                p.rho, p.epsilon, p.delta, p.multiplier, p.parties
-            );
+    let mut headers = table.headers.clone();
+    for a in &table.approximate {
+        if let Some(h) = headers.get_mut(a.column) {
+            h.push_str(" ≈");
         }
     }
-    Ok(())
+    let mut marked = false;
+    let rows: Vec<Vec<String>> = table
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(r, row)| {
+            row.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let ci = table.ci95.as_ref().and_then(|c| c.get(r)?.get(i).copied().flatten());
+                    let noisy = privacy.is_some()
+                        && matches!(v, serde_json::Value::Number(_) | serde_json::Value::Array(_));
+                    let mut text = match (v, table.histograms.iter().find(|h| h.column == i)) {
+                        (serde_json::Value::Array(counts), Some(h)) => {
+                            histogram_cell(counts, h, r, &plain)
+                        }
+                        _ => plain(v),
+                    };
+                    let reading = table
+                        .approximate
+                        .iter()
+                        .find(|a| a.column == i)
+                        .and_then(|a| a.readings.get(r).copied().flatten());
+                    if reading.is_some_and(|x| x.clamped || x.bin_width.is_none()) {
+                        text.push('*');
+                        marked = true;
+                    }
+                    match (noisy, v.is_array()) {
+                        (false, _) => text,
+                        (true, true) => match ci {
+                            Some(h) => format!("{text} (± {} per bin)", significant(h)),
+                            None => format!("{text} (±?)"),
+                        },
+                        (true, false) => with_ci(text, ci, true),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let mut out = aligned(&headers, &rows);
+    if marked {
+        out += "*: read beyond the declared bounds or the histogram's edges, shown at the nearer one\n";
+    }
+    if let Some(p) = privacy {
+        out += &privacy_line(&p);
+    }
+    for n in &table.notes {
+        out += &format!("note: {n}\n");
+    }
+    Ok(out)
+}
+
+/// A histogram cell: each bin's count under its edges, and the slots outside them.
+fn histogram_cell(
+    counts: &[serde_json::Value],
+    h: &HistogramOutput,
+    row: usize,
+    plain: &dyn Fn(&serde_json::Value) -> String,
+) -> String {
+    let slot = |n: Option<Option<u64>>| n.flatten().map_or("—".to_string(), |n| n.to_string());
+    let (Some(first), Some(last)) = (h.edges.first(), h.edges.last()) else {
+        return serde_json::Value::Array(counts.to_vec()).to_string();
+    };
+    let mut parts = vec![format!("<{first}: {}", slot(h.below.get(row).copied()))];
+    for (i, n) in counts.iter().enumerate() {
+        let (Some(lo), Some(hi)) = (h.edges.get(i), h.edges.get(i + 1)) else { break };
+        let close = if i + 2 == h.edges.len() { "]" } else { ")" };
+        parts.push(format!("[{lo}, {hi}{close}: {}", plain(n)));
+    }
+    parts.push(format!(">{last}: {}", slot(h.above.get(row).copied())));
+    parts.join(" | ")
 }
 
 #[cfg(test)]
@@ -566,5 +758,200 @@ mod tests {
         assert!(status_error(mismatch).to_string().contains("disagree on TLS"));
         let plain = tonic::Status::not_found("no job abc");
         assert_eq!(status_error(plain).to_string(), "not found: no job abc");
+    }
+
+    /// Runs `sql` with `options` over one party's rows `(carrier, delay)` and returns the result
+    /// as the coordinator sends it.
+    fn query_result(
+        sql: &str,
+        options: veil_analytics::sql::SqlOptions,
+        rows: &[(Option<&str>, Option<f64>)],
+    ) -> JobResult {
+        use veil_analytics::{ColumnInfo, ColumnType, DatasetCatalog, DatasetSchema, Plan, Value};
+        let catalog = DatasetCatalog {
+            name: "flights".into(),
+            columns: vec![
+                ColumnInfo {
+                    name: "carrier".into(),
+                    ty: ColumnType::String,
+                    bounds: None,
+                    domain: Some(vec!["AA".into(), "UA".into()]),
+                },
+                ColumnInfo {
+                    name: "delay".into(),
+                    ty: ColumnType::Float,
+                    bounds: Some((-60.0, 1500.0)),
+                    domain: None,
+                },
+            ],
+        };
+        let spec = veil_analytics::sql::plan_sql(sql, &[catalog], &options).unwrap();
+        let schema = DatasetSchema {
+            name: "flights".into(),
+            columns: vec![
+                ("carrier".into(), ColumnType::String),
+                ("delay".into(), ColumnType::Float),
+            ],
+        };
+        let plan = Plan::new(&spec, &schema).unwrap();
+        let mut agg = plan.aggregate([3; 32]);
+        for (carrier, delay) in rows {
+            let row = [
+                carrier.map_or(Value::Null, Value::Text),
+                delay.map_or(Value::Null, Value::Number),
+            ];
+            agg.push_row(&row).unwrap();
+        }
+        let answer = plan.answer(&agg.finish(), vec![1], vec![]).unwrap();
+        JobResult {
+            job_id: "j".into(),
+            answer_json: serde_json::to_string(&answer).unwrap(),
+            table_json: serde_json::to_string(&veil_analytics::sql::result_table(&spec, &answer))
+                .unwrap(),
+            ..JobResult::default()
+        }
+    }
+
+    fn private() -> veil_analytics::sql::SqlOptions {
+        veil_analytics::sql::SqlOptions { rho: Some(1.0), min_parties: 1, ..Default::default() }
+    }
+
+    fn delays() -> Vec<(Option<&'static str>, Option<f64>)> {
+        (0..40).map(|i| (Some(if i % 2 == 0 { "AA" } else { "UA" }), Some(f64::from(i)))).collect()
+    }
+
+    /// Requirement 2: `veil query` prints each released noisy value with the 95% half-width of
+    /// its noise, `±?` where none can be stated, also for a counts-only query.
+    #[test]
+    fn dp_query_tables_print_95_percent_intervals() {
+        let result = query_result(
+            "SELECT carrier, COUNT(*) AS n FROM flights GROUP BY carrier",
+            private(),
+            &delays(),
+        );
+        let text = table_text(&result).unwrap();
+        let aa = text.lines().find(|l| l.trim_start().starts_with("AA")).unwrap();
+        // One contributor, ρ = 1, one element a row: σ² = ⌈1/2⌉ = 1.
+        assert!(aa.contains(" ± 1.96"), "{text}");
+        assert!(text.contains("differentially private: ρ = 1"), "{text}");
+        assert!(text.contains("note: ± is the half-width of a 95% interval"), "{text}");
+        let result = query_result(
+            "SELECT COUNT(*), SUM(delay), AVG(delay), VAR(delay) FROM flights",
+            private(),
+            &delays(),
+        );
+        let text = table_text(&result).unwrap();
+        let row: Vec<&str> =
+            text.lines().nth(1).unwrap().split("  ").filter(|c| !c.is_empty()).collect();
+        assert_eq!(row.len(), 4, "{text}");
+        assert!(row[..3].iter().all(|c| c.contains(" ± ")), "{text}");
+        assert!(row[3].ends_with(" ±?"), "{text}");
+        // An exact answer has neither.
+        let exact =
+            query_result("SELECT COUNT(*), VAR(delay) FROM flights", Default::default(), &delays());
+        let text = table_text(&exact).unwrap();
+        assert!(!text.contains('±') && !text.contains("differentially"), "{text}");
+    }
+
+    /// Requirement 2: `veil query --json` carries the answer's privacy block and the intervals,
+    /// also from a coordinator whose table lacks the privacy block.
+    #[test]
+    fn query_json_carries_the_privacy_block_and_intervals() {
+        let mut result = query_result("SELECT COUNT(*) FROM flights", private(), &delays());
+        let json: serde_json::Value = serde_json::from_str(&query_json(&result)).unwrap();
+        assert_eq!(json["privacy"]["rho"], 1.0);
+        assert!(json["ci95"][0][0].as_f64().is_some_and(|h| h > 1.0), "{json}");
+        let mut old: serde_json::Value = serde_json::from_str(&result.table_json).unwrap();
+        old.as_object_mut().unwrap().remove("privacy");
+        result.table_json = old.to_string();
+        let json: serde_json::Value = serde_json::from_str(&query_json(&result)).unwrap();
+        assert_eq!(json["privacy"]["rho"], 1.0);
+        let exact = query_result("SELECT COUNT(*) FROM flights", Default::default(), &delays());
+        let json: serde_json::Value = serde_json::from_str(&query_json(&exact)).unwrap();
+        assert!(json.get("privacy").is_none() && json.get("ci95").is_none(), "{json}");
+    }
+
+    /// Requirement 3: readings off a histogram are marked approximate with their bin width,
+    /// and a reading beyond the bounds is marked and shown at the bound.
+    #[test]
+    fn approximate_readings_print_marked_with_their_resolution() {
+        let mut rows = delays();
+        rows.push((Some("AA"), Some(4000.0)));
+        let result = query_result(
+            "SELECT MEDIAN(delay) AS med, MAX(delay) AS hi FROM flights",
+            Default::default(),
+            &rows,
+        );
+        let text = table_text(&result).unwrap();
+        let mut lines = text.lines();
+        let header = lines.next().unwrap();
+        assert!(header.contains("med ≈") && header.contains("hi ≈"), "{text}");
+        assert!(lines.next().unwrap().trim_end().ends_with("1500*"), "{text}");
+        assert!(
+            text.contains("note: med is approximate") && text.contains("bin width 15.6"),
+            "{text}"
+        );
+        assert!(text.contains("[-60, 1500]"), "{text}");
+    }
+
+    /// Requirement 4: a lone HISTOGRAM prints its row, each bin under its edges, and the
+    /// values outside them; under differential privacy with the per-bin interval.
+    #[test]
+    fn a_lone_histogram_prints_its_row() {
+        let rows = [
+            (Some("AA"), Some(-200.0)),
+            (Some("AA"), Some(-5.0)),
+            (Some("UA"), Some(3.0)),
+            (Some("UA"), Some(20.0)),
+        ];
+        let sql = "SELECT HISTOGRAM(delay, -100, 0, 15) FROM flights";
+        let text = table_text(&query_result(sql, Default::default(), &rows)).unwrap();
+        let row = text.lines().nth(1).unwrap();
+        assert_eq!(row.trim(), "<-100: 1 | [-100, 0): 1 | [0, 15]: 1 | >15: 1", "{text}");
+        let text = table_text(&query_result(sql, private(), &rows)).unwrap();
+        assert!(text.lines().nth(1).unwrap().contains("per bin)"), "{text}");
+    }
+
+    /// Requirement 1: rows without a carrier print as a `(null)` group of their own.
+    #[test]
+    fn a_null_group_prints_as_its_own_row() {
+        let rows = [(Some("AA"), None), (None, None), (None, None), (Some("ZZ"), None)];
+        let result = query_result(
+            "SELECT carrier, COUNT(*) AS n FROM flights GROUP BY carrier",
+            Default::default(),
+            &rows,
+        );
+        let text = table_text(&result).unwrap();
+        let cells = |key: &str| -> Vec<String> {
+            let line = text.lines().find(|l| l.trim_start().starts_with(key)).unwrap();
+            line.split_whitespace().map(String::from).collect()
+        };
+        assert_eq!(cells("(null)"), ["(null)", "2", "false"], "{text}");
+        assert_eq!(cells("(other)"), ["(other)", "1", "false"], "{text}");
+    }
+
+    /// Requirement 2 for column jobs: `veil submit` prints the noise intervals of a private
+    /// answer, `±?` for the standard deviation, and the privacy line.
+    #[test]
+    fn column_answers_print_their_noise_intervals() {
+        let result =
+            query_result("SELECT AVG(delay), STDDEV(delay) FROM flights", private(), &delays());
+        let answer: Answer = serde_json::from_str(&result.answer_json).unwrap();
+        let text = answer_text(&answer);
+        let row = text.lines().find(|l| l.trim_start().starts_with("delay")).unwrap();
+        assert_eq!(row.matches(" ± ").count(), 4, "count, sum, mean and clipped: {text}");
+        assert_eq!(row.matches(" ±?").count(), 1, "the standard deviation: {text}");
+        assert!(text.contains("differentially private: ρ = 1"), "{text}");
+        let exact = query_result("SELECT AVG(delay) FROM flights", Default::default(), &delays());
+        let text = answer_text(&serde_json::from_str(&exact.answer_json).unwrap());
+        assert!(!text.contains('±'), "{text}");
+        // A grouped job prints a line per group.
+        let grouped = query_result(
+            "SELECT carrier, AVG(delay) FROM flights GROUP BY carrier",
+            Default::default(),
+            &delays(),
+        );
+        let text = answer_text(&serde_json::from_str(&grouped.answer_json).unwrap());
+        assert!(text.lines().any(|l| l.trim_start().starts_with("(null)")), "{text}");
     }
 }

@@ -7,6 +7,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use veil_analytics::Job;
+use veil_governance::quota::{self, Quota, WINDOW_MS};
 use veil_proto::roster::{Member, RosterFile};
 use veil_proto::submission;
 use veil_proto::v1::jobs_server::Jobs;
@@ -14,9 +15,6 @@ use veil_proto::v1::{
     JobList, JobRef, JobResult, JobStatus, ListJobsRequest, Outcome as WireOutcome, PartyOutcome,
     PlanRequest, PlannedJob, ReceiptList, SubmitRequest,
 };
-
-/// The quota window.
-const DAY_MS: i64 = 86_400_000;
 
 use crate::offer::Outcome;
 use crate::store::{JobRecord, JobState};
@@ -135,6 +133,10 @@ fn check_size(spec: &str) -> Result<(), Status> {
     Ok(())
 }
 
+fn exhausted(e: veil_governance::quota::QuotaExceeded) -> Status {
+    Status::resource_exhausted(e.to_string())
+}
+
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
@@ -197,13 +199,11 @@ impl Jobs for JobsApi {
             )));
         }
         let now = now_ms();
-        if let Some(limit) = self.shared.roster.consumer(&consumer).and_then(|c| c.jobs_per_day) {
-            let used = self.shared.store.jobs_since(&consumer, now - DAY_MS).map_err(internal)?;
-            if used >= u64::from(limit) {
-                return Err(Status::resource_exhausted(format!(
-                    "quota: {consumer} may submit {limit} jobs per 24 hours and has submitted {used}"
-                )));
-            }
+        let limit = self.shared.roster.consumer(&consumer).and_then(|c| c.jobs_per_day);
+        if limit.is_some() {
+            let used =
+                self.shared.store.jobs_since(&consumer, now - WINDOW_MS).map_err(internal)?;
+            quota::check(Quota::Jobs, &consumer, limit, used).map_err(exhausted)?;
         }
         let record = JobRecord {
             id,
@@ -310,16 +310,11 @@ impl Jobs for JobsApi {
         let caller = self.consumer(&request)?;
         let job = self.visible_job(&caller, &request.into_inner().job_id)?;
         let now = now_ms();
-        if let Some(limit) = self.shared.roster.consumer(&caller.0).and_then(|c| c.fetches_per_day)
-        {
-            let used =
-                self.shared.store.fetches_since(&caller.0, now - DAY_MS).map_err(internal)?;
-            if used >= u64::from(limit) {
-                return Err(Status::resource_exhausted(format!(
-                    "quota: {} may fetch {limit} results per 24 hours and has fetched {used}",
-                    caller.0
-                )));
-            }
+        let limit = self.shared.roster.consumer(&caller.0).and_then(|c| c.fetches_per_day);
+        if limit.is_some() {
+            let since = now - WINDOW_MS;
+            let used = self.shared.store.fetches_since(&caller.0, since).map_err(internal)?;
+            quota::check(Quota::Fetches, &caller.0, limit, used).map_err(exhausted)?;
         }
         let result = self.shared.store.result(&job.id).map_err(internal)?.ok_or_else(|| {
             Status::failed_precondition(format!(

@@ -9,12 +9,14 @@
 //!   reservation is atomic and never refunded.
 //! - [`decision`]: a party's signed answer to an offer, and the three kinds of no.
 //! - [`audit`]: the append-only, hash-chained, signed log and its verification.
+//! - [`quota`]: consumers' job and fetch quotas over a 24-hour window.
 //! - [`receipt`]: release receipts and result fingerprints.
 
 pub mod audit;
 pub mod budget;
 pub mod decision;
 pub mod policy;
+pub mod quota;
 pub mod receipt;
 pub mod scan;
 

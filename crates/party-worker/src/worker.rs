@@ -31,8 +31,7 @@ use veil_proto::v1::{
     Decline as WireDecline, Hello, PartyEnvelope, RoundPayload, RoundStart, TaskOffer, TaskReply,
 };
 use veil_protocol::{
-    CoordinatorMessage, IdentityKey, Party, PartyId, PartyStatus, RoundConfig, RoundKeys,
-    SessionId, Stage,
+    CoordinatorMessage, IdentityKey, Party, PartyStatus, RoundConfig, RoundKeys, SessionId, Stage,
 };
 use zeroize::Zeroizing;
 
@@ -489,7 +488,7 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
     });
     let head = head.map(|h| h.signed(&job_id, &state.signing));
     let (kind, rule, reason) = decline_fields(decline.as_ref());
-    TaskReply {
+    let mut reply = TaskReply {
         job_id,
         accept: decline.is_none(),
         decline: kind,
@@ -498,13 +497,19 @@ fn decide(config: &PartyConfig, state: &mut State, prepared: Prepared) -> TaskRe
         job_hash,
         signature: signature.to_bytes().to_vec(),
         dataset_sha256,
-        next_step,
         advertise,
         min_cohort,
         head_seq: head.as_ref().map_or(0, |h| h.seq),
         head_signature: head.as_ref().and_then(|h| h.signature.clone()).unwrap_or_default(),
         head_hash: head.map(|h| h.hash).unwrap_or_default(),
+        ..TaskReply::default()
+    };
+    // The store counts a training job's steps in the order `Step::code` gives them.
+    if next_step > 0 {
+        let next = Step::from_code(u32::try_from(next_step).unwrap_or(u32::MAX));
+        veil_proto::round::set_next_step(&mut reply, next);
     }
+    reply
 }
 
 /// A decline's wire fields: its kind, its rule (for a policy refusal) and its message.
@@ -540,13 +545,7 @@ async fn leave_step(
         reason,
         job_hash: job_hash.to_string(),
         signature: signature.to_bytes().to_vec(),
-        dataset_sha256: String::new(),
-        next_step: 0,
-        advertise: Vec::new(),
-        min_cohort: 0,
-        head_seq: 0,
-        head_hash: String::new(),
-        head_signature: String::new(),
+        ..TaskReply::default()
     };
     leave(config, state, job_id, &decline);
     send(tx, Body::Reply(reply)).await
@@ -1014,21 +1013,14 @@ async fn join_round(
         tracing::warn!(party = %config.name, job = %job_id, "internal: a job hash that is not 32 bytes of hex; leaving the job");
         return Ok(false);
     }
-    let round = RoundConfig {
-        session: SessionId(session),
-        parties: start.parties.iter().map(|p| PartyId(*p)).collect(),
-        threshold: start.threshold as usize,
-        neighbours: start.neighbours as usize,
-        max_corrupt: start.max_corrupt as usize,
-        min_cohort: start.min_cohort as usize,
-        vector_len: start.vector_len as usize,
-        context,
-        stage_timeout: Duration::from_secs(30),
-    };
-    let params = match round.validate() {
-        Ok(p) => Arc::new(p),
-        Err(e) => {
+    let params = match veil_proto::round::config(&start, context).map(RoundConfig::validate) {
+        Ok(Ok(p)) => Arc::new(p),
+        Ok(Err(e)) => {
             tracing::warn!(party = %config.name, job = %job_id, error = %e, "unsafe round parameters; leaving the job");
+            return Ok(false);
+        }
+        Err(e) => {
+            tracing::warn!(party = %config.name, job = %job_id, error = %e, "an unreadable round start; leaving the job");
             return Ok(false);
         }
     };
@@ -1163,7 +1155,11 @@ fn check_step(
     let job = &slot.job;
     let spec = &job.spec;
     let kind = |m: String| Decline::Fault(format!("training step refused: {m}"));
-    let step = Step::from_code(start.step);
+    let step = match veil_proto::round::step(start) {
+        Ok(Some(step)) => step,
+        Ok(None) => return Err(kind("the round start names no step of the job".into())),
+        Err(e) => return Err(kind(e.to_string())),
+    };
     let rounds = spec.rounds_to_run().map_err(|e| kind(e.to_string()))?;
     match step {
         Step::Moments if !spec.standardize || spec.standardizes_by_bounds() => {

@@ -9,11 +9,13 @@
 //! - [`roster`]: the consortium file: parties (identity keys, certificate fingerprints),
 //!   consumers, and conversion to the protocol's [`veil_protocol::Roster`].
 //! - [`tls`]: loading certificates and keys, fingerprints, tonic TLS configuration.
+//! - [`round`]: a round's parameters and a training job's steps on the wire, both ways.
 //! - [`client`]: the consumer's configuration file and connecting to the coordinator.
 //! - [`submission`]: jobs signed by their consumer, which parties verify against the roster.
 
 pub mod client;
 pub mod roster;
+pub mod round;
 pub mod submission;
 pub mod tls;
 

@@ -670,7 +670,6 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
             signature: identity.sign(&statement).to_bytes().to_vec(),
             job_hash,
             dataset_sha256: String::new(),
-            next_step: 0,
             advertise,
             min_cohort: 0,
             head_seq: 0,
@@ -836,7 +835,11 @@ async fn sql_group_by_carrier_equals_the_pooled_rows() {
     assert_eq!(status.state, "succeeded", "{status:?}");
     let result = result.unwrap();
     let a = answer(&result.answer_json);
-    assert_eq!(a.groups.len(), CARRIERS.len() + 1, "one group per declared carrier and (other)");
+    assert_eq!(
+        a.groups.len(),
+        CARRIERS.len() + 2,
+        "one group per declared carrier, (other) and (null)"
+    );
 
     // The pooled rows, straight from the files.
     #[derive(Default)]

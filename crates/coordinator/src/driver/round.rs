@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::Status;
 use veil_governance::audit::Event;
-use veil_proto::v1::{CoordinatorEnvelope, RoundPayload, RoundStart, coordinator_envelope::Body};
+use veil_proto::v1::{CoordinatorEnvelope, RoundPayload, coordinator_envelope::Body};
 use veil_protocol::{
     Aggregate, Coordinator, CoordinatorEvent, Error as ProtocolError, PartyId, PartyMessage,
     RoundConfig, SessionId,
@@ -85,7 +85,7 @@ async fn secure_round(
     };
     // A training step's progress is its round's report, not the protocol's stages.
     let report_stages = training.is_none();
-    let template = training.as_ref().map(|t| t.start.clone()).unwrap_or_default();
+    let step = training.as_ref().map(|t| t.step.clone());
     let (session, adverts) = match ahead {
         Some(a) => (a.session, a.adverts),
         None => (new_session(&record.id), BTreeMap::new()),
@@ -105,18 +105,10 @@ async fn secure_round(
     // loop) are gone from the round's start rather than at its first deadline.
     let mut unreachable = Vec::new();
     for &p in parties {
-        let start = RoundStart {
-            job_id: record.id.clone(),
-            session: session.to_vec(),
-            parties: parties.iter().map(|p| p.0).collect(),
-            threshold: params.threshold() as u32,
-            neighbours: params.neighbours() as u32,
-            min_cohort: params.min_cohort() as u32,
-            max_corrupt: params.max_corrupt() as u32,
-            vector_len: vector_len as u32,
-            plain: false,
-            ..template.clone()
-        };
+        let mut start = veil_proto::round::start(&record.id, &params);
+        if let Some(fields) = &step {
+            fields.apply(&mut start);
+        }
         if !shared.send(p, CoordinatorEnvelope { body: Some(Body::Start(start)) }).await {
             unreachable.push(p);
         }
@@ -215,19 +207,12 @@ async fn plain_round(
     inbox: &mut mpsc::UnboundedReceiver<JobInput>,
     mut training: Option<&mut TrainingRound>,
 ) -> Result<Aggregate, End> {
-    let template = training.as_ref().map(|t| t.start.clone()).unwrap_or_default();
+    let step = training.as_ref().map(|t| t.step.clone());
     for &p in parties {
-        let start = RoundStart {
-            job_id: record.id.clone(),
-            session: Vec::new(),
-            parties: parties.iter().map(|p| p.0).collect(),
-            threshold: 0,
-            neighbours: 0,
-            min_cohort: 0,
-            vector_len: vector_len as u32,
-            plain: true,
-            ..template.clone()
-        };
+        let mut start = veil_proto::round::plain_start(&record.id, parties, vector_len);
+        if let Some(fields) = &step {
+            fields.apply(&mut start);
+        }
         shared.send(p, CoordinatorEnvelope { body: Some(Body::Start(start)) }).await;
     }
     let mut waiting: BTreeSet<PartyId> = parties.iter().copied().collect();

@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use veil_learning::job::{RoundReport, Step, TrainSpec, Training};
 use veil_learning::train::Standardizer;
-use veil_proto::v1::{CoordinatorEnvelope, RoundStart, TaskOffer, coordinator_envelope::Body};
+use veil_proto::round::StepFields;
+use veil_proto::v1::{CoordinatorEnvelope, TaskOffer, coordinator_envelope::Body};
 use veil_protocol::{Aggregate, PartyId};
 
 use super::round::{RoundOf, run_round};
@@ -20,7 +21,7 @@ use crate::{JobInput, Shared, now_ms};
 /// A training step's round: the round start's training fields, why parties left it, and the
 /// parties that accepted the job again during it.
 pub(super) struct TrainingRound {
-    pub(super) start: RoundStart,
+    pub(super) step: StepFields,
     /// Signed reasons of parties that left the step.
     pub(super) left: BTreeMap<PartyId, String>,
     /// Parties whose signed acceptance of the job, offered again, came during the step.
@@ -141,8 +142,8 @@ pub(super) async fn train(
             .collect();
         let standardizer =
             state.standardizer.clone().unwrap_or(Standardizer { mean: vec![], scale: vec![] });
-        let start = RoundStart {
-            step: step.code(),
+        let fields = StepFields {
+            step,
             parameters: if step == Step::Moments {
                 Vec::new()
             } else {
@@ -150,12 +151,11 @@ pub(super) async fn train(
             },
             mean: standardizer.mean,
             scale: standardizer.scale,
-            ..RoundStart::default()
         };
         let len = spec.vector_len(step).map_err(failed)?;
         let min = min.max(spec.min_parties as usize);
         let mut round = TrainingRound {
-            start,
+            step: fields,
             left: BTreeMap::new(),
             rejoined: Vec::new(),
             job_hash: job_hash.clone(),
