@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use veil_proto::v1::JobState;
 use veil_protocol::Stage;
 use veil_testkit::bench::{self, BenchConfig, BenchReport};
 
@@ -314,12 +315,12 @@ async fn rounds(parties: usize, dim: u32, repeat: usize) -> Result<()> {
             let mut last = None;
             let mut marks = Vec::new();
             while let Some(status) = stream.message().await? {
-                marks.push((phase(&status.state, &status.detail), start.elapsed()));
+                marks.push((phase(status.state().name(), &status.detail), start.elapsed()));
                 last = Some(status);
             }
             let last = last.context("the coordinator closed the watch without a status")?;
-            if last.state != "succeeded" {
-                bail!("benchmark job {}: {}", last.state, last.detail);
+            if last.state() != JobState::Succeeded {
+                bail!("benchmark job {}: {}", last.state().name(), last.detail);
             }
             jobs.result(JobRef { job_id: s.job_id }).await?;
             let elapsed = start.elapsed();
@@ -477,8 +478,8 @@ async fn query(repeat: usize) -> Result<()> {
         let start = Instant::now();
         let s = cluster.signer("analyst").submit(&mut jobs, &request).await?;
         let last = crate::client::follow(&mut jobs, &s.job_id, false).await?;
-        if last.state != "succeeded" {
-            bail!("benchmark query {}: {}", last.state, last.detail);
+        if last.state() != JobState::Succeeded {
+            bail!("benchmark query {}: {}", last.state().name(), last.detail);
         }
         jobs.result(JobRef { job_id: s.job_id.clone() }).await?;
         if i > 0 {

@@ -21,6 +21,7 @@ use veil_protocol::{PartyId, RoundConfig};
 use veil_testkit::{Consortium, Simulation, session};
 
 use crate::bench::ProcessCluster;
+use veil_proto::v1::JobState;
 
 fn load(path: &Path) -> Result<(Examples, Examples)> {
     let mut reader = csv::Reader::from_path(path).with_context(|| path.display().to_string())?;
@@ -178,7 +179,12 @@ async fn timed_job(cluster: &ProcessCluster, spec: &str) -> Result<JobTiming> {
         last = Some(status);
     }
     let last = last.context("no status")?;
-    anyhow::ensure!(last.state == "succeeded", "benchmark job {}: {}", last.state, last.detail);
+    anyhow::ensure!(
+        last.state() == JobState::Succeeded,
+        "benchmark job {}: {}",
+        last.state().name(),
+        last.detail
+    );
     let result = jobs.result(JobRef { job_id: s.job_id }).await?.into_inner();
     let whole = start.elapsed();
     let answer: serde_json::Value = serde_json::from_str(&result.answer_json)?;

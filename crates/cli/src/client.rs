@@ -9,6 +9,7 @@ use veil_analytics::Answer;
 use veil_analytics::sql::{HistogramOutput, Table};
 use veil_proto::client::ConsumerFile;
 use veil_proto::submission::Signer;
+use veil_proto::v1::JobState;
 use veil_proto::v1::admin_client::AdminClient;
 use veil_proto::v1::jobs_client::JobsClient;
 use veil_proto::v1::{
@@ -96,7 +97,10 @@ pub(crate) async fn submit(
     let status = signer.submit_with(&mut jobs, &spec, require_all).await.map_err(status_error)?;
     if detach {
         if json {
-            println!("{}", serde_json::json!({ "job_id": status.job_id, "state": status.state }));
+            println!(
+                "{}",
+                serde_json::json!({ "job_id": status.job_id, "state": status.state().name() })
+            );
         } else {
             println!("submitted job {}", status.job_id);
         }
@@ -106,17 +110,17 @@ pub(crate) async fn submit(
         eprintln!("job {} submitted", status.job_id);
     }
     let last = follow(&mut jobs, &status.job_id, !json).await?;
-    if last.state != "succeeded" {
+    if last.state() != JobState::Succeeded {
         if json {
             println!(
                 "{}",
                 serde_json::json!({
-                    "job_id": last.job_id, "state": last.state, "detail": last.detail,
+                    "job_id": last.job_id, "state": last.state().name(), "detail": last.detail,
                     "coverage": coverage_json(&last.coverage),
                 })
             );
         }
-        bail!("job {} {}: {}", last.job_id, last.state, last.detail);
+        bail!("job {} {}: {}", last.job_id, last.state().name(), last.detail);
     }
     let result = jobs
         .result(JobRef { job_id: last.job_id.clone() })
@@ -190,7 +194,7 @@ pub(crate) async fn follow(
     let mut last: Option<JobStatus> = None;
     while let Some(s) = stream.message().await.map_err(status_error)? {
         if show && last.as_ref().is_none_or(|l| l.state != s.state || l.detail != s.detail) {
-            eprintln!("  [{}] {:<9} {}", time(s.updated_unix_ms), s.state, s.detail);
+            eprintln!("  [{}] {:<9} {}", time(s.updated_unix_ms), s.state().name(), s.detail);
         }
         last = Some(s);
     }
@@ -508,7 +512,7 @@ pub(crate) async fn jobs(config: &Path, json: bool, plaintext: bool) -> Result<(
         let v: Vec<_> = list
             .iter()
             .map(|j| serde_json::json!({
-                "job_id": j.job_id, "consumer": j.consumer, "dataset": j.dataset, "state": j.state,
+                "job_id": j.job_id, "consumer": j.consumer, "dataset": j.dataset, "state": j.state().name(),
                 "detail": j.detail, "parties": j.parties, "created_unix_ms": j.created_unix_ms,
             }))
             .collect();
@@ -522,7 +526,7 @@ pub(crate) async fn jobs(config: &Path, json: bool, plaintext: bool) -> Result<(
         println!(
             "{}  {:<9}  {:<12} {:<10} {}",
             j.job_id,
-            j.state,
+            j.state().name(),
             j.dataset,
             time(j.created_unix_ms),
             j.detail
@@ -555,7 +559,7 @@ pub(crate) async fn cancel(config: &Path, job_id: &str, plaintext: bool) -> Resu
     let last =
         tokio::time::timeout(Duration::from_secs(10), follow(&mut jobs, job_id, false)).await;
     match last {
-        Ok(Ok(s)) => println!("job {job_id}: {} ({})", s.state, s.detail),
+        Ok(Ok(s)) => println!("job {job_id}: {} ({})", s.state().name(), s.detail),
         _ => println!("job {job_id}: cancellation requested"),
     }
     Ok(())
@@ -602,8 +606,8 @@ pub(crate) async fn query(
         .await
         .map_err(status_error)?;
     let last = follow(&mut jobs, &status.job_id, !json).await?;
-    if last.state != "succeeded" {
-        bail!("query {} {}: {}", last.job_id, last.state, last.detail);
+    if last.state() != JobState::Succeeded {
+        bail!("query {} {}: {}", last.job_id, last.state().name(), last.detail);
     }
     let result =
         jobs.result(JobRef { job_id: last.job_id }).await.map_err(status_error)?.into_inner();

@@ -13,6 +13,7 @@ use veil_party_worker::Fault;
 use veil_party_worker::config::DatasetConfig;
 use veil_party_worker::data::aggregate_csv;
 use veil_proto::v1::JobRef;
+use veil_proto::v1::JobState;
 use veil_protocol::Stage;
 use veil_testkit::cluster::{Cluster, ClusterSpec, DatasetSpec, PartySpec};
 
@@ -174,8 +175,8 @@ async fn run_job(cluster: &Cluster) -> Result<Answer> {
     let status = cluster.signer("analyst").submit(&mut jobs, JOB).await.context("submit")?;
     println!("  job {} submitted by consumer \"analyst\"", status.job_id);
     let last = crate::client::follow(&mut jobs, &status.job_id, true).await?;
-    if last.state != "succeeded" {
-        bail!("job {}: {}", last.state, last.detail);
+    if last.state() != JobState::Succeeded {
+        bail!("job {}: {}", last.state().name(), last.detail);
     }
     let result =
         jobs.result(JobRef { job_id: status.job_id }).await.context("result")?.into_inner();
@@ -234,8 +235,8 @@ pub(crate) async fn run() -> Result<()> {
     let mut jobs = cluster.jobs().await;
     let status = cluster.signer("analyst").submit(&mut jobs, TRAIN).await.context("submit")?;
     let last = crate::client::follow(&mut jobs, &status.job_id, true).await?;
-    if last.state != "succeeded" {
-        bail!("training job {}: {}", last.state, last.detail);
+    if last.state() != JobState::Succeeded {
+        bail!("training job {}: {}", last.state().name(), last.detail);
     }
     let result =
         jobs.result(JobRef { job_id: status.job_id }).await.context("result")?.into_inner();

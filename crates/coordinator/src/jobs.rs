@@ -12,8 +12,8 @@ use veil_proto::roster::{Member, RosterFile};
 use veil_proto::submission;
 use veil_proto::v1::jobs_server::Jobs;
 use veil_proto::v1::{
-    JobList, JobRef, JobResult, JobStatus, ListJobsRequest, Outcome as WireOutcome, PartyOutcome,
-    PlanRequest, PlannedJob, ReceiptList, SubmitRequest,
+    JobList, JobRef, JobResult, JobState as WireState, JobStatus, ListJobsRequest,
+    Outcome as WireOutcome, PartyOutcome, PlanRequest, PlannedJob, ReceiptList, SubmitRequest,
 };
 
 use crate::offer::Outcome;
@@ -107,6 +107,18 @@ pub(crate) fn coverage_of(j: &JobRecord, roster: &RosterFile) -> Vec<PartyOutcom
         .collect()
 }
 
+/// A stored job state as the wire names it.
+fn wire_state(state: JobState) -> WireState {
+    match state {
+        JobState::Queued => WireState::Queued,
+        JobState::Offering => WireState::Offering,
+        JobState::Running => WireState::Running,
+        JobState::Succeeded => WireState::Succeeded,
+        JobState::Failed => WireState::Failed,
+        JobState::Cancelled => WireState::Cancelled,
+    }
+}
+
 /// The wire form of a stored job.
 pub(crate) fn status_of(j: &JobRecord, roster: &RosterFile) -> JobStatus {
     JobStatus {
@@ -114,7 +126,7 @@ pub(crate) fn status_of(j: &JobRecord, roster: &RosterFile) -> JobStatus {
         job_id: j.id.clone(),
         consumer: j.consumer.clone(),
         dataset: j.dataset.clone(),
-        state: j.state.as_str().into(),
+        state: wire_state(j.state) as i32,
         detail: j.detail.clone(),
         parties: j.parties.clone(),
         created_unix_ms: j.created_ms,
@@ -255,7 +267,7 @@ impl Jobs for JobsApi {
                     },
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                let done = matches!(status.state.as_str(), "succeeded" | "failed" | "cancelled");
+                let done = status.state().is_final();
                 if tx.send(Ok(status)).await.is_err() || done {
                     return;
                 }

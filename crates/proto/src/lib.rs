@@ -25,6 +25,27 @@ pub mod v1 {
     tonic::include_proto!("veil.v1");
 }
 
+impl v1::JobState {
+    /// The state as people read it: `queued`, `offering`, `running`, `succeeded`, `failed`,
+    /// `cancelled`.
+    pub fn name(self) -> &'static str {
+        match self {
+            v1::JobState::Unspecified => "unknown",
+            v1::JobState::Queued => "queued",
+            v1::JobState::Offering => "offering",
+            v1::JobState::Running => "running",
+            v1::JobState::Succeeded => "succeeded",
+            v1::JobState::Failed => "failed",
+            v1::JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether a job in this state has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, v1::JobState::Succeeded | v1::JobState::Failed | v1::JobState::Cancelled)
+    }
+}
+
 /// The largest message either side accepts, in bytes: room for a 4M-element masked vector.
 pub const MAX_MESSAGE_BYTES: usize = 40 << 20;
 

@@ -15,6 +15,7 @@ use veil_coordinator::{CoordinatorConfig, CoordinatorFile};
 use veil_party_worker::{Fault, PartyConfig, PartyFile, WorkerError, WorkerOptions};
 use veil_proto::client::ConsumerFile;
 use veil_proto::submission::Signer;
+use veil_proto::v1::JobState;
 use veil_proto::v1::admin_client::AdminClient;
 use veil_proto::v1::jobs_client::JobsClient;
 use veil_proto::v1::{JobRef, JobResult, JobStatus, ListPartiesRequest};
@@ -309,10 +310,8 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             match tokio::time::timeout_at(deadline, stream.message()).await {
-                Ok(Ok(Some(s))) if s.state == state => return s,
-                Ok(Ok(Some(s)))
-                    if matches!(s.state.as_str(), "succeeded" | "failed" | "cancelled") =>
-                {
+                Ok(Ok(Some(s))) if s.state().name() == state => return s,
+                Ok(Ok(Some(s))) if s.state().is_final() => {
                     return s;
                 }
                 Ok(Ok(Some(_))) => {}
@@ -459,7 +458,7 @@ impl Cluster {
             .await
             .unwrap_or_else(|s| panic!("submit refused: {s}"));
         let status = self.wait_job(&status.job_id).await;
-        let result = if status.state == "succeeded" {
+        let result = if status.state() == JobState::Succeeded {
             Some(
                 jobs.result(JobRef { job_id: status.job_id.clone() })
                     .await

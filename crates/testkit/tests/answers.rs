@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 use veil_analytics::sql::Table;
+use veil_proto::v1::JobState;
 use veil_testkit::cluster::{Cluster, ClusterSpec, DatasetSpec, PartySpec, example_data};
 
 const CARRIERS: [&str; 16] = [
@@ -74,7 +75,7 @@ async fn airports(dir: &Path) -> (Cluster, u64) {
 
 async fn table(cluster: &Cluster, request: Json) -> Table {
     let (status, result) = cluster.run_job(&request.to_string()).await;
-    assert_eq!(status.state, "succeeded", "{status:?}");
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
     serde_json::from_str(&result.unwrap().table_json).unwrap()
 }
 

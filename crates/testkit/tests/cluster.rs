@@ -132,7 +132,7 @@ async fn flights_aggregates_equal_the_pooled_rows() {
     let cluster =
         Cluster::start(ClusterSpec { parties: airports(), ..ClusterSpec::named(&[]) }).await;
     let (status, result) = cluster.run_job(DELAYS).await;
-    assert_eq!(status.state, "succeeded", "{status:?}");
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
     let result = result.unwrap();
     assert_eq!(result.contributors, vec![0, 1, 2]);
     let a = answer(&result.answer_json);
@@ -201,7 +201,7 @@ async fn a_party_that_dies_mid_round_leaves_a_result_over_the_survivors() {
     let mut cluster = Cluster::start(spec).await;
     let started = std::time::Instant::now();
     let (status, result) = cluster.run_job(RADIUS).await;
-    assert_eq!(status.state, "succeeded", "{status:?}");
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
     // The departure is noticed when the stream closes, not at the 30 s stage deadline.
     assert!(started.elapsed() < Duration::from_secs(20));
     let result = result.unwrap();
@@ -223,6 +223,7 @@ use veil_coordinator::consortium::{foreign_client_certificate, unlisted_certific
 use veil_party_worker::worker::connect_once;
 use veil_proto::submission;
 use veil_proto::tls::TlsMaterial;
+use veil_proto::v1::JobState;
 use veil_proto::v1::jobs_client::JobsClient;
 use veil_proto::v1::{ListJobsRequest, PlanRequest, PlannedJob, SubmitRequest};
 use veil_testkit::cluster::party_config;
@@ -264,7 +265,7 @@ async fn a_second_connection_with_a_connected_partys_identity_is_refused() {
     assert!(status.message().contains("already connected"), "{status}");
     // The running hospital_c is still the one routed to: a job reaches all three.
     let (done, result) = cluster.run_job(RADIUS).await;
-    assert_eq!(done.state, "succeeded", "{done:?}");
+    assert_eq!(done.state(), JobState::Succeeded, "{done:?}");
     assert_eq!(result.unwrap().contributors, vec![0, 1, 2]);
     cluster.shutdown().await;
 }
@@ -438,7 +439,7 @@ async fn the_coordinator_takes_only_jobs_their_consumer_signed() {
     assert_eq!(first.job_id, id);
     let status = jobs.submit(signed(&analyst, &id, &planned)).await.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists, "{status}");
-    assert_eq!(cluster.wait_job(&id).await.state, "succeeded");
+    assert_eq!(cluster.wait_job(&id).await.state(), JobState::Succeeded);
     cluster.shutdown().await;
 }
 
@@ -467,7 +468,7 @@ async fn a_planted_canary_never_reaches_the_coordinator() {
         max = 1000000
     "#;
     let (status, result) = cluster.run_job(spec).await;
-    assert_eq!(status.state, "succeeded", "{status:?}");
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
     let a = answer(&result.unwrap().answer_json);
     assert!(a.columns[0].sum > canary_value, "the canary row is in the sum");
     let needles: Vec<Vec<u8>> = vec![
@@ -519,7 +520,7 @@ async fn a_restarted_coordinator_keeps_results_and_fails_interrupted_jobs_clearl
     };
     let mut cluster = Cluster::start(spec).await;
     let (done, result) = cluster.run_job(RADIUS).await;
-    assert_eq!(done.state, "succeeded");
+    assert_eq!(done.state(), JobState::Succeeded);
     let before = result.unwrap();
     // Restart party 2 with the stall fault, then start the second job.
     cluster.kill_party(2);
@@ -530,7 +531,7 @@ async fn a_restarted_coordinator_keeps_results_and_fails_interrupted_jobs_clearl
     let mut jobs = cluster.jobs().await;
     let busy = cluster.signer("analyst").submit(&mut jobs, RADIUS).await.unwrap();
     let running = cluster.wait_state(&busy.job_id, "running").await;
-    assert_eq!(running.state, "running");
+    assert_eq!(running.state(), JobState::Running);
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.kill_coordinator().await;
     cluster.restart_coordinator().await;
@@ -546,7 +547,7 @@ async fn a_restarted_coordinator_keeps_results_and_fails_interrupted_jobs_clearl
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(interrupted.state, "failed");
+    assert_eq!(interrupted.state(), JobState::Failed);
     assert!(interrupted.detail.contains("interrupted"), "{}", interrupted.detail);
     let status = jobs.result(veil_proto::v1::JobRef { job_id: busy.job_id }).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -556,7 +557,7 @@ async fn a_restarted_coordinator_keeps_results_and_fails_interrupted_jobs_clearl
     cluster.start_party(2);
     cluster.wait_connected(3).await;
     let (again, _) = cluster.run_job(RADIUS).await;
-    assert_eq!(again.state, "succeeded", "{again:?}");
+    assert_eq!(again.state(), JobState::Succeeded, "{again:?}");
     cluster.shutdown().await;
 }
 
@@ -778,7 +779,7 @@ async fn malformed_oversized_and_out_of_order_party_messages_get_a_clear_status(
         assert!(status.message().contains(&job.job_id), "{status}");
         // The round goes on without the misbehaving party.
         let done = cluster.wait_job(&job.job_id).await;
-        assert_eq!(done.state, "succeeded", "{done:?}");
+        assert_eq!(done.state(), JobState::Succeeded, "{done:?}");
     }
     cluster.shutdown().await;
 }
@@ -832,7 +833,7 @@ async fn sql_group_by_carrier_equals_the_pooled_rows() {
                WHERE month <= 6 AND NOT carrier IN ('HA') GROUP BY carrier";
     let request = serde_json::json!({ "sql": sql }).to_string();
     let (status, result) = cluster.run_job(&request).await;
-    assert_eq!(status.state, "succeeded", "{status:?}");
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
     let result = result.unwrap();
     let a = answer(&result.answer_json);
     assert_eq!(
@@ -954,7 +955,7 @@ async fn sql_group_by_carrier_with_dp_has_the_declared_noise() {
     let (mut count_z, mut sum_z) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let (status, result) = cluster.run_job(&request).await;
-        assert_eq!(status.state, "succeeded", "{status:?}");
+        assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
         let a = answer(&result.unwrap().answer_json);
         assert_eq!(a.privacy.as_ref().map(|p| p.rho), Some(0.5));
         for g in &a.groups {

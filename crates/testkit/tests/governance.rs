@@ -11,6 +11,7 @@ use ed25519_dalek::SigningKey;
 use veil_governance::audit::{self, Entry, Event};
 use veil_party_worker::store::PartyStore;
 use veil_proto::roster::RosterFile;
+use veil_proto::v1::JobState;
 use veil_proto::v1::admin_client::AdminClient;
 use veil_proto::v1::{AuditLogRequest, JobRef};
 use veil_testkit::cluster::{Cluster, ClusterSpec, DatasetSpec, PartySpec};
@@ -82,9 +83,9 @@ async fn a_refusal_names_the_rule_and_the_consumer_sees_it() {
     let cluster =
         Cluster::start(ClusterSpec { parties: hospitals(POLICY), ..ClusterSpec::named(&[]) }).await;
     let (ok, _) = cluster.run_job(&job("research", "mean_radius", None)).await;
-    assert_eq!(ok.state, "succeeded", "{ok:?}");
+    assert_eq!(ok.state(), JobState::Succeeded, "{ok:?}");
     let (column, _) = cluster.run_job(&job("research", "mean_area", None)).await;
-    assert_eq!(column.state, "failed");
+    assert_eq!(column.state(), JobState::Failed);
     assert!(column.detail.contains("refused by rule column"), "{}", column.detail);
     assert!(column.detail.contains("mean_area"), "{}", column.detail);
     let (purpose, _) = cluster.run_job(&job("marketing", "mean_radius", None)).await;
@@ -112,7 +113,7 @@ async fn the_others_answer_without_a_party_that_refuses() {
     let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
     let spec = format!("min_parties = 2\n{}", job("research", "mean_radius", None));
     let (status, result) = cluster.run_job(&spec).await;
-    assert_eq!(status.state, "succeeded", "{status:?}");
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
     assert!(!status.detail.contains("dropped"), "{}", status.detail);
     let result = result.unwrap();
     assert_eq!(result.contributors, vec![0, 1, 3]);
@@ -131,7 +132,7 @@ async fn the_others_answer_without_a_party_that_refuses() {
     let (status, _) = cluster
         .run_job(&format!("min_parties = 4\n{}", job("research", "mean_radius", None)))
         .await;
-    assert_eq!(status.state, "failed");
+    assert_eq!(status.state(), JobState::Failed);
     assert!(status.detail.contains("refused by rule purpose"), "{}", status.detail);
     cluster.shutdown().await;
 }
@@ -158,7 +159,7 @@ async fn every_answer_says_which_parties_it_covers_and_why() {
     cluster.wait_disconnected(4).await;
 
     let (status, result) = cluster.run_job(&job("research", "mean_radius", None)).await;
-    assert_eq!(status.state, "succeeded", "{status:?}");
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
     let coverage = result.unwrap().coverage;
     let seen: Vec<(&str, i32, &str)> =
         coverage.iter().map(|p| (p.name.as_str(), p.outcome, p.rule.as_str())).collect();
@@ -187,7 +188,7 @@ async fn every_answer_says_which_parties_it_covers_and_why() {
         .await
         .unwrap();
     let failed = cluster.wait_job(&submitted.job_id).await;
-    assert_eq!(failed.state, "failed", "{failed:?}");
+    assert_eq!(failed.state(), JobState::Failed, "{failed:?}");
     assert!(failed.detail.contains("requires every party"), "{}", failed.detail);
     assert!(failed.detail.contains("party 4 offline"), "{}", failed.detail);
     let status =
@@ -202,11 +203,11 @@ async fn budgets_are_charged_before_release_and_exhaustion_refuses() {
         Cluster::start(ClusterSpec { parties: hospitals(POLICY), ..ClusterSpec::named(&[]) }).await;
     for _ in 0..2 {
         let (s, r) = cluster.run_job(&job("research", "mean_radius", Some(0.4))).await;
-        assert_eq!(s.state, "succeeded", "{s:?}");
+        assert_eq!(s.state(), JobState::Succeeded, "{s:?}");
         assert!(r.is_some());
     }
     let (third, _) = cluster.run_job(&job("research", "mean_radius", Some(0.4))).await;
-    assert_eq!(third.state, "failed");
+    assert_eq!(third.state(), JobState::Failed);
     assert!(third.detail.contains("refused by rule budget"), "{}", third.detail);
     for i in 0..3 {
         let spent =
@@ -236,7 +237,7 @@ async fn concurrent_jobs_cannot_overspend() {
     }
     let mut succeeded = 0;
     for id in &ids {
-        if cluster.wait_job(id).await.state == "succeeded" {
+        if cluster.wait_job(id).await.state() == JobState::Succeeded {
             succeeded += 1;
         }
     }
@@ -256,7 +257,7 @@ async fn core_data_takes_part_in_nothing_and_identifiers_are_never_read() {
     parties[1].datasets[0].extra_toml = "tags = { mean_radius = \"identifier\" }\n".into();
     let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
     let (s, _) = cluster.run_job(&job("research", "mean_radius", None)).await;
-    assert_eq!(s.state, "failed");
+    assert_eq!(s.state(), JobState::Failed);
     assert!(s.detail.contains("core-grade"), "{}", s.detail);
     assert!(s.detail.contains("identifier-column"), "{}", s.detail);
     cluster.shutdown().await;
@@ -271,7 +272,7 @@ async fn audit_logs_verify_and_a_rewritten_history_is_caught() {
         Cluster::start(ClusterSpec { parties: hospitals(""), ..ClusterSpec::named(&[]) }).await;
     for _ in 0..2 {
         let (s, r) = cluster.run_job(&job("research", "mean_radius", None)).await;
-        assert_eq!(s.state, "succeeded");
+        assert_eq!(s.state(), JobState::Succeeded);
         let mut jobs = cluster.jobs().await;
         jobs.result(JobRef { job_id: r.unwrap().job_id }).await.unwrap();
     }
@@ -707,7 +708,7 @@ async fn consumer_quotas_are_enforced_before_anything_is_offered() {
     })
     .await;
     let (first, result) = cluster.run_job(&job("research", "mean_radius", None)).await;
-    assert_eq!(first.state, "succeeded");
+    assert_eq!(first.state(), JobState::Succeeded);
     let mut jobs = cluster.jobs().await;
     // run_job fetched the result once: the fetch quota of 1 is used up.
     let status = jobs.result(JobRef { job_id: result.unwrap().job_id }).await.unwrap_err();
@@ -745,7 +746,7 @@ async fn private_answers_carry_the_declared_noise_and_are_charged() {
     let mut declared = None;
     for _ in 0..runs {
         let (status, result) = cluster.run_job(spec).await;
-        assert_eq!(status.state, "succeeded", "{status:?}");
+        assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
         let a: veil_analytics::Answer = serde_json::from_str(&result.unwrap().answer_json).unwrap();
         let privacy = a.privacy.expect("the answer reports its guarantee");
         assert_eq!((privacy.rho, privacy.parties), (1.0, 3));
@@ -795,11 +796,11 @@ async fn sql_where_and_group_by_columns_are_checked_too() {
     let sql = |q: &str| serde_json::json!({ "sql": q, "privacy": { "rho": 0.5 } }).to_string();
     let (s, _) =
         cluster.run_job(&sql("SELECT AVG(mean_radius) FROM cells WHERE mean_area > 100")).await;
-    assert_eq!(s.state, "failed");
+    assert_eq!(s.state(), JobState::Failed);
     assert!(s.detail.contains("identifier-column"), "{}", s.detail);
     let (s, _) =
         cluster.run_job(&sql("SELECT target, AVG(mean_radius) FROM cells GROUP BY target")).await;
-    assert_eq!(s.state, "failed");
+    assert_eq!(s.state(), JobState::Failed);
     assert!(
         s.detail.contains("refused by rule column") && s.detail.contains("target"),
         "{}",
@@ -815,7 +816,7 @@ async fn sql_where_and_group_by_columns_are_checked_too() {
     let (ok, _) = cluster
         .run_job(&sql("SELECT COUNT(*), AVG(mean_radius) FROM cells WHERE mean_radius > 10"))
         .await;
-    assert_eq!(ok.state, "succeeded", "{ok:?}");
+    assert_eq!(ok.state(), JobState::Succeeded, "{ok:?}");
     cluster.shutdown().await;
 }
 
@@ -834,7 +835,7 @@ async fn a_single_party_release_needs_its_own_consent() {
     .to_string();
     // Its configuration says its data is combined with at least two parties' (the default).
     let (refused, _) = cluster.run_job(&query).await;
-    assert_eq!(refused.state, "failed");
+    assert_eq!(refused.state(), JobState::Failed);
     // Allowing a cohort of one, it answers alone, with the noise it owes the consumer.
     let path = cluster.layout.party_configs[0].clone();
     let text = std::fs::read_to_string(&path).unwrap().replace("min_cohort = 2", "min_cohort = 1");
@@ -843,7 +844,7 @@ async fn a_single_party_release_needs_its_own_consent() {
     cluster.start_party(0);
     cluster.wait_connected(1).await;
     let (status, result) = cluster.run_job(&query).await;
-    assert_eq!(status.state, "succeeded", "{status:?}");
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
     let a: veil_analytics::Answer = serde_json::from_str(&result.unwrap().answer_json).unwrap();
     assert_eq!(a.contributors, vec![0]);
     assert_eq!(a.privacy.unwrap().parties, 1);

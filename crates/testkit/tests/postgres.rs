@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use veil_proto::v1::JobState;
 use veil_testkit::cluster::{Cluster, ClusterSpec, DatasetSpec, PartySpec};
 
 const CARRIERS: [&str; 16] = [
@@ -67,7 +68,7 @@ async fn postgres_backed_parties_answer_like_file_backed_ones() {
     let files =
         Cluster::start(ClusterSpec { parties: parties(None), ..ClusterSpec::named(&[]) }).await;
     let (status, from_files) = files.run_job(&request).await;
-    assert_eq!(status.state, "succeeded", "{status:?}");
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
     files.shutdown().await;
     let db = Cluster::start(ClusterSpec {
         parties: parties(Some(&connection)),
@@ -75,7 +76,7 @@ async fn postgres_backed_parties_answer_like_file_backed_ones() {
     })
     .await;
     let (status, from_db) = db.run_job(&request).await;
-    assert_eq!(status.state, "succeeded", "{status:?}");
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
     let (a, b): (serde_json::Value, serde_json::Value) = (
         serde_json::from_str(&from_files.unwrap().answer_json).unwrap(),
         serde_json::from_str(&from_db.unwrap().answer_json).unwrap(),
@@ -85,7 +86,7 @@ async fn postgres_backed_parties_answer_like_file_backed_ones() {
     // A private query takes the streaming path (rounding and noise in the party).
     let private = serde_json::json!({ "sql": SQL, "privacy": { "rho": 1.0 } }).to_string();
     let (status, noisy) = db.run_job(&private).await;
-    assert_eq!(status.state, "succeeded", "{status:?}");
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
     let noisy: serde_json::Value = serde_json::from_str(&noisy.unwrap().answer_json).unwrap();
     assert_eq!(noisy["privacy"]["rho"], 1.0);
     db.shutdown().await;

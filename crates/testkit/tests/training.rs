@@ -12,6 +12,7 @@ use veil_learning::job::{LocalData, TrainSpec, Training};
 use veil_learning::train::{Examples, Standardizer, train_local};
 use veil_party_worker::Fault;
 use veil_proto::v1::JobRef;
+use veil_proto::v1::JobState;
 use veil_protocol::Stage;
 use veil_testkit::cluster::{
     Cluster, ClusterSpec, example_data, hospitals, hospitals_and_a_clinic,
@@ -150,7 +151,7 @@ async fn federated_logistic_regression_over_the_services_matches_pooled_training
     let text = logistic(100, "[evaluation]\nholdout = 0.3");
     let seen = run_watching(&cluster, &text).await;
     let last = seen.last().unwrap();
-    assert_eq!(last.state, "succeeded", "{last:?}");
+    assert_eq!(last.state(), JobState::Succeeded, "{last:?}");
     let progress: Vec<&str> =
         seen.iter().filter(|s| s.detail.contains("/100 over")).map(|s| s.detail.as_str()).collect();
     assert!(progress.len() >= 80, "per-round progress is streamed: {progress:?}");
@@ -191,7 +192,7 @@ async fn wait_for_round(
     loop {
         let s = tokio::time::timeout_at(deadline, stream.message()).await.unwrap().unwrap();
         let s = s.expect("the job runs");
-        assert_ne!(s.state, "succeeded", "the job ended before {round}");
+        assert_ne!(s.state(), JobState::Succeeded, "the job ended before {round}");
         if s.detail.starts_with(round) {
             return;
         }
@@ -215,7 +216,7 @@ async fn a_resumed_job_waits_for_a_party_that_reconnects_late() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.start_party(2);
     let resumed = cluster.wait_job(&job).await;
-    assert_eq!(resumed.state, "succeeded", "{resumed:?}");
+    assert_eq!(resumed.state(), JobState::Succeeded, "{resumed:?}");
     let a = answer(&cluster, &job).await;
     let rounds = a["rounds"].as_array().unwrap();
     let last = rounds.last().unwrap();
@@ -238,7 +239,7 @@ async fn a_party_that_comes_back_rejoins_the_training_job() {
     wait_for_round(&mut stream, deadline, "round 25/120").await;
     cluster.start_party(2);
     let done = cluster.wait_job(&job).await;
-    assert_eq!(done.state, "succeeded", "{done:?}");
+    assert_eq!(done.state(), JobState::Succeeded, "{done:?}");
     let a = answer(&cluster, &job).await;
     let rounds = a["rounds"].as_array().unwrap();
     assert!(rounds.iter().any(|r| r["contributors"] == 3), "the party was never out");
@@ -254,7 +255,7 @@ async fn a_party_that_vanishes_mid_training_does_not_stop_the_job() {
         Cluster::start(four_party_spec("", Some((2, Fault::ExitAfter(Stage::ShareKeys))))).await;
     let seen = run_watching(&cluster, &logistic(8, "")).await;
     let last = seen.last().unwrap();
-    assert_eq!(last.state, "succeeded", "{last:?}");
+    assert_eq!(last.state(), JobState::Succeeded, "{last:?}");
     let mut jobs = cluster.jobs().await;
     let r = jobs.result(JobRef { job_id: last.job_id.clone() }).await.unwrap().into_inner();
     assert_eq!(r.dropped, vec![2]);
@@ -287,7 +288,7 @@ async fn a_restarted_coordinator_resumes_training_from_its_checkpoint() {
     cluster.kill_coordinator().await;
     cluster.restart_coordinator().await;
     let resumed = cluster.wait_job(&job).await;
-    assert_eq!(resumed.state, "succeeded", "{resumed:?}");
+    assert_eq!(resumed.state(), JobState::Succeeded, "{resumed:?}");
     let a = answer(&cluster, &job).await;
     let rounds = a["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 40);
@@ -298,7 +299,7 @@ async fn a_restarted_coordinator_resumes_training_from_its_checkpoint() {
     assert!(rounds.iter().filter(|r| r["lost"] != true).all(|r| r["contributors"] == 3));
 
     let (whole, _) = cluster.run_job(&text).await;
-    assert_eq!(whole.state, "succeeded", "{whole:?}");
+    assert_eq!(whole.state(), JobState::Succeeded, "{whole:?}");
     let (resumed, uninterrupted) =
         (parameters(&cluster, &job).await, parameters(&cluster, &whole.job_id).await);
     if lost.is_empty() {
@@ -345,7 +346,7 @@ async fn dp_training_reports_epsilon_stops_at_its_budget_and_parties_refuse_beyo
         "min_parties = 3\n[privacy]\nclip = 0.5\nnoise_multiplier = 2.0\nrho = 2.0\ndelta = 1e-6";
     let text = logistic(40, dp);
     let (status, result) = cluster.run_job(&text).await;
-    assert_eq!(status.state, "succeeded", "{status:?}");
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
     let a: serde_json::Value = serde_json::from_str(&result.unwrap().answer_json).unwrap();
     let rounds = a["rounds"].as_array().unwrap().len();
     assert!(rounds > 0 && rounds < 40, "{rounds} rounds");
@@ -358,7 +359,7 @@ async fn dp_training_reports_epsilon_stops_at_its_budget_and_parties_refuse_beyo
 
     // The first job reserved ρ = 2 of each party's 3; the same job again does not fit.
     let (refused, _) = cluster.run_job(&text).await;
-    assert_eq!(refused.state, "failed", "{refused:?}");
+    assert_eq!(refused.state(), JobState::Failed, "{refused:?}");
     assert!(refused.detail.contains("budget"), "{}", refused.detail);
     cluster.shutdown().await;
 }
@@ -403,7 +404,7 @@ async fn the_coordinator_never_receives_a_party_update() {
         let text = logistic(2, if plain { "plain = true" } else { "" });
         cluster.inbound.lock().unwrap().clear();
         let (status, _) = cluster.run_job(&text).await;
-        assert_eq!(status.state, "succeeded", "{status:?}");
+        assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
         let a = answer(&cluster, &status.job_id).await;
         let standardizer: Standardizer =
             serde_json::from_value(a["model"]["standardizer"].clone()).unwrap();
@@ -474,7 +475,7 @@ async fn softmax_and_mlp_learn_the_digits_with_sampled_cohorts() {
         ),
     ] {
         let (status, result) = cluster.run_job(&job(model, extra)).await;
-        assert_eq!(status.state, "succeeded", "{status:?}");
+        assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
         let a: serde_json::Value = serde_json::from_str(&result.unwrap().answer_json).unwrap();
         let accuracy = a["final"]["accuracy"].as_f64().unwrap();
         assert!(accuracy > 0.9, "{model}: held-out accuracy {accuracy}");
@@ -502,7 +503,7 @@ async fn parties_that_leave_a_training_step_say_why() {
             .await;
     let started = std::time::Instant::now();
     let (status, _) = cluster.run_job(&logistic(5, "")).await;
-    assert_eq!(status.state, "failed", "{status:?}");
+    assert_eq!(status.state(), JobState::Failed, "{status:?}");
     assert!(status.detail.contains("refused by rule cohort"), "{}", status.detail);
     assert!(started.elapsed() < Duration::from_secs(15), "no stage deadline was waited out");
     cluster.shutdown().await;
