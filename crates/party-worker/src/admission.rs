@@ -108,7 +108,7 @@ pub struct Admission {
 pub fn admit(
     config: &PartyConfig,
     situation: &Situation<'_>,
-    records: &impl Records,
+    records: &(impl Records + ?Sized),
     offer: &Offer<'_>,
 ) -> (String, Result<Admission, Decline>) {
     let job = match Job::parse(offer.spec_json) {
@@ -126,7 +126,7 @@ pub fn admit(
 fn decide(
     config: &PartyConfig,
     situation: &Situation<'_>,
-    records: &impl Records,
+    records: &(impl Records + ?Sized),
     offer: &Offer<'_>,
     job: Job,
     job_hash: &str,
@@ -310,7 +310,7 @@ fn served(config: &PartyConfig, name: &str) -> Result<DatasetConfig, Decline> {
 /// whose charge the party already holds); returns the job's minimum cohort under the policy
 /// and the charge to reserve.
 fn govern(
-    records: &impl Records,
+    records: &(impl Records + ?Sized),
     dataset: &DatasetConfig,
     request: &Request<'_>,
     job_id: &str,
@@ -358,17 +358,14 @@ impl Records for crate::store::PartyStore {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::collections::BTreeMap;
-    use std::sync::Arc;
-
     use ed25519_dalek::SigningKey;
     use veil_analytics::Job;
     use veil_governance::{DeclineKind, Rule};
     use veil_proto::submission::{Signer, new_job_id};
     use veil_proto::v1::PlannedJob;
-    use veil_protocol::PartyId;
 
     use super::*;
+    use crate::testing::{CELLS, analyst, config};
 
     /// What the party's records say.
     #[derive(Default)]
@@ -393,44 +390,6 @@ mod tests {
             Ok(self.charged.clone())
         }
     }
-
-    fn analyst() -> Signer {
-        Signer::new("analyst", SigningKey::from_bytes(&[3; 32]), Job::plan_check)
-    }
-
-    fn config(datasets: &str) -> PartyConfig {
-        #[derive(serde::Deserialize)]
-        struct Datasets {
-            datasets: Vec<DatasetConfig>,
-        }
-        let parsed: Datasets = toml::from_str(datasets).unwrap();
-        PartyConfig {
-            id: PartyId(0),
-            name: "a".into(),
-            coordinator: "https://127.0.0.1:1".into(),
-            roster: Arc::new(veil_protocol::Roster::new()),
-            tls: None,
-            identity_seed: zeroize::Zeroizing::new([1; 32]),
-            min_cohort: 2,
-            max_corrupt: 1,
-            coordinator_key: None,
-            consumer_keys: BTreeMap::from([("analyst".to_string(), analyst().verifying_key())]),
-            datasets: parsed.datasets,
-            state: "unused.db".into(),
-        }
-    }
-
-    const CELLS: &str = r#"
-[[datasets]]
-name = "cells"
-path = "cells.csv"
-columns = { mean_radius = "float", target = "int", ssn = "float" }
-tags = { ssn = "identifier" }
-bounds = { mean_radius = [0.0, 50.0] }
-[datasets.policy]
-purposes = ["research"]
-budget_per_consumer = 1.0
-"#;
 
     fn columns(extra: &str) -> String {
         format!(

@@ -10,6 +10,9 @@
 pub mod admission;
 pub mod config;
 pub mod data;
+mod jobs;
+#[cfg(test)]
+mod testing;
 pub mod store;
 pub mod worker;
 

@@ -841,6 +841,8 @@ async fn a_single_party_release_needs_its_own_consent() {
     let text = std::fs::read_to_string(&path).unwrap().replace("min_cohort = 2", "min_cohort = 1");
     std::fs::write(&path, text).unwrap();
     cluster.kill_party(0);
+    // The old stream must be gone first, or it would count as the restarted party.
+    cluster.wait_disconnected(0).await;
     cluster.start_party(0);
     cluster.wait_connected(1).await;
     let (status, result) = cluster.run_job(&query).await;

@@ -1,0 +1,1248 @@
+//! The party's part in its jobs, with no I/O: offers, round starts, protocol messages,
+//! finished preparations and job ends go in; messages for the coordinator, background work
+//! and an injected exit come out ([`PartyJobs::poll_action`]). The party's records sit behind
+//! [`JobRecords`]; whether to take part at all is [`crate::admission`]'s. The worker
+//! ([`crate::worker`]) only dials, reconnects, runs the background work and moves messages.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use ed25519_dalek::{Signer, SigningKey};
+use rand::RngCore;
+use veil_governance::audit::{Event, Head};
+use veil_governance::budget::{BudgetError, Reservation};
+use veil_governance::decision::decision_statement;
+use veil_governance::receipt::Receipt;
+use veil_governance::{Decline, DeclineKind, Rule};
+use veil_learning::job::{LocalData, Step, TrainSpec};
+use veil_learning::train::Standardizer;
+use veil_proto::v1::coordinator_envelope::Body as Outbound;
+use veil_proto::v1::party_envelope::Body;
+use veil_proto::v1::{
+    Decline as WireDecline, RoundPayload, RoundStart, TaskEnd, TaskOffer, TaskReply,
+};
+use veil_protocol::{
+    CoordinatorMessage, IdentityKey, Party, PartyStatus, RoundConfig, RoundKeys, SessionId, Stage,
+};
+use zeroize::Zeroizing;
+
+use crate::admission::{self, Admission, Offer, Records, Situation, Work};
+use crate::config::PartyConfig;
+use crate::worker::{Fault, WorkerOptions};
+
+/// What the party's records must do for its jobs, atomically where it says so.
+pub(crate) trait JobRecords: Records + Send + Sync {
+    /// Records an acceptance's events and claims the round session it names, in one
+    /// transaction; `false` (and nothing written) if the session was used before.
+    fn accept(
+        &self,
+        events: Vec<Event>,
+        session: Option<&[u8; 32]>,
+        now_ms: i64,
+    ) -> Result<bool, String>;
+    /// Reserves a release's charge with its audit entry, atomically against every other job.
+    fn reserve(&self, charge: &Reservation, now_ms: i64)
+    -> Result<Result<(), BudgetError>, String>;
+    /// Claims a round session; `false` if it was used before.
+    fn claim_session(&self, session: &[u8; 32]) -> Result<bool, String>;
+    /// Claims a training step (reserving the job's charge with its first step).
+    fn claim_step(
+        &self,
+        charge: &Reservation,
+        job_hash: &str,
+        step: u32,
+        now_ms: i64,
+    ) -> Result<Result<(), Decline>, String>;
+    /// Appends to the audit log.
+    fn audit(&self, event: Event, now_ms: i64) -> Result<(), String>;
+    /// The audit log's head.
+    fn audit_head(&self) -> Result<Option<Head>, String>;
+    /// Keeps a release receipt.
+    fn put_receipt(&self, receipt: &Receipt) -> Result<(), String>;
+}
+
+/// What the worker does for the machine.
+pub(crate) enum Action {
+    /// Send to the coordinator.
+    Send(Box<Body>),
+    /// Compute what an admitted job needs in the background, then hand the result to
+    /// [`PartyJobs::prepared`].
+    Prepare(Box<Preparation>),
+    /// Compute a training step's vector in the background, then hand it to
+    /// [`PartyJobs::trained`].
+    Train(Box<StepWork>),
+    /// An injected fault: stop, once what was sent is delivered.
+    Exit,
+}
+
+/// An admitted job's background work.
+pub(crate) struct Preparation {
+    pub(crate) job_id: String,
+    pub(crate) job_hash: String,
+    /// The acceptance so far; the work fills in the vector or the training rows.
+    pub(crate) accepted: Accepted,
+    pub(crate) work: Work,
+}
+
+/// A training step's background work.
+pub(crate) struct StepWork {
+    pub(crate) start: RoundStart,
+    pub(crate) job_id: String,
+    pub(crate) job: Arc<TrainingJob>,
+    pub(crate) step: Step,
+    pub(crate) standardizer: Option<Standardizer>,
+}
+
+/// What a party joins a round with.
+struct Joining {
+    /// `None` while a training step's vector is still being computed.
+    vector: Option<Zeroizing<Vec<u64>>>,
+    min_parties: usize,
+    charge: Option<Reservation>,
+    /// Keys advertised with the acceptance, for the session the offer named.
+    keys: Option<RoundKeys>,
+    /// The job's hash (hex), bound into the round's digest.
+    job_hash: String,
+}
+
+/// A job this party accepted.
+enum JobState {
+    /// Computing the local vector.
+    Preparing {
+        /// The round's session, when the offer named it (one-round secure jobs).
+        session: Option<[u8; 32]>,
+    },
+    /// Accepted with this vector, waiting for the round to start.
+    Ready(Box<Accepted>),
+    /// In the secure round.
+    Round(Box<Party>),
+    /// Done, or stalled by an injected fault: ignore further messages.
+    Idle,
+}
+
+/// A job the party accepted, with what the round start needs.
+pub(crate) struct Accepted {
+    pub(crate) vector: Zeroizing<Vec<u64>>,
+    pub(crate) min_parties: usize,
+    /// `None` for synthetic jobs, which charge no budget.
+    pub(crate) charge: Option<Reservation>,
+    pub(crate) dataset_sha256: String,
+    pub(crate) consumer: String,
+    pub(crate) coordinator_head: Option<Head>,
+    /// A training job's rows and specification (its vectors are computed step by step).
+    pub(crate) training: Option<Arc<TrainingJob>>,
+    /// A training job's first step this party still contributes to.
+    pub(crate) next_step: u64,
+    /// The round keys advertised with the acceptance, when the offer named the session.
+    pub(crate) keys: Option<RoundKeys>,
+    /// The job's hash (hex), bound into the round's digest.
+    pub(crate) job_hash: String,
+}
+
+/// A training job this party accepted: it contributes to its steps until the job ends.
+pub(crate) struct TrainingJob {
+    pub(crate) spec: TrainSpec,
+    pub(crate) job_hash: String,
+    pub(crate) data: LocalData,
+    /// The standardisation its declared bounds give, for DP jobs.
+    pub(crate) declared: Option<Standardizer>,
+}
+
+/// What the background preparation of a job reports.
+pub(crate) struct Prepared {
+    pub(crate) job_id: String,
+    pub(crate) job_hash: String,
+    pub(crate) result: Result<Accepted, Decline>,
+}
+
+/// A training step's vector, computed in the background.
+pub(crate) struct Trained {
+    pub(crate) start: RoundStart,
+    pub(crate) job_id: String,
+    pub(crate) computed: Result<Vec<u64>, Decline>,
+}
+
+/// An accepted training job, between and during its steps.
+#[derive(Clone)]
+struct TrainingSlot {
+    job: Arc<TrainingJob>,
+    min_parties: usize,
+    charge: Reservation,
+}
+
+/// The party's jobs.
+pub(crate) struct PartyJobs {
+    config: Arc<PartyConfig>,
+    options: WorkerOptions,
+    store: Arc<dyn JobRecords>,
+    signing: SigningKey,
+    rng: rand_chacha::ChaCha20Rng,
+    clock: fn() -> i64,
+    jobs: HashMap<String, JobState>,
+    /// The accepted training jobs, between and during their steps.
+    training: HashMap<String, TrainingSlot>,
+    /// The job hash and consumer of every job this party accepted, until the job ends: a
+    /// receipt is kept only for what the party took part in.
+    accepted: HashMap<String, (String, String)>,
+    out: VecDeque<Action>,
+}
+
+impl PartyJobs {
+    /// The machine of a party with this configuration and records; `rng` supplies every
+    /// random choice (round keys, masks, synthetic vectors), `clock` the time in Unix
+    /// milliseconds.
+    pub(crate) fn new(
+        config: Arc<PartyConfig>,
+        options: WorkerOptions,
+        store: Arc<dyn JobRecords>,
+        rng: rand_chacha::ChaCha20Rng,
+        clock: fn() -> i64,
+    ) -> Self {
+        let signing = SigningKey::from_bytes(&config.identity_seed);
+        Self {
+            config,
+            options,
+            store,
+            signing,
+            rng,
+            clock,
+            jobs: HashMap::new(),
+            training: HashMap::new(),
+            accepted: HashMap::new(),
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The next thing to do, in order.
+    pub(crate) fn poll_action(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+
+    /// A new connection: jobs from the previous one cannot continue, as the coordinator saw
+    /// this party leave.
+    pub(crate) fn reconnected(&mut self) {
+        self.jobs.clear();
+        self.training.clear();
+    }
+
+    /// A message from the coordinator.
+    pub(crate) fn handle(&mut self, body: Outbound) {
+        match body {
+            Outbound::Welcome(_) => {}
+            Outbound::Offer(offer) => self.offer(offer),
+            Outbound::Start(start) => {
+                self.start_round(start);
+            }
+            Outbound::Round(payload) => {
+                self.round_message(payload);
+            }
+            Outbound::End(end) => self.end(end),
+        }
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    fn send(&mut self, body: Body) {
+        self.out.push_back(Action::Send(Box::new(body)));
+    }
+
+    fn audit(&self, event: Event) {
+        if let Err(e) = self.store.audit(event, self.now()) {
+            tracing::error!(party = %self.config.name, error = %e, "cannot write the audit log");
+        }
+    }
+
+    /// An offer: decided by admission; a decline is answered at once, an admitted job once its
+    /// background work is done ([`PartyJobs::prepared`]).
+    fn offer(&mut self, offer: TaskOffer) {
+        let job_id = offer.job_id.clone();
+        if self.jobs.contains_key(&job_id) {
+            return;
+        }
+        let coordinator_head = (!offer.coordinator_head_hash.is_empty()).then(|| Head {
+            seq: offer.coordinator_head_seq,
+            hash: offer.coordinator_head_hash.clone(),
+            signature: Some(offer.coordinator_head_signature.clone()),
+        });
+        let today = today(self.now());
+        let situation = Situation {
+            today: &today,
+            dangerous_benchmark: self.options.dangerous_benchmark,
+            training_jobs: self.training.len(),
+        };
+        let view = Offer {
+            job_id: &offer.job_id,
+            spec_json: &offer.spec_json,
+            consumer: &offer.consumer,
+            consumer_signature: &offer.consumer_signature,
+            session: &offer.session,
+            coordinator_head: coordinator_head.as_ref(),
+        };
+        let (job_hash, decision) =
+            admission::admit(&self.config, &situation, self.store.as_ref(), &view);
+        let Admission { session, min_parties, charge, work } = match decision {
+            Ok(a) => a,
+            Err(decline) => {
+                return self.prepared(Prepared { job_id, job_hash, result: Err(decline) });
+            }
+        };
+        self.jobs.insert(job_id.clone(), JobState::Preparing { session });
+        let accepted = Accepted {
+            vector: Zeroizing::new(Vec::new()),
+            min_parties,
+            charge,
+            dataset_sha256: String::new(),
+            consumer: offer.consumer,
+            coordinator_head,
+            training: None,
+            next_step: 0,
+            keys: None,
+            job_hash: job_hash.clone(),
+        };
+        match work {
+            Work::Synthetic { dim } => {
+                let vector: Vec<u64> = (0..dim).map(|_| self.rng.next_u64()).collect();
+                let accepted = Accepted { vector: Zeroizing::new(vector), ..accepted };
+                self.prepared(Prepared { job_id, job_hash, result: Ok(accepted) });
+            }
+            work => {
+                let preparation = Preparation { job_id, job_hash, accepted, work };
+                self.out.push_back(Action::Prepare(Box::new(preparation)));
+            }
+        }
+    }
+
+    /// A job's preparation finished: the signed reply goes out (with the round keys, when
+    /// the offer named the session).
+    pub(crate) fn prepared(&mut self, prepared: Prepared) {
+        let reply = self.decide(prepared);
+        let (job_id, keys_sent) = (reply.job_id.clone(), !reply.advertise.is_empty());
+        self.send(Body::Reply(reply));
+        // Round keys that went out with the acceptance are this party's advertise-keys message.
+        if keys_sent {
+            self.injected(&job_id, Stage::AdvertiseKeys);
+        }
+    }
+
+    /// A job ended: its state goes, and its receipt is kept if it is for what this party
+    /// accepted.
+    fn end(&mut self, end: TaskEnd) {
+        self.jobs.remove(&end.job_id);
+        self.training.remove(&end.job_id);
+        let accepted = self.accepted.remove(&end.job_id);
+        if end.receipt_json.is_empty() {
+            return;
+        }
+        let me = self.config.id.0;
+        // The receipt goes into this party's signed log: it must be for the job, hash and
+        // consumer the party accepted, not whatever the coordinator says.
+        let ours = |r: &Receipt| {
+            r.job_id == end.job_id
+                && accepted
+                    .as_ref()
+                    .is_some_and(|(hash, consumer)| r.job_hash == *hash && r.consumer == *consumer)
+        };
+        match serde_json::from_str::<Receipt>(&end.receipt_json) {
+            Ok(r) if !r.parties.iter().any(|c| c.party == me) => {}
+            Ok(r) if !ours(&r) => {
+                tracing::warn!(party = %self.config.name, job = %end.job_id, "a receipt for another job, hash or consumer than this party accepted; not kept");
+            }
+            Ok(r) => {
+                if let Err(e) = self.store.put_receipt(&r) {
+                    tracing::error!(party = %self.config.name, error = %e, "cannot store a receipt");
+                }
+                self.audit(Event::ResultReleased { receipt: r });
+            }
+            Err(e) => tracing::warn!(party = %self.config.name, error = %e, "unreadable receipt"),
+        }
+    }
+    /// Leaves a job at round start, logging why (the rule for a policy refusal, else the kind).
+    fn leave(&self, job_id: String, decline: &Decline) {
+        tracing::warn!(party = %self.config.name, job = %job_id, %decline, "leaving the job");
+        self.audit(self.refused_event(job_id, decline));
+    }
+
+    /// The audit entry of a decline: its rule, or for a decline that is not a policy refusal its
+    /// kind; and its message.
+    fn refused_event(&self, job_id: String, decline: &Decline) -> Event {
+        let rule = decline.rule().map_or(decline.kind().name(), Rule::name).to_string();
+        Event::JobRefused {
+            job_id,
+            party: self.config.id.0,
+            rule,
+            message: decline.message().to_string(),
+        }
+    }
+
+    /// Turns a finished preparation into the signed reply, recording the decision.
+    fn decide(&mut self, prepared: Prepared) -> TaskReply {
+        let Prepared { job_id, job_hash, result } = prepared;
+        let session = match self.jobs.get(&job_id) {
+            Some(JobState::Preparing { session }) => *session,
+            _ => None,
+        };
+        // The acceptance and the session it takes part in are recorded together, before the
+        // party says yes.
+        let result = result.and_then(|accepted| {
+            let events = vec![
+                Event::JobOffered {
+                    job_id: job_id.clone(),
+                    job_hash: job_hash.clone(),
+                    consumer: accepted.consumer.clone(),
+                    coordinator_head: accepted.coordinator_head.clone(),
+                },
+                Event::JobAccepted { job_id: job_id.clone(), party: self.config.id.0 },
+            ];
+            match self.store.accept(events, session.as_ref(), self.now()) {
+                Ok(true) => Ok(accepted),
+                Ok(false) => Err(Decline::Fault(
+                    "the offer names a round session this party has already taken part in".into(),
+                )),
+                Err(e) => Err(Decline::Fault(format!("cannot record the acceptance: {e}"))),
+            }
+        });
+        let mut next_step = 0;
+        let mut advertise = Vec::new();
+        let mut min_cohort = 0;
+        let (decline, dataset_sha256) = match result {
+            Ok(mut accepted) => {
+                let fingerprint = accepted.dataset_sha256.clone();
+                next_step = accepted.next_step;
+                min_cohort = u32::try_from(accepted.min_parties).unwrap_or(u32::MAX);
+                if let (Some(job), Some(charge)) = (&accepted.training, &accepted.charge) {
+                    let slot = TrainingSlot {
+                        job: job.clone(),
+                        min_parties: accepted.min_parties,
+                        charge: charge.clone(),
+                    };
+                    self.training.insert(job_id.clone(), slot);
+                }
+                if let (Some(session), None) = (session, &accepted.training) {
+                    let identity = IdentityKey::from_seed(&self.config.identity_seed);
+                    let keys = RoundKeys::generate(
+                        SessionId(session),
+                        self.config.id,
+                        &identity,
+                        &mut self.rng,
+                    );
+                    advertise = keys.advertisement().encode();
+                    accepted.keys = Some(keys);
+                }
+                self.accepted.insert(job_id.clone(), (job_hash.clone(), accepted.consumer.clone()));
+                if let Some(JobState::Preparing { .. }) = self.jobs.get(&job_id) {
+                    self.jobs.insert(job_id.clone(), JobState::Ready(Box::new(accepted)));
+                }
+                (None, fingerprint)
+            }
+            Err(decline) => {
+                self.jobs.remove(&job_id);
+                tracing::info!(party = %self.config.name, job = %job_id, %decline, "declined a job");
+                self.audit(self.refused_event(job_id.clone(), &decline));
+                (Some(decline), String::new())
+            }
+        };
+        let signature =
+            self.signing.sign(&decision_statement(&job_id, &job_hash, decline.as_ref()));
+        let head = self.store.audit_head().unwrap_or_else(|e| {
+        tracing::error!(party = %self.config.name, error = %e, "cannot read the audit log's head");
+        None
+    });
+        let head = head.map(|h| h.signed(&job_id, &self.signing));
+        let (kind, rule, reason) = decline_fields(decline.as_ref());
+        let mut reply = TaskReply {
+            job_id,
+            accept: decline.is_none(),
+            decline: kind,
+            rule,
+            reason,
+            job_hash,
+            signature: signature.to_bytes().to_vec(),
+            dataset_sha256,
+            advertise,
+            min_cohort,
+            head_seq: head.as_ref().map_or(0, |h| h.seq),
+            head_signature: head.as_ref().and_then(|h| h.signature.clone()).unwrap_or_default(),
+            head_hash: head.map(|h| h.hash).unwrap_or_default(),
+            ..TaskReply::default()
+        };
+        // The store counts a training job's steps in the order `Step::code` gives them.
+        if next_step > 0 {
+            let next = Step::from_code(u32::try_from(next_step).unwrap_or(u32::MAX));
+            veil_proto::round::set_next_step(&mut reply, next);
+        }
+        reply
+    }
+
+    /// Leaves a training job's step, and tells the coordinator why in a signed refusal, so the
+    /// consumer sees the reason rather than a timeout.
+    fn leave_step(&mut self, job_id: String, job_hash: &str, decline: Decline) {
+        let signature = self.signing.sign(&decision_statement(&job_id, job_hash, Some(&decline)));
+        let (kind, rule, reason) = decline_fields(Some(&decline));
+        let reply = TaskReply {
+            job_id: job_id.clone(),
+            accept: false,
+            decline: kind,
+            rule,
+            reason,
+            job_hash: job_hash.to_string(),
+            signature: signature.to_bytes().to_vec(),
+            ..TaskReply::default()
+        };
+        self.leave(job_id, &decline);
+        self.send(Body::Reply(reply));
+    }
+
+    fn start_round(&mut self, start: RoundStart) -> bool {
+        let job_id = start.job_id.clone();
+        let training = self.training.get(&job_id).cloned();
+        let (vector, min_parties, charge, keys, job_hash) = if let Some(slot) = training {
+            if matches!(self.jobs.get(&job_id), Some(JobState::Preparing { .. }) | None) {
+                tracing::warn!(party = %self.config.name, job = %job_id, "training step before the job was accepted");
+                return false;
+            }
+            self.jobs.insert(job_id.clone(), JobState::Idle);
+            // Local training runs in the background; the stream keeps being served meanwhile, and
+            // the party joins the round when its vector is ready (`trained`).
+            match self.check_step(&slot, &start) {
+                Ok((step, standardizer)) => {
+                    // A secure round is joined at once: keys are advertised and shared, and the
+                    // mask expanded, while the party trains; the input follows.
+                    if !start.plain
+                        && self.join_round(
+                            start.clone(),
+                            Joining {
+                                vector: None,
+                                min_parties: slot.min_parties,
+                                charge: None,
+                                keys: None,
+                                job_hash: slot.job.job_hash.clone(),
+                            },
+                        )
+                    {
+                        return true;
+                    }
+                    let job = slot.job.clone();
+                    self.out.push_back(Action::Train(Box::new(StepWork {
+                        start,
+                        job_id,
+                        job,
+                        step,
+                        standardizer,
+                    })));
+                }
+                Err(decline) => {
+                    let hash = slot.job.job_hash.clone();
+                    self.leave_step(job_id, &hash, decline);
+                }
+            }
+            return false;
+        } else {
+            let Some(JobState::Ready(accepted)) = self.jobs.remove(&job_id) else {
+                tracing::warn!(party = %self.config.name, job = %job_id, "round start for a job this party did not accept");
+                return false;
+            };
+            let Accepted { vector, min_parties, charge, keys, job_hash, .. } = *accepted;
+            (vector, min_parties, charge, keys, job_hash)
+        };
+        let joining = Joining { vector: Some(vector), min_parties, charge, keys, job_hash };
+        self.join_round(start, joining)
+    }
+
+    /// A training step's vector, computed in the background, arrives: the party joins the round
+    /// (or, if training failed, leaves the step saying why).
+    pub(crate) fn trained(&mut self, trained: Trained) -> bool {
+        let Trained { start, job_id, computed } = trained;
+        // The job may have ended, or the connection been replaced, while the party trained.
+        let Some(slot) = self.training.get(&job_id).cloned() else { return false };
+        match computed {
+            // The step's claim reserved the job's charge with the first step.
+            Ok(v) if start.plain => {
+                let joining = Joining {
+                    vector: Some(Zeroizing::new(v)),
+                    min_parties: slot.min_parties,
+                    charge: None,
+                    keys: None,
+                    job_hash: slot.job.job_hash.clone(),
+                };
+                self.join_round(start, joining)
+            }
+            Ok(v) => {
+                // The round was joined at its start; it may have ended since (the party left it,
+                // or the coordinator gave up on it).
+                let Some(JobState::Round(party)) = self.jobs.get_mut(&job_id) else {
+                    return false;
+                };
+                if let Err(e) = party.provide_input(v) {
+                    tracing::warn!(party = %self.config.name, job = %job_id, error = %e, "the round took no input");
+                    return false;
+                }
+                self.flush(&job_id)
+            }
+            Err(decline) => {
+                let hash = slot.job.job_hash.clone();
+                self.leave_step(job_id, &hash, decline);
+                false
+            }
+        }
+    }
+
+    /// The audit log head a round message carries (after the job's charge, which is reserved
+    /// before any round message leaves).
+    fn head_fields(&self, job_id: &str) -> (u64, String, String) {
+        match self.store.audit_head() {
+            Ok(Some(h)) => {
+                let h = h.signed(job_id, &self.signing);
+                (h.seq, h.hash, h.signature.unwrap_or_default())
+            }
+            Ok(None) => (0, String::new(), String::new()),
+            Err(e) => {
+                tracing::error!(party = %self.config.name, error = %e, "cannot read the audit log's head");
+                (0, String::new(), String::new())
+            }
+        }
+    }
+
+    /// Reserves a release's charge, atomically against every other job, before anything derived
+    /// from the data leaves; it is never refunded. `false` when the party leaves the job instead.
+    fn reserve(&mut self, job_id: &str, charge: Option<&Reservation>) -> bool {
+        let Some(charge) = charge else { return true };
+        match self.store.reserve(charge, self.now()) {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                self.leave(job_id.to_string(), &Decline::refused(Rule::Budget, e.to_string()));
+                false
+            }
+            Err(e) => {
+                tracing::error!(party = %self.config.name, error = %e, "cannot reserve the budget; leaving the job");
+                false
+            }
+        }
+    }
+
+    /// Joins a round with the party's vector: a plain round sends it as it is (benchmark parties
+    /// only); a secure round checks the session, the cohort and the parameters, reserves the
+    /// charge, and starts the protocol's party state machine.
+    fn join_round(&mut self, start: RoundStart, joining: Joining) -> bool {
+        let Joining { vector, min_parties, charge, keys, job_hash } = joining;
+        let job_id = start.job_id.clone();
+        if vector.as_ref().is_some_and(|v| start.vector_len as usize != v.len()) {
+            tracing::warn!(party = %self.config.name, job = %job_id, "round start with the wrong vector length; leaving the job");
+            return false;
+        }
+        let minimum = min_parties.max(start.min_cohort as usize);
+        if start.parties.len() < minimum {
+            let message = format!(
+                "the round has {} parties; this party's data is combined with at least {minimum}",
+                start.parties.len()
+            );
+            self.leave(job_id, &Decline::refused(Rule::Cohort, message));
+            return false;
+        }
+        if start.plain {
+            let Some(vector) = vector else {
+                tracing::warn!(party = %self.config.name, job = %job_id, "internal: a plain round without its vector");
+                return false;
+            };
+            // A release of this party's data alone, which its own configuration and the job both
+            // allow: a secure round of one would reveal the same vector, so it goes as it is,
+            // charged first like any release.
+            let alone = start.parties == [self.config.id.0]
+                && min_parties <= 1
+                && self.config.min_cohort <= 1;
+            if !self.options.dangerous_benchmark && !alone {
+                tracing::warn!(party = %self.config.name, job = %job_id, "refusing a plain round");
+                return false;
+            }
+            if alone && !self.reserve(&job_id, charge.as_ref()) {
+                return false;
+            }
+            let mut bytes = Vec::with_capacity(vector.len() * 8);
+            for x in vector.iter() {
+                bytes.extend_from_slice(&x.to_le_bytes());
+            }
+            let (head_seq, head_hash, head_signature) = self.head_fields(&job_id);
+            let payload = RoundPayload {
+                job_id: job_id.clone(),
+                message: bytes,
+                head_seq,
+                head_hash,
+                head_signature,
+            };
+            self.send(Body::Round(payload));
+            self.jobs.insert(job_id, JobState::Idle);
+            return false;
+        }
+        let Ok(session) = <[u8; 32]>::try_from(start.session.as_slice()) else {
+            tracing::warn!(party = %self.config.name, job = %job_id, "round start without a 32-byte session; leaving the job");
+            return false;
+        };
+        let claimed = match &keys {
+            // Claimed with the acceptance.
+            Some(k) if k.session().0 == session => Ok(true),
+            Some(_) => {
+                let message = "left the round: its start names another session than the offer";
+                self.leave(job_id, &Decline::Fault(message.into()));
+                return false;
+            }
+            None => self.store.claim_session(&session),
+        };
+        match claimed {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(party = %self.config.name, job = %job_id, "round start reusing a session; leaving the job");
+                return false;
+            }
+            Err(e) => {
+                tracing::error!(party = %self.config.name, error = %e, "cannot record the session; leaving the job");
+                return false;
+            }
+        }
+        // The round's own minimum cohort and collusion bound must meet this party's: every party
+        // builds the round's digest from the same announced numbers, so it refuses a weaker round
+        // rather than raising the numbers for itself alone.
+        if (start.min_cohort as usize) < minimum {
+            let message = format!(
+                "the round releases sums over {} parties; this party's data is combined with at least {minimum}",
+                start.min_cohort
+            );
+            self.leave(job_id, &Decline::refused(Rule::Cohort, message));
+            return false;
+        }
+        if (start.max_corrupt as usize) < self.config.max_corrupt {
+            let message = format!(
+                "the round tolerates {} colluding parties; this party requires at least {}",
+                start.max_corrupt, self.config.max_corrupt
+            );
+            self.leave(job_id, &Decline::refused(Rule::Collusion, message));
+            return false;
+        }
+        let mut context = [0u8; 32];
+        if hex::decode_to_slice(&job_hash, &mut context).is_err() {
+            tracing::warn!(party = %self.config.name, job = %job_id, "internal: a job hash that is not 32 bytes of hex; leaving the job");
+            return false;
+        }
+        let params = match veil_proto::round::config(&start, context).map(RoundConfig::validate) {
+            Ok(Ok(p)) => Arc::new(p),
+            Ok(Err(e)) => {
+                tracing::warn!(party = %self.config.name, job = %job_id, error = %e, "unsafe round parameters; leaving the job");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(party = %self.config.name, job = %job_id, error = %e, "an unreadable round start; leaving the job");
+                return false;
+            }
+        };
+        if !self.reserve(&job_id, charge.as_ref()) {
+            return false;
+        }
+        let identity = IdentityKey::from_seed(&self.config.identity_seed);
+        let roster = self.config.roster.clone();
+        let rng = &mut self.rng;
+        // Moved, not copied: the party state machine keeps (and zeroizes) the one vector.
+        let input = vector.map(|mut v| std::mem::take(&mut *v));
+        let joined = match (keys, input) {
+            // The keys went out with the acceptance: the party waits for its neighbours' keys.
+            (Some(keys), input) => Party::with_keys(params, identity, roster, input, keys),
+            (None, Some(input)) => Party::new(params, self.config.id, identity, roster, input, rng),
+            // The input follows with `provide_input` once local training is done.
+            (None, None) => Party::awaiting_input(params, self.config.id, identity, roster, rng),
+        };
+        let party = match joined {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(party = %self.config.name, job = %job_id, error = %e, "cannot join the round");
+                return false;
+            }
+        };
+        self.jobs.insert(job_id.clone(), JobState::Round(Box::new(party)));
+        self.flush(&job_id)
+    }
+
+    fn round_message(&mut self, payload: RoundPayload) -> bool {
+        let Some(JobState::Round(party)) = self.jobs.get_mut(&payload.job_id) else {
+            return false;
+        };
+        let result = CoordinatorMessage::decode(&payload.message)
+            .map_err(veil_protocol::Error::from)
+            .and_then(|m| party.handle_message(m, &mut self.rng));
+        if let Err(e) = result {
+            tracing::warn!(party = %self.config.name, job = %payload.job_id, error = %e, "round message rejected");
+        }
+        if let PartyStatus::Aborted(e) = party.status() {
+            tracing::warn!(party = %self.config.name, job = %payload.job_id, error = %e, "left the round");
+            let decline = match e {
+                veil_protocol::Error::CohortTooSmall { size, minimum } => Decline::refused(
+                    Rule::Cohort,
+                    format!(
+                        "{size} parties remain in the round; this party's data is combined with at least {minimum}"
+                    ),
+                ),
+                other => Decline::Fault(format!("left the round: {other}")),
+            };
+            self.jobs.insert(payload.job_id.clone(), JobState::Idle);
+            // A training job goes on after this step: tell the coordinator why this party left.
+            if let Some(slot) = self.training.get(&payload.job_id) {
+                let hash = slot.job.job_hash.clone();
+                self.leave_step(payload.job_id, &hash, decline);
+            }
+            return false;
+        }
+        self.flush(&payload.job_id)
+    }
+
+    /// Sends what the party state machine has queued; applies injected faults.
+    fn flush(&mut self, job_id: &str) -> bool {
+        let Some(JobState::Round(party)) = self.jobs.get_mut(job_id) else {
+            return false;
+        };
+        let mut outgoing = Vec::new();
+        while let Some(m) = party.poll_transmit() {
+            outgoing.push(m);
+        }
+        for m in outgoing {
+            let stage = m.stage();
+            let (head_seq, head_hash, head_signature) = self.head_fields(job_id);
+            let payload = RoundPayload {
+                job_id: job_id.to_string(),
+                message: m.encode(),
+                head_seq,
+                head_hash,
+                head_signature,
+            };
+            self.send(Body::Round(payload));
+            if let Some(exit) = self.injected(job_id, stage) {
+                return exit;
+            }
+        }
+        false
+    }
+
+    /// Applies an injected fault after the message of `stage` went out: `Some(true)` to exit,
+    /// `Some(false)` when the party went silent in the job, `None` to go on.
+    fn injected(&mut self, job_id: &str, stage: Stage) -> Option<bool> {
+        match self.options.fault {
+            Some(Fault::ExitAfter(s)) if s == stage => {
+                // The worker lets the transport deliver what was just sent, as a crashed process's
+                // kernel would, then vanishes.
+                tracing::warn!(party = %self.config.name, job = %job_id, %stage, "injected fault: exiting");
+                self.out.push_back(Action::Exit);
+                Some(true)
+            }
+            Some(Fault::StallAfter(s)) if s == stage => {
+                tracing::warn!(party = %self.config.name, job = %job_id, %stage, "injected fault: going silent");
+                self.jobs.insert(job_id.to_string(), JobState::Idle);
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
+    /// Checks a training step against the accepted job and claims it in the store (reserving the
+    /// job's charge at its first step); returns the step and the standardisation to train with,
+    /// or the refusing rule and the reason.
+    fn check_step(
+        &self,
+        slot: &TrainingSlot,
+        start: &RoundStart,
+    ) -> Result<(Step, Option<Standardizer>), Decline> {
+        let job = &slot.job;
+        let spec = &job.spec;
+        let kind = |m: String| Decline::Fault(format!("training step refused: {m}"));
+        let step = match veil_proto::round::step(start) {
+            Ok(Some(step)) => step,
+            Ok(None) => return Err(kind("the round start names no step of the job".into())),
+            Err(e) => return Err(kind(e.to_string())),
+        };
+        let rounds = spec.rounds_to_run().map_err(|e| kind(e.to_string()))?;
+        match step {
+            Step::Moments if !spec.standardize || spec.standardizes_by_bounds() => {
+                return Err(kind("the job computes no standardisation statistics".into()));
+            }
+            Step::Train { round } if round >= rounds => {
+                return Err(kind(format!("the job has {rounds} rounds, not {}", round + 1)));
+            }
+            Step::Evaluate if !spec.evaluates() => {
+                return Err(kind("the job releases no evaluation".into()));
+            }
+            _ => {}
+        }
+        if start.plain != spec.plain {
+            return Err(kind("the round's masking differs from the job's".into()));
+        }
+        let want = spec.vector_len(step).map_err(|e| kind(e.to_string()))?;
+        if start.vector_len as usize != want {
+            return Err(kind(format!(
+                "a vector of {} elements, the job's {step} has {want}",
+                start.vector_len
+            )));
+        }
+        let parameters = spec.parameters().map_err(|e| kind(e.to_string()))?;
+        if step != Step::Moments
+            && (start.parameters.len() != parameters
+                || start.parameters.iter().any(|p| !p.is_finite()))
+        {
+            return Err(kind(format!(
+                "the global model has {} parameters or non-finite ones; the job's model has {parameters}",
+                start.parameters.len()
+            )));
+        }
+        let standardizer = if spec.standardize && step != Step::Moments {
+            let s = Standardizer { mean: start.mean.clone(), scale: start.scale.clone() };
+            let features = spec.features.len();
+            if s.mean.len() != features
+                || s.scale.len() != features
+                || s.mean.iter().any(|m| !m.is_finite())
+                || s.scale.iter().any(|v| !(v.is_finite() && *v > 0.0))
+            {
+                return Err(kind("the standardisation does not fit the job's features".into()));
+            }
+            if job.declared.as_ref().is_some_and(|d| *d != s) {
+                return Err(kind(
+                    "the standardisation differs from the one this party's declared bounds give"
+                        .into(),
+                ));
+            }
+            Some(s)
+        } else {
+            None
+        };
+        let minimum = slot.min_parties.max(start.min_cohort as usize);
+        if start.parties.len() < minimum {
+            return Err(Decline::refused(
+                Rule::Cohort,
+                format!(
+                    "the round has {} parties; this party's data is combined with at least {minimum}",
+                    start.parties.len()
+                ),
+            ));
+        }
+        match self.store.claim_step(&slot.charge, &job.job_hash, step.code(), self.now()) {
+            Ok(Ok(())) => {}
+            Ok(Err(decline)) => return Err(decline),
+            Err(e) => return Err(Decline::Fault(format!("cannot record the step: {e}"))),
+        }
+        Ok((step, standardizer))
+    }
+}
+
+/// A decline's wire fields: its kind, its rule (for a policy refusal) and its message.
+fn decline_fields(decline: Option<&Decline>) -> (i32, String, String) {
+    let Some(d) = decline else {
+        return (WireDecline::Unspecified as i32, String::new(), String::new());
+    };
+    let kind = match d.kind() {
+        DeclineKind::Refused => WireDecline::Refused,
+        DeclineKind::DataUnavailable => WireDecline::DataUnavailable,
+        DeclineKind::Fault => WireDecline::Fault,
+    };
+    (kind as i32, d.rule().map_or("", Rule::name).to_string(), d.message().to_string())
+}
+
+/// Today in UTC as `YYYY-MM-DD` (civil-from-days, H. Hinnant's algorithm).
+fn today(now_ms: i64) -> String {
+    let days = now_ms.div_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+impl JobRecords for crate::store::PartyStore {
+    fn accept(
+        &self,
+        events: Vec<Event>,
+        session: Option<&[u8; 32]>,
+        now_ms: i64,
+    ) -> Result<bool, String> {
+        crate::store::PartyStore::accept(self, events, session, now_ms).map_err(|e| e.to_string())
+    }
+
+    fn reserve(
+        &self,
+        charge: &Reservation,
+        now_ms: i64,
+    ) -> Result<Result<(), BudgetError>, String> {
+        self.reserve_and_log(charge, now_ms).map_err(|e| e.to_string())
+    }
+
+    fn claim_session(&self, session: &[u8; 32]) -> Result<bool, String> {
+        crate::store::PartyStore::claim_session(self, session).map_err(|e| e.to_string())
+    }
+
+    fn claim_step(
+        &self,
+        charge: &Reservation,
+        job_hash: &str,
+        step: u32,
+        now_ms: i64,
+    ) -> Result<Result<(), Decline>, String> {
+        self.claim_training_step(charge, job_hash, step, now_ms).map_err(|e| e.to_string())
+    }
+
+    fn audit(&self, event: Event, now_ms: i64) -> Result<(), String> {
+        crate::store::PartyStore::audit(self, event, now_ms).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn audit_head(&self) -> Result<Option<Head>, String> {
+        crate::store::PartyStore::audit_head(self).map_err(|e| e.to_string())
+    }
+
+    fn put_receipt(&self, receipt: &Receipt) -> Result<(), String> {
+        crate::store::PartyStore::put_receipt(self, receipt).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Mutex;
+
+    use rand::SeedableRng;
+    use veil_analytics::Job;
+    use veil_governance::budget::Spent;
+    use veil_proto::submission::new_job_id;
+    use veil_proto::v1::PlannedJob;
+
+    use super::*;
+    use crate::testing::{CELLS, analyst, config};
+
+    /// The party's records, in memory.
+    #[derive(Default)]
+    struct Book {
+        events: Mutex<Vec<Event>>,
+        sessions: Mutex<Vec<[u8; 32]>>,
+        charges: Mutex<Vec<Reservation>>,
+    }
+
+    impl Records for Book {
+        fn uses(&self, _: &str) -> Result<u64, String> {
+            Ok(0)
+        }
+        fn spent(&self, _: &str, _: &str) -> Result<Spent, String> {
+            Ok(Spent::default())
+        }
+        fn training_progress(&self, _: &str) -> Result<Option<(String, i64)>, String> {
+            Ok(None)
+        }
+        fn charged_consumer(&self, _: &str) -> Result<Option<String>, String> {
+            Ok(None)
+        }
+    }
+
+    impl JobRecords for Book {
+        fn accept(
+            &self,
+            events: Vec<Event>,
+            session: Option<&[u8; 32]>,
+            _: i64,
+        ) -> Result<bool, String> {
+            if let Some(s) = session {
+                if !self.claim_session(s)? {
+                    return Ok(false);
+                }
+            }
+            self.events.lock().unwrap().extend(events);
+            Ok(true)
+        }
+        fn reserve(&self, charge: &Reservation, _: i64) -> Result<Result<(), BudgetError>, String> {
+            self.charges.lock().unwrap().push(charge.clone());
+            Ok(Ok(()))
+        }
+        fn claim_session(&self, session: &[u8; 32]) -> Result<bool, String> {
+            let mut sessions = self.sessions.lock().unwrap();
+            if sessions.contains(session) {
+                return Ok(false);
+            }
+            sessions.push(*session);
+            Ok(true)
+        }
+        fn claim_step(
+            &self,
+            _: &Reservation,
+            _: &str,
+            _: u32,
+            _: i64,
+        ) -> Result<Result<(), Decline>, String> {
+            Ok(Ok(()))
+        }
+        fn audit(&self, event: Event, _: i64) -> Result<(), String> {
+            self.events.lock().unwrap().push(event);
+            Ok(())
+        }
+        fn audit_head(&self) -> Result<Option<Head>, String> {
+            Ok(None)
+        }
+        fn put_receipt(&self, _: &Receipt) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn machine(min_cohort: usize, options: WorkerOptions) -> (PartyJobs, Arc<Book>) {
+        let book = Arc::new(Book::default());
+        // The roster every member holds: this party's identity key and two others.
+        let mut roster = veil_protocol::Roster::new();
+        for (id, seed) in [(0u32, 1u8), (1, 2), (2, 3)] {
+            let key = SigningKey::from_bytes(&[seed; 32]).verifying_key();
+            roster.insert(veil_protocol::PartyId(id), key);
+        }
+        let config = PartyConfig { min_cohort, roster: Arc::new(roster), ..config(CELLS) };
+        let rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let jobs = PartyJobs::new(Arc::new(config), options, book.clone(), rng, || 1);
+        (jobs, book)
+    }
+
+    fn offered(spec: &str, session: Vec<u8>) -> (String, Outbound) {
+        let job = Job::parse(spec).unwrap();
+        let job_id = new_job_id();
+        let planned = PlannedJob {
+            spec_json: job.canonical_json(),
+            job_hash: job.hash(),
+            purpose: job.purpose().into(),
+        };
+        let offer = TaskOffer {
+            job_id: job_id.clone(),
+            spec_json: planned.spec_json.clone(),
+            consumer: "analyst".into(),
+            consumer_signature: analyst().sign(&job_id, &planned),
+            session,
+            ..TaskOffer::default()
+        };
+        (job_id, Outbound::Offer(offer))
+    }
+
+    fn actions(jobs: &mut PartyJobs) -> Vec<Action> {
+        std::iter::from_fn(|| jobs.poll_action()).collect()
+    }
+
+    fn reply(action: &Action) -> &TaskReply {
+        match action {
+            Action::Send(body) => match body.as_ref() {
+                Body::Reply(r) => r,
+                _ => panic!("expected a reply"),
+            },
+            _ => panic!("expected a reply"),
+        }
+    }
+
+    fn secure_start(job_id: &str, session: [u8; 32], parties: Vec<u32>, dim: u32) -> Outbound {
+        Outbound::Start(RoundStart {
+            job_id: job_id.into(),
+            session: session.to_vec(),
+            threshold: 3,
+            neighbours: parties.len() as u32 - 1,
+            min_cohort: 2,
+            max_corrupt: 1,
+            vector_len: dim,
+            parties,
+            ..RoundStart::default()
+        })
+    }
+
+    const SYNTHETIC: &str = "kind = \"synthetic\"\ndim = 4\n";
+
+    fn benchmark(fault: Option<Fault>) -> WorkerOptions {
+        WorkerOptions { dangerous_benchmark: true, fault }
+    }
+
+    #[test]
+    fn an_accepted_offer_carries_round_keys_and_its_round_start_joins() {
+        let (mut jobs, book) = machine(2, benchmark(None));
+        let (job_id, offer) = offered(SYNTHETIC, vec![5; 32]);
+        jobs.handle(offer);
+        let out = actions(&mut jobs);
+        assert_eq!(out.len(), 1);
+        let r = reply(&out[0]);
+        assert!(r.accept && !r.advertise.is_empty(), "{}", r.reason);
+        assert!(matches!(book.events.lock().unwrap()[1], Event::JobAccepted { .. }));
+        // The keys went out with the acceptance: joining sends nothing until the neighbours'
+        // keys arrive, and the session is spent.
+        jobs.handle(secure_start(&job_id, [5; 32], vec![0, 1, 2], 4));
+        assert!(actions(&mut jobs).is_empty());
+        assert!(matches!(jobs.jobs.get(&job_id), Some(JobState::Round(_))));
+        let (again, offer) = offered(SYNTHETIC, vec![5; 32]);
+        jobs.handle(offer);
+        let out = actions(&mut jobs);
+        assert!(!reply(&out[0]).accept, "a second job on a spent session");
+        assert!(!jobs.jobs.contains_key(&again));
+    }
+
+    #[test]
+    fn a_column_job_is_prepared_in_the_background_and_a_data_problem_is_declined_as_such() {
+        let (mut jobs, book) = machine(2, WorkerOptions::default());
+        let spec = "dataset = \"cells\"\npurpose = \"research\"\n[[columns]]\nname = \"mean_radius\"\nmin = 0\nmax = 50\n";
+        let (job_id, offer) = offered(spec, vec![6; 32]);
+        jobs.handle(offer);
+        let out = actions(&mut jobs);
+        let Action::Prepare(p) = &out[0] else { panic!("expected background work") };
+        assert!(matches!(p.work, Work::Columns { .. }));
+        let decline = Decline::DataUnavailable("dataset \"cells\" cannot be read".into());
+        let job_hash = p.job_hash.clone();
+        jobs.prepared(Prepared { job_id: job_id.clone(), job_hash, result: Err(decline) });
+        let out = actions(&mut jobs);
+        let r = reply(&out[0]);
+        assert!(!r.accept);
+        assert_eq!(r.decline, WireDecline::DataUnavailable as i32);
+        let events = book.events.lock().unwrap();
+        assert!(matches!(&events[0], Event::JobRefused { rule, .. } if rule == "data-unavailable"));
+        assert!(!jobs.jobs.contains_key(&job_id));
+    }
+
+    #[test]
+    fn a_round_below_the_partys_cohort_is_left_with_the_rule_logged_and_nothing_sent() {
+        let (mut jobs, book) = machine(3, benchmark(None));
+        let (job_id, offer) = offered(SYNTHETIC, Vec::new());
+        jobs.handle(offer);
+        assert!(reply(&actions(&mut jobs)[0]).accept);
+        jobs.handle(secure_start(&job_id, [8; 32], vec![0, 1], 4));
+        assert!(actions(&mut jobs).is_empty());
+        let events = book.events.lock().unwrap();
+        assert!(matches!(events.last(), Some(Event::JobRefused { rule, .. }) if rule == "cohort"));
+        assert!(book.charges.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_round_start_for_a_job_never_accepted_is_ignored() {
+        let (mut jobs, book) = machine(2, benchmark(None));
+        jobs.handle(secure_start(&new_job_id(), [9; 32], vec![0, 1, 2], 4));
+        assert!(actions(&mut jobs).is_empty());
+        assert!(book.sessions.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn injected_faults_stop_the_worker_or_silence_the_job_after_their_stage() {
+        let (mut jobs, _) = machine(2, benchmark(Some(Fault::ExitAfter(Stage::AdvertiseKeys))));
+        let (_, offer) = offered(SYNTHETIC, vec![4; 32]);
+        jobs.handle(offer);
+        let out = actions(&mut jobs);
+        assert!(matches!(out.as_slice(), [Action::Send(_), Action::Exit]));
+        assert!(!reply(&out[0]).advertise.is_empty());
+
+        let (mut jobs, _) = machine(2, benchmark(Some(Fault::StallAfter(Stage::AdvertiseKeys))));
+        let (job_id, offer) = offered(SYNTHETIC, vec![4; 32]);
+        jobs.handle(offer);
+        assert_eq!(actions(&mut jobs).len(), 1);
+        assert!(matches!(jobs.jobs.get(&job_id), Some(JobState::Idle)));
+        jobs.handle(secure_start(&job_id, [4; 32], vec![0, 1, 2], 4));
+        assert!(actions(&mut jobs).is_empty(), "a silent party stays silent");
+    }
+
+    #[test]
+    fn a_reconnection_forgets_the_jobs_of_the_last_connection() {
+        let (mut jobs, _) = machine(2, benchmark(None));
+        let (job_id, offer) = offered(SYNTHETIC, vec![3; 32]);
+        jobs.handle(offer);
+        actions(&mut jobs);
+        jobs.reconnected();
+        jobs.handle(secure_start(&job_id, [3; 32], vec![0, 1, 2], 4));
+        assert!(actions(&mut jobs).is_empty());
+    }
+}
