@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use veil_governance::audit::{Entry, Event};
+use veil_governance::audit_store;
 use veil_governance::receipt::Receipt;
 
 use crate::offer::Coverage;
@@ -21,6 +22,9 @@ pub enum StoreError {
     /// A stored row does not parse.
     #[error("corrupt database row: {0}")]
     Corrupt(String),
+    /// The audit log's table failed.
+    #[error(transparent)]
+    Audit(#[from] audit_store::AuditStoreError),
 }
 
 /// Where a job stands.
@@ -156,7 +160,6 @@ CREATE TABLE IF NOT EXISTS results (
     contributors TEXT NOT NULL,
     dropped TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, entry TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS receipts (job_id TEXT PRIMARY KEY, consumer TEXT NOT NULL, receipt TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS fetches (job_id TEXT NOT NULL, consumer TEXT NOT NULL, time_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -187,6 +190,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(audit_store::sqlite::SCHEMA)?;
         // Stores made by earlier versions lack the newer columns.
         for (column, definition) in [
             ("signature", "TEXT NOT NULL DEFAULT ''"),
@@ -459,18 +463,7 @@ impl Store {
     pub fn audit(&self, event: Event, time_ms: i64) -> Result<Entry, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let last: Option<String> = tx
-            .query_row("SELECT entry FROM audit ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
-            .optional()?;
-        let last: Option<Entry> = last
-            .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .transpose()?;
-        let entry = Entry::new(last.as_ref(), time_ms, "coordinator", event, &self.key);
-        let text = serde_json::to_string(&entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        tx.execute(
-            "INSERT INTO audit (seq, entry) VALUES (?1, ?2)",
-            params![entry.seq as i64, text],
-        )?;
+        let entry = audit_store::append(&*tx, "coordinator", &self.key, event, time_ms)?;
         tx.commit()?;
         Ok(entry)
     }

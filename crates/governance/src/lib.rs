@@ -9,10 +9,12 @@
 //!   reservation is atomic and never refunded.
 //! - [`decision`]: a party's signed answer to an offer, and the three kinds of no.
 //! - [`audit`]: the append-only, hash-chained, signed log and its verification.
+//! - [`audit_store`]: appending to a log behind a storage trait (SQLite with `sqlite`).
 //! - [`quota`]: consumers' job and fetch quotas over a 24-hour window.
 //! - [`receipt`]: release receipts and result fingerprints.
 
 pub mod audit;
+pub mod audit_store;
 pub mod budget;
 pub mod decision;
 pub mod policy;

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use veil_governance::audit::{Entry, Event};
+use veil_governance::audit_store;
 use veil_governance::budget::{BudgetError, Caps, Ledger, Reservation, Spent, check};
 use veil_governance::receipt::Receipt;
 use veil_governance::{Decline, Rule};
@@ -23,6 +24,9 @@ pub enum StoreError {
     /// A stored row does not parse.
     #[error("party store: corrupt row: {0}")]
     Corrupt(String),
+    /// The audit log's table failed.
+    #[error("party store: {0}")]
+    Audit(#[from] audit_store::AuditStoreError),
     /// The database file cannot be opened as the party's store.
     #[error(
         "party store {path}: {source}. It holds the budget ledger and the audit log: restore it \
@@ -66,7 +70,6 @@ CREATE TABLE IF NOT EXISTS training_steps (
     job_hash TEXT NOT NULL,
     next_step INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, entry TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS receipts (job_id TEXT PRIMARY KEY, receipt TEXT NOT NULL);
 ";
 
@@ -80,6 +83,7 @@ impl PartyStore {
             conn.pragma_update(None, "synchronous", "FULL")?;
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
             conn.execute_batch(SCHEMA)?;
+            conn.execute_batch(audit_store::sqlite::SCHEMA)?;
             Ok(conn)
         };
         let conn = opened()
@@ -107,22 +111,7 @@ impl PartyStore {
         event: Event,
         time_ms: i64,
     ) -> Result<Entry, StoreError> {
-        let last: Option<String> = tx
-            .query_row("SELECT entry FROM audit ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
-            .optional()?;
-        let last: Option<Entry> = last
-            .map(|t| {
-                serde_json::from_str(&t)
-                    .map_err(|e| StoreError::Corrupt(format!("table audit, last row: {e}")))
-            })
-            .transpose()?;
-        let entry = Entry::new(last.as_ref(), time_ms, &self.writer, event, &self.key);
-        let text = serde_json::to_string(&entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        tx.execute(
-            "INSERT INTO audit (seq, entry) VALUES (?1, ?2)",
-            params![entry.seq as i64, text],
-        )?;
-        Ok(entry)
+        Ok(audit_store::append(&**tx, &self.writer, &self.key, event, time_ms)?)
     }
 
     /// Reserves a charge and logs it in one transaction: after a crash either both the charge
@@ -151,16 +140,7 @@ impl PartyStore {
 
     /// The head of the audit log (its last entry), if it has any.
     pub fn audit_head(&self) -> Result<Option<veil_governance::audit::Head>, StoreError> {
-        let last: Option<String> = self
-            .conn()
-            .query_row("SELECT entry FROM audit ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
-            .optional()?;
-        last.map(|t| {
-            serde_json::from_str::<Entry>(&t)
-                .map(|e| e.head())
-                .map_err(|e| StoreError::Corrupt(format!("audit row: {e}")))
-        })
-        .transpose()
+        Ok(audit_store::head(&*self.conn())?)
     }
 
     /// Checks that the audit log verifies under this party's key and that the budget ledger
@@ -235,15 +215,7 @@ impl PartyStore {
 
     /// The whole audit log, in order.
     pub fn audit_log(&self) -> Result<Vec<Entry>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT seq, entry FROM audit ORDER BY seq")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-        rows.map(|row| {
-            let (seq, text) = row?;
-            serde_json::from_str(&text)
-                .map_err(|e| StoreError::Corrupt(format!("table audit, row seq = {seq}: {e}")))
-        })
-        .collect()
+        Ok(audit_store::AuditStore::entries(&*self.conn())?)
     }
 
     /// Records the acceptance of a job in one transaction: its audit entries and, when the
