@@ -606,6 +606,15 @@ impl SqlBuilder<'_> {
         format!("COALESCE({column} {op} {value}, false)")
     }
 
+    /// ` WHERE …` for the plan's conditions and predicate, or nothing.
+    fn filter(&mut self, plan: &Plan) -> String {
+        let mut filters: Vec<String> = plan.conditions.iter().map(|c| self.condition(c)).collect();
+        if let Some(p) = &plan.predicate {
+            filters.push(self.predicate(p));
+        }
+        if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) }
+    }
+
     fn predicate(&mut self, p: &PredicatePlan) -> String {
         match p {
             PredicatePlan::And(v) if v.is_empty() => "true".into(),
@@ -640,6 +649,16 @@ impl SqlBuilder<'_> {
 }
 
 impl Plan {
+    /// The job's row filter as a SQL `WHERE` clause (empty when it filters nothing), with the
+    /// party's meaning of missing values, and the values of its `$n` placeholders; `name` gives
+    /// each schema position's quoted column reference. The one emitter of the filter: both the
+    /// totals statement ([`Plan::aggregate_sql`]) and a row scan in the database use it.
+    pub fn where_sql(&self, name: &dyn Fn(usize) -> String) -> AggregateSql {
+        let mut b = SqlBuilder { params: Vec::new(), name };
+        let clause = b.filter(self);
+        AggregateSql { sql: clause, params: b.params }
+    }
+
     /// For an exact job, one SQL statement that computes this party's totals in its database:
     /// the same filter (with the party's meaning of missing values), the same groups, and per
     /// column the same counts, clipped fixed-point sums (rounded as in [`LocalAggregate`]) and
@@ -654,10 +673,7 @@ impl Plan {
             return None;
         }
         let mut b = SqlBuilder { params: Vec::new(), name };
-        let mut filters: Vec<String> = self.conditions.iter().map(|c| b.condition(c)).collect();
-        if let Some(p) = &self.predicate {
-            filters.push(b.predicate(p));
-        }
+        let filter = b.filter(self);
         // The group index, in mixed radix with the last column fastest.
         let mut group = "0".to_string();
         // Slots as in `group_slot`: the domain's values, then (other), then (null).
@@ -705,11 +721,6 @@ impl Plan {
                 outputs.push(count_if(format!("{v} > {}", e[last])));
             }
         }
-        let filter = if filters.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", filters.join(" AND "))
-        };
         Some(AggregateSql {
             sql: format!("SELECT {} FROM {table}{filter} GROUP BY 1", outputs.join(", ")),
             params: b.params,

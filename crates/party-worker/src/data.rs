@@ -177,59 +177,23 @@ fn scan_csv(
     Ok(())
 }
 
-/// What the predicate pushdown sends: a WHERE clause with `$n` placeholders and its values.
-struct Pushdown {
-    clause: String,
-    params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>,
+/// Values for a statement's `$n` placeholders.
+fn bind(
+    values: &[veil_analytics::Literal],
+) -> Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> {
+    values
+        .iter()
+        .map(|l| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+            match l {
+                veil_analytics::Literal::Number(x) => Box::new(*x),
+                veil_analytics::Literal::Text(t) => Box::new(t.clone()),
+            }
+        })
+        .collect()
 }
 
 fn quote(ident: &str) -> String {
     ident.split('.').map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(".")
-}
-
-impl Pushdown {
-    fn literal(&mut self, l: &veil_analytics::Literal) -> String {
-        match l {
-            veil_analytics::Literal::Number(x) => self.params.push(Box::new(*x)),
-            veil_analytics::Literal::Text(t) => self.params.push(Box::new(t.clone())),
-        }
-        let cast = if matches!(l, veil_analytics::Literal::Number(_)) { "float8" } else { "text" };
-        format!("${}::{cast}", self.params.len())
-    }
-
-    fn column(c: &str, l: &veil_analytics::Literal) -> String {
-        let cast = if matches!(l, veil_analytics::Literal::Number(_)) { "float8" } else { "text" };
-        format!("{}::{cast}", quote(c))
-    }
-
-    /// SQL for a condition with the party's meaning (a missing value satisfies nothing).
-    fn condition(&mut self, c: &veil_analytics::Condition) -> String {
-        let op = c.op.sql();
-        let column = Self::column(&c.column, &c.value);
-        let value = self.literal(&c.value);
-        format!("{column} {op} {value}")
-    }
-
-    fn predicate(&mut self, p: &veil_analytics::Predicate) -> Option<String> {
-        use veil_analytics::Predicate;
-        match p {
-            Predicate::Compare(c) => Some(self.condition(c)),
-            Predicate::IsNull { column, negated } => {
-                Some(format!("{} IS {}NULL", quote(column), if *negated { "NOT " } else { "" }))
-            }
-            Predicate::In { column, values, negated: false } if !values.is_empty() => {
-                let items: Vec<String> = values.iter().map(|v| self.literal(v)).collect();
-                Some(format!("{} IN ({})", Self::column(column, &values[0]), items.join(", ")))
-            }
-            // Only conjunctions of the above keep their meaning under SQL's three-valued logic;
-            // NOT, OR and NOT IN are evaluated by the party itself.
-            Predicate::And(v) => {
-                let parts: Vec<String> = v.iter().filter_map(|x| self.predicate(x)).collect();
-                (!parts.is_empty()).then(|| format!("({})", parts.join(" AND ")))
-            }
-            _ => None,
-        }
-    }
 }
 
 /// Computes the party's vector from its PostgreSQL table. For an exact job the whole of the
@@ -270,16 +234,7 @@ pub async fn aggregate_postgres(
     // Exact jobs: the whole of the party's part runs in the database, one row per group.
     if let Some(query) = plan.aggregate_sql(&quote(&source.table), &|i| quote(&schema.columns[i].0))
     {
-        let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = query
-            .params
-            .iter()
-            .map(|l| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
-                match l {
-                    veil_analytics::Literal::Number(x) => Box::new(*x),
-                    veil_analytics::Literal::Text(t) => Box::new(t.clone()),
-                }
-            })
-            .collect();
+        let params = bind(&query.params);
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
             .iter()
             .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
@@ -308,24 +263,17 @@ pub async fn aggregate_postgres(
         return Ok((vector, hex::encode(hasher.finalize())));
     }
     let needed = plan.needed_columns();
-    let mut pushdown = Pushdown { clause: String::new(), params: Vec::new() };
-    let mut parts: Vec<String> = plan.spec().filter.iter().map(|c| pushdown.condition(c)).collect();
-    if let Some(p) = plan.spec().predicate.as_ref().and_then(|p| pushdown.predicate(p)) {
-        parts.push(p);
-    }
-    if !parts.is_empty() {
-        pushdown.clause = format!(" WHERE {}", parts.join(" AND "));
-    }
+    // The database applies the job's filter exactly as the party would; the rows are checked
+    // against it again below all the same.
+    let filter = plan.where_sql(&|i| quote(&schema.columns[i].0));
+    let params = bind(&filter.params);
     let projection: Vec<String> =
         needed.iter().map(|&i| format!("{}::text", quote(&schema.columns[i].0))).collect();
     let projection =
         if projection.is_empty() { "1::text".to_string() } else { projection.join(", ") };
-    let sql = format!("SELECT {projection} FROM {}{}", quote(&source.table), pushdown.clause);
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = pushdown
-        .params
-        .iter()
-        .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
+    let sql = format!("SELECT {projection} FROM {}{}", quote(&source.table), filter.sql);
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
     let rows = client.query_raw(&sql, params).await.map_err(fail)?;
     let mut rows = std::pin::pin!(rows);
     let mut aggregate = plan.aggregate(noise_seed);
