@@ -176,7 +176,7 @@ impl Gateway {
 /// size an honest party sends.
 fn reply_of(party: PartyId, r: veil_proto::v1::TaskReply) -> Reply {
     let reason: String = r.reason.chars().take(2_000).collect();
-    let next_step = veil_proto::round::next_step(&r);
+    let next_step = veil_proto::round::next_position(&r);
     let decision = if let Err(e) = &next_step {
         Decision::Malformed(e.to_string())
     } else if r.accept {
@@ -202,7 +202,7 @@ fn reply_of(party: PartyId, r: veil_proto::v1::TaskReply) -> Reply {
         job_hash: r.job_hash,
         signature: r.signature,
         dataset_sha256: r.dataset_sha256.chars().take(64).collect(),
-        next_step: next_step.ok().flatten().map_or(0, |s| u64::from(s.code())),
+        next_step: next_step.unwrap_or(0),
         min_cohort: r.min_cohort,
         // A hash is 64 hex digits; anything else records no head.
         head: head_of(r.head_seq, r.head_hash, r.head_signature),

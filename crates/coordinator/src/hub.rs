@@ -95,7 +95,12 @@ impl Shared {
                 match out.iter().find(|(e, _)| e.name == entry.name) {
                     Some((e, first)) => {
                         let (a, b) = (self.party_name(*first), self.party_name(*p));
-                        if let Some(difference) = e.difference(entry, &a, &b) {
+                        let difference = e.difference(entry, &a, &b).or_else(|| {
+                            (e != entry).then(|| {
+                                "the same columns in another order, or one listed twice".into()
+                            })
+                        });
+                        if let Some(difference) = difference {
                             return Err(format!(
                                 "{a} and {b} announce different catalogs for dataset {:?}: {difference}; the parties must declare the same columns, types, bounds and domains",
                                 entry.name

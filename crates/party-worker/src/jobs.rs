@@ -176,7 +176,10 @@ pub(crate) struct PartyJobs {
     options: WorkerOptions,
     store: Arc<dyn JobRecords>,
     signing: SigningKey,
-    rng: rand_chacha::ChaCha20Rng,
+    /// Makes a generator for each use: round keys, a round's masks and coefficients, a
+    /// message's randomness. A fresh one each time, so no state that could replay a finished
+    /// round's secrets outlives it.
+    rng: fn() -> rand_chacha::ChaCha20Rng,
     clock: fn() -> i64,
     jobs: HashMap<String, JobState>,
     /// The accepted training jobs, between and during their steps.
@@ -188,14 +191,14 @@ pub(crate) struct PartyJobs {
 }
 
 impl PartyJobs {
-    /// The machine of a party with this configuration and records; `rng` supplies every
-    /// random choice (round keys, masks, synthetic vectors), `clock` the time in Unix
-    /// milliseconds.
+    /// The machine of a party with this configuration and records; `rng` makes the generator
+    /// of every random choice (round keys, masks, synthetic vectors), a new one per use (from
+    /// the OS in service), `clock` gives the time in Unix milliseconds.
     pub(crate) fn new(
         config: Arc<PartyConfig>,
         options: WorkerOptions,
         store: Arc<dyn JobRecords>,
-        rng: rand_chacha::ChaCha20Rng,
+        rng: fn() -> rand_chacha::ChaCha20Rng,
         clock: fn() -> i64,
     ) -> Self {
         let signing = SigningKey::from_bytes(&config.identity_seed);
@@ -223,6 +226,8 @@ impl PartyJobs {
     pub(crate) fn reconnected(&mut self) {
         self.jobs.clear();
         self.training.clear();
+        // Nor can what was queued for it: replies, round messages, work and an injected exit.
+        self.out.clear();
     }
 
     /// A message from the coordinator.
@@ -303,7 +308,8 @@ impl PartyJobs {
         };
         match work {
             Work::Synthetic { dim } => {
-                let vector: Vec<u64> = (0..dim).map(|_| self.rng.next_u64()).collect();
+                let mut rng = (self.rng)();
+                let vector: Vec<u64> = (0..dim).map(|_| rng.next_u64()).collect();
                 let accepted = Accepted { vector: Zeroizing::new(vector), ..accepted };
                 self.prepared(Prepared { job_id, job_hash, result: Ok(accepted) });
             }
@@ -425,7 +431,7 @@ impl PartyJobs {
                         SessionId(session),
                         self.config.id,
                         &identity,
-                        &mut self.rng,
+                        &mut (self.rng)(),
                     );
                     advertise = keys.advertisement().encode();
                     accepted.keys = Some(keys);
@@ -468,10 +474,7 @@ impl PartyJobs {
             ..TaskReply::default()
         };
         // The store counts a training job's steps in the order `Step::code` gives them.
-        if next_step > 0 {
-            let next = Step::from_code(u32::try_from(next_step).unwrap_or(u32::MAX));
-            veil_proto::round::set_next_step(&mut reply, next);
-        }
+        veil_proto::round::set_next_position(&mut reply, next_step);
         reply
     }
 
@@ -739,7 +742,7 @@ impl PartyJobs {
         }
         let identity = IdentityKey::from_seed(&self.config.identity_seed);
         let roster = self.config.roster.clone();
-        let rng = &mut self.rng;
+        let rng = &mut (self.rng)();
         // Moved, not copied: the party state machine keeps (and zeroizes) the one vector.
         let input = vector.map(|mut v| std::mem::take(&mut *v));
         let joined = match (keys, input) {
@@ -766,7 +769,7 @@ impl PartyJobs {
         };
         let result = CoordinatorMessage::decode(&payload.message)
             .map_err(veil_protocol::Error::from)
-            .and_then(|m| party.handle_message(m, &mut self.rng));
+            .and_then(|m| party.handle_message(m, &mut (self.rng)()));
         if let Err(e) = result {
             tracing::warn!(party = %self.config.name, job = %payload.job_id, error = %e, "round message rejected");
         }
@@ -1095,7 +1098,7 @@ mod tests {
             roster.insert(veil_protocol::PartyId(id), key);
         }
         let config = PartyConfig { min_cohort, roster: Arc::new(roster), ..config(CELLS) };
-        let rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let rng = || rand_chacha::ChaCha20Rng::seed_from_u64(7);
         let jobs = PartyJobs::new(Arc::new(config), options, book.clone(), rng, || 1);
         (jobs, book)
     }
@@ -1233,6 +1236,38 @@ mod tests {
         assert!(matches!(jobs.jobs.get(&job_id), Some(JobState::Idle)));
         jobs.handle(secure_start(&job_id, [4; 32], vec![0, 1, 2], 4));
         assert!(actions(&mut jobs).is_empty(), "a silent party stays silent");
+    }
+
+    #[test]
+    fn a_reconnection_drops_what_was_queued_for_the_last_connection() {
+        let (mut jobs, _) = machine(2, benchmark(Some(Fault::ExitAfter(Stage::AdvertiseKeys))));
+        let (_, offer) = offered(SYNTHETIC, vec![2; 32]);
+        jobs.handle(offer);
+        // The reply and the injected exit are queued; the connection goes before they run.
+        jobs.reconnected();
+        assert!(actions(&mut jobs).is_empty());
+    }
+
+    #[test]
+    fn every_random_choice_takes_a_fresh_generator() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static MADE: AtomicU64 = AtomicU64::new(0);
+        let fresh = || {
+            let n = MADE.fetch_add(1, Ordering::SeqCst);
+            rand_chacha::ChaCha20Rng::seed_from_u64(n)
+        };
+        let book: Arc<Book> = Arc::new(Book::default());
+        let config = Arc::new(config(CELLS));
+        let mut jobs = PartyJobs::new(config, benchmark(None), book, fresh, || 1);
+        let mut adverts = Vec::new();
+        for session in [[1u8; 32], [2; 32]] {
+            let (_, offer) = offered(SYNTHETIC, session.to_vec());
+            jobs.handle(offer);
+            adverts.push(reply(&actions(&mut jobs)[0]).advertise.clone());
+        }
+        // No generator outlives its use: each vector and each round's keys had their own.
+        assert!(MADE.load(Ordering::SeqCst) >= 4);
+        assert_ne!(adverts[0], adverts[1]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -95,8 +96,8 @@ pub async fn run(
     let mut backoff = BACKOFF_MIN;
     let config = Arc::new(config);
     let records: Arc<dyn JobRecords> = store;
-    let rng = rand_chacha::ChaCha20Rng::from_entropy();
-    let jobs = PartyJobs::new(config.clone(), options.clone(), records, rng, now_ms);
+    let jobs =
+        PartyJobs::new(config.clone(), options.clone(), records, ChaCha20Rng::from_entropy, now_ms);
     let mut state = Worker::new(jobs, options);
     loop {
         let session = tokio::select! {

@@ -79,6 +79,7 @@ fn to_wire(step: Step) -> (StepKind, u32) {
 fn from_wire(kind: i32, round: u32) -> Result<Option<Step>, WireError> {
     match StepKind::try_from(kind) {
         Ok(StepKind::StepUnspecified) => Ok(None),
+        Ok(StepKind::StepFinished) => Err(WireError::StepKind(kind)),
         Ok(StepKind::StepMoments) => Ok(Some(Step::Moments)),
         Ok(StepKind::StepTrain) => Ok(Some(Step::Train { round })),
         Ok(StepKind::StepEvaluate) => Ok(Some(Step::Evaluate)),
@@ -119,6 +120,25 @@ pub fn set_step(start: &mut RoundStart, step: Step) {
 /// The training step a round start is for (`None` for a one-round job's round).
 pub fn step(start: &RoundStart) -> Result<Option<Step>, WireError> {
     from_wire(start.step_kind, start.train_round)
+}
+
+/// Where a party stands in a training job, in the order the job's steps run (`Step::code`):
+/// 0 before the first step, a step's code when that step is next, and one past the evaluation's
+/// code when it has contributed to every step. Written into its reply.
+pub fn set_next_position(reply: &mut TaskReply, position: u64) {
+    match u32::try_from(position) {
+        Ok(0) => {}
+        Ok(code) => set_next_step(reply, Step::from_code(code)),
+        Err(_) => reply.next_step_kind = StepKind::StepFinished as i32,
+    }
+}
+
+/// Where a party's reply says it stands in a training job ([`set_next_position`]).
+pub fn next_position(reply: &TaskReply) -> Result<u64, WireError> {
+    if reply.next_step_kind == StepKind::StepFinished as i32 {
+        return Ok(u64::from(u32::MAX) + 1);
+    }
+    Ok(next_step(reply)?.map_or(0, |s| u64::from(s.code())))
 }
 
 /// Names the first training step a party still contributes to in its reply.
@@ -166,6 +186,12 @@ mod tests {
             assert_eq!(next_step(&reply), Ok(Some(s)));
         }
         assert_eq!(step(&RoundStart::default()), Ok(None));
+        // Positions in a reply, including past the last step.
+        for position in [0, 1, 5, u64::from(u32::MAX), u64::from(u32::MAX) + 1] {
+            let mut reply = TaskReply::default();
+            set_next_position(&mut reply, position);
+            assert_eq!(next_position(&reply), Ok(position), "{position}");
+        }
         let odd = RoundStart { step_kind: 99, ..RoundStart::default() };
         assert_eq!(step(&odd), Err(WireError::StepKind(99)));
     }
