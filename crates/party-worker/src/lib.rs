@@ -11,9 +11,9 @@ pub mod admission;
 pub mod config;
 pub mod data;
 mod jobs;
+pub mod store;
 #[cfg(test)]
 mod testing;
-pub mod store;
 pub mod worker;
 
 pub use config::{PartyConfig, PartyFile};
