@@ -31,8 +31,8 @@ pub use plan::{
 };
 pub use schema::{ColumnInfo, ColumnType, DatasetCatalog, DatasetSchema, Value};
 pub use spec::{
-    ColumnRequest, Condition, GroupBy, Job, JobSpec, Literal, Op, Output, OutputKind, Predicate,
-    Privacy, SqlRequest, SyntheticSpec,
+    ColumnRequest, Condition, GroupBy, Job, JobSpec, KeyColumn, Literal, Op, Output, OutputKind,
+    Predicate, Privacy, PsiSpec, SqlRequest, SyntheticSpec,
 };
 
 /// Errors of job specifications and local aggregation.

@@ -36,6 +36,37 @@ pub enum Job {
     Sql(SqlRequest),
     /// Federated training.
     Train(Box<TrainSpec>),
+    /// A private set intersection between two parties' key columns.
+    Psi(PsiSpec),
+}
+
+/// A private set intersection (`kind = "psi"`): the size of the intersection of the keys in
+/// one party's column (`client`, which learns it and reports it) and another's (`server`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PsiSpec {
+    /// Always `"psi"`.
+    pub kind: String,
+    /// The side whose party computes the result.
+    pub client: KeyColumn,
+    /// The other side.
+    pub server: KeyColumn,
+    /// Match keys regardless of case (they are always trimmed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub case_fold: bool,
+    /// What the answer is for; owners' policies may allow only some purposes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub purpose: String,
+}
+
+/// A dataset's key column, one side of an intersection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyColumn {
+    /// The dataset, by the name its party serves it under.
+    pub dataset: String,
+    /// The column holding the keys.
+    pub key: String,
 }
 
 /// A SQL query as submitted (`sql = "SELECT …"`), with the job options.
@@ -108,6 +139,16 @@ impl Job {
                 }
                 Ok(Job::Synthetic(spec))
             }
+            "psi" => {
+                let spec: PsiSpec = serde_json::from_value(value).map_err(typed)?;
+                if spec.client.dataset == spec.server.dataset {
+                    return Err(AnalyticsError::Invalid(
+                        "an intersection is between two datasets; client and server name the same one"
+                            .into(),
+                    ));
+                }
+                Ok(Job::Psi(spec))
+            }
             veil_learning::job::KIND => {
                 let spec: TrainSpec = serde_json::from_value(value).map_err(typed)?;
                 spec.validate().map_err(|e| AnalyticsError::Invalid(e.to_string()))?;
@@ -123,6 +164,7 @@ impl Job {
             Job::Columns(s) => s.canonical_json(),
             Job::Synthetic(s) => serde_json::to_string(s).expect("synthetic specs serialise"),
             Job::Sql(s) => serde_json::to_string(s).expect("SQL requests serialise"),
+            Job::Psi(s) => serde_json::to_string(s).expect("intersection specs serialise"),
             Job::Train(s) => serde_json::to_string(s).expect("training specs serialise"),
         }
     }
@@ -133,13 +175,23 @@ impl Job {
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// The dataset the job reads (`"synthetic"` for synthetic jobs).
+    /// The dataset the job reads (`"synthetic"` for synthetic jobs; an intersection's
+    /// client's).
     pub fn dataset(&self) -> &str {
         match self {
             Job::Columns(s) => &s.dataset,
             Job::Synthetic(_) => "synthetic",
             Job::Sql(_) => "",
             Job::Train(s) => &s.dataset,
+            Job::Psi(s) => &s.client.dataset,
+        }
+    }
+
+    /// Every dataset the job reads: an intersection's two, one otherwise.
+    pub fn datasets(&self) -> Vec<&str> {
+        match self {
+            Job::Psi(s) => vec![&s.client.dataset, &s.server.dataset],
+            other => vec![other.dataset()],
         }
     }
 
@@ -190,6 +242,7 @@ impl Job {
             Job::Synthetic(_) => "",
             Job::Sql(s) => &s.purpose,
             Job::Train(s) => &s.purpose,
+            Job::Psi(s) => &s.purpose,
         }
     }
 
@@ -200,6 +253,8 @@ impl Job {
             Job::Synthetic(s) => s.min_parties,
             Job::Sql(s) => s.min_parties,
             Job::Train(s) => s.min_parties,
+            // Its two sides.
+            Job::Psi(_) => 2,
         }
     }
 }

@@ -278,11 +278,12 @@ pub(crate) fn print_result(result: &JobResult, json: bool) -> Result<()> {
         println!("{}", with_coverage(&result.answer_json, &result.coverage));
         return Ok(());
     }
-    let training = serde_json::from_str::<serde_json::Value>(&result.answer_json)
-        .ok()
-        .filter(|a| a.get("kind").and_then(|k| k.as_str()) == Some("train"));
-    if let Some(answer) = training {
-        print_training(&answer);
+    let answer = serde_json::from_str::<serde_json::Value>(&result.answer_json).ok();
+    let kind = answer.as_ref().and_then(|a| a.get("kind")).and_then(|k| k.as_str());
+    if let (Some(answer), Some("train")) = (&answer, kind) {
+        print_training(answer);
+    } else if let (Some(answer), Some("psi")) = (&answer, kind) {
+        print_intersection(answer);
     } else if !result.table_json.is_empty() {
         print_table(result)?;
     } else {
@@ -296,6 +297,24 @@ pub(crate) fn print_result(result: &JobResult, json: bool) -> Result<()> {
 }
 
 /// A readable summary of a training job's result.
+/// A readable line for an intersection's result.
+fn print_intersection(answer: &serde_json::Value) {
+    let side = |s: &serde_json::Value| {
+        format!(
+            "{}.{} ({} keys)",
+            s["dataset"].as_str().unwrap_or("?"),
+            s["key"].as_str().unwrap_or("?"),
+            s["keys"].as_u64().unwrap_or(0)
+        )
+    };
+    println!(
+        "{} keys in common between {} and {}",
+        answer["intersection_size"].as_u64().unwrap_or(0),
+        side(&answer["client"]),
+        side(&answer["server"])
+    );
+}
+
 fn print_training(answer: &serde_json::Value) {
     let model = &answer["model"];
     let rounds = answer["rounds"].as_array().map_or(0, Vec::len);
@@ -586,6 +605,36 @@ pub(crate) async fn parties(config: &Path, json: bool, plaintext: bool) -> Resul
         }
     }
     Ok(())
+}
+
+/// Runs a private set intersection between two datasets' key columns and prints its size.
+pub(crate) async fn psi(
+    config: &Path,
+    client: &str,
+    server: &str,
+    case_fold: bool,
+    json: bool,
+    plaintext: bool,
+) -> Result<()> {
+    let side = |s: &str| -> Result<serde_json::Value> {
+        let (dataset, key) = s
+            .rsplit_once('.')
+            .with_context(|| format!("{s:?}: name a side as <dataset>.<key column>"))?;
+        Ok(serde_json::json!({ "dataset": dataset, "key": key }))
+    };
+    let spec = serde_json::json!({
+        "kind": "psi", "client": side(client)?, "server": side(server)?, "case_fold": case_fold,
+    });
+    let signer = signer(config)?;
+    let mut jobs = JobsClient::new(channel(config, plaintext).await?);
+    let status = signer.submit(&mut jobs, &spec.to_string()).await.map_err(status_error)?;
+    let last = follow(&mut jobs, &status.job_id, !json).await?;
+    if last.state() != JobState::Succeeded {
+        bail!("intersection {} {}: {}", last.job_id, last.state().name(), last.detail);
+    }
+    let result =
+        jobs.result(JobRef { job_id: last.job_id }).await.map_err(status_error)?.into_inner();
+    print_result(&result, json)
 }
 
 /// Runs a SQL query and prints its result table.

@@ -4,8 +4,8 @@
 //!   statistics over the bundled sample data, and the answer is printed beside the pooled one.
 //! - `veil init`: create a consortium (CA, certificates, identity keys, roster, configs).
 //! - `veil coordinator`, `veil party`: run the services.
-//! - `veil submit`, `veil jobs`, `veil result`, `veil cancel`, `veil parties`: consumer and
-//!   administrator commands.
+//! - `veil submit`, `veil query`, `veil psi`, `veil jobs`, `veil result`, `veil cancel`,
+//!   `veil parties`: consumer and administrator commands.
 //! - `veil bench secagg`, `veil bench rounds`: performance.
 
 mod bench;
@@ -103,6 +103,24 @@ enum Command {
         #[arg(long)]
         safetensors: Option<PathBuf>,
         /// Connect without TLS.
+        #[arg(long)]
+        dangerous_plaintext: bool,
+    },
+    /// Count the keys two parties' datasets share (a private set intersection), e.g.
+    /// `veil psi jfk_flights.tailnum planes.tailnum`: the first side's party computes the size;
+    /// neither sees the other's keys.
+    Psi {
+        /// The side that computes the result, as `<dataset>.<key column>`.
+        client: String,
+        /// The other side, as `<dataset>.<key column>`.
+        server: String,
+        #[arg(long, short, env = "VEIL_CONSUMER")]
+        config: PathBuf,
+        /// Match keys regardless of case (they are always trimmed).
+        #[arg(long)]
+        case_fold: bool,
+        #[arg(long)]
+        json: bool,
         #[arg(long)]
         dangerous_plaintext: bool,
     },
@@ -419,6 +437,10 @@ async fn run(cli: Cli) -> Result<()> {
                 options["k_threshold"] = k.into();
             }
             client::query(&config, &sql, options, json, dangerous_plaintext, require_all).await
+        }
+        Command::Psi { client, server, config, case_fold, json, dangerous_plaintext } => {
+            logging("warn");
+            client::psi(&config, &client, &server, case_fold, json, dangerous_plaintext).await
         }
         Command::Jobs { config, json, dangerous_plaintext } => {
             logging("warn");

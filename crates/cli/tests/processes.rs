@@ -486,3 +486,47 @@ fn the_sql_front_end_survives_generated_queries_in_a_coordinator_process() {
     assert_eq!(answered.0 + answered.1, queries.len());
     assert!(answered.0 >= 3 && answered.1 >= 20, "accepted {}, refused {}", answered.0, answered.1);
 }
+
+/// `veil psi` between two party processes: an airport's flights and the aircraft registry
+/// count the tail numbers they share.
+#[test]
+fn veil_psi_counts_the_keys_two_parties_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("consortium");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = ["init", root.to_str().unwrap(), "--parties", "jfk,registry", "--listen", &listen];
+    let out = veil(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let party = |name: &str| root.join("parties").join(name).join("party.toml");
+    for (name, dataset, file) in
+        [("jfk", "jfk_flights", "flights/jfk.csv"), ("registry", "planes", "flights/planes.csv")]
+    {
+        let mut f = std::fs::OpenOptions::new().append(true).open(party(name)).unwrap();
+        writeln!(
+            f,
+            "\n[[datasets]]\nname = \"{dataset}\"\npath = {:?}\ncolumns = {{ tailnum = \"string\" }}\n\
+             [datasets.policy]\njoin_keys = [\"tailnum\"]",
+            repo(&format!("examples/data/{file}")).display().to_string()
+        )
+        .unwrap();
+    }
+    let coordinator_toml = root.join("coordinator/coordinator.toml");
+    let _coordinator = spawn(&["coordinator", "--config", coordinator_toml.to_str().unwrap()]);
+    let _jfk = spawn(&["party", "--config", party("jfk").to_str().unwrap()]);
+    let _registry = spawn(&["party", "--config", party("registry").to_str().unwrap()]);
+    let operator = root.join("consumers/operator/consumer.toml");
+    let analyst = root.join("consumers/analyst/consumer.toml");
+    wait_connected(operator.to_str().unwrap(), 2);
+    let analyst = analyst.to_str().unwrap();
+    let out = veil(&["psi", "jfk_flights.tailnum", "planes.tailnum", "--config", analyst]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("keys in common between jfk_flights.tailnum"), "{text}");
+    let out =
+        veil(&["psi", "jfk_flights.tailnum", "planes.tailnum", "--json", "--config", analyst]);
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(answer["intersection_size"].as_u64().unwrap() > 1_000, "{answer}");
+    let bad = veil(&["psi", "jfk_flights", "planes.tailnum", "--config", analyst]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("<dataset>.<key column>"));
+}

@@ -3,6 +3,7 @@
 //! answer with its receipt ([`release`]). What each kind of job does is its [`kinds`] entry's;
 //! the driver never matches on kinds.
 
+mod psi;
 mod release;
 mod round;
 mod training;
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 use veil_analytics::Job;
 use veil_learning::job::Training;
 use veil_proto::v1::{CoordinatorEnvelope, TaskEnd, TaskOffer, coordinator_envelope::Body};
-use veil_protocol::PartyId;
+use veil_protocol::{Aggregate, PartyId};
 
 use veil_governance::audit::Event;
 
@@ -77,6 +78,9 @@ pub(crate) enum Failure {
     /// A training job stopped.
     #[error("{0}")]
     Training(String),
+    /// An intersection stopped.
+    #[error("the intersection stopped: {0}")]
+    Psi(String),
     /// The store failed.
     #[error("store: {0}")]
     Store(String),
@@ -199,6 +203,7 @@ async fn run(
     resume: Option<(Training, Vec<u32>)>,
 ) -> Result<String, End> {
     let dataset = job.dataset();
+    let datasets = job.datasets();
     let min = job.min_parties() as usize;
     // A resumed job goes on with the parties of its checkpoint only.
     let resumed_with = resume.as_ref().map(|(_, parties)| parties.clone());
@@ -206,7 +211,7 @@ async fn run(
         shared
             .connected_parties()
             .into_iter()
-            .filter(|(_, (datasets, _))| datasets.iter().any(|d| d == dataset))
+            .filter(|(_, (served, _))| served.iter().any(|d| datasets.contains(&d.as_str())))
             .filter(|(p, _)| resumed_with.as_ref().is_none_or(|r| r.contains(&p.0)))
             .map(|(p, _)| p)
             .collect()
@@ -229,7 +234,7 @@ async fn run(
         Ok(known) => all_serving.extend(
             known
                 .into_iter()
-                .filter(|(_, datasets, _)| datasets.iter().any(|d| d == dataset))
+                .filter(|(_, served, _)| served.iter().any(|d| datasets.contains(&d.as_str())))
                 .filter(|(p, _, _)| resumed_with.as_ref().is_none_or(|r| r.contains(p)))
                 .map(|(p, _, _)| PartyId(p)),
         ),
@@ -301,7 +306,7 @@ async fn run(
                 Some(JobInput::Reply(reply)) => offering.reply(&shared.protocol_roster, *reply),
                 Some(JobInput::Departed(p)) => offering.departed(p),
                 Some(JobInput::Cancel) => return Err(End::Cancelled),
-                Some(JobInput::Round { .. }) => {}
+                Some(JobInput::Round { .. } | JobInput::PsiResult { .. }) => {}
                 None => return Err(End::Failed(Failure::Internal("the job's channel closed"))),
             },
             _ = tokio::time::sleep_until(deadline) => break,
@@ -318,7 +323,11 @@ async fn run(
     set_coverage(shared, record, coverage.clone());
     let Accepted { parties, min, adverts, next_step, contributions: fingerprints } = accepted;
     let ids: Vec<u32> = parties.iter().map(|p| p.0).collect();
-    let started = if matches!(kind, Kind::Train(_)) { "training started" } else { "round started" };
+    let started = match kind {
+        Kind::Train(_) => "training started",
+        Kind::Psi(_) => "intersection started",
+        Kind::Round(_) => "round started",
+    };
     set_state(shared, record, JobState::Running, started, Some(&ids)).await;
 
     let (answer_json, aggregate, took_part, left) = match &kind {
@@ -334,6 +343,13 @@ async fn run(
             )
             .await?;
             (trained.answer_json, trained.aggregate, trained.took_part, trained.left)
+        }
+        Kind::Psi(spec) => {
+            let (answer_json, took_part) =
+                psi::intersect(shared, record, spec, &parties, &mut inbox).await?;
+            let aggregate =
+                Aggregate { sum: Vec::new(), contributors: took_part.clone(), dropped: Vec::new() };
+            (answer_json, aggregate, took_part, BTreeMap::new())
         }
         Kind::Round(round) => {
             let ahead = session.map(|session| Ahead { session, adverts });

@@ -262,6 +262,9 @@ async fn read_loop(
             Some(Inbound::Reply(r)) => {
                 (r.job_id.clone(), JobInput::Reply(Box::new(reply_of(party, r))))
             }
+            Some(Inbound::PsiResult(r)) => {
+                (r.job_id.clone(), JobInput::PsiResult { from: party, result: r })
+            }
             Some(Inbound::Round(r)) => {
                 let head = head_of(r.head_seq, r.head_hash, r.head_signature);
                 (r.job_id, JobInput::Round { from: party, bytes: r.message, head })

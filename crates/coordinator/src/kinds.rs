@@ -8,7 +8,7 @@
 mod columns;
 mod synthetic;
 
-use veil_analytics::Job;
+use veil_analytics::{Job, PsiSpec};
 use veil_learning::job::TrainSpec;
 use veil_protocol::Aggregate;
 
@@ -49,6 +49,8 @@ pub enum Kind<'a> {
     Round(Box<dyn RoundKind + 'a>),
     /// Federated training, with its own driver.
     Train(&'a TrainSpec),
+    /// A private set intersection between two parties, relayed by its own driver.
+    Psi(&'a PsiSpec),
 }
 
 impl Kind<'_> {
@@ -56,7 +58,7 @@ impl Kind<'_> {
     pub fn session_at_offer(&self) -> bool {
         match self {
             Kind::Round(k) => k.session_at_offer(),
-            Kind::Train(_) => false,
+            Kind::Train(_) | Kind::Psi(_) => false,
         }
     }
 
@@ -65,6 +67,7 @@ impl Kind<'_> {
         match self {
             Kind::Round(k) => Ok(k.rho()),
             Kind::Train(spec) => spec.rho_total().map_err(|e| KindError(e.to_string())),
+            Kind::Psi(_) => Ok(0.0),
         }
     }
 }
@@ -75,6 +78,7 @@ pub fn of(job: &Job) -> Result<Kind<'_>, KindError> {
         Job::Columns(spec) => Ok(Kind::Round(Box::new(columns::Columns::new(spec)?))),
         Job::Synthetic(spec) => Ok(Kind::Round(Box::new(synthetic::Synthetic(spec)))),
         Job::Train(spec) => Ok(Kind::Train(spec)),
+        Job::Psi(spec) => Ok(Kind::Psi(spec)),
         Job::Sql(_) => Err(KindError("a SQL query runs only as the job it is planned into".into())),
     }
 }

@@ -92,6 +92,8 @@ pub enum CoordinatorError {
 pub(crate) enum JobInput {
     /// A party answered the offer.
     Reply(Box<offer::Reply>),
+    /// An intersection's result, from the party that computed it.
+    PsiResult { from: PartyId, result: veil_proto::v1::PsiResult },
     /// A round message from a party, with its audit log head when it sent one.
     Round { from: PartyId, bytes: Vec<u8>, head: Option<veil_governance::audit::Head> },
     /// A party's connection closed.

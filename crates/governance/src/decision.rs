@@ -105,6 +105,44 @@ pub fn decision_statement(job_id: &str, job_hash: &str, decline: Option<&Decline
     h.finalize().to_vec()
 }
 
+/// The statement a side of a private set intersection signs over each message it sends: the
+/// job, the exchange's session, the sender and the message.
+pub fn psi_message_statement(
+    job_id: &str,
+    session: &[u8; 32],
+    sender: u32,
+    message: &[u8],
+) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(b"veil/psi-message/v1");
+    h.update((job_id.len() as u64).to_le_bytes());
+    h.update(job_id.as_bytes());
+    h.update(session);
+    h.update(sender.to_le_bytes());
+    h.update(message);
+    h.finalize().to_vec()
+}
+
+/// The statement the client of a private set intersection signs over its result.
+pub fn psi_result_statement(
+    job_id: &str,
+    job_hash: &str,
+    intersection: u64,
+    client_keys: u64,
+    server_keys: u64,
+) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(b"veil/psi-result/v1");
+    for part in [job_id, job_hash] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    for n in [intersection, client_keys, server_keys] {
+        h.update(n.to_le_bytes());
+    }
+    h.finalize().to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

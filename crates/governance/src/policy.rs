@@ -40,6 +40,9 @@ pub struct Policy {
     /// Consumers allowed; when empty, any consumer in the roster.
     #[serde(default)]
     pub consumers: Vec<String>,
+    /// Columns a private set intersection may match on; when empty, none.
+    #[serde(default)]
+    pub join_keys: Vec<String>,
     /// The fewest parties this dataset's rows may be combined with.
     pub min_cohort: Option<u32>,
     /// Released groups (histogram bins) with fewer members are suppressed; a job must declare
@@ -88,6 +91,8 @@ pub struct Request<'a> {
     pub filtered: Vec<&'a str>,
     /// Columns grouped by.
     pub grouped: Vec<&'a str>,
+    /// Columns matched with another party's (the key of a set intersection).
+    pub joined: Vec<&'a str>,
     /// The declared zCDP charge, if any.
     pub rho: Option<f64>,
     /// The declared k-threshold, if any.
@@ -137,11 +142,13 @@ pub enum Rule {
     Budget,
     /// The job is not signed by the consumer the offer names, under the roster's key.
     ConsumerSignature,
+    /// The job matches on a column the policy does not name as a join key.
+    JoinKey,
 }
 
 impl Rule {
     /// Every rule.
-    pub const ALL: [Rule; 17] = [
+    pub const ALL: [Rule; 18] = [
         Rule::CoreGrade,
         Rule::Expired,
         Rule::UsesExhausted,
@@ -159,6 +166,7 @@ impl Rule {
         Rule::Collusion,
         Rule::Budget,
         Rule::ConsumerSignature,
+        Rule::JoinKey,
     ];
 
     /// The rule with this name.
@@ -186,6 +194,7 @@ impl Rule {
             Rule::Collusion => "collusion",
             Rule::Budget => "budget",
             Rule::ConsumerSignature => "consumer-signature",
+            Rule::JoinKey => "join-key",
         }
     }
 }
@@ -250,6 +259,19 @@ pub fn evaluate(g: &DatasetGovernance, r: &Request<'_>) -> Result<(), Denial> {
             Rule::Kind,
             format!("{d:?} allows {} jobs, not {}", p.kinds.join(", "), r.kind),
         );
+    }
+    for c in &r.joined {
+        if !p.join_keys.iter().any(|k| k == c) {
+            let allowed = if p.join_keys.is_empty() {
+                "names no join keys".to_string()
+            } else {
+                format!("allows joins on {} only", p.join_keys.join(", "))
+            };
+            return deny(
+                Rule::JoinKey,
+                format!("the job matches {d:?} on column {c:?}; its policy {allowed}"),
+            );
+        }
     }
     let used = r.aggregated.iter().chain(&r.filtered).chain(&r.grouped);
     for c in used.clone() {
@@ -331,6 +353,7 @@ mod tests {
             aggregated: vec!["dep_delay"],
             filtered: vec!["month"],
             grouped: vec![],
+            joined: vec![],
             rho: None,
             k_threshold: None,
             today: "2026-11-23",
@@ -370,6 +393,12 @@ mod tests {
         let mut id = req();
         id.filtered = vec!["tailnum"];
         assert_eq!(rule(&general, &id), Some(Rule::IdentifierColumn));
+        // An identifier may be a join key, and only one the policy names.
+        let mut join = req();
+        join.joined = vec!["tailnum"];
+        assert_eq!(rule(&general, &join), Some(Rule::JoinKey));
+        assert_eq!(rule(&p(|p| p.join_keys = vec!["carrier".into()]), &join), Some(Rule::JoinKey));
+        assert_eq!(rule(&p(|p| p.join_keys = vec!["tailnum".into()]), &join), None);
     }
 
     #[test]

@@ -88,6 +88,26 @@ pub enum Work {
         /// Elements.
         dim: u32,
     },
+    /// Read a dataset's key column for a private set intersection in `role`.
+    Psi {
+        /// The dataset.
+        dataset: Box<DatasetConfig>,
+        /// The key column.
+        column: String,
+        /// Client (computes the result) or server.
+        role: PsiSide,
+        /// Match keys regardless of case.
+        case_fold: bool,
+    },
+}
+
+/// A party's side of a private set intersection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PsiSide {
+    /// It learns the result and reports it.
+    Client,
+    /// It answers.
+    Server,
 }
 
 /// An admitted job.
@@ -206,6 +226,7 @@ fn decide(
                     .chain(spec.predicate.iter().flat_map(|p| p.columns()))
                     .collect(),
                 grouped: spec.group_by.iter().map(|g| g.column.as_str()).collect(),
+                joined: Vec::new(),
                 rho: spec.privacy.as_ref().map(|p| p.rho),
                 k_threshold: spec.k_threshold,
                 today: situation.today,
@@ -273,6 +294,7 @@ fn decide(
                 aggregated,
                 filtered: Vec::new(),
                 grouped: Vec::new(),
+                joined: Vec::new(),
                 rho: spec.privacy.as_ref().map(|_| rho),
                 k_threshold: None,
                 today: situation.today,
@@ -291,6 +313,70 @@ fn decide(
                 ));
             }
             Ok(admission(min_parties, None, Work::Synthetic { dim: s.dim }))
+        }
+        Job::Psi(spec) => {
+            let sides = [(&spec.client, PsiSide::Client), (&spec.server, PsiSide::Server)];
+            let mine: Vec<_> = sides
+                .into_iter()
+                .filter(|(side, _)| config.datasets.iter().any(|d| d.name == side.dataset))
+                .collect();
+            let (side, role) = match mine.as_slice() {
+                [one] => *one,
+                [] => {
+                    return Err(served(config, &spec.client.dataset).err().unwrap_or_else(|| {
+                        Decline::DataUnavailable("this party serves neither side".into())
+                    }));
+                }
+                _ => {
+                    return Err(Decline::Fault(
+                        "this party serves both sides of the intersection".into(),
+                    ));
+                }
+            };
+            let dataset = served(config, &side.dataset)?;
+            match dataset.columns.get(&side.key) {
+                Some(veil_analytics::ColumnType::String | veil_analytics::ColumnType::Int) => {}
+                Some(other) => {
+                    return Err(Decline::DataUnavailable(format!(
+                        "dataset {:?}: key column {:?} is {other}; keys are text or integers",
+                        dataset.name, side.key
+                    )));
+                }
+                None => {
+                    return Err(Decline::DataUnavailable(format!(
+                        "dataset {:?} has no column {:?}",
+                        dataset.name, side.key
+                    )));
+                }
+            }
+            if dataset.postgres.is_some() {
+                return Err(Decline::Fault(format!(
+                    "intersections read CSV and Parquet files; dataset {:?} is a PostgreSQL table",
+                    dataset.name
+                )));
+            }
+            let request = Request {
+                consumer,
+                purpose: &spec.purpose,
+                kind: "psi",
+                aggregated: Vec::new(),
+                filtered: Vec::new(),
+                grouped: Vec::new(),
+                joined: vec![side.key.as_str()],
+                rho: None,
+                k_threshold: None,
+                today: situation.today,
+                uses: records.uses(&dataset.name).map_err(Decline::Fault)?,
+            };
+            let (min_parties, charge) =
+                govern(records, &dataset, &request, job_id, min_parties, false)?;
+            let work = Work::Psi {
+                column: side.key.clone(),
+                dataset: Box::new(dataset),
+                role,
+                case_fold: spec.case_fold,
+            };
+            Ok(admission(min_parties, Some(charge), work))
         }
         Job::Sql(_) => Err(Decline::Fault(
             "a SQL query must be planned by the coordinator before it is offered".into(),

@@ -428,6 +428,32 @@ pub const MAX_TRAINING_ROWS: usize = 10_000_000;
 /// Most feature cells a party holds in memory for one training job (1 GiB of f64).
 pub const MAX_TRAINING_CELLS: usize = 1 << 27;
 
+/// The distinct keys of a dataset's key column for a private set intersection, as text
+/// (integers without a fraction); rows with no key are left out. Returns the keys and how many
+/// rows had none.
+pub fn load_keys(dataset: &DatasetConfig, column: &str) -> Result<(Vec<String>, u64), DataError> {
+    let file = dataset.path.display().to_string();
+    let schema = dataset.schema();
+    let index = schema.columns.iter().position(|(c, _)| c == column).ok_or_else(|| {
+        DataError::MissingColumn { file: file.clone(), column: column.to_string() }
+    })?;
+    let mut keys = std::collections::BTreeSet::new();
+    let mut missing = 0u64;
+    scan_csv(dataset, &[index], |row, _| {
+        match row[index] {
+            Value::Null => missing += 1,
+            Value::Text(t) => {
+                keys.insert(t.to_string());
+            }
+            Value::Number(x) => {
+                keys.insert(format!("{x}"));
+            }
+        }
+        Ok(())
+    })?;
+    Ok((keys.into_iter().collect(), missing))
+}
+
 /// Reads a training job's feature and label columns from the dataset's file (CSV or Parquet),
 /// in the job's order: every cell must be a number (a missing or unparsable one is refused,
 /// naming its place but not its value).

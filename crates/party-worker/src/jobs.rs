@@ -11,7 +11,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use rand::RngCore;
 use veil_governance::audit::{Event, Head};
 use veil_governance::budget::{BudgetError, Reservation};
-use veil_governance::decision::decision_statement;
+use veil_governance::decision::{decision_statement, psi_message_statement, psi_result_statement};
 use veil_governance::receipt::Receipt;
 use veil_governance::{Decline, DeclineKind, Rule};
 use veil_learning::job::{LocalData, Step, TrainSpec};
@@ -19,14 +19,15 @@ use veil_learning::train::Standardizer;
 use veil_proto::v1::coordinator_envelope::Body as Outbound;
 use veil_proto::v1::party_envelope::Body;
 use veil_proto::v1::{
-    Decline as WireDecline, RoundPayload, RoundStart, TaskEnd, TaskOffer, TaskReply,
+    Decline as WireDecline, PsiResult, PsiRole, PsiStart, RoundPayload, RoundStart, TaskEnd,
+    TaskOffer, TaskReply,
 };
 use veil_protocol::{
     CoordinatorMessage, IdentityKey, Party, PartyStatus, RoundConfig, RoundKeys, SessionId, Stage,
 };
 use zeroize::Zeroizing;
 
-use crate::admission::{self, Admission, Offer, Records, Situation, Work};
+use crate::admission::{self, Admission, Offer, PsiSide, Records, Situation, Work};
 use crate::config::PartyConfig;
 use crate::worker::{Fault, WorkerOptions};
 
@@ -116,8 +117,31 @@ enum JobState {
     Ready(Box<Accepted>),
     /// In the secure round.
     Round(Box<Party>),
+    /// In a private set intersection.
+    Psi(Box<PsiExchange>),
     /// Done, or stalled by an injected fault: ignore further messages.
     Idle,
+}
+
+/// A party's side of a private set intersection under way, with the other side's party and
+/// the exchange's session, which every message's signature binds.
+struct PsiExchange {
+    side: PsiMachine,
+    peer: veil_protocol::PartyId,
+    session: [u8; 32],
+}
+
+enum PsiMachine {
+    /// The client, and how many keys it brought.
+    Client(veil_psi::Client, u64),
+    Server(veil_psi::Server),
+}
+
+/// The keys a party brings to an intersection, and its side.
+pub(crate) struct PsiKeys {
+    pub(crate) side: PsiSide,
+    pub(crate) keys: veil_psi::KeySet,
+    pub(crate) case_fold: bool,
 }
 
 /// A job the party accepted, with what the round start needs.
@@ -137,6 +161,8 @@ pub(crate) struct Accepted {
     pub(crate) keys: Option<RoundKeys>,
     /// The job's hash (hex), bound into the round's digest.
     pub(crate) job_hash: String,
+    /// An intersection's keys.
+    pub(crate) psi: Option<PsiKeys>,
 }
 
 /// A training job this party accepted: it contributes to its steps until the job ends.
@@ -242,6 +268,7 @@ impl PartyJobs {
                 self.round_message(payload);
             }
             Outbound::End(end) => self.end(end),
+            Outbound::PsiStart(start) => self.psi_start(start),
         }
     }
 
@@ -305,6 +332,7 @@ impl PartyJobs {
             next_step: 0,
             keys: None,
             job_hash: job_hash.clone(),
+            psi: None,
         };
         match work {
             Work::Synthetic { dim } => {
@@ -495,6 +523,174 @@ impl PartyJobs {
         };
         self.leave(job_id, &decline);
         self.send(Body::Reply(reply));
+    }
+
+    /// An intersection starts: the party takes its side with the keys it prepared, its
+    /// charge reserved first, under a session it has not used before.
+    fn psi_start(&mut self, start: PsiStart) {
+        let job_id = start.job_id.clone();
+        let Some(JobState::Ready(accepted)) = self.jobs.remove(&job_id) else {
+            tracing::warn!(party = %self.config.name, job = %job_id, "an intersection start for a job this party did not accept");
+            return;
+        };
+        let Accepted { charge, psi, .. } = *accepted;
+        let Some(PsiKeys { side, keys, case_fold }) = psi else {
+            tracing::warn!(party = %self.config.name, job = %job_id, "an intersection start for another kind of job");
+            return;
+        };
+        let wanted = match side {
+            PsiSide::Client => PsiRole::Client,
+            PsiSide::Server => PsiRole::Server,
+        };
+        if start.role != wanted as i32 {
+            let message = "the start names the other side of the intersection than this party's";
+            self.leave(job_id, &Decline::Fault(message.into()));
+            return;
+        }
+        let Ok(session) = <[u8; 32]>::try_from(start.session.as_slice()) else {
+            tracing::warn!(party = %self.config.name, job = %job_id, "an intersection start without a 32-byte session");
+            return;
+        };
+        match self.store.claim_session(&session) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(party = %self.config.name, job = %job_id, "an intersection reusing a session; leaving the job");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(party = %self.config.name, error = %e, "cannot record the session; leaving the job");
+                return;
+            }
+        }
+        if !self.reserve(&job_id, charge.as_ref()) {
+            return;
+        }
+        let policy = veil_psi::KeyPolicy { trim: true, case_fold };
+        let params = veil_psi::PsiParams::new(veil_psi::Session(session), veil_psi::Mode::SizeOnly)
+            .with_policy(policy);
+        let mut rng = (self.rng)();
+        let count = keys.len() as u64;
+        let machine = match side {
+            PsiSide::Client => {
+                veil_psi::Client::new(&params, keys, &mut rng).map(|c| PsiMachine::Client(c, count))
+            }
+            PsiSide::Server => {
+                veil_psi::Server::new(&params, keys, &mut rng).map(PsiMachine::Server)
+            }
+        };
+        let peer = veil_protocol::PartyId(start.peer);
+        match machine {
+            Ok(side) => {
+                let exchange = PsiExchange { side, peer, session };
+                self.jobs.insert(job_id.clone(), JobState::Psi(Box::new(exchange)));
+                self.psi_flush(&job_id);
+            }
+            Err(e) => {
+                self.leave(job_id, &Decline::Fault(format!("the intersection cannot start: {e}")))
+            }
+        }
+    }
+
+    /// A message of the other side of an intersection: taken only with the other side's
+    /// signature, so the coordinator relaying it cannot have made it up.
+    fn psi_message(&mut self, payload: RoundPayload) {
+        let job_id = payload.job_id.clone();
+        let Some(JobState::Psi(exchange)) = self.jobs.get_mut(&job_id) else { return };
+        let signed = payload.message.len().checked_sub(64).and_then(|at| {
+            let (message, signature) = payload.message.split_at(at);
+            let key = self.config.roster.key(exchange.peer)?;
+            let signature = ed25519_dalek::Signature::from_slice(signature).ok()?;
+            let statement =
+                psi_message_statement(&job_id, &exchange.session, exchange.peer.0, message);
+            ed25519_dalek::Verifier::verify(key, &statement, &signature).ok().map(|()| message)
+        });
+        let Some(message) = signed else {
+            tracing::warn!(party = %self.config.name, job = %job_id, "an intersection message not signed by the other side; leaving the job");
+            self.jobs.insert(job_id.clone(), JobState::Idle);
+            let decline = Decline::Fault(
+                "left the intersection: a message not signed by the other side's party".into(),
+            );
+            self.leave(job_id, &decline);
+            return;
+        };
+        let handled = match &mut exchange.side {
+            PsiMachine::Client(c, _) => veil_psi::ServerMessage::decode(message)
+                .map_err(veil_psi::Error::from)
+                .and_then(|m| c.handle_message(m)),
+            PsiMachine::Server(s) => veil_psi::ClientMessage::decode(message)
+                .map_err(veil_psi::Error::from)
+                .and_then(|m| s.handle_message(m, &mut (self.rng)())),
+        };
+        if let Err(e) = handled {
+            tracing::warn!(party = %self.config.name, job = %job_id, error = %e, "intersection message rejected");
+        }
+        self.psi_flush(&job_id);
+    }
+
+    /// Sends what this party's side of an intersection has queued; a finished client reports
+    /// the result, signed.
+    fn psi_flush(&mut self, job_id: &str) {
+        let Some(JobState::Psi(exchange)) = self.jobs.get_mut(job_id) else { return };
+        let mut outgoing = Vec::new();
+        let session = exchange.session;
+        let status = match &mut exchange.side {
+            PsiMachine::Client(c, _) => {
+                while let Some(m) = c.poll_transmit() {
+                    outgoing.push(m.encode());
+                }
+                c.status()
+            }
+            PsiMachine::Server(s) => {
+                while let Some(m) = s.poll_transmit() {
+                    outgoing.push(m.encode());
+                }
+                s.status()
+            }
+        };
+        let result = match (&exchange.side, &status) {
+            (PsiMachine::Client(c, keys), veil_psi::Status::Finished) => {
+                c.output().map(|o| (o.intersection_size(), *keys, o.server_count()))
+            }
+            _ => None,
+        };
+        for mut message in outgoing {
+            let statement = psi_message_statement(job_id, &session, self.config.id.0, &message);
+            message.extend_from_slice(&self.signing.sign(&statement).to_bytes());
+            let (head_seq, head_hash, head_signature) = self.head_fields(job_id);
+            let payload = RoundPayload {
+                job_id: job_id.to_string(),
+                message,
+                head_seq,
+                head_hash,
+                head_signature,
+            };
+            self.send(Body::Round(payload));
+        }
+        match status {
+            veil_psi::Status::Finished => {
+                self.jobs.insert(job_id.to_string(), JobState::Idle);
+                if let Some((size, client_keys, server_keys)) = result {
+                    let job_hash =
+                        self.accepted.get(job_id).map(|(h, _)| h.clone()).unwrap_or_default();
+                    let statement =
+                        psi_result_statement(job_id, &job_hash, size, client_keys, server_keys);
+                    let result = PsiResult {
+                        job_id: job_id.to_string(),
+                        intersection_size: size,
+                        client_keys,
+                        server_keys,
+                        signature: self.signing.sign(&statement).to_bytes().to_vec(),
+                    };
+                    self.send(Body::PsiResult(result));
+                }
+            }
+            veil_psi::Status::Aborted(e) => {
+                self.jobs.insert(job_id.to_string(), JobState::Idle);
+                let decline = Decline::Fault(format!("left the intersection: {e}"));
+                self.leave(job_id.to_string(), &decline);
+            }
+            veil_psi::Status::InProgress(_) => {}
+        }
     }
 
     fn start_round(&mut self, start: RoundStart) -> bool {
@@ -764,6 +960,10 @@ impl PartyJobs {
     }
 
     fn round_message(&mut self, payload: RoundPayload) -> bool {
+        if matches!(self.jobs.get(&payload.job_id), Some(JobState::Psi(_))) {
+            self.psi_message(payload);
+            return false;
+        }
         let Some(JobState::Round(party)) = self.jobs.get_mut(&payload.job_id) else {
             return false;
         };
@@ -1236,6 +1436,95 @@ mod tests {
         assert!(matches!(jobs.jobs.get(&job_id), Some(JobState::Idle)));
         jobs.handle(secure_start(&job_id, [4; 32], vec![0, 1, 2], 4));
         assert!(actions(&mut jobs).is_empty(), "a silent party stays silent");
+    }
+
+    /// The client side of an intersection, admitted, its keys prepared and its start
+    /// received; the server side is party 1 (whose roster key is made from seed 2).
+    fn psi_client() -> (PartyJobs, Arc<Book>, String, Vec<u8>) {
+        let datasets = "[[datasets]]\nname = \"left\"\npath = \"left.csv\"\ncolumns = { id = \"string\" }\n\
+                        [datasets.policy]\njoin_keys = [\"id\"]\n";
+        let (mut jobs, book) = machine(2, WorkerOptions::default());
+        jobs.config =
+            Arc::new(PartyConfig { datasets: config(datasets).datasets, ..(*jobs.config).clone() });
+        let spec = "kind = \"psi\"\nclient = { dataset = \"left\", key = \"id\" }\nserver = { dataset = \"right\", key = \"id\" }\n";
+        let (job_id, offer) = offered(spec, Vec::new());
+        jobs.handle(offer);
+        let Some(Action::Prepare(p)) = jobs.poll_action() else { panic!("expected key loading") };
+        let keys = veil_psi::KeySet::new(veil_psi::KeyPolicy::default(), ["a", "b", "c"]).unwrap();
+        let psi = PsiKeys { side: PsiSide::Client, keys, case_fold: false };
+        let p = *p;
+        let accepted = Accepted { psi: Some(psi), ..p.accepted };
+        jobs.prepared(Prepared {
+            job_id: job_id.clone(),
+            job_hash: p.job_hash,
+            result: Ok(accepted),
+        });
+        assert!(reply(&actions(&mut jobs)[0]).accept);
+        let start = PsiStart {
+            job_id: job_id.clone(),
+            session: vec![7; 32],
+            role: PsiRole::Client as i32,
+            peer: 1,
+        };
+        jobs.handle(Outbound::PsiStart(start));
+        let out = actions(&mut jobs);
+        let Some(Action::Send(body)) = out.first() else { panic!("expected the client's hello") };
+        let Body::Round(hello) = body.as_ref() else { panic!("expected a round payload") };
+        (jobs, book, job_id, hello.message.clone())
+    }
+
+    /// The server's answer to the client's signed hello, signed by `key`.
+    fn server_answer(job_id: &str, client_hello: &[u8], key: &SigningKey) -> Vec<u8> {
+        let (message, _) = client_hello.split_at(client_hello.len() - 64);
+        let params = veil_psi::PsiParams::new(veil_psi::Session([7; 32]), veil_psi::Mode::SizeOnly);
+        let keys = veil_psi::KeySet::new(veil_psi::KeyPolicy::default(), ["b", "c", "d"]).unwrap();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let mut server = veil_psi::Server::new(&params, keys, &mut rng).unwrap();
+        let hello = veil_psi::ClientMessage::decode(message).unwrap();
+        server.handle_message(hello, &mut rng).unwrap();
+        let mut answer = server.poll_transmit().unwrap().encode();
+        let statement = psi_message_statement(job_id, &[7; 32], 1, &answer);
+        answer.extend_from_slice(&key.sign(&statement).to_bytes());
+        answer
+    }
+
+    #[test]
+    fn an_intersection_takes_only_messages_its_other_side_signed() {
+        // The other side's own signature: the exchange goes on.
+        let (mut jobs, book, job_id, hello) = psi_client();
+        let genuine = server_answer(&job_id, &hello, &SigningKey::from_bytes(&[2; 32]));
+        let payload =
+            RoundPayload { job_id: job_id.clone(), message: genuine, ..RoundPayload::default() };
+        jobs.handle(Outbound::Round(payload));
+        actions(&mut jobs);
+        assert!(matches!(jobs.jobs.get(&job_id), Some(JobState::Psi(_))), "the client goes on");
+        let refused = |e: &Event| matches!(e, Event::JobRefused { .. });
+        assert!(!book.events.lock().unwrap().iter().any(refused));
+        // The coordinator standing in for the server (a key not the server's, or none): the
+        // client leaves, logging why, and sends nothing more.
+        for forged in [Some(SigningKey::from_bytes(&[9; 32])), None] {
+            let (mut jobs, book, job_id, hello) = psi_client();
+            let mut message = server_answer(&job_id, &hello, &SigningKey::from_bytes(&[2; 32]));
+            match &forged {
+                Some(key) => {
+                    message.truncate(message.len() - 64);
+                    let statement = psi_message_statement(&job_id, &[7; 32], 1, &message);
+                    message.extend_from_slice(&key.sign(&statement).to_bytes());
+                }
+                None => message.truncate(message.len() - 64),
+            }
+            let payload =
+                RoundPayload { job_id: job_id.clone(), message, ..RoundPayload::default() };
+            jobs.handle(Outbound::Round(payload));
+            assert!(actions(&mut jobs).is_empty());
+            assert!(matches!(jobs.jobs.get(&job_id), Some(JobState::Idle)));
+            let events = book.events.lock().unwrap();
+            assert!(
+                matches!(events.last(), Some(Event::JobRefused { message, .. }) if message.contains("not signed by the other side")),
+                "{:?}",
+                events.last()
+            );
+        }
     }
 
     #[test]

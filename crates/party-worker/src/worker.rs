@@ -31,9 +31,10 @@ use zeroize::Zeroizing;
 
 use crate::admission::Work;
 use crate::config::PartyConfig;
-use crate::data::{aggregate_file, aggregate_postgres, load_training};
+use crate::data::{aggregate_file, aggregate_postgres, load_keys, load_training};
 use crate::jobs::{
-    Accepted, Action, JobRecords, PartyJobs, Preparation, Prepared, StepWork, Trained, TrainingJob,
+    Accepted, Action, JobRecords, PartyJobs, Preparation, Prepared, PsiKeys, StepWork, Trained,
+    TrainingJob,
 };
 use crate::store::PartyStore;
 
@@ -346,6 +347,37 @@ fn prepare(config: &PartyConfig, preparation: Preparation, done: mpsc::Sender<Pr
                     }
                     Ok(Err(decline)) => Err(decline),
                     Err(e) => Err(Decline::Fault(format!("loading the training rows failed: {e}"))),
+                };
+                let _ = done.send(Prepared { job_id, job_hash, result }).await;
+            });
+        }
+        Work::Psi { dataset, column, role, case_fold } => {
+            tokio::spawn(async move {
+                let loaded = tokio::task::spawn_blocking(move || {
+                    let (keys, missing) =
+                        load_keys(&dataset, &column).map_err(|e| unreadable(&dataset.name, &e))?;
+                    if missing > 0 {
+                        tracing::info!(dataset = %dataset.name, missing, "rows without a key left out of the intersection");
+                    }
+                    // Distinct after normalisation, as the intersection of sets counts them.
+                    let policy = veil_psi::KeyPolicy { trim: true, case_fold };
+                    let distinct: std::collections::BTreeSet<String> =
+                        keys.iter().map(|k| policy.normalise(k).into_owned()).collect();
+                    veil_psi::KeySet::new(policy, distinct).map_err(|e| {
+                        Decline::DataUnavailable(format!(
+                            "dataset {:?}, column {column:?}: {e}",
+                            dataset.name
+                        ))
+                    })
+                })
+                .await;
+                let result = match loaded {
+                    Ok(Ok(keys)) => {
+                        let psi = PsiKeys { side: role, keys, case_fold };
+                        Ok(Accepted { psi: Some(psi), ..accepted })
+                    }
+                    Ok(Err(decline)) => Err(decline),
+                    Err(e) => Err(Decline::Fault(format!("reading the keys failed: {e}"))),
                 };
                 let _ = done.send(Prepared { job_id, job_hash, result }).await;
             });

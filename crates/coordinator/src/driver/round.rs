@@ -181,6 +181,7 @@ async fn secure_round(
                 }
                 Some(JobInput::Departed(p)) => coordinator.handle_departure(p, Instant::now()),
                 Some(JobInput::Cancel) => return Err(End::Cancelled),
+                Some(JobInput::PsiResult { .. }) => {}
                 Some(JobInput::Reply(reply)) => {
                     let left = training.as_mut().and_then(|t| t.left(shared, &record.id, &reply));
                     if let Some(p) = left.filter(|p| parties.contains(p)) {
@@ -260,7 +261,7 @@ async fn plain_round(
 
 /// Records in the coordinator's log the head a party sent with its first round message of a
 /// job (after its charge), once per party and round.
-fn record_charge(
+pub(super) fn record_charge(
     shared: &Shared,
     job_id: &str,
     party: PartyId,

@@ -1,0 +1,145 @@
+//! A private set intersection between the two parties that accepted the job: the coordinator
+//! starts each in its role and relays their veil-psi messages, which it cannot read (keys
+//! blinded by each party's secret scalar), until the client reports the intersection's size,
+//! signed.
+
+use std::sync::Arc;
+
+use rand::RngCore;
+use tokio::sync::mpsc;
+use veil_analytics::PsiSpec;
+use veil_governance::decision::psi_result_statement;
+use veil_proto::v1::{CoordinatorEnvelope, PsiRole, PsiStart, coordinator_envelope::Body};
+use veil_protocol::PartyId;
+
+use super::round::record_charge;
+use super::{End, Failure, set_state};
+use crate::store::{JobRecord, JobState};
+use crate::{JobInput, Shared};
+
+/// Most time without a message from either side before the exchange is given up, in stage
+/// timeouts (an exchange of a million keys a side streams for minutes).
+const SILENT_STAGES: u32 = 4;
+
+/// Runs the exchange between the client (serving `spec.client.dataset`) and the server among
+/// `parties`; returns the answer and the two parties.
+pub(super) async fn intersect(
+    shared: &Arc<Shared>,
+    record: &mut JobRecord,
+    spec: &PsiSpec,
+    parties: &[PartyId],
+    inbox: &mut mpsc::UnboundedReceiver<JobInput>,
+) -> Result<(String, Vec<PartyId>), End> {
+    let serving = |dataset: &str| -> Vec<PartyId> {
+        let connected = shared.connected_parties();
+        parties
+            .iter()
+            .copied()
+            .filter(|p| connected.get(p).is_some_and(|(d, _)| d.iter().any(|d| d == dataset)))
+            .collect()
+    };
+    let (clients, servers) = (serving(&spec.client.dataset), serving(&spec.server.dataset));
+    let (client, server) = match (clients.as_slice(), servers.as_slice()) {
+        ([c], [s]) if c != s => (*c, *s),
+        _ => {
+            return Err(End::Failed(Failure::Psi(format!(
+                "an intersection needs one party on each side: {} serve {:?} and {} serve {:?} among those that accepted",
+                clients.len(),
+                spec.client.dataset,
+                servers.len(),
+                spec.server.dataset
+            ))));
+        }
+    };
+    let mut session = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut session);
+    for (party, role, peer) in
+        [(server, PsiRole::Server, client), (client, PsiRole::Client, server)]
+    {
+        let start = PsiStart {
+            job_id: record.id.clone(),
+            session: session.to_vec(),
+            role: role as i32,
+            peer: peer.0,
+        };
+        if !shared.send(party, CoordinatorEnvelope { body: Some(Body::PsiStart(start)) }).await {
+            return Err(End::Failed(Failure::Psi(format!("{party} is gone"))));
+        }
+    }
+    set_state(shared, record, JobState::Running, "intersection: keys exchanged", None).await;
+    let job_hash = veil_analytics::Job::Psi(spec.clone()).hash();
+    let silence = shared.stage_timeout * SILENT_STAGES;
+    let mut relayed = 0u64;
+    let mut charged = std::collections::BTreeSet::new();
+    loop {
+        let input = tokio::time::timeout(silence, inbox.recv()).await.map_err(|_| {
+            End::Failed(Failure::Psi(format!(
+                "no message from either party for {}s",
+                silence.as_secs()
+            )))
+        })?;
+        match input {
+            Some(JobInput::Round { from, bytes, head }) if from == client || from == server => {
+                record_charge(shared, &record.id, from, head, &mut charged);
+                let to = if from == client { server } else { client };
+                let payload = veil_proto::v1::RoundPayload {
+                    job_id: record.id.clone(),
+                    message: bytes,
+                    ..Default::default()
+                };
+                relayed += 1;
+                if relayed % 64 == 0 {
+                    let detail = format!("intersection: {relayed} batches relayed");
+                    set_state(shared, record, JobState::Running, &detail, None).await;
+                }
+                if !shared.send(to, CoordinatorEnvelope { body: Some(Body::Round(payload)) }).await
+                {
+                    return Err(End::Failed(Failure::Psi(format!("{to} left the exchange"))));
+                }
+            }
+            Some(JobInput::PsiResult { from, result }) if from == client => {
+                let statement = psi_result_statement(
+                    &record.id,
+                    &job_hash,
+                    result.intersection_size,
+                    result.client_keys,
+                    result.server_keys,
+                );
+                let signed = shared.protocol_roster.key(client).is_some_and(|key| {
+                    <[u8; 64]>::try_from(result.signature.as_slice()).is_ok_and(|bytes| {
+                        let signature = ed25519_dalek::Signature::from_bytes(&bytes);
+                        ed25519_dalek::Verifier::verify(key, &statement, &signature).is_ok()
+                    })
+                });
+                if !signed {
+                    return Err(End::Failed(Failure::Psi(format!(
+                        "{client} reported an unsigned result"
+                    ))));
+                }
+                let answer = serde_json::json!({
+                    "kind": "psi",
+                    "intersection_size": result.intersection_size,
+                    "client": { "dataset": spec.client.dataset, "key": spec.client.key,
+                                "party": client.0, "keys": result.client_keys },
+                    "server": { "dataset": spec.server.dataset, "key": spec.server.key,
+                                "party": server.0, "keys": result.server_keys },
+                });
+                return Ok((answer.to_string(), vec![client, server]));
+            }
+            Some(JobInput::Departed(p)) if p == client || p == server => {
+                return Err(End::Failed(Failure::Psi(format!("{p} left the exchange"))));
+            }
+            Some(JobInput::Reply(reply)) => {
+                if let crate::offer::Decision::Decline(d) = &reply.decision {
+                    if reply.signed(&shared.protocol_roster, &record.id) {
+                        let from = reply.from;
+                        return Err(End::Failed(Failure::Psi(format!("{from} left: {d}"))));
+                    }
+                }
+            }
+            Some(JobInput::Cancel) => return Err(End::Cancelled),
+            Some(_) => {}
+            None => return Err(End::Failed(Failure::Internal("the job's channel closed"))),
+        }
+    }
+}

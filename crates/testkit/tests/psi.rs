@@ -1,0 +1,88 @@
+//! Private set intersection as a job: an airport and the aircraft registry, two organisations
+//! with different columns about the same aircraft, learn how many tail numbers they share, over
+//! real gRPC with mutual TLS, the coordinator relaying messages it cannot read.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+
+use veil_proto::v1::{JobState, Outcome};
+use veil_testkit::cluster::{Cluster, ClusterSpec, DatasetSpec, PartySpec, example_data};
+
+const JOIN: &str = "[datasets.policy]\njoin_keys = [\"tailnum\"]\n";
+
+fn side(party: &str, dataset: &str, file: &str, policy: &str) -> PartySpec {
+    PartySpec {
+        name: party.into(),
+        datasets: vec![DatasetSpec {
+            name: dataset.into(),
+            path: example_data(file),
+            columns: vec![("tailnum".into(), "string".into())],
+            extra_toml: policy.into(),
+        }],
+        ..PartySpec::default()
+    }
+}
+
+const JOB: &str = "kind = \"psi\"\nclient = { dataset = \"jfk_flights\", key = \"tailnum\" }\n\
+                   server = { dataset = \"planes\", key = \"tailnum\" }\n";
+
+/// The distinct non-empty values of a CSV file's `tailnum` column.
+fn tailnums(file: &str) -> BTreeSet<String> {
+    let mut reader = csv::Reader::from_path(example_data(file)).unwrap();
+    let column = reader.headers().unwrap().iter().position(|h| h == "tailnum").unwrap();
+    reader
+        .records()
+        .map(|r| r.unwrap()[column].trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_airport_and_the_registry_learn_only_how_many_aircraft_they_share() {
+    let parties = vec![
+        side("jfk", "jfk_flights", "flights/jfk.csv", JOIN),
+        side("registry", "planes", "flights/planes.csv", JOIN),
+    ];
+    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let (status, result) = cluster.run_job(JOB).await;
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
+    let result = result.unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&result.answer_json).unwrap();
+    let (airport, registry) = (tailnums("flights/jfk.csv"), tailnums("flights/planes.csv"));
+    let shared = airport.intersection(&registry).count() as u64;
+    assert!(shared > 1_000 && shared < airport.len() as u64, "{shared}");
+    assert_eq!(answer["intersection_size"], shared);
+    assert_eq!(answer["client"]["keys"], airport.len() as u64);
+    assert_eq!(answer["server"]["keys"], registry.len() as u64);
+    let contributed = Outcome::Contributed as i32;
+    assert!(result.coverage.iter().all(|p| p.outcome == contributed), "{:?}", result.coverage);
+    assert_eq!(result.coverage.len(), 2);
+    // No tail number of either side reaches the coordinator, in any byte it relays.
+    let inbound = cluster.inbound.lock().unwrap().clone();
+    let seen: usize = inbound.iter().map(Vec::len).sum();
+    assert!(seen > 32 * (airport.len() + registry.len()), "the tap saw the exchange: {seen}");
+    let haystack: Vec<u8> = inbound.concat();
+    for t in airport.iter().chain(&registry).step_by(37) {
+        let needle = t.as_bytes();
+        assert!(
+            !haystack.windows(needle.len()).any(|w| w == needle),
+            "tail number {t} reached the coordinator"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_whose_policy_names_no_join_key_takes_no_part() {
+    let parties = vec![
+        side("jfk", "jfk_flights", "flights/jfk.csv", JOIN),
+        side("registry", "planes", "flights/planes.csv", ""),
+    ];
+    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let (status, _) = cluster.run_job(JOB).await;
+    assert_eq!(status.state(), JobState::Failed);
+    assert!(status.detail.contains("refused by rule join-key"), "{}", status.detail);
+    let refused = status.coverage.iter().find(|p| p.name == "registry").unwrap();
+    assert_eq!((refused.outcome, refused.rule.as_str()), (Outcome::Refused as i32, "join-key"));
+    cluster.shutdown().await;
+}
