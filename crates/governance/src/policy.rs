@@ -43,6 +43,9 @@ pub struct Policy {
     /// Columns a private set intersection may match on; when empty, none.
     #[serde(default)]
     pub join_keys: Vec<String>,
+    /// The fewest keys the other side of an intersection may bring: the size of an
+    /// intersection with a small set tells whether those few keys are among this dataset's.
+    pub min_join_keys: Option<u64>,
     /// The fewest parties this dataset's rows may be combined with.
     pub min_cohort: Option<u32>,
     /// Released groups (histogram bins) with fewer members are suppressed; a job must declare
@@ -144,11 +147,13 @@ pub enum Rule {
     ConsumerSignature,
     /// The job matches on a column the policy does not name as a join key.
     JoinKey,
+    /// The other side of an intersection brings fewer keys than the policy's minimum.
+    JoinSize,
 }
 
 impl Rule {
     /// Every rule.
-    pub const ALL: [Rule; 18] = [
+    pub const ALL: [Rule; 19] = [
         Rule::CoreGrade,
         Rule::Expired,
         Rule::UsesExhausted,
@@ -167,6 +172,7 @@ impl Rule {
         Rule::Budget,
         Rule::ConsumerSignature,
         Rule::JoinKey,
+        Rule::JoinSize,
     ];
 
     /// The rule with this name.
@@ -195,6 +201,7 @@ impl Rule {
             Rule::Budget => "budget",
             Rule::ConsumerSignature => "consumer-signature",
             Rule::JoinKey => "join-key",
+            Rule::JoinSize => "join-size",
         }
     }
 }

@@ -98,6 +98,8 @@ pub enum Work {
         role: PsiSide,
         /// Match keys regardless of case.
         case_fold: bool,
+        /// The fewest keys the other side may bring (the dataset's policy).
+        min_peer_keys: Option<u64>,
     },
 }
 
@@ -372,6 +374,7 @@ fn decide(
                 govern(records, &dataset, &request, job_id, min_parties, false)?;
             let work = Work::Psi {
                 column: side.key.clone(),
+                min_peer_keys: dataset.policy.min_join_keys,
                 dataset: Box::new(dataset),
                 role,
                 case_fold: spec.case_fold,

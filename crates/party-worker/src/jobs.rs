@@ -129,6 +129,7 @@ struct PsiExchange {
     side: PsiMachine,
     peer: veil_protocol::PartyId,
     session: [u8; 32],
+    min_peer_keys: Option<u64>,
 }
 
 enum PsiMachine {
@@ -142,6 +143,8 @@ pub(crate) struct PsiKeys {
     pub(crate) side: PsiSide,
     pub(crate) keys: veil_psi::KeySet,
     pub(crate) case_fold: bool,
+    /// The fewest keys the other side may bring (the dataset's policy).
+    pub(crate) min_peer_keys: Option<u64>,
 }
 
 /// A job the party accepted, with what the round start needs.
@@ -534,7 +537,7 @@ impl PartyJobs {
             return;
         };
         let Accepted { charge, psi, .. } = *accepted;
-        let Some(PsiKeys { side, keys, case_fold }) = psi else {
+        let Some(PsiKeys { side, keys, case_fold, min_peer_keys }) = psi else {
             tracing::warn!(party = %self.config.name, job = %job_id, "an intersection start for another kind of job");
             return;
         };
@@ -581,7 +584,7 @@ impl PartyJobs {
         let peer = veil_protocol::PartyId(start.peer);
         match machine {
             Ok(side) => {
-                let exchange = PsiExchange { side, peer, session };
+                let exchange = PsiExchange { side, peer, session, min_peer_keys };
                 self.jobs.insert(job_id.clone(), JobState::Psi(Box::new(exchange)));
                 self.psi_flush(&job_id);
             }
@@ -589,6 +592,13 @@ impl PartyJobs {
                 self.leave(job_id, &Decline::Fault(format!("the intersection cannot start: {e}")))
             }
         }
+    }
+
+    /// Leaves an intersection, telling the coordinator why in a signed decline (so the
+    /// consumer reads the reason rather than a timeout) and logging it.
+    fn leave_exchange(&mut self, job_id: String, decline: Decline) {
+        let job_hash = self.accepted.get(&job_id).map(|(h, _)| h.clone()).unwrap_or_default();
+        self.leave_step(job_id, &job_hash, decline);
     }
 
     /// A message of the other side of an intersection: taken only with the other side's
@@ -610,9 +620,31 @@ impl PartyJobs {
             let decline = Decline::Fault(
                 "left the intersection: a message not signed by the other side's party".into(),
             );
-            self.leave(job_id, &decline);
+            self.leave_exchange(job_id, decline);
             return;
         };
+        // The other side's set size comes with its hello: a set smaller than this party's
+        // policy allows would make the intersection's size a test of a few of its keys.
+        let peer_keys = match &exchange.side {
+            PsiMachine::Client(..) => match veil_psi::ServerMessage::decode(message) {
+                Ok(veil_psi::ServerMessage::Hello { count, .. }) => Some(count),
+                _ => None,
+            },
+            PsiMachine::Server(_) => match veil_psi::ClientMessage::decode(message) {
+                Ok(veil_psi::ClientMessage::Hello { count, .. }) => Some(count),
+                _ => None,
+            },
+        };
+        if let (Some(count), Some(min)) = (peer_keys, exchange.min_peer_keys) {
+            if count < min {
+                self.jobs.insert(job_id.clone(), JobState::Idle);
+                let message = format!(
+                    "the other side of the intersection brings {count} keys; this dataset's policy requires at least {min} (min_join_keys)"
+                );
+                self.leave_exchange(job_id, Decline::refused(Rule::JoinSize, message));
+                return;
+            }
+        }
         let handled = match &mut exchange.side {
             PsiMachine::Client(c, _) => veil_psi::ServerMessage::decode(message)
                 .map_err(veil_psi::Error::from)
@@ -687,7 +719,7 @@ impl PartyJobs {
             veil_psi::Status::Aborted(e) => {
                 self.jobs.insert(job_id.to_string(), JobState::Idle);
                 let decline = Decline::Fault(format!("left the intersection: {e}"));
-                self.leave(job_id.to_string(), &decline);
+                self.leave_exchange(job_id.to_string(), decline);
             }
             veil_psi::Status::InProgress(_) => {}
         }
@@ -1451,7 +1483,7 @@ mod tests {
         jobs.handle(offer);
         let Some(Action::Prepare(p)) = jobs.poll_action() else { panic!("expected key loading") };
         let keys = veil_psi::KeySet::new(veil_psi::KeyPolicy::default(), ["a", "b", "c"]).unwrap();
-        let psi = PsiKeys { side: PsiSide::Client, keys, case_fold: false };
+        let psi = PsiKeys { side: PsiSide::Client, keys, case_fold: false, min_peer_keys: None };
         let p = *p;
         let accepted = Accepted { psi: Some(psi), ..p.accepted };
         jobs.prepared(Prepared {
@@ -1516,7 +1548,10 @@ mod tests {
             let payload =
                 RoundPayload { job_id: job_id.clone(), message, ..RoundPayload::default() };
             jobs.handle(Outbound::Round(payload));
-            assert!(actions(&mut jobs).is_empty());
+            // Only its signed reason for leaving goes out.
+            let out = actions(&mut jobs);
+            assert_eq!(out.len(), 1);
+            assert!(!reply(&out[0]).accept);
             assert!(matches!(jobs.jobs.get(&job_id), Some(JobState::Idle)));
             let events = book.events.lock().unwrap();
             assert!(

@@ -86,3 +86,21 @@ async fn a_registry_whose_policy_names_no_join_key_takes_no_part() {
     assert_eq!((refused.outcome, refused.rule.as_str()), (Outcome::Refused as i32, "join-key"));
     cluster.shutdown().await;
 }
+
+/// A side whose policy asks for more keys on the other side than it brings leaves the exchange
+/// at the other side's hello, saying why: a small set would test a few of its keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_side_too_small_for_the_others_policy_gets_no_answer() {
+    let strict = "[datasets.policy]\njoin_keys = [\"tailnum\"]\nmin_join_keys = 100000\n";
+    let parties = vec![
+        side("jfk", "jfk_flights", "flights/jfk.csv", JOIN),
+        side("registry", "planes", "flights/planes.csv", strict),
+    ];
+    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let (status, result) = cluster.run_job(JOB).await;
+    assert_eq!(status.state(), JobState::Failed, "{status:?}");
+    assert!(result.is_none());
+    assert!(status.detail.contains("refused by rule join-size"), "{}", status.detail);
+    assert!(status.detail.contains("brings 1957 keys"), "{}", status.detail);
+    cluster.shutdown().await;
+}
