@@ -123,29 +123,80 @@ pub fn psi_message_statement(
     h.finalize().to_vec()
 }
 
-/// The statement the client of a private set intersection signs over its result.
-pub fn psi_result_statement(
-    job_id: &str,
-    job_hash: &str,
-    intersection: u64,
-    client_keys: u64,
-    server_keys: u64,
-) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(b"veil/psi-result/v1");
-    for part in [job_id, job_hash] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
+/// What one side of a private set intersection signs when its part is done: the job, the
+/// exchange's session, both sides' parties and the counts it saw. The client signs the
+/// intersection's size with them; the server signs zero there. The coordinator releases the
+/// size only with both signatures over the same counts, so neither side, nor the coordinator
+/// relaying them, can make up the other's part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PsiOutcome<'a> {
+    /// The job.
+    pub job_id: &'a str,
+    /// Its hash.
+    pub job_hash: &'a str,
+    /// The exchange's session.
+    pub session: &'a [u8; 32],
+    /// The client's party.
+    pub client: u32,
+    /// The server's party.
+    pub server: u32,
+    /// The intersection's size (the client's part; zero from the server).
+    pub intersection: u64,
+    /// Distinct keys the client brought.
+    pub client_keys: u64,
+    /// Distinct keys the server brought.
+    pub server_keys: u64,
+}
+
+impl PsiOutcome<'_> {
+    /// The statement the side `signer` (the client's or the server's party) signs.
+    pub fn statement(&self, signer: u32) -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update(b"veil/psi-outcome/v1");
+        for part in [self.job_id, self.job_hash] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(self.session);
+        for n in [self.client, self.server, signer] {
+            h.update(n.to_le_bytes());
+        }
+        for n in [self.intersection, self.client_keys, self.server_keys] {
+            h.update(n.to_le_bytes());
+        }
+        h.finalize().to_vec()
     }
-    for n in [intersection, client_keys, server_keys] {
-        h.update(n.to_le_bytes());
-    }
-    h.finalize().to_vec()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_intersection_outcome_binds_its_session_parties_signer_and_counts() {
+        let base = PsiOutcome {
+            job_id: "j",
+            job_hash: "h",
+            session: &[1; 32],
+            client: 0,
+            server: 1,
+            intersection: 5,
+            client_keys: 10,
+            server_keys: 20,
+        };
+        let other_session = [2; 32];
+        let variants = [
+            PsiOutcome { session: &other_session, ..base },
+            PsiOutcome { server: 2, ..base },
+            PsiOutcome { intersection: 6, ..base },
+            PsiOutcome { client_keys: 11, ..base },
+            PsiOutcome { job_id: "k", ..base },
+        ];
+        for v in variants {
+            assert_ne!(v.statement(0), base.statement(0));
+        }
+        assert_ne!(base.statement(0), base.statement(1), "the signer is bound");
+    }
 
     #[test]
     fn every_rule_round_trips_by_name() {

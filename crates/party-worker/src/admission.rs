@@ -22,6 +22,9 @@ use crate::store::caps;
 /// Most training jobs a party takes part in at once (each keeps its rows in memory).
 pub const MAX_TRAINING_JOBS: usize = 4;
 
+/// Most intersections a party takes part in at once (each keeps its keys in memory).
+pub const MAX_INTERSECTIONS: usize = 2;
+
 /// What admission reads of the party's records.
 pub trait Records {
     /// Jobs a dataset already took part in.
@@ -60,6 +63,8 @@ pub struct Situation<'a> {
     pub dangerous_benchmark: bool,
     /// Training jobs whose rows the party holds now.
     pub training_jobs: usize,
+    /// Intersections under way (their keys in memory).
+    pub intersections: usize,
 }
 
 /// What the party computes for an admitted job.
@@ -336,11 +341,13 @@ fn decide(
                 }
             };
             let dataset = served(config, &side.dataset)?;
+            // Keys are compared as text, exactly as the file holds them (trimmed): a number
+            // column would lose digits past 2^53 and leading zeros.
             match dataset.columns.get(&side.key) {
-                Some(veil_analytics::ColumnType::String | veil_analytics::ColumnType::Int) => {}
+                Some(veil_analytics::ColumnType::String) => {}
                 Some(other) => {
                     return Err(Decline::DataUnavailable(format!(
-                        "dataset {:?}: key column {:?} is {other}; keys are text or integers",
+                        "dataset {:?}: key column {:?} is declared {other}; declare it string, as keys are compared as text",
                         dataset.name, side.key
                     )));
                 }
@@ -351,10 +358,26 @@ fn decide(
                     )));
                 }
             }
-            if dataset.postgres.is_some() {
+            let parquet = dataset.path.extension().is_some_and(|e| e == "parquet");
+            if dataset.postgres.is_some() || parquet {
                 return Err(Decline::Fault(format!(
-                    "intersections read CSV and Parquet files; dataset {:?} is a PostgreSQL table",
+                    "intersections read CSV files; dataset {:?} is not one",
                     dataset.name
+                )));
+            }
+            // The two sides are the whole cohort: a party that combines its data with more
+            // parties takes part in no intersection.
+            if min_parties > 2 {
+                return Err(Decline::refused(
+                    Rule::Cohort,
+                    format!(
+                        "an intersection is between two parties; this party's data is combined with at least {min_parties}"
+                    ),
+                ));
+            }
+            if situation.intersections >= MAX_INTERSECTIONS {
+                return Err(Decline::Fault(format!(
+                    "this party already takes part in {MAX_INTERSECTIONS} intersections; submit again when one ends"
                 )));
             }
             let request = Request {
@@ -521,8 +544,12 @@ mod tests {
         admit(config, &situation, book, &offer).1
     }
 
-    const TODAY: Situation<'static> =
-        Situation { today: "2026-12-05", dangerous_benchmark: false, training_jobs: 0 };
+    const TODAY: Situation<'static> = Situation {
+        today: "2026-12-05",
+        dangerous_benchmark: false,
+        training_jobs: 0,
+        intersections: 0,
+    };
 
     fn offer(config: &PartyConfig, book: &Book, spec: &str) -> Result<Admission, Decline> {
         offer_as(config, book, spec, "analyst", Some(&analyst()), TODAY)
@@ -586,6 +613,39 @@ mod tests {
         let missing = columns("").replace("mean_radius", "mean_area");
         let (kind, _, m) = refused(offer(&c, &book, &missing));
         assert_eq!(kind, DeclineKind::DataUnavailable, "{m}");
+    }
+
+    #[test]
+    fn an_intersection_needs_a_text_key_a_join_key_and_a_cohort_of_two() {
+        let datasets = "[[datasets]]\nname = \"left\"\npath = \"left.csv\"\ncolumns = { id = \"string\", n = \"int\" }\n\
+                        [datasets.policy]\njoin_keys = [\"id\", \"n\"]\n";
+        let spec = |key: &str| {
+            format!(
+                "kind = \"psi\"\nclient = {{ dataset = \"left\", key = \"{key}\" }}\nserver = {{ dataset = \"right\", key = \"id\" }}\n"
+            )
+        };
+        let book = Book::default();
+        let a = offer(&config(datasets), &book, &spec("id")).unwrap();
+        assert!(matches!(a.work, Work::Psi { role: PsiSide::Client, .. }));
+        // A number column would lose digits and leading zeros.
+        let (kind, _, m) = refused(offer(&config(datasets), &book, &spec("n")));
+        assert_eq!(kind, DeclineKind::DataUnavailable, "{m}");
+        assert!(m.contains("declare it string"), "{m}");
+        // A party whose data is combined with at least three takes part in no intersection.
+        let strict = PartyConfig { min_cohort: 3, ..config(datasets) };
+        let (_, rule, _) = refused(offer(&strict, &book, &spec("id")));
+        assert_eq!(rule, Some(Rule::Cohort));
+        // Nor in more intersections at once than it holds keys for.
+        let busy = Situation { intersections: MAX_INTERSECTIONS, ..TODAY };
+        let (kind, _, _) = refused(offer_as(
+            &config(datasets),
+            &book,
+            &spec("id"),
+            "analyst",
+            Some(&analyst()),
+            busy,
+        ));
+        assert_eq!(kind, DeclineKind::Fault);
     }
 
     #[test]

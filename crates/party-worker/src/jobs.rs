@@ -11,7 +11,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use rand::RngCore;
 use veil_governance::audit::{Event, Head};
 use veil_governance::budget::{BudgetError, Reservation};
-use veil_governance::decision::{decision_statement, psi_message_statement, psi_result_statement};
+use veil_governance::decision::{PsiOutcome, decision_statement, psi_message_statement};
 use veil_governance::receipt::Receipt;
 use veil_governance::{Decline, DeclineKind, Rule};
 use veil_learning::job::{LocalData, Step, TrainSpec};
@@ -112,6 +112,8 @@ enum JobState {
     Preparing {
         /// The round's session, when the offer named it (one-round secure jobs).
         session: Option<[u8; 32]>,
+        /// Whether it is an intersection (whose keys are being read).
+        intersection: bool,
     },
     /// Accepted with this vector, waiting for the round to start.
     Ready(Box<Accepted>),
@@ -135,7 +137,8 @@ struct PsiExchange {
 enum PsiMachine {
     /// The client, and how many keys it brought.
     Client(veil_psi::Client, u64),
-    Server(veil_psi::Server),
+    /// The server, and how many keys it brought.
+    Server(veil_psi::Server, u64),
 }
 
 /// The keys a party brings to an intersection, and its side.
@@ -275,6 +278,19 @@ impl PartyJobs {
         }
     }
 
+    /// Intersections this party has admitted and not finished.
+    fn intersections(&self) -> usize {
+        self.jobs
+            .values()
+            .filter(|j| match j {
+                JobState::Psi(_) => true,
+                JobState::Preparing { intersection, .. } => *intersection,
+                JobState::Ready(a) => a.psi.is_some(),
+                _ => false,
+            })
+            .count()
+    }
+
     fn now(&self) -> i64 {
         (self.clock)()
     }
@@ -306,6 +322,7 @@ impl PartyJobs {
             today: &today,
             dangerous_benchmark: self.options.dangerous_benchmark,
             training_jobs: self.training.len(),
+            intersections: self.intersections(),
         };
         let view = Offer {
             job_id: &offer.job_id,
@@ -323,7 +340,8 @@ impl PartyJobs {
                 return self.prepared(Prepared { job_id, job_hash, result: Err(decline) });
             }
         };
-        self.jobs.insert(job_id.clone(), JobState::Preparing { session });
+        let intersection = matches!(work, Work::Psi { .. });
+        self.jobs.insert(job_id.clone(), JobState::Preparing { session, intersection });
         let accepted = Accepted {
             vector: Zeroizing::new(Vec::new()),
             min_parties,
@@ -417,7 +435,7 @@ impl PartyJobs {
     fn decide(&mut self, prepared: Prepared) -> TaskReply {
         let Prepared { job_id, job_hash, result } = prepared;
         let session = match self.jobs.get(&job_id) {
-            Some(JobState::Preparing { session }) => *session,
+            Some(JobState::Preparing { session, .. }) => *session,
             _ => None,
         };
         // The acceptance and the session it takes part in are recorded together, before the
@@ -573,15 +591,19 @@ impl PartyJobs {
             .with_policy(policy);
         let mut rng = (self.rng)();
         let count = keys.len() as u64;
-        let machine = match side {
-            PsiSide::Client => {
-                veil_psi::Client::new(&params, keys, &mut rng).map(|c| PsiMachine::Client(c, count))
-            }
-            PsiSide::Server => {
-                veil_psi::Server::new(&params, keys, &mut rng).map(PsiMachine::Server)
-            }
-        };
+        let machine =
+            match side {
+                PsiSide::Client => veil_psi::Client::new(&params, keys, &mut rng)
+                    .map(|c| PsiMachine::Client(c, count)),
+                PsiSide::Server => veil_psi::Server::new(&params, keys, &mut rng)
+                    .map(|s| PsiMachine::Server(s, count)),
+            };
         let peer = veil_protocol::PartyId(start.peer);
+        if peer == self.config.id || self.config.roster.key(peer).is_none() {
+            let message = format!("the start names {peer} as the other side of the intersection");
+            self.leave(job_id, &Decline::Fault(message));
+            return;
+        }
         match machine {
             Ok(side) => {
                 let exchange = PsiExchange { side, peer, session, min_peer_keys };
@@ -630,7 +652,7 @@ impl PartyJobs {
                 Ok(veil_psi::ServerMessage::Hello { count, .. }) => Some(count),
                 _ => None,
             },
-            PsiMachine::Server(_) => match veil_psi::ClientMessage::decode(message) {
+            PsiMachine::Server(..) => match veil_psi::ClientMessage::decode(message) {
                 Ok(veil_psi::ClientMessage::Hello { count, .. }) => Some(count),
                 _ => None,
             },
@@ -649,7 +671,7 @@ impl PartyJobs {
             PsiMachine::Client(c, _) => veil_psi::ServerMessage::decode(message)
                 .map_err(veil_psi::Error::from)
                 .and_then(|m| c.handle_message(m)),
-            PsiMachine::Server(s) => veil_psi::ClientMessage::decode(message)
+            PsiMachine::Server(s, _) => veil_psi::ClientMessage::decode(message)
                 .map_err(veil_psi::Error::from)
                 .and_then(|m| s.handle_message(m, &mut (self.rng)())),
         };
@@ -672,19 +694,24 @@ impl PartyJobs {
                 }
                 c.status()
             }
-            PsiMachine::Server(s) => {
+            PsiMachine::Server(s, _) => {
                 while let Some(m) = s.poll_transmit() {
                     outgoing.push(m.encode());
                 }
                 s.status()
             }
         };
+        // A finished side's counts: (intersection, client keys, server keys, its role).
         let result = match (&exchange.side, &status) {
-            (PsiMachine::Client(c, keys), veil_psi::Status::Finished) => {
-                c.output().map(|o| (o.intersection_size(), *keys, o.server_count()))
+            (PsiMachine::Client(c, keys), veil_psi::Status::Finished) => c
+                .output()
+                .map(|o| (o.intersection_size(), *keys, o.server_count(), PsiRole::Client)),
+            (PsiMachine::Server(s, keys), veil_psi::Status::Finished) => {
+                s.output().map(|o| (0, o.client_count(), *keys, PsiRole::Server))
             }
             _ => None,
         };
+        let (peer, me) = (exchange.peer.0, self.config.id.0);
         for mut message in outgoing {
             let statement = psi_message_statement(job_id, &session, self.config.id.0, &message);
             message.extend_from_slice(&self.signing.sign(&statement).to_bytes());
@@ -701,17 +728,29 @@ impl PartyJobs {
         match status {
             veil_psi::Status::Finished => {
                 self.jobs.insert(job_id.to_string(), JobState::Idle);
-                if let Some((size, client_keys, server_keys)) = result {
+                if let Some((size, client_keys, server_keys, role)) = result {
                     let job_hash =
                         self.accepted.get(job_id).map(|(h, _)| h.clone()).unwrap_or_default();
-                    let statement =
-                        psi_result_statement(job_id, &job_hash, size, client_keys, server_keys);
+                    let (client, server) =
+                        if role == PsiRole::Client { (me, peer) } else { (peer, me) };
+                    let outcome = PsiOutcome {
+                        job_id,
+                        job_hash: &job_hash,
+                        session: &session,
+                        client,
+                        server,
+                        intersection: size,
+                        client_keys,
+                        server_keys,
+                    };
+                    let signature = self.signing.sign(&outcome.statement(me));
                     let result = PsiResult {
                         job_id: job_id.to_string(),
                         intersection_size: size,
                         client_keys,
                         server_keys,
-                        signature: self.signing.sign(&statement).to_bytes().to_vec(),
+                        signature: signature.to_bytes().to_vec(),
+                        role: role as i32,
                     };
                     self.send(Body::PsiResult(result));
                 }
@@ -1470,15 +1509,15 @@ mod tests {
         assert!(actions(&mut jobs).is_empty(), "a silent party stays silent");
     }
 
-    /// The client side of an intersection, admitted, its keys prepared and its start
-    /// received; the server side is party 1 (whose roster key is made from seed 2).
-    fn psi_client() -> (PartyJobs, Arc<Book>, String, Vec<u8>) {
+    /// The client side of an intersection, admitted and its keys prepared.
+    fn admitted_psi_client() -> (PartyJobs, Arc<Book>, String) {
         let datasets = "[[datasets]]\nname = \"left\"\npath = \"left.csv\"\ncolumns = { id = \"string\" }\n\
                         [datasets.policy]\njoin_keys = [\"id\"]\n";
         let (mut jobs, book) = machine(2, WorkerOptions::default());
-        jobs.config =
-            Arc::new(PartyConfig { datasets: config(datasets).datasets, ..(*jobs.config).clone() });
-        let spec = "kind = \"psi\"\nclient = { dataset = \"left\", key = \"id\" }\nserver = { dataset = \"right\", key = \"id\" }\n";
+        let datasets = config(datasets).datasets;
+        jobs.config = Arc::new(PartyConfig { datasets, ..(*jobs.config).clone() });
+        let spec = "kind = \"psi\"\nclient = { dataset = \"left\", key = \"id\" }\n\
+                    server = { dataset = \"right\", key = \"id\" }\n";
         let (job_id, offer) = offered(spec, Vec::new());
         jobs.handle(offer);
         let Some(Action::Prepare(p)) = jobs.poll_action() else { panic!("expected key loading") };
@@ -1492,13 +1531,24 @@ mod tests {
             result: Ok(accepted),
         });
         assert!(reply(&actions(&mut jobs)[0]).accept);
+        (jobs, book, job_id)
+    }
+
+    fn psi_start(jobs: &mut PartyJobs, job_id: &str, peer: u32) {
         let start = PsiStart {
-            job_id: job_id.clone(),
+            job_id: job_id.to_string(),
             session: vec![7; 32],
             role: PsiRole::Client as i32,
-            peer: 1,
+            peer,
         };
         jobs.handle(Outbound::PsiStart(start));
+    }
+
+    /// The client side of an intersection started with party 1 (whose roster key is made from
+    /// seed 2) as its server; returns its signed hello.
+    fn psi_client() -> (PartyJobs, Arc<Book>, String, Vec<u8>) {
+        let (mut jobs, book, job_id) = admitted_psi_client();
+        psi_start(&mut jobs, &job_id, 1);
         let out = actions(&mut jobs);
         let Some(Action::Send(body)) = out.first() else { panic!("expected the client's hello") };
         let Body::Round(hello) = body.as_ref() else { panic!("expected a round payload") };
@@ -1559,6 +1609,18 @@ mod tests {
                 "{:?}",
                 events.last()
             );
+        }
+    }
+
+    #[test]
+    fn an_intersection_start_naming_this_party_or_a_stranger_as_its_peer_is_left() {
+        for peer in [0, 99] {
+            let (mut jobs, book, job_id) = admitted_psi_client();
+            psi_start(&mut jobs, &job_id, peer);
+            assert!(actions(&mut jobs).is_empty(), "nothing goes out");
+            let events = book.events.lock().unwrap();
+            let left = |e: &Event| matches!(e, Event::JobRefused { message, .. } if message.contains("other side"));
+            assert!(events.last().is_some_and(left), "{:?}", events.last());
         }
     }
 

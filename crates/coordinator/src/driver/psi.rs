@@ -1,14 +1,14 @@
 //! A private set intersection between the two parties that accepted the job: the coordinator
 //! starts each in its role and relays their veil-psi messages, which it cannot read (keys
-//! blinded by each party's secret scalar), until the client reports the intersection's size,
-//! signed.
+//! blinded by each party's secret scalar), until both sides report their outcome, signed over
+//! the same counts, the client's with the intersection's size.
 
 use std::sync::Arc;
 
 use rand::RngCore;
 use tokio::sync::mpsc;
 use veil_analytics::PsiSpec;
-use veil_governance::decision::psi_result_statement;
+use veil_governance::decision::PsiOutcome;
 use veil_proto::v1::{CoordinatorEnvelope, PsiRole, PsiStart, coordinator_envelope::Body};
 use veil_protocol::PartyId;
 
@@ -70,6 +70,7 @@ pub(super) async fn intersect(
     let job_hash = veil_analytics::Job::Psi(spec.clone()).hash();
     let silence = shared.stage_timeout * SILENT_STAGES;
     let mut relayed = 0u64;
+    let (mut client_outcome, mut server_outcome) = (None, None);
     let mut charged = std::collections::BTreeSet::new();
     loop {
         let input = tokio::time::timeout(silence, inbox.recv()).await.map_err(|_| {
@@ -97,32 +98,51 @@ pub(super) async fn intersect(
                     return Err(End::Failed(Failure::Psi(format!("{to} left the exchange"))));
                 }
             }
-            Some(JobInput::PsiResult { from, result }) if from == client => {
-                let statement = psi_result_statement(
-                    &record.id,
-                    &job_hash,
-                    result.intersection_size,
-                    result.client_keys,
-                    result.server_keys,
-                );
-                let signed = shared.protocol_roster.key(client).is_some_and(|key| {
+            Some(JobInput::PsiResult { from, result }) if from == client || from == server => {
+                let outcome = PsiOutcome {
+                    job_id: &record.id,
+                    job_hash: &job_hash,
+                    session: &session,
+                    client: client.0,
+                    server: server.0,
+                    intersection: result.intersection_size,
+                    client_keys: result.client_keys,
+                    server_keys: result.server_keys,
+                };
+                let signed = shared.protocol_roster.key(from).is_some_and(|key| {
                     <[u8; 64]>::try_from(result.signature.as_slice()).is_ok_and(|bytes| {
                         let signature = ed25519_dalek::Signature::from_bytes(&bytes);
+                        let statement = outcome.statement(from.0);
                         ed25519_dalek::Verifier::verify(key, &statement, &signature).is_ok()
                     })
                 });
-                if !signed {
+                let role = if from == client { PsiRole::Client } else { PsiRole::Server };
+                if !signed || result.role != role as i32 {
                     return Err(End::Failed(Failure::Psi(format!(
-                        "{client} reported an unsigned result"
+                        "{from} reported an outcome not signed for this exchange"
+                    ))));
+                }
+                if from == client {
+                    client_outcome = Some(result);
+                } else {
+                    server_outcome = Some(result);
+                }
+                let (Some(c), Some(s)) = (&client_outcome, &server_outcome) else { continue };
+                // Both sides saw the same exchange: the server the client's keys and the
+                // client the server's.
+                if (c.client_keys, c.server_keys) != (s.client_keys, s.server_keys) {
+                    return Err(End::Failed(Failure::Psi(format!(
+                        "the two sides disagree on the exchange: the client counts {} and {} keys, the server {} and {}",
+                        c.client_keys, c.server_keys, s.client_keys, s.server_keys
                     ))));
                 }
                 let answer = serde_json::json!({
                     "kind": "psi",
-                    "intersection_size": result.intersection_size,
+                    "intersection_size": c.intersection_size,
                     "client": { "dataset": spec.client.dataset, "key": spec.client.key,
-                                "party": client.0, "keys": result.client_keys },
+                                "party": client.0, "keys": c.client_keys },
                     "server": { "dataset": spec.server.dataset, "key": spec.server.key,
-                                "party": server.0, "keys": result.server_keys },
+                                "party": server.0, "keys": c.server_keys },
                 });
                 return Ok((answer.to_string(), vec![client, server]));
             }
