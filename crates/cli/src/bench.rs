@@ -376,7 +376,7 @@ async fn psi(keys: usize, overlap: f64) -> Result<()> {
     );
     println!(
         "  the issue's target at 10^6 × 10^6: ≤ 90 s CPU for both sides, ≤ 80 MB on the wire; \
-         OpenMined PSI 2.0.6 (P-256) needs about 270 s of CPU there"
+         OpenMined PSI 2.0.6 (P-256) took 410 s of CPU there (benches/psi)"
     );
     Ok(())
 }

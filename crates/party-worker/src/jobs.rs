@@ -74,6 +74,9 @@ pub(crate) enum Action {
     Train(Box<StepWork>),
     /// An injected fault: stop, once what was sent is delivered.
     Exit,
+    /// An intersection has more to send: hand the job back to [`PartyJobs::resume`] once what
+    /// came before is sent, serving other messages between.
+    Continue(String),
 }
 
 /// An admitted job's background work.
@@ -260,6 +263,11 @@ impl PartyJobs {
         self.training.clear();
         // Nor can what was queued for it: replies, round messages, work and an injected exit.
         self.out.clear();
+    }
+
+    /// Lets an intersection send its next message ([`Action::Continue`]).
+    pub(crate) fn resume(&mut self, job_id: &str) {
+        self.psi_flush(job_id);
     }
 
     /// A message from the coordinator.
@@ -685,21 +693,13 @@ impl PartyJobs {
     /// the result, signed.
     fn psi_flush(&mut self, job_id: &str) {
         let Some(JobState::Psi(exchange)) = self.jobs.get_mut(job_id) else { return };
-        let mut outgoing = Vec::new();
+        // One message at a time (each batch is blinded when it is polled): the worker sends it
+        // and comes back for the next (`Action::Continue`), serving other messages between, so
+        // a party holds one batch of a long stream, not the stream.
         let session = exchange.session;
-        let status = match &mut exchange.side {
-            PsiMachine::Client(c, _) => {
-                while let Some(m) = c.poll_transmit() {
-                    outgoing.push(m.encode());
-                }
-                c.status()
-            }
-            PsiMachine::Server(s, _) => {
-                while let Some(m) = s.poll_transmit() {
-                    outgoing.push(m.encode());
-                }
-                s.status()
-            }
+        let (outgoing, status) = match &mut exchange.side {
+            PsiMachine::Client(c, _) => (c.poll_transmit().map(|m| m.encode()), c.status()),
+            PsiMachine::Server(s, _) => (s.poll_transmit().map(|m| m.encode()), s.status()),
         };
         // A finished side's counts: (intersection, client keys, server keys, its role).
         let result = match (&exchange.side, &status) {
@@ -712,7 +712,7 @@ impl PartyJobs {
             _ => None,
         };
         let (peer, me) = (exchange.peer.0, self.config.id.0);
-        for mut message in outgoing {
+        if let Some(mut message) = outgoing {
             let statement = psi_message_statement(job_id, &session, self.config.id.0, &message);
             message.extend_from_slice(&self.signing.sign(&statement).to_bytes());
             let (head_seq, head_hash, head_signature) = self.head_fields(job_id);
@@ -724,6 +724,9 @@ impl PartyJobs {
                 head_signature,
             };
             self.send(Body::Round(payload));
+            // There may be more: the worker asks again once this one is sent.
+            self.out.push_back(Action::Continue(job_id.to_string()));
+            return;
         }
         match status {
             veil_psi::Status::Finished => {

@@ -224,13 +224,23 @@ struct Worker {
     prepared_rx: mpsc::Receiver<Prepared>,
     trained_tx: mpsc::Sender<Trained>,
     trained_rx: mpsc::Receiver<Trained>,
+    /// Intersections with more to send, served between other messages.
+    continuing: std::collections::VecDeque<String>,
 }
 
 impl Worker {
     fn new(jobs: PartyJobs, options: WorkerOptions) -> Self {
         let (prepared_tx, prepared_rx) = mpsc::channel(64);
         let (trained_tx, trained_rx) = mpsc::channel(64);
-        Self { jobs, options, prepared_tx, prepared_rx, trained_tx, trained_rx }
+        Self {
+            jobs,
+            options,
+            prepared_tx,
+            prepared_rx,
+            trained_tx,
+            trained_rx,
+            continuing: std::collections::VecDeque::new(),
+        }
     }
 
     /// Does what the machine asks, in order; `true` when an injected fault stops the worker.
@@ -244,6 +254,7 @@ impl Worker {
                 Action::Send(body) => send(tx, *body).await?,
                 Action::Prepare(p) => prepare(config, *p, self.prepared_tx.clone()),
                 Action::Train(work) => train(config, *work, self.trained_tx.clone()),
+                Action::Continue(job_id) => self.continuing.push_back(job_id),
                 Action::Exit => {
                     // Let the transport deliver what was just sent, as a crashed process's
                     // kernel would, then vanish.
@@ -279,8 +290,11 @@ async fn session(
     let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
     tracing::info!(party = %config.name, coordinator = %config.coordinator, "connected");
     state.jobs.reconnected();
+    state.continuing.clear();
     loop {
         tokio::select! {
+            // Inbound messages first; an intersection's next batch when nothing else waits.
+            biased;
             message = inbound.message() => {
                 let Some(envelope) = message? else { return Ok(Ended::Closed) };
                 let Some(body) = envelope.body else { continue };
@@ -289,6 +303,11 @@ async fn session(
             Some(prepared) = state.prepared_rx.recv() => state.jobs.prepared(prepared),
             Some(step) = state.trained_rx.recv() => {
                 state.jobs.trained(step);
+            }
+            () = std::future::ready(()), if !state.continuing.is_empty() => {
+                if let Some(job_id) = state.continuing.pop_front() {
+                    state.jobs.resume(&job_id);
+                }
             }
         }
         if state.act(config, &tx).await? {
