@@ -128,6 +128,10 @@ enum JobState {
     Idle,
 }
 
+/// The most keys a party lets the other side of an intersection announce: a server keeps 16
+/// bytes per key of the client's (320 MB at this bound).
+const MAX_PEER_KEYS: u64 = 20_000_000;
+
 /// A party's side of a private set intersection under way, with the other side's party and
 /// the exchange's session, which every message's signature binds.
 struct PsiExchange {
@@ -665,6 +669,14 @@ impl PartyJobs {
                 _ => None,
             },
         };
+        if let Some(count) = peer_keys.filter(|c| *c > MAX_PEER_KEYS) {
+            self.jobs.insert(job_id.clone(), JobState::Idle);
+            let message = format!(
+                "the other side of the intersection announces {count} keys; this party holds at most {MAX_PEER_KEYS} keys' replies"
+            );
+            self.leave_exchange(job_id, Decline::Fault(message));
+            return;
+        }
         if let (Some(count), Some(min)) = (peer_keys, exchange.min_peer_keys) {
             if count < min {
                 self.jobs.insert(job_id.clone(), JobState::Idle);
@@ -1613,6 +1625,24 @@ mod tests {
                 events.last()
             );
         }
+    }
+
+    #[test]
+    fn a_peer_announcing_more_keys_than_a_party_holds_replies_for_is_left() {
+        let (mut jobs, book, job_id, _) = psi_client();
+        let hello = veil_psi::ServerMessage::Hello {
+            session: veil_psi::Session([7; 32]),
+            count: MAX_PEER_KEYS + 1,
+        };
+        let mut message = hello.encode();
+        let statement = psi_message_statement(&job_id, &[7; 32], 1, &message);
+        message.extend_from_slice(&SigningKey::from_bytes(&[2; 32]).sign(&statement).to_bytes());
+        let payload = RoundPayload { job_id: job_id.clone(), message, ..RoundPayload::default() };
+        jobs.handle(Outbound::Round(payload));
+        assert!(!reply(&actions(&mut jobs)[0]).accept);
+        let events = book.events.lock().unwrap();
+        let left = |e: &Event| matches!(e, Event::JobRefused { message, .. } if message.contains("announces"));
+        assert!(events.last().is_some_and(left), "{:?}", events.last());
     }
 
     #[test]
