@@ -42,7 +42,7 @@ pub enum Job {
 
 /// A private set intersection (`kind = "psi"`): the size of the intersection of the keys in
 /// one party's column (`client`, which learns it and reports it) and another's (`server`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PsiSpec {
     /// Always `"psi"`.
@@ -57,6 +57,18 @@ pub struct PsiSpec {
     /// What the answer is for; owners' policies may allow only some purposes.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub purpose: String,
+    /// Release the size with discrete Gaussian noise at this zCDP ρ (the client adds it and
+    /// both sides are charged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<Privacy>,
+}
+
+impl PsiSpec {
+    /// The variance of the discrete Gaussian noise on the released size: the count's
+    /// sensitivity is one, so ⌈1/(2ρ)⌉ gives at least ρ-zCDP.
+    pub fn noise_variance(&self) -> Option<u64> {
+        self.privacy.as_ref().map(|p| (1.0 / (2.0 * p.rho)).ceil().max(1.0) as u64)
+    }
 }
 
 /// A dataset's key column, one side of an intersection.
@@ -141,6 +153,11 @@ impl Job {
             }
             "psi" => {
                 let spec: PsiSpec = serde_json::from_value(value).map_err(typed)?;
+                if spec.privacy.as_ref().is_some_and(|p| !(p.rho.is_finite() && p.rho > 0.0)) {
+                    return Err(AnalyticsError::Invalid(
+                        "privacy.rho must be a positive number".into(),
+                    ));
+                }
                 if spec.client.dataset == spec.server.dataset {
                     return Err(AnalyticsError::Invalid(
                         "an intersection is between two datasets; client and server name the same one"

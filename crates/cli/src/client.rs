@@ -307,9 +307,13 @@ fn print_intersection(answer: &serde_json::Value) {
             s["keys"].as_u64().unwrap_or(0)
         )
     };
+    let size = answer["intersection_size"].as_u64().unwrap_or(0);
+    let size = match answer["privacy"]["ci95"].as_f64() {
+        Some(ci) => format!("about {size} (± {ci:.0} at 95 %, ρ = {})", answer["privacy"]["rho"]),
+        None => size.to_string(),
+    };
     println!(
-        "{} keys in common between {} and {}",
-        answer["intersection_size"].as_u64().unwrap_or(0),
+        "{size} keys in common between {} and {}",
         side(&answer["client"]),
         side(&answer["server"])
     );
@@ -613,6 +617,7 @@ pub(crate) async fn psi(
     client: &str,
     server: &str,
     case_fold: bool,
+    rho: Option<f64>,
     json: bool,
     plaintext: bool,
 ) -> Result<()> {
@@ -622,9 +627,12 @@ pub(crate) async fn psi(
             .with_context(|| format!("{s:?}: name a side as <dataset>.<key column>"))?;
         Ok(serde_json::json!({ "dataset": dataset, "key": key }))
     };
-    let spec = serde_json::json!({
+    let mut spec = serde_json::json!({
         "kind": "psi", "client": side(client)?, "server": side(server)?, "case_fold": case_fold,
     });
+    if let Some(rho) = rho {
+        spec["privacy"] = serde_json::json!({ "rho": rho });
+    }
     let signer = signer(config)?;
     let mut jobs = JobsClient::new(channel(config, plaintext).await?);
     let status = signer.submit(&mut jobs, &spec.to_string()).await.map_err(status_error)?;

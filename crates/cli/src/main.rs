@@ -119,6 +119,9 @@ enum Command {
         /// Match keys regardless of case (they are always trimmed).
         #[arg(long)]
         case_fold: bool,
+        /// Release the size with discrete Gaussian noise at this zCDP ρ (a positive number).
+        #[arg(long, value_parser = parse_rho, allow_hyphen_values = true)]
+        rho: Option<f64>,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -438,9 +441,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
             client::query(&config, &sql, options, json, dangerous_plaintext, require_all).await
         }
-        Command::Psi { client, server, config, case_fold, json, dangerous_plaintext } => {
+        Command::Psi { client, server, config, case_fold, rho, json, dangerous_plaintext } => {
             logging("warn");
-            client::psi(&config, &client, &server, case_fold, json, dangerous_plaintext).await
+            client::psi(&config, &client, &server, case_fold, rho, json, dangerous_plaintext).await
         }
         Command::Jobs { config, json, dangerous_plaintext } => {
             logging("warn");

@@ -105,6 +105,8 @@ pub enum Work {
         case_fold: bool,
         /// The fewest keys the other side may bring (the dataset's policy).
         min_peer_keys: Option<u64>,
+        /// The variance of the noise the client adds to the size, for a private release.
+        noise_variance: Option<u64>,
     },
 }
 
@@ -388,7 +390,7 @@ fn decide(
                 filtered: Vec::new(),
                 grouped: Vec::new(),
                 joined: vec![side.key.as_str()],
-                rho: None,
+                rho: spec.privacy.as_ref().map(|p| p.rho),
                 k_threshold: None,
                 today: situation.today,
                 uses: records.uses(&dataset.name).map_err(Decline::Fault)?,
@@ -396,6 +398,7 @@ fn decide(
             let (min_parties, charge) =
                 govern(records, &dataset, &request, job_id, min_parties, false)?;
             let work = Work::Psi {
+                noise_variance: spec.noise_variance(),
                 column: side.key.clone(),
                 min_peer_keys: dataset.policy.min_join_keys,
                 dataset: Box::new(dataset),

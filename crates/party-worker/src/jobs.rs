@@ -139,6 +139,7 @@ struct PsiExchange {
     peer: veil_protocol::PartyId,
     session: [u8; 32],
     min_peer_keys: Option<u64>,
+    noise_variance: Option<u64>,
 }
 
 enum PsiMachine {
@@ -155,6 +156,8 @@ pub(crate) struct PsiKeys {
     pub(crate) case_fold: bool,
     /// The fewest keys the other side may bring (the dataset's policy).
     pub(crate) min_peer_keys: Option<u64>,
+    /// The variance of the noise the client adds to the size, for a private release.
+    pub(crate) noise_variance: Option<u64>,
 }
 
 /// A job the party accepted, with what the round start needs.
@@ -567,7 +570,7 @@ impl PartyJobs {
             return;
         };
         let Accepted { charge, psi, .. } = *accepted;
-        let Some(PsiKeys { side, keys, case_fold, min_peer_keys }) = psi else {
+        let Some(PsiKeys { side, keys, case_fold, min_peer_keys, noise_variance }) = psi else {
             tracing::warn!(party = %self.config.name, job = %job_id, "an intersection start for another kind of job");
             return;
         };
@@ -618,7 +621,7 @@ impl PartyJobs {
         }
         match machine {
             Ok(side) => {
-                let exchange = PsiExchange { side, peer, session, min_peer_keys };
+                let exchange = PsiExchange { side, peer, session, min_peer_keys, noise_variance };
                 self.jobs.insert(job_id.clone(), JobState::Psi(Box::new(exchange)));
                 self.psi_flush(&job_id);
             }
@@ -724,6 +727,7 @@ impl PartyJobs {
             _ => None,
         };
         let (peer, me) = (exchange.peer.0, self.config.id.0);
+        let noise_variance = exchange.noise_variance;
         if let Some(mut message) = outgoing {
             let statement = psi_message_statement(job_id, &session, self.config.id.0, &message);
             message.extend_from_slice(&self.signing.sign(&statement).to_bytes());
@@ -743,7 +747,16 @@ impl PartyJobs {
         match status {
             veil_psi::Status::Finished => {
                 self.jobs.insert(job_id.to_string(), JobState::Idle);
-                if let Some((size, client_keys, server_keys, role)) = result {
+                if let Some((mut size, client_keys, server_keys, role)) = result {
+                    // A private release: the client noises the size before it signs and
+                    // reports it, with noise from the OS that no one else can predict.
+                    if let (PsiRole::Client, Some(variance)) = (role, noise_variance) {
+                        let mut seed = [0u8; 32];
+                        (self.rng)().fill_bytes(&mut seed);
+                        let mut noise_rng = veil_protocol::dp::NoiseRng::from_seed(seed);
+                        let noise = veil_protocol::dp::discrete_gaussian(&mut noise_rng, variance);
+                        size = size.saturating_add_signed(noise);
+                    }
                     let job_hash =
                         self.accepted.get(job_id).map(|(h, _)| h.clone()).unwrap_or_default();
                     let (client, server) =
@@ -1537,7 +1550,13 @@ mod tests {
         jobs.handle(offer);
         let Some(Action::Prepare(p)) = jobs.poll_action() else { panic!("expected key loading") };
         let keys = veil_psi::KeySet::new(veil_psi::KeyPolicy::default(), ["a", "b", "c"]).unwrap();
-        let psi = PsiKeys { side: PsiSide::Client, keys, case_fold: false, min_peer_keys: None };
+        let psi = PsiKeys {
+            side: PsiSide::Client,
+            keys,
+            case_fold: false,
+            min_peer_keys: None,
+            noise_variance: None,
+        };
         let p = *p;
         let accepted = Accepted { psi: Some(psi), ..p.accepted };
         jobs.prepared(Prepared {

@@ -370,7 +370,7 @@ fn prepare(config: &PartyConfig, preparation: Preparation, done: mpsc::Sender<Pr
                 let _ = done.send(Prepared { job_id, job_hash, result }).await;
             });
         }
-        Work::Psi { dataset, column, role, case_fold, min_peer_keys } => {
+        Work::Psi { dataset, column, role, case_fold, min_peer_keys, noise_variance } => {
             tokio::spawn(async move {
                 let loaded = tokio::task::spawn_blocking(move || {
                     let (keys, missing) =
@@ -392,7 +392,8 @@ fn prepare(config: &PartyConfig, preparation: Preparation, done: mpsc::Sender<Pr
                 .await;
                 let result = match loaded {
                     Ok(Ok(keys)) => {
-                        let psi = PsiKeys { side: role, keys, case_fold, min_peer_keys };
+                        let psi =
+                            PsiKeys { side: role, keys, case_fold, min_peer_keys, noise_variance };
                         Ok(Accepted { psi: Some(psi), ..accepted })
                     }
                     Ok(Err(decline)) => Err(decline),

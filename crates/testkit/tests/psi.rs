@@ -104,3 +104,42 @@ async fn a_side_too_small_for_the_others_policy_gets_no_answer() {
     assert!(status.detail.contains("brings 1957 keys"), "{}", status.detail);
     cluster.shutdown().await;
 }
+
+/// A private release: the client adds discrete Gaussian noise to the size before it signs it,
+/// the answer says so with its interval, and both owners are charged the job's ρ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noisy_size_is_near_the_true_one_and_charges_both_owners() {
+    let budget = "[datasets.policy]\njoin_keys = [\"tailnum\"]\nbudget_total = 1.0\n";
+    let parties = vec![
+        side("jfk", "jfk_flights", "flights/jfk.csv", budget),
+        side("registry", "planes", "flights/planes.csv", budget),
+    ];
+    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let noisy = format!("{JOB}privacy = {{ rho = 0.5 }}\n");
+    let (status, result) = cluster.run_job(&noisy).await;
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
+    let answer: serde_json::Value = serde_json::from_str(&result.unwrap().answer_json).unwrap();
+    let shared = tailnums("flights/jfk.csv").intersection(&tailnums("flights/planes.csv")).count();
+    // ρ = 0.5 gives variance 1: the noise is beyond ±8 with probability below 10^-14.
+    let released = answer["intersection_size"].as_i64().unwrap();
+    assert!((released - shared as i64).abs() <= 8, "{released} against {shared}");
+    assert_eq!(answer["privacy"]["rho"], 0.5);
+    assert_eq!(answer["privacy"]["noise_variance"], 1);
+    for (i, dataset) in [(0, "jfk_flights"), (1, "planes")] {
+        let dir = cluster.layout.party_configs[i].parent().unwrap().to_path_buf();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[0; 32]);
+        let store = veil_party_worker::store::PartyStore::open(
+            &dir.join("party-state.db"),
+            &format!("party {i}"),
+            key,
+        )
+        .unwrap();
+        let spent = veil_governance::budget::Ledger::spent(&store, dataset, "analyst").unwrap();
+        assert!((spent.total - 0.5).abs() < 1e-9, "party {i} spent {spent:?}");
+    }
+    // A second job of ρ = 0.75 no longer fits either owner's budget of 1.0.
+    let (status, _) = cluster.run_job(&format!("{JOB}privacy = {{ rho = 0.75 }}\n")).await;
+    assert_eq!(status.state(), JobState::Failed, "{status:?}");
+    assert!(status.detail.contains("refused by rule budget"), "{}", status.detail);
+    cluster.shutdown().await;
+}

@@ -136,7 +136,7 @@ pub(super) async fn intersect(
                         c.client_keys, c.server_keys, s.client_keys, s.server_keys
                     ))));
                 }
-                let answer = serde_json::json!({
+                let mut answer = serde_json::json!({
                     "kind": "psi",
                     "intersection_size": c.intersection_size,
                     "client": { "dataset": spec.client.dataset, "key": spec.client.key,
@@ -144,6 +144,14 @@ pub(super) async fn intersect(
                     "server": { "dataset": spec.server.dataset, "key": spec.server.key,
                                 "party": server.0, "keys": c.server_keys },
                 });
+                if let (Some(privacy), Some(variance)) = (&spec.privacy, spec.noise_variance()) {
+                    // The client added discrete Gaussian noise of this variance to the size.
+                    answer["privacy"] = serde_json::json!({
+                        "rho": privacy.rho,
+                        "noise_variance": variance,
+                        "ci95": 1.96 * (variance as f64).sqrt(),
+                    });
+                }
                 return Ok((answer.to_string(), vec![client, server]));
             }
             Some(JobInput::Departed(p)) if p == client || p == server => {
