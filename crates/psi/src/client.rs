@@ -100,6 +100,15 @@ impl ClientOutput {
     }
 }
 
+/// A server key's payload that matched one of the client's keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayloadMatch {
+    /// The client's key, by position in its [`KeySet`].
+    pub position: u32,
+    /// The payload the server sent with its key.
+    pub payload: Vec<u8>,
+}
+
 /// The keys still to blind and send.
 struct Outgoing {
     keys: Option<KeySet>,
@@ -115,6 +124,8 @@ pub struct Client {
     outgoing: Outgoing,
     state: State,
     outbox: VecDeque<ClientMessage>,
+    /// Payloads matched since the caller last took them.
+    matches: Vec<PayloadMatch>,
 }
 
 impl std::fmt::Debug for Client {
@@ -147,6 +158,7 @@ impl Client {
             outgoing: Outgoing { keys: Some(keys), sent: 0, next_batch: 0 },
             state: State::ExpectServerHello(ExpectServerHello),
             outbox: VecDeque::from([hello]),
+            matches: Vec::new(),
         })
     }
 
@@ -209,7 +221,7 @@ impl Client {
         }
     }
 
-    fn step(&self, state: State, message: ServerMessage) -> Result<State> {
+    fn step(&mut self, state: State, message: ServerMessage) -> Result<State> {
         match (state, message) {
             (State::ExpectServerHello(_), ServerMessage::Hello { count, .. }) => {
                 let expect = ExpectReplies {
@@ -244,7 +256,23 @@ impl Client {
                         announced: s.server_count,
                     });
                 }
-                self.absorb_server_keys(&mut s, batch, &keys)?;
+                self.absorb_server_keys(&mut s, batch, &keys, None)?;
+                s.received += keys.len() as u64;
+                s.next_batch += 1;
+                Ok(self.after_server_keys(s))
+            }
+            (
+                State::ExpectServerKeys(mut s),
+                ServerMessage::KeysWithPayloads { batch, keys, width, payloads, .. },
+            ) if self.params.mode() == Mode::IntersectionToClient => {
+                check_batch("server blinded keys", s.next_batch, batch)?;
+                if s.received + keys.len() as u64 > s.server_count {
+                    return Err(Error::TooManyItems {
+                        stream: "server blinded keys",
+                        announced: s.server_count,
+                    });
+                }
+                self.absorb_server_keys(&mut s, batch, &keys, Some((width as usize, &payloads)))?;
                 s.received += keys.len() as u64;
                 s.next_batch += 1;
                 Ok(self.after_server_keys(s))
@@ -280,10 +308,11 @@ impl Client {
 
     /// Blinds a batch of the server's keys again and marks the entries they match.
     fn absorb_server_keys(
-        &self,
+        &mut self,
         s: &mut ExpectServerKeys,
         batch: u32,
         keys: &[BlindedKey],
+        payloads: Option<(usize, &[u8])>,
     ) -> Result<()> {
         let digests = group::reblind(&self.key, keys).map_err(|index| Error::InvalidPoint {
             stream: "server blinded keys",
@@ -291,13 +320,18 @@ impl Client {
             index: index as u32,
         })?;
         let table = &s.table;
-        let hits: Vec<usize> = digests
+        let hits: Vec<(usize, usize)> = digests
             .par_iter()
-            .filter_map(|d| table.binary_search_by_key(d, |e| e.digest).ok())
+            .enumerate()
+            .filter_map(|(i, d)| table.binary_search_by_key(d, |e| e.digest).ok().map(|h| (i, h)))
             .collect();
-        for hit in hits {
+        for (i, hit) in hits {
             if !s.matched.insert(hit) {
                 return Err(Error::DuplicatePeerKey { batch });
+            }
+            if let Some((width, bytes)) = payloads {
+                let payload = bytes[i * width..(i + 1) * width].to_vec();
+                self.matches.push(PayloadMatch { position: table[hit].position, payload });
             }
         }
         Ok(())
@@ -319,6 +353,14 @@ impl Client {
             }
         };
         State::Finished(ClientOutput { server_count: s.server_count, intersection_size, members })
+    }
+
+    /// The payloads of the server's keys that matched since the last call, each with the
+    /// position of the client's key it matched (payloads come with mode
+    /// [`Mode::IntersectionToClient`] only). A caller takes them after each message, so it
+    /// holds at most one batch's.
+    pub fn take_matches(&mut self) -> Vec<PayloadMatch> {
+        std::mem::take(&mut self.matches)
     }
 
     /// Where the exchange stands.

@@ -162,6 +162,14 @@ pub enum Error {
         /// The batch in which the repetition showed.
         batch: u32,
     },
+    /// The value side of a join expects another number of values per key or of groups.
+    #[error("the other side expects {theirs:?} (values per key, groups), this side {ours:?}")]
+    JoinShape {
+        /// This side's (values per key, groups).
+        ours: (u32, u32),
+        /// The other side's.
+        theirs: (u32, u32),
+    },
     /// The exchange is over (finished or aborted); the message is ignored.
     #[error("the exchange is over")]
     Ended,
@@ -182,6 +190,7 @@ impl Error {
                 | Error::InvalidPoint { .. }
                 | Error::DuplicateReplies { .. }
                 | Error::DuplicatePeerKey { .. }
+                | Error::JoinShape { .. }
         )
     }
 

@@ -67,17 +67,19 @@ mod keys;
 mod membership;
 
 pub mod client;
+pub mod join;
 pub mod message;
+pub mod paillier;
 pub mod params;
 pub mod server;
 
-pub use client::{Client, ClientOutput};
+pub use client::{Client, ClientOutput, PayloadMatch};
 pub use error::{DecodeError, Error, Result};
 pub use keys::KeySet;
 pub use membership::Membership;
 pub use message::{BlindedKey, ClientMessage, KeyDigest, ServerMessage};
 pub use params::{KeyPolicy, MAX_BATCH, MAX_SET_SIZE, Mode, PsiParams, Session};
-pub use server::{Server, ServerOutput};
+pub use server::{Payloads, Server, ServerOutput};
 
 /// Where a party's exchange stands.
 #[derive(Debug, Clone, PartialEq, Eq)]

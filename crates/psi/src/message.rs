@@ -11,6 +11,7 @@
 //! | [`ServerMessage::Hello`] | 3 | count `u64` |
 //! | [`ServerMessage::Replies`] | 4 | batch `u32`, n `u32`, n × 16-byte digest |
 //! | [`ServerMessage::BlindedKeys`] | 5 | batch `u32`, n `u32`, n × 32-byte point |
+//! | [`ServerMessage::KeysWithPayloads`] | 6 | batch `u32`, n `u32`, n × 32-byte point, width `u32`, n × width bytes |
 //!
 //! A batch holds 1 to [`MAX_BATCH`] items; a count is at most [`MAX_SET_SIZE`]. Points are
 //! only length-checked here; whether they are valid group elements is checked, in parallel,
@@ -33,6 +34,10 @@ const TAG_CLIENT_KEYS: u8 = 2;
 const TAG_SERVER_HELLO: u8 = 3;
 const TAG_SERVER_REPLIES: u8 = 4;
 const TAG_SERVER_KEYS: u8 = 5;
+const TAG_SERVER_KEYS_WITH_PAYLOADS: u8 = 6;
+
+/// The most bytes a key's payload may have.
+pub const MAX_PAYLOAD_WIDTH: u32 = 1 << 16;
 
 /// A key blinded by one or both parties' scalars: a compressed Ristretto255 point.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,6 +114,20 @@ pub enum ServerMessage {
         batch: u32,
         /// `b·H(y)` for each key `y` of the batch.
         keys: Vec<BlindedKey>,
+    },
+    /// As [`ServerMessage::BlindedKeys`], each key with an opaque payload of `width` bytes
+    /// (mode [`Mode::IntersectionToClient`] only; the join's encrypted values).
+    KeysWithPayloads {
+        /// The job's session.
+        session: Session,
+        /// The batch's number, from zero.
+        batch: u32,
+        /// `b·H(y)` for each key `y` of the batch.
+        keys: Vec<BlindedKey>,
+        /// Bytes per payload, 1 to [`MAX_PAYLOAD_WIDTH`].
+        width: u32,
+        /// The keys' payloads, in the keys' order.
+        payloads: Vec<u8>,
     },
 }
 
@@ -188,7 +207,8 @@ impl ServerMessage {
         match self {
             ServerMessage::Hello { session, .. }
             | ServerMessage::Replies { session, .. }
-            | ServerMessage::BlindedKeys { session, .. } => *session,
+            | ServerMessage::BlindedKeys { session, .. }
+            | ServerMessage::KeysWithPayloads { session, .. } => *session,
         }
     }
 
@@ -198,6 +218,7 @@ impl ServerMessage {
             ServerMessage::Hello { .. } => "server hello",
             ServerMessage::Replies { .. } => "server replies",
             ServerMessage::BlindedKeys { .. } => "server blinded keys",
+            ServerMessage::KeysWithPayloads { .. } => "server blinded keys with payloads",
         }
     }
 
@@ -208,6 +229,9 @@ impl ServerMessage {
                 ServerMessage::Hello { .. } => 8,
                 ServerMessage::Replies { digests, .. } => 8 + 16 * digests.len(),
                 ServerMessage::BlindedKeys { keys, .. } => 8 + 32 * keys.len(),
+                ServerMessage::KeysWithPayloads { keys, payloads, .. } => {
+                    12 + 32 * keys.len() + payloads.len()
+                }
             }
     }
 
@@ -228,6 +252,13 @@ impl ServerMessage {
                 header(&mut w, TAG_SERVER_KEYS, session);
                 batch_header(&mut w, *batch, keys.len());
                 keys.iter().for_each(|k| w.bytes(&k.0));
+            }
+            ServerMessage::KeysWithPayloads { session, batch, keys, width, payloads } => {
+                header(&mut w, TAG_SERVER_KEYS_WITH_PAYLOADS, session);
+                batch_header(&mut w, *batch, keys.len());
+                keys.iter().for_each(|k| w.bytes(&k.0));
+                w.u32(*width);
+                w.bytes(payloads);
             }
         }
         w.finish()
@@ -253,6 +284,15 @@ impl ServerMessage {
             TAG_SERVER_KEYS => {
                 let (batch, keys) = read_points(&mut r)?;
                 ServerMessage::BlindedKeys { session, batch, keys }
+            }
+            TAG_SERVER_KEYS_WITH_PAYLOADS => {
+                let (batch, keys) = read_points(&mut r)?;
+                let width = r.u32("payload width")?;
+                if width == 0 || width > MAX_PAYLOAD_WIDTH {
+                    return Err(DecodeError::Invalid("payload width"));
+                }
+                let payloads = r.take(width as usize * keys.len(), "payloads")?.to_vec();
+                ServerMessage::KeysWithPayloads { session, batch, keys, width, payloads }
             }
             other => return Err(DecodeError::UnknownTag(other)),
         };
@@ -344,6 +384,13 @@ mod tests {
                 session: session(),
                 batch: 7,
                 keys: vec![BlindedKey([3; 32])],
+            },
+            ServerMessage::KeysWithPayloads {
+                session: session(),
+                batch: 2,
+                keys: vec![BlindedKey([3; 32]), BlindedKey([4; 32])],
+                width: 3,
+                payloads: vec![1, 2, 3, 4, 5, 6],
             },
         ];
         (client, server)

@@ -26,7 +26,7 @@ use crate::Status;
 use crate::error::{Error, Result};
 use crate::group::{self, BlindingKey};
 use crate::keys::KeySet;
-use crate::message::{ClientMessage, KeyDigest, ServerMessage};
+use crate::message::{ClientMessage, KeyDigest, MAX_PAYLOAD_WIDTH, ServerMessage};
 use crate::params::{Mode, PsiParams};
 
 /// Waiting for the client's hello.
@@ -91,12 +91,40 @@ impl ServerOutput {
     }
 }
 
+/// Opaque bytes to send with each of the server's keys, `width` bytes per key in the key
+/// set's order (the join's encrypted values).
+#[derive(Clone)]
+pub struct Payloads {
+    width: usize,
+    bytes: Vec<u8>,
+}
+
+impl Payloads {
+    /// `bytes` holds `width` bytes per key, 1 ≤ width ≤ [`MAX_PAYLOAD_WIDTH`].
+    pub fn new(width: usize, bytes: Vec<u8>) -> Result<Self> {
+        if width == 0 || width > MAX_PAYLOAD_WIDTH as usize || bytes.len() % width != 0 {
+            return Err(Error::InvalidParameters("payloads of 1 to 65,536 bytes each"));
+        }
+        Ok(Self { width, bytes })
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len() / self.width
+    }
+
+    fn get(&self, position: usize) -> &[u8] {
+        &self.bytes[position * self.width..(position + 1) * self.width]
+    }
+}
+
 /// The server's side (party B) of one exchange.
 pub struct Server {
     params: PsiParams,
     key: BlindingKey,
     /// Dropped (and zeroized) once the last of the server's keys is out.
     keys: Option<KeySet>,
+    /// What goes with each key, if anything.
+    payloads: Option<Payloads>,
     /// The order the server's keys go out in: a uniform permutation of their positions.
     order: Vec<u32>,
     state: State,
@@ -126,10 +154,31 @@ impl Server {
             params: *params,
             key: BlindingKey::generate(rng),
             keys: Some(keys),
+            payloads: None,
             order,
             state: State::ExpectClientHello(ExpectClientHello),
             outbox: VecDeque::new(),
         })
+    }
+
+    /// As [`Self::new`], each key sent with its payload (mode
+    /// [`Mode::IntersectionToClient`] only, so the client can tell which of its keys a payload
+    /// belongs to).
+    pub fn with_payloads(
+        params: &PsiParams,
+        keys: KeySet,
+        payloads: Payloads,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Self> {
+        if params.mode() != Mode::IntersectionToClient {
+            return Err(Error::InvalidParameters("payloads need mode IntersectionToClient"));
+        }
+        if payloads.len() != keys.len() {
+            return Err(Error::InvalidParameters("one payload per key"));
+        }
+        let mut server = Self::new(params, keys, rng)?;
+        server.payloads = Some(payloads);
+        Ok(server)
     }
 
     /// Takes a message from the client; `rng` shuffles the replies in mode
@@ -297,13 +346,23 @@ impl Server {
                 let order = &self.order[s.sent..end];
                 let blinded =
                     group::blind(&self.key, &session, order.len(), |i| keys.key(order[i] as usize));
-                let message =
-                    ServerMessage::BlindedKeys { session, batch: s.next_batch, keys: blinded };
+                let batch = s.next_batch;
+                let message = match &self.payloads {
+                    None => ServerMessage::BlindedKeys { session, batch, keys: blinded },
+                    Some(p) => ServerMessage::KeysWithPayloads {
+                        session,
+                        batch,
+                        keys: blinded,
+                        width: p.width as u32,
+                        payloads: order.iter().flat_map(|&i| p.get(i as usize)).copied().collect(),
+                    },
+                };
                 s.sent = end;
                 s.next_batch += 1;
                 if s.sent == self.order.len() {
                     let client_count = s.client_count;
                     self.keys = None;
+                    self.payloads = None;
                     self.state = State::Finished(ServerOutput { client_count });
                 }
                 Some(message)
