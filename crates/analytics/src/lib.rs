@@ -26,13 +26,13 @@ pub mod spec;
 pub mod sql;
 
 pub use plan::{
-    AggregateSql, Answer, ColumnAnswer, DpCalibration, Histogram, Layout, LocalAggregate,
-    NoiseReport, Plan,
+    AggregateSql, Answer, ColumnAnswer, DpCalibration, Histogram, JoinPlans, Layout,
+    LocalAggregate, NoiseReport, Plan,
 };
 pub use schema::{ColumnInfo, ColumnType, DatasetCatalog, DatasetSchema, Value};
 pub use spec::{
-    ColumnRequest, Condition, GroupBy, Job, JobSpec, KeyColumn, Literal, Op, Output, OutputKind,
-    Predicate, Privacy, PsiSpec, SqlRequest, SyntheticSpec,
+    ColumnRequest, Condition, GroupBy, GroupColumn, Job, JobSpec, JoinSpec, KeyColumn, Literal, Op,
+    Output, OutputKind, Predicate, Privacy, PsiSpec, SqlRequest, SyntheticSpec,
 };
 
 /// Errors of job specifications and local aggregation.

@@ -235,6 +235,61 @@ fn group_slot(values: &[String], cell: Value<'_>) -> usize {
     }
 }
 
+impl crate::spec::GroupBy {
+    /// The slot of a cell of this column: its position in the domain, then `(other)`, then
+    /// `(null)`.
+    pub fn slot(&self, cell: Value<'_>) -> usize {
+        group_slot(&self.values, cell)
+    }
+
+    /// Slots of this column: its domain, `(other)` and `(null)`.
+    pub fn slots(&self) -> usize {
+        self.values.len() + EXTRA_GROUPS
+    }
+}
+
+/// The two plans of a private join: each value party's per-key aggregate (the job's without
+/// its grouping), and the answer's, over the value side's columns and the group side's
+/// column. The per-key vector is one segment of the answer's layout, so group `g`'s segment
+/// of the answer is the sum of the vectors of the keys in group `g`.
+pub struct JoinPlans {
+    /// Each value party's aggregate, per key.
+    pub per_key: Plan,
+    /// The answer's layout: the per-key segment once per group.
+    pub answer: Plan,
+}
+
+impl JoinPlans {
+    /// Plans `spec` against the value side's schema.
+    pub fn new(
+        spec: &crate::spec::JoinSpec,
+        values: &DatasetSchema,
+    ) -> Result<Self, AnalyticsError> {
+        let per_key = Plan::new(&spec.per_key(), values)?;
+        if values.column(&spec.groups.column).is_some() {
+            return Err(AnalyticsError::Invalid(format!(
+                "both sides have a column {:?}; the group side's must be told apart",
+                spec.groups.column
+            )));
+        }
+        let mut combined = values.clone();
+        combined.columns.push((spec.groups.column.clone(), crate::schema::ColumnType::String));
+        let answer = Plan::new(&spec.aggregate, &combined)?;
+        debug_assert_eq!(answer.segment, per_key.segment);
+        Ok(Self { per_key, answer })
+    }
+
+    /// Values per key (one segment of the answer).
+    pub fn segment(&self) -> usize {
+        self.per_key.segment
+    }
+
+    /// Groups of the answer.
+    pub fn groups(&self) -> usize {
+        self.answer.len / self.per_key.segment.max(1)
+    }
+}
+
 /// The key of a group-by column's slot (see [`group_slot`]).
 fn slot_key(values: &[String], slot: usize) -> String {
     match values.get(slot) {

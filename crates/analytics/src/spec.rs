@@ -38,6 +38,71 @@ pub enum Job {
     Train(Box<TrainSpec>),
     /// A private set intersection between two parties' key columns.
     Psi(PsiSpec),
+    /// A private join and aggregate: one party's column groups the rows of others that share
+    /// its keys.
+    Join(JoinSpec),
+}
+
+/// A private join and aggregate (`kind = "join"`): the aggregate of the value side's rows
+/// (one or more parties serve its dataset), grouped by a column of the group side (one party)
+/// on the rows whose keys both hold. Neither side sees the other's columns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinSpec {
+    /// Always `"join"`.
+    pub kind: String,
+    /// The side that groups: its dataset, key column and the column whose values name groups.
+    pub groups: GroupColumn,
+    /// The side whose rows are aggregated: its dataset and key column.
+    pub values: KeyColumn,
+    /// Match keys regardless of case (they are always trimmed).
+    #[serde(default)]
+    pub case_fold: bool,
+    /// The aggregate over the value side's dataset, grouped by the group side's column (whose
+    /// declared domain its `group_by` carries); its options (k threshold, purpose) are the
+    /// job's.
+    pub aggregate: JobSpec,
+}
+
+/// The group side of a join.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupColumn {
+    /// The dataset, by the name its party serves it under.
+    pub dataset: String,
+    /// The column holding the keys.
+    pub key: String,
+    /// The column whose values name the groups.
+    pub column: String,
+}
+
+impl JoinSpec {
+    /// The aggregate each value party computes per key: the job's, without its grouping.
+    pub fn per_key(&self) -> JobSpec {
+        JobSpec { group_by: Vec::new(), select: Vec::new(), ..self.aggregate.clone() }
+    }
+
+    fn check(&self) -> Result<(), AnalyticsError> {
+        let invalid = |m: &str| Err(AnalyticsError::Invalid(m.into()));
+        if self.groups.dataset == self.values.dataset {
+            return invalid("a join is between two datasets; groups and values name the same one");
+        }
+        if self.aggregate.dataset != self.values.dataset {
+            return invalid("the aggregate is over the value side's dataset");
+        }
+        match self.aggregate.group_by.as_slice() {
+            [g] if g.column == self.groups.column => {}
+            _ => {
+                return invalid("the aggregate groups by the group side's column, and by it alone");
+            }
+        }
+        if self.aggregate.privacy.is_some() {
+            return invalid(
+                "a join's answer is exact with a k threshold; differential privacy on joins is not built",
+            );
+        }
+        self.aggregate.check()
+    }
 }
 
 /// A private set intersection (`kind = "psi"`): the size of the intersection of the keys in
@@ -166,6 +231,11 @@ impl Job {
                 }
                 Ok(Job::Psi(spec))
             }
+            "join" => {
+                let spec: JoinSpec = serde_json::from_value(value).map_err(typed)?;
+                spec.check()?;
+                Ok(Job::Join(spec))
+            }
             veil_learning::job::KIND => {
                 let spec: TrainSpec = serde_json::from_value(value).map_err(typed)?;
                 spec.validate().map_err(|e| AnalyticsError::Invalid(e.to_string()))?;
@@ -182,6 +252,7 @@ impl Job {
             Job::Synthetic(s) => serde_json::to_string(s).expect("synthetic specs serialise"),
             Job::Sql(s) => serde_json::to_string(s).expect("SQL requests serialise"),
             Job::Psi(s) => serde_json::to_string(s).expect("intersection specs serialise"),
+            Job::Join(s) => serde_json::to_string(s).expect("join specs serialise"),
             Job::Train(s) => serde_json::to_string(s).expect("training specs serialise"),
         }
     }
@@ -201,6 +272,7 @@ impl Job {
             Job::Sql(_) => "",
             Job::Train(s) => &s.dataset,
             Job::Psi(s) => &s.client.dataset,
+            Job::Join(s) => &s.values.dataset,
         }
     }
 
@@ -208,6 +280,7 @@ impl Job {
     pub fn datasets(&self) -> Vec<&str> {
         match self {
             Job::Psi(s) => vec![&s.client.dataset, &s.server.dataset],
+            Job::Join(s) => vec![&s.values.dataset, &s.groups.dataset],
             other => vec![other.dataset()],
         }
     }
@@ -260,6 +333,7 @@ impl Job {
             Job::Sql(s) => &s.purpose,
             Job::Train(s) => &s.purpose,
             Job::Psi(s) => &s.purpose,
+            Job::Join(s) => &s.aggregate.purpose,
         }
     }
 
@@ -272,6 +346,8 @@ impl Job {
             Job::Train(s) => s.min_parties,
             // Its two sides.
             Job::Psi(_) => 2,
+            // The group side and at least one value party.
+            Job::Join(s) => s.aggregate.min_parties.max(2),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! answer with its receipt ([`release`]). What each kind of job does is its [`kinds`] entry's;
 //! the driver never matches on kinds.
 
+mod join;
 mod psi;
 mod release;
 mod round;
@@ -326,6 +327,7 @@ async fn run(
     let started = match kind {
         Kind::Train(_) => "training started",
         Kind::Psi(_) => "intersection started",
+        Kind::Join(_) => "join started",
         Kind::Round(_) => "round started",
     };
     set_state(shared, record, JobState::Running, started, Some(&ids)).await;
@@ -349,6 +351,13 @@ async fn run(
                 psi::intersect(shared, record, spec, &parties, &mut inbox).await?;
             let aggregate =
                 Aggregate { sum: Vec::new(), contributors: took_part.clone(), dropped: Vec::new() };
+            (answer_json, aggregate, took_part, BTreeMap::new())
+        }
+        Kind::Join(spec) => {
+            let aggregate = join::join(shared, record, spec, &parties, &mut inbox).await?;
+            let round = kinds::join_round(spec).map_err(|e| End::Failed(e.into()))?;
+            let answer_json = round.answer(&aggregate).map_err(|e| End::Failed(e.into()))?;
+            let took_part = aggregate.contributors.clone();
             (answer_json, aggregate, took_part, BTreeMap::new())
         }
         Kind::Round(round) => {

@@ -8,7 +8,7 @@
 mod columns;
 mod synthetic;
 
-use veil_analytics::{Job, PsiSpec};
+use veil_analytics::{Job, JoinSpec, PsiSpec};
 use veil_learning::job::TrainSpec;
 use veil_protocol::Aggregate;
 
@@ -51,6 +51,9 @@ pub enum Kind<'a> {
     Train(&'a TrainSpec),
     /// A private set intersection between two parties, relayed by its own driver.
     Psi(&'a PsiSpec),
+    /// A private join: an exchange between the group side and each value party, then a
+    /// secure round over their shares.
+    Join(&'a JoinSpec),
 }
 
 impl Kind<'_> {
@@ -58,7 +61,7 @@ impl Kind<'_> {
     pub fn session_at_offer(&self) -> bool {
         match self {
             Kind::Round(k) => k.session_at_offer(),
-            Kind::Train(_) | Kind::Psi(_) => false,
+            Kind::Train(_) | Kind::Psi(_) | Kind::Join(_) => false,
         }
     }
 
@@ -67,9 +70,16 @@ impl Kind<'_> {
         match self {
             Kind::Round(k) => Ok(k.rho()),
             Kind::Train(spec) => spec.rho_total().map_err(|e| KindError(e.to_string())),
-            Kind::Psi(_) => Ok(0.0),
+            Kind::Psi(spec) => Ok(spec.privacy.as_ref().map_or(0.0, |p| p.rho)),
+            Kind::Join(_) => Ok(0.0),
         }
     }
+}
+
+/// A join's round: the sides' shares add up to a column job's vector over the joined rows,
+/// so the round and the answer are that column job's.
+pub fn join_round(spec: &JoinSpec) -> Result<Box<dyn RoundKind + '_>, KindError> {
+    Ok(Box::new(columns::Columns::new(&spec.aggregate)?))
 }
 
 /// Each job kind's behaviour: the one place that matches on kinds.
@@ -79,6 +89,7 @@ pub fn of(job: &Job) -> Result<Kind<'_>, KindError> {
         Job::Synthetic(spec) => Ok(Kind::Round(Box::new(synthetic::Synthetic(spec)))),
         Job::Train(spec) => Ok(Kind::Train(spec)),
         Job::Psi(spec) => Ok(Kind::Psi(spec)),
+        Job::Join(spec) => Ok(Kind::Join(spec)),
         Job::Sql(_) => Err(KindError("a SQL query runs only as the job it is planned into".into())),
     }
 }

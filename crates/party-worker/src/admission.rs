@@ -108,6 +108,37 @@ pub enum Work {
         /// The variance of the noise the client adds to the size, for a private release.
         noise_variance: Option<u64>,
     },
+    /// Read a dataset's keys with their groups, or with their per-key aggregates, for a
+    /// private join.
+    Join {
+        /// The dataset.
+        dataset: Box<DatasetConfig>,
+        /// The key column.
+        key: String,
+        /// What this side brings.
+        side: JoinSide,
+        /// Match keys regardless of case.
+        case_fold: bool,
+        /// The fewest keys the other side may bring (the dataset's policy).
+        min_peer_keys: Option<u64>,
+        /// Values per key and groups: the exchange's shape.
+        shape: (u32, u32),
+    },
+}
+
+/// A party's side of a private join.
+#[derive(Debug)]
+pub enum JoinSide {
+    /// It groups: each of its keys has a group, the slot of its value in `groups`.
+    Group {
+        /// The column whose values name the groups, with its declared domain.
+        groups: veil_analytics::GroupBy,
+    },
+    /// Its rows are aggregated per key through `plan` (the job's aggregate without grouping).
+    Value {
+        /// The per-key plan.
+        plan: Box<Plan>,
+    },
 }
 
 /// A party's side of a private set intersection.
@@ -342,31 +373,7 @@ fn decide(
                     ));
                 }
             };
-            let dataset = served(config, &side.dataset)?;
-            // Keys are compared as text, exactly as the file holds them (trimmed): a number
-            // column would lose digits past 2^53 and leading zeros.
-            match dataset.columns.get(&side.key) {
-                Some(veil_analytics::ColumnType::String) => {}
-                Some(other) => {
-                    return Err(Decline::DataUnavailable(format!(
-                        "dataset {:?}: key column {:?} is declared {other}; declare it string, as keys are compared as text",
-                        dataset.name, side.key
-                    )));
-                }
-                None => {
-                    return Err(Decline::DataUnavailable(format!(
-                        "dataset {:?} has no column {:?}",
-                        dataset.name, side.key
-                    )));
-                }
-            }
-            let parquet = dataset.path.extension().is_some_and(|e| e == "parquet");
-            if dataset.postgres.is_some() || parquet {
-                return Err(Decline::Fault(format!(
-                    "intersections read CSV files; dataset {:?} is not one",
-                    dataset.name
-                )));
-            }
+            let dataset = key_dataset(config, &side.dataset, &side.key)?;
             // The two sides are the whole cohort: a party that combines its data with more
             // parties takes part in no intersection.
             if min_parties > 2 {
@@ -407,10 +414,131 @@ fn decide(
             };
             Ok(admission(min_parties, Some(charge), work))
         }
+        Job::Join(spec) => {
+            let group_side = config.datasets.iter().any(|d| d.name == spec.groups.dataset);
+            let value_side = config.datasets.iter().any(|d| d.name == spec.values.dataset);
+            let (name, key) = match (group_side, value_side) {
+                (true, false) => (&spec.groups.dataset, &spec.groups.key),
+                (false, true) => (&spec.values.dataset, &spec.values.key),
+                (true, true) => {
+                    return Err(Decline::Fault("this party serves both sides of the join".into()));
+                }
+                (false, false) => {
+                    return Err(Decline::DataUnavailable(
+                        "this party serves neither side of the join".into(),
+                    ));
+                }
+            };
+            let dataset = key_dataset(config, name, key)?;
+            if situation.intersections >= MAX_INTERSECTIONS {
+                return Err(Decline::Fault(format!(
+                    "this party already takes part in {MAX_INTERSECTIONS} intersections; submit again when one ends"
+                )));
+            }
+            let layout = |s: &veil_analytics::JobSpec| {
+                veil_analytics::Layout::new(s).map(|l| l.vector_len())
+            };
+            let invalid =
+                |e: veil_analytics::AnalyticsError| Decline::DataUnavailable(e.to_string());
+            let segment = layout(&spec.per_key()).map_err(invalid)?;
+            let groups = layout(&spec.aggregate).map_err(invalid)? / segment.max(1);
+            let shape = (segment as u32, groups as u32);
+            let aggregate = &spec.aggregate;
+            let (request, side) = if group_side {
+                let Some(column) = aggregate.group_by.first() else {
+                    return Err(Decline::Fault("a join without its group column".into()));
+                };
+                if dataset.columns.get(&column.column) != Some(&veil_analytics::ColumnType::String)
+                {
+                    return Err(Decline::DataUnavailable(format!(
+                        "dataset {:?} has no text column {:?} to group by",
+                        dataset.name, column.column
+                    )));
+                }
+                let request = Request {
+                    consumer,
+                    purpose: &aggregate.purpose,
+                    kind: "join",
+                    aggregated: Vec::new(),
+                    filtered: Vec::new(),
+                    grouped: vec![column.column.as_str()],
+                    joined: vec![key.as_str()],
+                    rho: None,
+                    k_threshold: aggregate.k_threshold,
+                    today: situation.today,
+                    uses: records.uses(&dataset.name).map_err(Decline::Fault)?,
+                };
+                (request, JoinSide::Group { groups: column.clone() })
+            } else {
+                let plans =
+                    veil_analytics::JoinPlans::new(&spec, &dataset.schema()).map_err(invalid)?;
+                let plan = plans.per_key;
+                let request = Request {
+                    consumer,
+                    purpose: &aggregate.purpose,
+                    kind: "join",
+                    aggregated: aggregate.columns.iter().map(|c| c.name.as_str()).collect(),
+                    filtered: aggregate
+                        .filter
+                        .iter()
+                        .map(|f| f.column.as_str())
+                        .chain(aggregate.predicate.iter().flat_map(|p| p.columns()))
+                        .collect(),
+                    grouped: Vec::new(),
+                    joined: vec![key.as_str()],
+                    rho: None,
+                    k_threshold: aggregate.k_threshold,
+                    today: situation.today,
+                    uses: records.uses(&dataset.name).map_err(Decline::Fault)?,
+                };
+                (request, JoinSide::Value { plan: Box::new(plan) })
+            };
+            let (min_parties, charge) =
+                govern(records, &dataset, &request, job_id, min_parties, false)?;
+            let work = Work::Join {
+                key: key.clone(),
+                min_peer_keys: dataset.policy.min_join_keys,
+                dataset: Box::new(dataset),
+                side,
+                case_fold: spec.case_fold,
+                shape,
+            };
+            Ok(admission(min_parties, Some(charge), work))
+        }
         Job::Sql(_) => Err(Decline::Fault(
             "a SQL query must be planned by the coordinator before it is offered".into(),
         )),
     }
+}
+
+/// A dataset a party matches on `key`: served, the key declared as text (keys are compared
+/// as text, exactly as the file holds them, trimmed: a number column would lose digits past
+/// 2^53 and leading zeros), and a CSV file.
+fn key_dataset(config: &PartyConfig, name: &str, key: &str) -> Result<DatasetConfig, Decline> {
+    let dataset = served(config, name)?;
+    match dataset.columns.get(key) {
+        Some(veil_analytics::ColumnType::String) => {}
+        Some(other) => {
+            return Err(Decline::DataUnavailable(format!(
+                "dataset {:?}: key column {key:?} is declared {other}; declare it string, as keys are compared as text",
+                dataset.name
+            )));
+        }
+        None => {
+            return Err(Decline::DataUnavailable(format!(
+                "dataset {:?} has no column {key:?}",
+                dataset.name
+            )));
+        }
+    }
+    let parquet = dataset.path.extension().is_some_and(|e| e == "parquet");
+    if dataset.postgres.is_some() || parquet {
+        return Err(Decline::Fault(format!(
+            "intersections and joins read CSV files; dataset {:?} is not one",
+            dataset.name
+        )));
+    }
+    Ok(dataset)
 }
 
 /// The dataset the job names, if this party serves it.

@@ -454,6 +454,111 @@ pub fn load_keys(dataset: &DatasetConfig, column: &str) -> Result<(Vec<String>, 
     Ok((keys.into_iter().collect(), missing))
 }
 
+/// A key cell as text (integers without a fraction), `None` for a missing key.
+fn key_text(cell: Value<'_>) -> Option<String> {
+    match cell {
+        Value::Null => None,
+        Value::Text(t) => Some(t.to_string()),
+        Value::Number(x) => Some(format!("{x}")),
+    }
+}
+
+fn column_index(dataset: &DatasetConfig, column: &str) -> Result<usize, DataError> {
+    let schema = dataset.schema();
+    schema.columns.iter().position(|(c, _)| c == column).ok_or_else(|| DataError::MissingColumn {
+        file: dataset.path.display().to_string(),
+        column: column.to_string(),
+    })
+}
+
+/// A join's group side as read from its file.
+pub struct GroupKeys {
+    /// The distinct keys, normalised.
+    pub keys: Vec<String>,
+    /// Each key's group slot.
+    pub slots: Vec<u32>,
+    /// Rows without a key.
+    pub missing: u64,
+    /// Keys whose rows fall in different groups (left out: their group is not defined).
+    pub ambiguous: u64,
+}
+
+/// A join's value side as read from its file.
+pub struct ValueKeys {
+    /// The distinct keys, normalised.
+    pub keys: Vec<String>,
+    /// Each key's aggregate over its rows.
+    pub vectors: Vec<Vec<u64>>,
+    /// Rows without a key.
+    pub missing: u64,
+}
+
+/// The group side of a private join: each distinct key of `key` (normalised by `policy`)
+/// with the slot of its `groups` column's value.
+pub fn load_groups(
+    dataset: &DatasetConfig,
+    key: &str,
+    groups: &veil_analytics::GroupBy,
+    policy: veil_psi::KeyPolicy,
+) -> Result<GroupKeys, DataError> {
+    let (k, g) = (column_index(dataset, key)?, column_index(dataset, &groups.column)?);
+    let mut slots: std::collections::BTreeMap<String, Option<u32>> = Default::default();
+    let mut missing = 0u64;
+    let mut needed = vec![k, g];
+    needed.sort_unstable();
+    needed.dedup();
+    scan_csv(dataset, &needed, |row, _| {
+        let Some(text) = key_text(row[k]) else {
+            missing += 1;
+            return Ok(());
+        };
+        let slot = groups.slot(row[g]) as u32;
+        let entry = slots.entry(policy.normalise(&text).into_owned()).or_insert(Some(slot));
+        if *entry != Some(slot) {
+            *entry = None;
+        }
+        Ok(())
+    })?;
+    let ambiguous = slots.values().filter(|s| s.is_none()).count() as u64;
+    let (keys, slots): (Vec<String>, Vec<u32>) =
+        slots.into_iter().filter_map(|(k, s)| s.map(|s| (k, s))).unzip();
+    Ok(GroupKeys { keys, slots, missing, ambiguous })
+}
+
+/// The value side of a private join: each distinct key of `key` (normalised by `policy`) with
+/// the aggregate of its rows through `plan` (aggregated locally first, so a key repeated over
+/// many rows goes out once). Keys none of whose rows pass the job's filter are left out.
+pub fn aggregate_by_key(
+    dataset: &DatasetConfig,
+    key: &str,
+    plan: &Plan,
+    policy: veil_psi::KeyPolicy,
+) -> Result<ValueKeys, DataError> {
+    let k = column_index(dataset, key)?;
+    let file = dataset.path.display().to_string();
+    let mut needed = plan.needed_columns();
+    needed.push(k);
+    needed.sort_unstable();
+    needed.dedup();
+    let mut per_key: std::collections::BTreeMap<String, veil_analytics::LocalAggregate<'_>> =
+        Default::default();
+    let mut missing = 0u64;
+    scan_csv(dataset, &needed, |row, _| {
+        let Some(text) = key_text(row[k]) else {
+            missing += 1;
+            return Ok(());
+        };
+        per_key
+            .entry(policy.normalise(&text).into_owned())
+            .or_insert_with(|| plan.aggregate([0; 32]))
+            .push_row(row)
+            .map_err(|source| DataError::Aggregate { file: file.clone(), source })
+    })?;
+    let (keys, vectors) =
+        per_key.into_iter().filter(|(_, a)| a.rows() > 0).map(|(k, a)| (k, a.finish())).unzip();
+    Ok(ValueKeys { keys, vectors, missing })
+}
+
 /// Reads a training job's feature and label columns from the dataset's file (CSV or Parquet),
 /// in the job's order: every cell must be a number (a missing or unparsable one is refused,
 /// naming its place but not its value).

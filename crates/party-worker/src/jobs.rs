@@ -140,6 +140,10 @@ struct PsiExchange {
     session: [u8; 32],
     min_peer_keys: Option<u64>,
     noise_variance: Option<u64>,
+    /// A join's acceptance, to return to once the exchange is done: the share goes into its
+    /// vector for the round that sums the shares (and, at the group side, its keys are kept
+    /// for the next value party's exchange).
+    after: Option<Box<Accepted>>,
 }
 
 enum PsiMachine {
@@ -147,6 +151,27 @@ enum PsiMachine {
     Client(veil_psi::Client, u64),
     /// The server, and how many keys it brought.
     Server(veil_psi::Server, u64),
+    /// A join's group side (the intersection's client), and how many keys it brought.
+    JoinGroup(Box<veil_psi::join::GroupSide>, u64),
+    /// A join's value side (the intersection's server), and how many keys it brought.
+    JoinValue(Box<veil_psi::join::ValueSide>, u64),
+}
+
+/// What a party brings to a join besides its keys.
+#[derive(Clone)]
+pub(crate) enum JoinInput {
+    /// The group side: each key's group slot.
+    Group(Vec<u32>),
+    /// The value side: each key's aggregate (zeroized when dropped).
+    Value(Arc<Zeroizing<Vec<Vec<u64>>>>),
+}
+
+/// A join's side and shape.
+#[derive(Clone)]
+pub(crate) struct JoinKeys {
+    pub(crate) input: JoinInput,
+    /// Values per key, and groups.
+    pub(crate) shape: (u32, u32),
 }
 
 /// The keys a party brings to an intersection, and its side.
@@ -158,6 +183,22 @@ pub(crate) struct PsiKeys {
     pub(crate) min_peer_keys: Option<u64>,
     /// The variance of the noise the client adds to the size, for a private release.
     pub(crate) noise_variance: Option<u64>,
+    /// A join's side and shape (`side` is the client for the group side).
+    pub(crate) join: Option<JoinKeys>,
+}
+
+impl PsiKeys {
+    /// The same keys and join input, for a group side's next exchange.
+    fn clone_keys(&self) -> Option<PsiKeys> {
+        Some(PsiKeys {
+            side: self.side,
+            keys: self.keys.clone(),
+            case_fold: self.case_fold,
+            min_peer_keys: self.min_peer_keys,
+            noise_variance: self.noise_variance,
+            join: self.join.clone(),
+        })
+    }
 }
 
 /// A job the party accepted, with what the round start needs.
@@ -569,11 +610,15 @@ impl PartyJobs {
             tracing::warn!(party = %self.config.name, job = %job_id, "an intersection start for a job this party did not accept");
             return;
         };
-        let Accepted { charge, psi, .. } = *accepted;
-        let Some(PsiKeys { side, keys, case_fold, min_peer_keys, noise_variance }) = psi else {
+        let mut accepted = *accepted;
+        let charge = accepted.charge.take();
+        let Some(psi) = accepted.psi.take() else {
             tracing::warn!(party = %self.config.name, job = %job_id, "an intersection start for another kind of job");
             return;
         };
+        // A join's group side meets each value party in turn: it keeps its keys for the next.
+        let kept = psi.join.as_ref().map(|_| psi.clone_keys());
+        let PsiKeys { side, keys, case_fold, min_peer_keys, noise_variance, join } = psi;
         let wanted = match side {
             PsiSide::Client => PsiRole::Client,
             PsiSide::Server => PsiRole::Server,
@@ -606,13 +651,30 @@ impl PartyJobs {
             .with_policy(policy);
         let mut rng = (self.rng)();
         let count = keys.len() as u64;
-        let machine =
-            match side {
-                PsiSide::Client => veil_psi::Client::new(&params, keys, &mut rng)
-                    .map(|c| PsiMachine::Client(c, count)),
-                PsiSide::Server => veil_psi::Server::new(&params, keys, &mut rng)
-                    .map(|s| PsiMachine::Server(s, count)),
-            };
+        let machine = match (side, join) {
+            (PsiSide::Client, None) => {
+                veil_psi::Client::new(&params, keys, &mut rng).map(|c| PsiMachine::Client(c, count))
+            }
+            (PsiSide::Server, None) => {
+                veil_psi::Server::new(&params, keys, &mut rng).map(|s| PsiMachine::Server(s, count))
+            }
+            (_, Some(JoinKeys { input, shape: (segment, groups) })) => {
+                veil_psi::join::JoinParams::new(params, segment, groups).and_then(|p| match input {
+                    JoinInput::Group(slots) => {
+                        veil_psi::join::GroupSide::new(&p, keys, slots, &mut rng)
+                            .map(|g| PsiMachine::JoinGroup(Box::new(g), count))
+                    }
+                    JoinInput::Value(vectors) => {
+                        veil_psi::join::ValueSide::new(&p, keys, &vectors, &mut rng)
+                            .map(|v| PsiMachine::JoinValue(Box::new(v), count))
+                    }
+                })
+            }
+        };
+        let after = kept.map(|kept| {
+            accepted.psi = kept;
+            Box::new(accepted)
+        });
         let peer = veil_protocol::PartyId(start.peer);
         if peer == self.config.id || self.config.roster.key(peer).is_none() {
             let message = format!("the start names {peer} as the other side of the intersection");
@@ -621,7 +683,8 @@ impl PartyJobs {
         }
         match machine {
             Ok(side) => {
-                let exchange = PsiExchange { side, peer, session, min_peer_keys, noise_variance };
+                let exchange =
+                    PsiExchange { side, peer, session, min_peer_keys, noise_variance, after };
                 self.jobs.insert(job_id.clone(), JobState::Psi(Box::new(exchange)));
                 self.psi_flush(&job_id);
             }
@@ -671,6 +734,20 @@ impl PartyJobs {
                 Ok(veil_psi::ClientMessage::Hello { count, .. }) => Some(count),
                 _ => None,
             },
+            PsiMachine::JoinGroup(..) => match veil_psi::join::ValueMessage::decode(message) {
+                Ok(veil_psi::join::ValueMessage::Psi(veil_psi::ServerMessage::Hello {
+                    count,
+                    ..
+                })) => Some(count),
+                _ => None,
+            },
+            PsiMachine::JoinValue(..) => match veil_psi::join::GroupMessage::decode(message) {
+                Ok(veil_psi::join::GroupMessage::Psi(veil_psi::ClientMessage::Hello {
+                    count,
+                    ..
+                })) => Some(count),
+                _ => None,
+            },
         };
         if let Some(count) = peer_keys.filter(|c| *c > MAX_PEER_KEYS) {
             self.jobs.insert(job_id.clone(), JobState::Idle);
@@ -697,6 +774,12 @@ impl PartyJobs {
             PsiMachine::Server(s, _) => veil_psi::ClientMessage::decode(message)
                 .map_err(veil_psi::Error::from)
                 .and_then(|m| s.handle_message(m, &mut (self.rng)())),
+            PsiMachine::JoinGroup(g, _) => veil_psi::join::ValueMessage::decode(message)
+                .map_err(veil_psi::Error::from)
+                .and_then(|m| g.handle_message(m, &mut (self.rng)())),
+            PsiMachine::JoinValue(v, _) => veil_psi::join::GroupMessage::decode(message)
+                .map_err(veil_psi::Error::from)
+                .and_then(|m| v.handle_message(m, &mut (self.rng)())),
         };
         if let Err(e) = handled {
             tracing::warn!(party = %self.config.name, job = %job_id, error = %e, "intersection message rejected");
@@ -715,6 +798,8 @@ impl PartyJobs {
         let (outgoing, status) = match &mut exchange.side {
             PsiMachine::Client(c, _) => (c.poll_transmit().map(|m| m.encode()), c.status()),
             PsiMachine::Server(s, _) => (s.poll_transmit().map(|m| m.encode()), s.status()),
+            PsiMachine::JoinGroup(g, _) => (g.poll_transmit().map(|m| m.encode()), g.status()),
+            PsiMachine::JoinValue(v, _) => (v.poll_transmit().map(|m| m.encode()), v.status()),
         };
         // A finished side's counts: (intersection, client keys, server keys, its role).
         let result = match (&exchange.side, &status) {
@@ -723,6 +808,22 @@ impl PartyJobs {
                 .map(|o| (o.intersection_size(), *keys, o.server_count(), PsiRole::Client)),
             (PsiMachine::Server(s, keys), veil_psi::Status::Finished) => {
                 s.output().map(|o| (0, o.client_count(), *keys, PsiRole::Server))
+            }
+            (PsiMachine::JoinGroup(g, keys), veil_psi::Status::Finished) => {
+                g.output().map(|o| (o.intersection_size, *keys, o.peer_count, PsiRole::Client))
+            }
+            (PsiMachine::JoinValue(v, keys), veil_psi::Status::Finished) => {
+                v.output().map(|o| (0, o.peer_count, *keys, PsiRole::Server))
+            }
+            _ => None,
+        };
+        // A join's share of the per-group sums, for the round that adds them up.
+        let share = match (&exchange.side, &status) {
+            (PsiMachine::JoinGroup(g, _), veil_psi::Status::Finished) => {
+                g.output().map(|o| o.share.clone())
+            }
+            (PsiMachine::JoinValue(v, _), veil_psi::Status::Finished) => {
+                v.output().map(|o| o.share.clone())
             }
             _ => None,
         };
@@ -746,7 +847,23 @@ impl PartyJobs {
         }
         match status {
             veil_psi::Status::Finished => {
-                self.jobs.insert(job_id.to_string(), JobState::Idle);
+                let after = match self.jobs.insert(job_id.to_string(), JobState::Idle) {
+                    Some(JobState::Psi(exchange)) => exchange.after,
+                    _ => None,
+                };
+                // A join goes back to waiting for its round, with its share added to what it
+                // brings (the group side's shares from each value party add up).
+                if let (Some(mut accepted), Some(share)) = (after, share) {
+                    let share = Zeroizing::new(share);
+                    if accepted.vector.is_empty() {
+                        accepted.vector = share;
+                    } else {
+                        for (v, s) in accepted.vector.iter_mut().zip(share.iter()) {
+                            *v = v.wrapping_add(*s);
+                        }
+                    }
+                    self.jobs.insert(job_id.to_string(), JobState::Ready(accepted));
+                }
                 if let Some((mut size, client_keys, server_keys, role)) = result {
                     // A private release: the client noises the size before it signs and
                     // reports it, with noise from the OS that no one else can predict.
@@ -1556,6 +1673,7 @@ mod tests {
             case_fold: false,
             min_peer_keys: None,
             noise_variance: None,
+            join: None,
         };
         let p = *p;
         let accepted = Accepted { psi: Some(psi), ..p.accepted };

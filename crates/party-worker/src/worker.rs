@@ -29,12 +29,15 @@ use veil_proto::v1::{Hello, PartyEnvelope};
 use veil_protocol::Stage;
 use zeroize::Zeroizing;
 
-use crate::admission::Work;
+use crate::admission::{JoinSide, PsiSide, Work};
 use crate::config::PartyConfig;
-use crate::data::{aggregate_file, aggregate_postgres, load_keys, load_training};
+use crate::data::{
+    GroupKeys, ValueKeys, aggregate_by_key, aggregate_file, aggregate_postgres, load_groups,
+    load_keys, load_training,
+};
 use crate::jobs::{
-    Accepted, Action, JobRecords, PartyJobs, Preparation, Prepared, PsiKeys, StepWork, Trained,
-    TrainingJob,
+    Accepted, Action, JobRecords, JoinInput, JoinKeys, PartyJobs, Preparation, Prepared, PsiKeys,
+    StepWork, Trained, TrainingJob,
 };
 use crate::store::PartyStore;
 
@@ -392,12 +395,67 @@ fn prepare(config: &PartyConfig, preparation: Preparation, done: mpsc::Sender<Pr
                 .await;
                 let result = match loaded {
                     Ok(Ok(keys)) => {
-                        let psi =
-                            PsiKeys { side: role, keys, case_fold, min_peer_keys, noise_variance };
+                        let psi = PsiKeys {
+                            side: role,
+                            keys,
+                            case_fold,
+                            min_peer_keys,
+                            noise_variance,
+                            join: None,
+                        };
                         Ok(Accepted { psi: Some(psi), ..accepted })
                     }
                     Ok(Err(decline)) => Err(decline),
                     Err(e) => Err(Decline::Fault(format!("reading the keys failed: {e}"))),
+                };
+                let _ = done.send(Prepared { job_id, job_hash, result }).await;
+            });
+        }
+        Work::Join { dataset, key, side, case_fold, min_peer_keys, shape } => {
+            tokio::spawn(async move {
+                let loaded = tokio::task::spawn_blocking(move || {
+                    let policy = veil_psi::KeyPolicy { trim: true, case_fold };
+                    let name = dataset.name.clone();
+                    let (keys, input, role) = match side {
+                        JoinSide::Group { groups } => {
+                            let GroupKeys { keys, slots, missing, ambiguous } =
+                                load_groups(&dataset, &key, &groups, policy)
+                                    .map_err(|e| unreadable(&name, &e))?;
+                            if missing + ambiguous > 0 {
+                                tracing::info!(dataset = %name, missing, ambiguous, "rows without a key, and keys in more than one group, left out of the join");
+                            }
+                            (keys, JoinInput::Group(slots), PsiSide::Client)
+                        }
+                        JoinSide::Value { plan } => {
+                            let ValueKeys { keys, vectors, missing } =
+                                aggregate_by_key(&dataset, &key, &plan, policy)
+                                    .map_err(|e| unreadable(&name, &e))?;
+                            if missing > 0 {
+                                tracing::info!(dataset = %name, missing, "rows without a key left out of the join");
+                            }
+                            let vectors = Arc::new(Zeroizing::new(vectors));
+                            (keys, JoinInput::Value(vectors), PsiSide::Server)
+                        }
+                    };
+                    let keys = veil_psi::KeySet::new(policy, keys).map_err(|e| {
+                        Decline::DataUnavailable(format!("dataset {name:?}, column {key:?}: {e}"))
+                    })?;
+                    let join = Some(JoinKeys { input, shape });
+                    let psi = PsiKeys {
+                        side: role,
+                        keys,
+                        case_fold,
+                        min_peer_keys,
+                        noise_variance: None,
+                        join,
+                    };
+                    Ok::<_, Decline>(psi)
+                })
+                .await;
+                let result = match loaded {
+                    Ok(Ok(psi)) => Ok(Accepted { psi: Some(psi), ..accepted }),
+                    Ok(Err(decline)) => Err(decline),
+                    Err(e) => Err(Decline::Fault(format!("reading the join's rows failed: {e}"))),
                 };
                 let _ = done.send(Prepared { job_id, job_hash, result }).await;
             });

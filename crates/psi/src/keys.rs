@@ -27,6 +27,7 @@ impl KeyPolicy {
 ///
 /// The keys are stored end to end in one buffer, zeroized on drop; `Debug` prints the count
 /// only.
+#[derive(Clone)]
 pub struct KeySet {
     policy: KeyPolicy,
     bytes: Vec<u8>,

@@ -9,7 +9,9 @@ use rand::RngCore;
 use tokio::sync::mpsc;
 use veil_analytics::PsiSpec;
 use veil_governance::decision::PsiOutcome;
-use veil_proto::v1::{CoordinatorEnvelope, PsiRole, PsiStart, coordinator_envelope::Body};
+use veil_proto::v1::{
+    CoordinatorEnvelope, PsiResult, PsiRole, PsiStart, coordinator_envelope::Body,
+};
 use veil_protocol::PartyId;
 
 use super::round::record_charge;
@@ -51,6 +53,38 @@ pub(super) async fn intersect(
             ))));
         }
     };
+    let job_hash = veil_analytics::Job::Psi(spec.clone()).hash();
+    let (c, _) = exchange(shared, record, &job_hash, client, server, inbox).await?;
+    let mut answer = serde_json::json!({
+        "kind": "psi",
+        "intersection_size": c.intersection_size,
+        "client": { "dataset": spec.client.dataset, "key": spec.client.key,
+                    "party": client.0, "keys": c.client_keys },
+        "server": { "dataset": spec.server.dataset, "key": spec.server.key,
+                    "party": server.0, "keys": c.server_keys },
+    });
+    if let (Some(privacy), Some(variance)) = (&spec.privacy, spec.noise_variance()) {
+        // The client added discrete Gaussian noise of this variance to the size.
+        answer["privacy"] = serde_json::json!({
+            "rho": privacy.rho,
+            "noise_variance": variance,
+            "ci95": 1.96 * (variance as f64).sqrt(),
+        });
+    }
+    Ok((answer.to_string(), vec![client, server]))
+}
+
+/// Runs one exchange between `client` and `server` under a fresh session: starts each in its
+/// role, relays their messages (which it cannot read), and returns both sides' outcomes once
+/// each has reported one signed for this exchange over the same counts (the client's first).
+pub(super) async fn exchange(
+    shared: &Arc<Shared>,
+    record: &mut JobRecord,
+    job_hash: &str,
+    client: PartyId,
+    server: PartyId,
+    inbox: &mut mpsc::UnboundedReceiver<JobInput>,
+) -> Result<(PsiResult, PsiResult), End> {
     let mut session = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut session);
     for (party, role, peer) in
@@ -66,8 +100,8 @@ pub(super) async fn intersect(
             return Err(End::Failed(Failure::Psi(format!("{party} is gone"))));
         }
     }
-    set_state(shared, record, JobState::Running, "intersection: keys exchanged", None).await;
-    let job_hash = veil_analytics::Job::Psi(spec.clone()).hash();
+    let detail = format!("exchange between {client} and {server}: keys blinded");
+    set_state(shared, record, JobState::Running, &detail, None).await;
     let silence = shared.stage_timeout * SILENT_STAGES;
     let mut relayed = 0u64;
     let (mut client_outcome, mut server_outcome) = (None, None);
@@ -90,7 +124,9 @@ pub(super) async fn intersect(
                 };
                 relayed += 1;
                 if relayed % 64 == 0 {
-                    let detail = format!("intersection: {relayed} batches relayed");
+                    let detail = format!(
+                        "exchange between {client} and {server}: {relayed} batches of blinded keys relayed"
+                    );
                     set_state(shared, record, JobState::Running, &detail, None).await;
                 }
                 if !shared.send(to, CoordinatorEnvelope { body: Some(Body::Round(payload)) }).await
@@ -101,7 +137,7 @@ pub(super) async fn intersect(
             Some(JobInput::PsiResult { from, result }) if from == client || from == server => {
                 let outcome = PsiOutcome {
                     job_id: &record.id,
-                    job_hash: &job_hash,
+                    job_hash,
                     session: &session,
                     client: client.0,
                     server: server.0,
@@ -136,23 +172,15 @@ pub(super) async fn intersect(
                         c.client_keys, c.server_keys, s.client_keys, s.server_keys
                     ))));
                 }
-                let mut answer = serde_json::json!({
-                    "kind": "psi",
-                    "intersection_size": c.intersection_size,
-                    "client": { "dataset": spec.client.dataset, "key": spec.client.key,
-                                "party": client.0, "keys": c.client_keys },
-                    "server": { "dataset": spec.server.dataset, "key": spec.server.key,
-                                "party": server.0, "keys": c.server_keys },
-                });
-                if let (Some(privacy), Some(variance)) = (&spec.privacy, spec.noise_variance()) {
-                    // The client added discrete Gaussian noise of this variance to the size.
-                    answer["privacy"] = serde_json::json!({
-                        "rho": privacy.rho,
-                        "noise_variance": variance,
-                        "ci95": 1.96 * (variance as f64).sqrt(),
-                    });
-                }
-                return Ok((answer.to_string(), vec![client, server]));
+                let (Some(c), Some(s)) = (client_outcome.take(), server_outcome.take()) else {
+                    continue;
+                };
+                let detail = format!(
+                    "exchange between {client} and {server} done: {} and {} keys",
+                    c.client_keys, c.server_keys
+                );
+                set_state(shared, record, JobState::Running, &detail, None).await;
+                return Ok((c, s));
             }
             Some(JobInput::Departed(p)) if p == client || p == server => {
                 return Err(End::Failed(Failure::Psi(format!("{p} left the exchange"))));

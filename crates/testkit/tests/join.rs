@@ -1,0 +1,163 @@
+//! A private join as a job: two airports' flights grouped by the aircraft registry's
+//! manufacturer column, on the tail numbers they share, over real gRPC with mutual TLS. The
+//! answer equals a merge-then-group of the pooled files, and no tail number, manufacturer or
+//! delay of any side reaches the coordinator.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+
+use veil_proto::v1::{JobState, Outcome};
+use veil_testkit::cluster::{Cluster, ClusterSpec, DatasetSpec, PartySpec, example_data};
+
+const JOIN: &str = "[datasets.policy]\njoin_keys = [\"tailnum\"]\n";
+const MAKERS: [&str; 6] =
+    ["BOEING", "AIRBUS INDUSTRIE", "BOMBARDIER INC", "AIRBUS", "EMBRAER", "MCDONNELL DOUGLAS"];
+
+fn airport(name: &str, file: &str) -> PartySpec {
+    PartySpec {
+        name: name.into(),
+        datasets: vec![DatasetSpec {
+            name: "flights".into(),
+            path: example_data(file),
+            columns: vec![
+                ("tailnum".into(), "string".into()),
+                ("dep_delay".into(), "float".into()),
+            ],
+            extra_toml: JOIN.into(),
+        }],
+        ..PartySpec::default()
+    }
+}
+
+fn registry() -> PartySpec {
+    PartySpec {
+        name: "registry".into(),
+        datasets: vec![DatasetSpec {
+            name: "planes".into(),
+            path: example_data("flights/planes.csv"),
+            columns: vec![
+                ("tailnum".into(), "string".into()),
+                ("manufacturer".into(), "string".into()),
+            ],
+            extra_toml: JOIN.into(),
+        }],
+        ..PartySpec::default()
+    }
+}
+
+fn job(k: u64) -> String {
+    let makers: Vec<String> = MAKERS.iter().map(|m| format!("{m:?}")).collect();
+    format!(
+        "kind = \"join\"\n\
+         groups = {{ dataset = \"planes\", key = \"tailnum\", column = \"manufacturer\" }}\n\
+         values = {{ dataset = \"flights\", key = \"tailnum\" }}\n\
+         [aggregate]\n\
+         dataset = \"flights\"\n\
+         k_threshold = {k}\n\
+         columns = [{{ name = \"dep_delay\", min = -60, max = 600 }}]\n\
+         group_by = [{{ column = \"manufacturer\", values = [{}] }}]\n",
+        makers.join(", ")
+    )
+}
+
+fn rows(file: &str, columns: &[&str]) -> Vec<Vec<String>> {
+    let mut reader = csv::Reader::from_path(example_data(file)).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let at: Vec<usize> =
+        columns.iter().map(|c| headers.iter().position(|h| h == *c).unwrap()).collect();
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            at.iter().map(|&i| r[i].trim().to_string()).collect()
+        })
+        .collect()
+}
+
+/// The pooled files merged on the tail number and grouped by manufacturer (the domain, then
+/// `(other)`): per group the flights and the delays' count and clipped sum.
+fn merged(airports: &[&str]) -> BTreeMap<String, (u64, u64, f64)> {
+    let maker: HashMap<String, String> = rows("flights/planes.csv", &["tailnum", "manufacturer"])
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+    let mut groups: BTreeMap<String, (u64, u64, f64)> = BTreeMap::new();
+    for file in airports {
+        for r in rows(file, &["tailnum", "dep_delay"]) {
+            let Some(m) = maker.get(&r[0]).filter(|_| !r[0].is_empty()) else { continue };
+            let group = if MAKERS.contains(&m.as_str()) { m.clone() } else { "(other)".into() };
+            let entry = groups.entry(group).or_default();
+            entry.0 += 1;
+            if let Ok(d) = r[1].parse::<f64>() {
+                entry.1 += 1;
+                entry.2 += d.clamp(-60.0, 600.0);
+            }
+        }
+    }
+    groups
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_airports_grouped_by_the_registrys_manufacturer_equal_the_pooled_merge() {
+    let parties =
+        vec![airport("jfk", "flights/jfk.csv"), airport("ewr", "flights/ewr.csv"), registry()];
+    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let (status, result) = cluster.run_job(&job(5)).await;
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
+    let result = result.unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&result.answer_json).unwrap();
+    let expected = merged(&["flights/jfk.csv", "flights/ewr.csv"]);
+    let groups = answer["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), MAKERS.len() + 2, "the domain, (other) and (null)");
+    let mut checked = 0;
+    for g in groups {
+        let key = g["key"][0].as_str().unwrap();
+        let Some(&(flights, delays, sum)) = expected.get(key) else {
+            // No joined flight in this group: nothing, or suppressed below k.
+            assert!(g["rows"].is_null() || g["rows"] == 0, "{g}");
+            continue;
+        };
+        if flights < 5 {
+            assert_eq!(g["suppressed"], true, "{g}");
+            continue;
+        }
+        assert_eq!(g["rows"], flights, "{key}");
+        let column = &g["columns"][0];
+        assert_eq!(column["count"], delays, "{key}");
+        let released = column["sum"].as_f64().unwrap();
+        assert!((released - sum).abs() < 1e-3 * delays as f64, "{key}: {released} against {sum}");
+        checked += 1;
+    }
+    assert!(checked >= 5, "{checked} groups compared");
+    let contributed = Outcome::Contributed as i32;
+    assert_eq!(result.coverage.len(), 3);
+    assert!(result.coverage.iter().all(|p| p.outcome == contributed), "{:?}", result.coverage);
+    // Nothing of either side's columns reaches the coordinator, in any byte it relays.
+    let inbound = cluster.inbound.lock().unwrap().clone();
+    let haystack: Vec<u8> = inbound.concat();
+    let planes = rows("flights/planes.csv", &["tailnum", "manufacturer"]);
+    let needles =
+        planes.iter().step_by(41).map(|r| r[0].clone()).chain(MAKERS.iter().map(|m| m.to_string()));
+    for needle in needles {
+        let bytes = needle.as_bytes();
+        assert!(
+            !haystack.windows(bytes.len()).any(|w| w == bytes),
+            "{needle} reached the coordinator"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_whose_policy_names_no_join_key_takes_no_part() {
+    let mut closed = registry();
+    closed.datasets[0].extra_toml = String::new();
+    let parties =
+        vec![airport("jfk", "flights/jfk.csv"), airport("ewr", "flights/ewr.csv"), closed];
+    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let (status, _) = cluster.run_job(&job(5)).await;
+    assert_eq!(status.state(), JobState::Failed, "{status:?}");
+    let refused = status.coverage.iter().find(|p| p.name == "registry").unwrap();
+    assert_eq!((refused.outcome, refused.rule.as_str()), (Outcome::Refused as i32, "join-key"));
+    cluster.shutdown().await;
+}
