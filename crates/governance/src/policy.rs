@@ -46,6 +46,11 @@ pub struct Policy {
     /// The fewest keys the other side of an intersection may bring: the size of an
     /// intersection with a small set tells whether those few keys are among this dataset's.
     pub min_join_keys: Option<u64>,
+    /// Datasets whose owners may learn which of their own keys this dataset holds: the group
+    /// side of a private join learns it (so that it can group the matches); when empty, no
+    /// one, and this dataset takes no part in joins as their value side.
+    #[serde(default)]
+    pub reveal_membership_to: Vec<String>,
     /// The fewest parties this dataset's rows may be combined with.
     pub min_cohort: Option<u32>,
     /// Released groups (histogram bins) with fewer members are suppressed; a job must declare
@@ -96,6 +101,9 @@ pub struct Request<'a> {
     pub grouped: Vec<&'a str>,
     /// Columns matched with another party's (the key of a set intersection).
     pub joined: Vec<&'a str>,
+    /// The dataset whose owner learns which of its own keys this dataset holds, if the job
+    /// reveals that (a join's group side, to its value side).
+    pub reveals_membership_to: Option<&'a str>,
     /// The declared zCDP charge, if any.
     pub rho: Option<f64>,
     /// The declared k-threshold, if any.
@@ -149,11 +157,14 @@ pub enum Rule {
     JoinKey,
     /// The other side of an intersection brings fewer keys than the policy's minimum.
     JoinSize,
+    /// The job would tell another dataset's owner which of its keys this dataset holds, and
+    /// the policy does not name that dataset.
+    RevealMembership,
 }
 
 impl Rule {
     /// Every rule.
-    pub const ALL: [Rule; 19] = [
+    pub const ALL: [Rule; 20] = [
         Rule::CoreGrade,
         Rule::Expired,
         Rule::UsesExhausted,
@@ -173,6 +184,7 @@ impl Rule {
         Rule::ConsumerSignature,
         Rule::JoinKey,
         Rule::JoinSize,
+        Rule::RevealMembership,
     ];
 
     /// The rule with this name.
@@ -202,6 +214,7 @@ impl Rule {
             Rule::ConsumerSignature => "consumer-signature",
             Rule::JoinKey => "join-key",
             Rule::JoinSize => "join-size",
+            Rule::RevealMembership => "reveal-membership",
         }
     }
 }
@@ -277,6 +290,16 @@ pub fn evaluate(g: &DatasetGovernance, r: &Request<'_>) -> Result<(), Denial> {
             return deny(
                 Rule::JoinKey,
                 format!("the job matches {d:?} on column {c:?}; its policy {allowed}"),
+            );
+        }
+    }
+    if let Some(other) = r.reveals_membership_to {
+        if !p.reveal_membership_to.iter().any(|x| x == other) {
+            return deny(
+                Rule::RevealMembership,
+                format!(
+                    "the job tells the owner of {other:?} which of its keys {d:?} holds; the policy of {d:?} does not name {other:?} in reveal_membership_to"
+                ),
             );
         }
     }
@@ -361,6 +384,7 @@ mod tests {
             filtered: vec!["month"],
             grouped: vec![],
             joined: vec![],
+            reveals_membership_to: None,
             rho: None,
             k_threshold: None,
             today: "2026-11-23",
@@ -406,6 +430,23 @@ mod tests {
         assert_eq!(rule(&general, &join), Some(Rule::JoinKey));
         assert_eq!(rule(&p(|p| p.join_keys = vec!["carrier".into()]), &join), Some(Rule::JoinKey));
         assert_eq!(rule(&p(|p| p.join_keys = vec!["tailnum".into()]), &join), None);
+        // A join's value side tells its group side which keys it holds: only to datasets the
+        // policy names.
+        join.reveals_membership_to = Some("planes");
+        fn keys(p: &mut Policy) {
+            p.join_keys = vec!["tailnum".into()];
+        }
+        fn other(p: &mut Policy) {
+            keys(p);
+            p.reveal_membership_to = vec!["registry".into()];
+        }
+        fn named(p: &mut Policy) {
+            keys(p);
+            p.reveal_membership_to = vec!["planes".into()];
+        }
+        assert_eq!(rule(&p(keys), &join), Some(Rule::RevealMembership));
+        assert_eq!(rule(&p(other), &join), Some(Rule::RevealMembership));
+        assert_eq!(rule(&p(named), &join), None);
     }
 
     #[test]

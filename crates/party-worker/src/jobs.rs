@@ -583,8 +583,9 @@ impl PartyJobs {
         reply
     }
 
-    /// Leaves a training job's step, and tells the coordinator why in a signed refusal, so the
-    /// consumer sees the reason rather than a timeout.
+    /// Leaves a job it accepted (a training step, an intersection, a round), and tells the
+    /// coordinator why in a signed refusal, so the consumer sees the reason rather than a
+    /// timeout.
     fn leave_step(&mut self, job_id: String, job_hash: &str, decline: Decline) {
         let signature = self.signing.sign(&decision_statement(&job_id, job_hash, Some(&decline)));
         let (kind, rule, reason) = decline_fields(Some(&decline));
@@ -958,6 +959,23 @@ impl PartyJobs {
                 tracing::warn!(party = %self.config.name, job = %job_id, "round start for a job this party did not accept");
                 return false;
             };
+            // A join's round sums its group side's share and its value parties' shares; the
+            // group side's holds only masks, so the value parties are the ones whose rows are
+            // combined, and there must be as many as a round needs parties: at least the
+            // collusion bound plus two (else the coordinator and one colluding value party
+            // could isolate an honest one's rows) and this party's minimum.
+            if accepted.psi.as_ref().is_some_and(|p| p.join.is_some()) {
+                let values = start.parties.len().saturating_sub(1);
+                let needed = (self.config.max_corrupt + 2).max(accepted.min_parties);
+                if values < needed {
+                    let message = format!(
+                        "the join's round combines {values} value parties; this party's data is combined with at least {needed}"
+                    );
+                    let job_hash = accepted.job_hash.clone();
+                    self.leave_step(job_id, &job_hash, Decline::refused(Rule::Cohort, message));
+                    return false;
+                }
+            }
             let Accepted { vector, min_parties, charge, keys, job_hash, .. } = *accepted;
             (vector, min_parties, charge, keys, job_hash)
         };
@@ -1052,7 +1070,7 @@ impl PartyJobs {
                 "the round has {} parties; this party's data is combined with at least {minimum}",
                 start.parties.len()
             );
-            self.leave(job_id, &Decline::refused(Rule::Cohort, message));
+            self.leave_step(job_id, &job_hash, Decline::refused(Rule::Cohort, message));
             return false;
         }
         if start.plain {
@@ -1122,7 +1140,7 @@ impl PartyJobs {
                 "the round releases sums over {} parties; this party's data is combined with at least {minimum}",
                 start.min_cohort
             );
-            self.leave(job_id, &Decline::refused(Rule::Cohort, message));
+            self.leave_step(job_id, &job_hash, Decline::refused(Rule::Cohort, message));
             return false;
         }
         if (start.max_corrupt as usize) < self.config.max_corrupt {
@@ -1130,7 +1148,7 @@ impl PartyJobs {
                 "the round tolerates {} colluding parties; this party requires at least {}",
                 start.max_corrupt, self.config.max_corrupt
             );
-            self.leave(job_id, &Decline::refused(Rule::Collusion, message));
+            self.leave_step(job_id, &job_hash, Decline::refused(Rule::Collusion, message));
             return false;
         }
         let mut context = [0u8; 32];
@@ -1616,13 +1634,19 @@ mod tests {
     }
 
     #[test]
-    fn a_round_below_the_partys_cohort_is_left_with_the_rule_logged_and_nothing_sent() {
+    fn a_round_below_the_partys_cohort_is_left_with_the_rule_logged_and_only_a_signed_refusal_sent()
+    {
         let (mut jobs, book) = machine(3, benchmark(None));
         let (job_id, offer) = offered(SYNTHETIC, Vec::new());
         jobs.handle(offer);
         assert!(reply(&actions(&mut jobs)[0]).accept);
         jobs.handle(secure_start(&job_id, [8; 32], vec![0, 1], 4));
-        assert!(actions(&mut jobs).is_empty());
+        // Nothing of the data: the refusal alone, with its rule, for the consumer to read.
+        let out = actions(&mut jobs);
+        assert_eq!(out.len(), 1);
+        let refusal = reply(&out[0]);
+        assert!(!refusal.accept);
+        assert_eq!(refusal.rule, "cohort");
         let events = book.events.lock().unwrap();
         assert!(matches!(events.last(), Some(Event::JobRefused { rule, .. }) if rule == "cohort"));
         assert!(book.charges.lock().unwrap().is_empty());

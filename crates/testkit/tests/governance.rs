@@ -517,7 +517,8 @@ fn refusals(log: &[Entry]) -> Vec<&str> {
 
 /// Nothing the coordinator says can make a party run a job its policy denies: a coordinator
 /// that offers a job on core data, and then starts the round anyway, gets a signed refusal and
-/// not one round message; the same for a round whose cohort is below the party's minimum.
+/// not one round message; a round whose cohort is below the party's minimum gets its signed
+/// refusal and not one round message either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_cannot_make_a_party_run_a_forbidden_job() {
     use veil_proto::v1::RoundStart;
@@ -596,8 +597,16 @@ async fn a_coordinator_cannot_make_a_party_run_a_forbidden_job() {
             ..RoundStart::default()
         };
         run.send(Out::Start(start)).await;
-        let silent = tokio::time::timeout(Duration::from_millis(800), run.inbound.recv()).await;
-        assert!(silent.is_err(), "the party sent something after a forbidden start: {silent:?}");
+        // A refused job gets nothing; a round below the cohort, the party's signed refusal
+        // with its rule, and no round message.
+        let sent = tokio::time::timeout(Duration::from_millis(800), run.inbound.recv()).await;
+        match sent {
+            Err(_) => assert!(!expect_rule.is_empty(), "no refusal of the small round"),
+            Ok(Some(veil_proto::v1::PartyEnvelope {
+                body: Some(veil_proto::v1::party_envelope::Body::Reply(r)),
+            })) => assert!(expect_rule.is_empty() && !r.accept && r.rule == "cohort", "{r:?}"),
+            Ok(other) => panic!("the party sent something after a forbidden start: {other:?}"),
+        }
     }
     let log = run.stop();
     assert_eq!(refusals(&log), vec!["core-grade", "cohort"]);

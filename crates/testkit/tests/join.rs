@@ -1,4 +1,4 @@
-//! A private join as a job: two airports' flights grouped by the aircraft registry's
+//! A private join as a job: three airports' flights grouped by the aircraft registry's
 //! manufacturer column, on the tail numbers they share, over real gRPC with mutual TLS. The
 //! answer equals a merge-then-group of the pooled files, and no tail number, manufacturer or
 //! delay of any side reaches the coordinator.
@@ -10,6 +10,10 @@ use veil_proto::v1::{JobState, Outcome};
 use veil_testkit::cluster::{Cluster, ClusterSpec, DatasetSpec, PartySpec, example_data};
 
 const JOIN: &str = "[datasets.policy]\njoin_keys = [\"tailnum\"]\n";
+/// An airport's policy: joins on the tail number, and the registry may learn which of its
+/// tail numbers fly from the airport.
+const AIRPORT: &str =
+    "[datasets.policy]\njoin_keys = [\"tailnum\"]\nreveal_membership_to = [\"planes\"]\n";
 const MAKERS: [&str; 6] =
     ["BOEING", "AIRBUS INDUSTRIE", "BOMBARDIER INC", "AIRBUS", "EMBRAER", "MCDONNELL DOUGLAS"];
 
@@ -23,7 +27,7 @@ fn airport(name: &str, file: &str) -> PartySpec {
                 ("tailnum".into(), "string".into()),
                 ("dep_delay".into(), "float".into()),
             ],
-            extra_toml: JOIN.into(),
+            extra_toml: AIRPORT.into(),
         }],
         ..PartySpec::default()
     }
@@ -98,15 +102,19 @@ fn merged(airports: &[&str]) -> BTreeMap<String, (u64, u64, f64)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_airports_grouped_by_the_registrys_manufacturer_equal_the_pooled_merge() {
-    let parties =
-        vec![airport("jfk", "flights/jfk.csv"), airport("ewr", "flights/ewr.csv"), registry()];
+async fn three_airports_grouped_by_the_registrys_manufacturer_equal_the_pooled_merge() {
+    let parties = vec![
+        airport("jfk", "flights/jfk.csv"),
+        airport("ewr", "flights/ewr.csv"),
+        airport("lga", "flights/lga.csv"),
+        registry(),
+    ];
     let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
     let (status, result) = cluster.run_job(&job(5)).await;
     assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
     let result = result.unwrap();
     let answer: serde_json::Value = serde_json::from_str(&result.answer_json).unwrap();
-    let expected = merged(&["flights/jfk.csv", "flights/ewr.csv"]);
+    let expected = merged(&["flights/jfk.csv", "flights/ewr.csv", "flights/lga.csv"]);
     let groups = answer["groups"].as_array().unwrap();
     assert_eq!(groups.len(), MAKERS.len() + 2, "the domain, (other) and (null)");
     let mut checked = 0;
@@ -130,7 +138,7 @@ async fn two_airports_grouped_by_the_registrys_manufacturer_equal_the_pooled_mer
     }
     assert!(checked >= 5, "{checked} groups compared");
     let contributed = Outcome::Contributed as i32;
-    assert_eq!(result.coverage.len(), 3);
+    assert_eq!(result.coverage.len(), 4);
     assert!(result.coverage.iter().all(|p| p.outcome == contributed), "{:?}", result.coverage);
     // Nothing of either side's columns reaches the coordinator, in any byte it relays.
     let inbound = cluster.inbound.lock().unwrap().clone();
@@ -148,16 +156,40 @@ async fn two_airports_grouped_by_the_registrys_manufacturer_equal_the_pooled_mer
     cluster.shutdown().await;
 }
 
+/// Each owner decides: the registry names the join key, each airport also the registry as a
+/// dataset that may learn which of its tail numbers fly there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_registry_whose_policy_names_no_join_key_takes_no_part() {
+async fn owners_whose_policies_do_not_allow_the_join_take_no_part() {
     let mut closed = registry();
     closed.datasets[0].extra_toml = String::new();
+    let mut private = airport("lga", "flights/lga.csv");
+    private.datasets[0].extra_toml = JOIN.into();
     let parties =
-        vec![airport("jfk", "flights/jfk.csv"), airport("ewr", "flights/ewr.csv"), closed];
+        vec![airport("jfk", "flights/jfk.csv"), airport("ewr", "flights/ewr.csv"), private, closed];
     let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
     let (status, _) = cluster.run_job(&job(5)).await;
     assert_eq!(status.state(), JobState::Failed, "{status:?}");
-    let refused = status.coverage.iter().find(|p| p.name == "registry").unwrap();
-    assert_eq!((refused.outcome, refused.rule.as_str()), (Outcome::Refused as i32, "join-key"));
+    let outcome = |name: &str| {
+        let p = status.coverage.iter().find(|p| p.name == name).unwrap();
+        (p.outcome, p.rule.clone())
+    };
+    let refused = Outcome::Refused as i32;
+    assert_eq!(outcome("registry"), (refused, "join-key".to_string()));
+    assert_eq!(outcome("lga"), (refused, "reveal-membership".to_string()));
+    cluster.shutdown().await;
+}
+
+/// Two value parties are too few for a round that tolerates one colluding party: the
+/// coordinator and one of them could isolate the other's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_over_two_value_parties_is_refused_at_its_round() {
+    let parties =
+        vec![airport("jfk", "flights/jfk.csv"), airport("ewr", "flights/ewr.csv"), registry()];
+    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let (status, result) = cluster.run_job(&job(5)).await;
+    assert_eq!(status.state(), JobState::Failed, "{status:?}");
+    assert!(result.is_none());
+    assert!(status.detail.contains("refused by rule cohort"), "{}", status.detail);
+    assert!(status.detail.contains("2 value parties"), "{}", status.detail);
     cluster.shutdown().await;
 }

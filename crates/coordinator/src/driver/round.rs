@@ -182,6 +182,16 @@ async fn secure_round(
                 Some(JobInput::Departed(p)) => coordinator.handle_departure(p, Instant::now()),
                 Some(JobInput::Cancel) => return Err(End::Cancelled),
                 Some(JobInput::PsiResult { .. }) => {}
+                Some(JobInput::Reply(reply)) if training.is_none() => {
+                    // A party of a one-round job that leaves at the round's start says why,
+                    // signed: the consumer reads the reason rather than a timeout.
+                    if let crate::offer::Decision::Decline(d) = &reply.decision {
+                        let from = reply.from;
+                        if parties.contains(&from) && reply.signed(&shared.protocol_roster, &record.id) {
+                            return Err(End::Failed(Failure::Round(format!("{from} left: {d}"))));
+                        }
+                    }
+                }
                 Some(JobInput::Reply(reply)) => {
                     let left = training.as_mut().and_then(|t| t.left(shared, &record.id, &reply));
                     if let Some(p) = left.filter(|p| parties.contains(p)) {
