@@ -82,7 +82,7 @@ impl JoinSpec {
         JobSpec { group_by: Vec::new(), select: Vec::new(), ..self.aggregate.clone() }
     }
 
-    fn check(&self) -> Result<(), AnalyticsError> {
+    pub(crate) fn check(&self) -> Result<(), AnalyticsError> {
         let invalid = |m: &str| Err(AnalyticsError::Invalid(m.into()));
         if self.groups.dataset == self.values.dataset {
             return invalid("a join is between two datasets; groups and values name the same one");
@@ -304,6 +304,15 @@ impl Job {
                     min_parties: r.min_parties,
                 };
                 crate::sql::check_plan(&r.sql, &options, spec)?;
+            }
+            (Job::Sql(r), Job::Join(spec)) => {
+                let options = crate::sql::SqlOptions {
+                    purpose: r.purpose.clone(),
+                    rho: r.privacy.as_ref().map(|p| p.rho),
+                    k_threshold: r.k_threshold,
+                    min_parties: r.min_parties,
+                };
+                crate::sql::check_join_plan(&r.sql, &options, spec)?;
             }
             (Job::Sql(_), _) => {
                 return Err(AnalyticsError::PlanMismatch(

@@ -41,14 +41,15 @@ use crate::AnalyticsError;
 use crate::plan::{Answer, ColumnAnswer, DpCalibration, Histogram, NULL_GROUP, OTHER};
 use crate::schema::{ColumnInfo, DatasetCatalog};
 use crate::spec::{
-    ColumnRequest, Condition, GroupBy, JobSpec, Literal, MAX_BINS, MAX_SQL_BYTES, Op, Output,
-    OutputKind, Predicate, Privacy,
+    ColumnRequest, Condition, GroupBy, GroupColumn, Job, JobSpec, JoinSpec, KeyColumn, Literal,
+    MAX_BINS, MAX_SQL_BYTES, Op, Output, OutputKind, Predicate, Privacy,
 };
 
 /// What the error messages list as supported.
 const SUPPORTED: &str = "supported: SELECT aggregates (COUNT, SUM, AVG, VAR, STDDEV, MIN, MAX, \
-     HISTOGRAM, QUANTILE, MEDIAN) and GROUP BY columns FROM one dataset [WHERE comparisons, \
-     BETWEEN, IN, IS NULL with AND/OR/NOT] [GROUP BY declared categorical columns]";
+     HISTOGRAM, QUANTILE, MEDIAN) and GROUP BY columns FROM one dataset [JOIN another ON a.key = \
+     b.key] [WHERE comparisons, BETWEEN, IN, IS NULL with AND/OR/NOT] [GROUP BY declared \
+     categorical columns]";
 /// Bins of the histogram MIN, MAX and QUANTILE use when the query gives no edges.
 const DEFAULT_BINS: usize = 100;
 /// The aggregate functions, lower case.
@@ -80,9 +81,52 @@ pub fn check_plan(
 ) -> Result<(), AnalyticsError> {
     let query = parse::parse(sql)?;
     let differs = |what: &str| Err(AnalyticsError::PlanMismatch(format!("it has another {what}")));
+    if query.join.is_some() {
+        return differs("kind of job: the query joins two datasets");
+    }
     if !planned.dataset.eq_ignore_ascii_case(&query.table.name) {
         return differs("dataset");
     }
+    check_query(&query, options, planned)
+}
+
+/// As [`check_plan`], for a query with a JOIN planned into a private join: the same two
+/// datasets and key columns, the value side's aggregate as [`check_plan`] checks it, grouped
+/// by the group side's column.
+pub fn check_join_plan(
+    sql: &str,
+    options: &SqlOptions,
+    planned: &JoinSpec,
+) -> Result<(), AnalyticsError> {
+    let query = parse::parse(sql)?;
+    let differs = |what: &str| Err(AnalyticsError::PlanMismatch(format!("it has another {what}")));
+    let Some(join) = &query.join else {
+        return differs("kind of job: the query reads one dataset");
+    };
+    let named =
+        |d: &str| [&query.table.name, &join.table.name].iter().any(|t| t.eq_ignore_ascii_case(d));
+    if !named(&planned.groups.dataset) || !named(&planned.values.dataset) {
+        return differs("pair of datasets");
+    }
+    let last = |o: &parse::Operand| match &o.kind {
+        OperandKind::Column(parts) => parts.last().cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
+    let keys = [last(&join.on.0), last(&join.on.1)];
+    let key = |k: &str| keys.iter().any(|x| x.eq_ignore_ascii_case(k));
+    if !key(&planned.groups.key) || !key(&planned.values.key) {
+        return differs("pair of key columns");
+    }
+    check_query(&query, options, &planned.aggregate)
+}
+
+/// The options, outputs, groups and WHERE clause of a plan against its query's.
+fn check_query(
+    query: &parse::Query,
+    options: &SqlOptions,
+    planned: &JobSpec,
+) -> Result<(), AnalyticsError> {
+    let differs = |what: &str| Err(AnalyticsError::PlanMismatch(format!("it has another {what}")));
     let min_parties = if options.min_parties == 0 { 2 } else { options.min_parties };
     if planned.purpose != options.purpose {
         return differs("purpose");
@@ -192,8 +236,13 @@ pub fn plan_sql(
         )));
     }
     let query = parse::parse(sql)?;
+    if query.join.is_some() {
+        return Err(invalid(
+            "the query joins two datasets: it plans into a private join ([`plan_sql_job`])".into(),
+        ));
+    }
     let (catalog, qualifiers) = dataset_of(&query.table, catalogs)?;
-    let mut planner = Planner { catalog, qualifiers, group_by: Vec::new(), requests: Vec::new() };
+    let mut planner = Planner::new(catalog, qualifiers);
     let group_by = planner.group_by(&query.group_by)?;
     let select_list =
         query.items.iter().map(|item| planner.output(item)).collect::<Result<_, _>>()?;
@@ -212,6 +261,141 @@ pub fn plan_sql(
     };
     spec.check()?;
     Ok(spec)
+}
+
+/// Plans a SQL query into the job parties are offered: column aggregates over one dataset
+/// ([`plan_sql`]), or, for `FROM a JOIN b ON a.key = b.key`, a private join whose GROUP BY
+/// column (one, with a declared domain) is one dataset's and whose aggregates and WHERE clause
+/// are the other's.
+pub fn plan_sql_job(
+    sql: &str,
+    catalogs: &[DatasetCatalog],
+    options: &SqlOptions,
+) -> Result<Job, AnalyticsError> {
+    if sql.len() > MAX_SQL_BYTES {
+        return plan_sql(sql, catalogs, options).map(Job::Columns);
+    }
+    let query = parse::parse(sql)?;
+    let Some(join) = &query.join else {
+        return plan_sql(sql, catalogs, options).map(Job::Columns);
+    };
+    let sides = [dataset_of(&query.table, catalogs)?, dataset_of(&join.table, catalogs)?];
+    if sides[0].0.name == sides[1].0.name {
+        return Err(unsupported("a JOIN of a dataset with itself"));
+    }
+    // The side a column belongs to: by its qualifier, else the one dataset that has it.
+    let side_of = |o: &parse::Operand, place: &str| -> Result<(usize, String), AnalyticsError> {
+        let OperandKind::Column(parts) = &o.kind else {
+            return Err(unsupported(format!("{} {place}", o.text)));
+        };
+        let has =
+            |i: usize, c: &str| sides[i].0.columns.iter().any(|x| x.name.eq_ignore_ascii_case(c));
+        let named = |i: usize, q: &str| sides[i].1.iter().any(|x| x.eq_ignore_ascii_case(q));
+        let (side, column) = match parts.as_slice() {
+            [q, c] => match (named(0, q), named(1, q)) {
+                (true, false) => (0, c),
+                (false, true) => (1, c),
+                _ => return Err(invalid(format!("{}: no dataset in FROM is called {q}", o.text))),
+            },
+            [c] => match (has(0, c), has(1, c)) {
+                (true, false) => (0, c),
+                (false, true) => (1, c),
+                (true, true) => {
+                    return Err(invalid(format!(
+                        "column {c} is in both datasets; qualify it ({}.{c})",
+                        sides[0].0.name
+                    )));
+                }
+                (false, false) => {
+                    return Err(invalid(format!("no dataset in FROM has a column {c}")));
+                }
+            },
+            _ => return Err(unsupported(format!("{} {place}", o.text))),
+        };
+        let info = sides[side]
+            .0
+            .column(column)
+            .or_else(|| sides[side].0.columns.iter().find(|x| x.name.eq_ignore_ascii_case(column)));
+        match info {
+            Some(info) => Ok((side, info.name.clone())),
+            None => Err(AnalyticsError::UnknownColumn {
+                dataset: sides[side].0.name.clone(),
+                column: column.clone(),
+            }),
+        }
+    };
+    let (left, right) = (side_of(&join.on.0, "in ON")?, side_of(&join.on.1, "in ON")?);
+    if left.0 == right.0 {
+        return Err(invalid("ON must match a key column of each dataset".into()));
+    }
+    let [group] = query.group_by.as_slice() else {
+        return Err(invalid(
+            "a JOIN groups by exactly one column of one dataset (with a declared domain), and \
+             aggregates the other's"
+                .into(),
+        ));
+    };
+    let Some(group_operand) = value(group) else {
+        return Err(unsupported(format!("{} in GROUP BY (group by a column)", group.text())));
+    };
+    let (g, _) = side_of(group_operand, "in GROUP BY")?;
+    let v = 1 - g;
+    let keys = if left.0 == g { [left.1, right.1] } else { [right.1, left.1] };
+    for (side, key) in [(g, &keys[0]), (v, &keys[1])] {
+        let info = sides[side].0.column(key);
+        if info.is_some_and(|c| c.ty != crate::schema::ColumnType::String) {
+            return Err(invalid(format!(
+                "join key {}.{key} must be declared as text (keys are compared as text)",
+                sides[side].0.name
+            )));
+        }
+    }
+    let mut grouping = Planner::new(sides[g].0, sides[g].1.clone());
+    let group_by = grouping.group_by(&query.group_by)?;
+    let mut planner = Planner::new(sides[v].0, sides[v].1.clone());
+    planner.joined = Some(Joined {
+        qualifiers: sides[g].1.clone(),
+        dataset: sides[g].0.name.clone(),
+        column: group_by[0].column.clone(),
+    });
+    planner.group_by = vec![group_by[0].column.clone()];
+    let select = query.items.iter().map(|item| planner.output(item)).collect::<Result<_, _>>()?;
+    let predicate = query.selection.as_deref().map(|s| planner.predicate(s)).transpose()?;
+    let aggregate = JobSpec {
+        dataset: sides[v].0.name.clone(),
+        filter: Vec::new(),
+        columns: planner.into_columns(),
+        min_parties: if options.min_parties == 0 { 2 } else { options.min_parties },
+        purpose: options.purpose.clone(),
+        privacy: options.rho.map(|rho| Privacy { rho }),
+        k_threshold: options.k_threshold,
+        predicate,
+        group_by: group_by.clone(),
+        select,
+    };
+    let spec = JoinSpec {
+        kind: "join".into(),
+        groups: GroupColumn {
+            dataset: sides[g].0.name.clone(),
+            key: keys[0].clone(),
+            column: group_by[0].column.clone(),
+        },
+        values: KeyColumn { dataset: sides[v].0.name.clone(), key: keys[1].clone() },
+        case_fold: false,
+        aggregate,
+    };
+    spec.check()?;
+    Ok(Job::Join(spec))
+}
+
+/// A join's group side, as the value side's planner sees it.
+struct Joined {
+    /// Names its columns may be qualified with.
+    qualifiers: Vec<String>,
+    /// Its dataset.
+    dataset: String,
+    /// Its GROUP BY column.
+    column: String,
 }
 
 /// The catalog of the table in FROM, and the names columns may be qualified with.
@@ -253,6 +437,8 @@ struct Planner<'c> {
     /// The GROUP BY columns.
     group_by: Vec<String>,
     requests: Vec<Request>,
+    /// In a join, the other dataset, whose GROUP BY column the SELECT list may name.
+    joined: Option<Joined>,
 }
 
 /// An argument or GROUP BY item as an operand, if it is one.
@@ -264,6 +450,29 @@ fn value(a: &Arg) -> Option<&Operand> {
 }
 
 impl<'c> Planner<'c> {
+    fn new(catalog: &'c DatasetCatalog, qualifiers: Vec<String>) -> Self {
+        Self { catalog, qualifiers, group_by: Vec::new(), requests: Vec::new(), joined: None }
+    }
+
+    /// In a join, whether an operand names the other dataset's GROUP BY column.
+    fn joined_group(&self, o: &Operand) -> Option<String> {
+        let joined = self.joined.as_ref()?;
+        let OperandKind::Column(parts) = &o.kind else { return None };
+        let ours = |c: &str| self.catalog.columns.iter().any(|x| x.name.eq_ignore_ascii_case(c));
+        match parts.as_slice() {
+            [c] if c.eq_ignore_ascii_case(&joined.column) && !ours(c) => {
+                Some(joined.column.clone())
+            }
+            [q, c]
+                if c.eq_ignore_ascii_case(&joined.column)
+                    && joined.qualifiers.iter().any(|x| x.eq_ignore_ascii_case(q)) =>
+            {
+                Some(joined.column.clone())
+            }
+            _ => None,
+        }
+    }
+
     /// The column name an operand is, if it is a bare (or qualified) column.
     fn column_name<'o>(&self, o: &'o Operand) -> Option<&'o str> {
         match &o.kind {
@@ -294,10 +503,30 @@ impl<'c> Planner<'c> {
 
     /// The column an operand must be, `context` saying where it stands.
     fn column_of(&self, o: &Operand, context: &str) -> Result<&'c ColumnInfo, AnalyticsError> {
+        self.not_joined(o)?;
         match self.column_name(o) {
             Some(name) => self.column(name),
             None => Err(unsupported(format!("{} {context}", o.text))),
         }
+    }
+
+    /// In a join, refuses a column of the dataset the join groups by where the other's is
+    /// needed (an aggregate's argument, a WHERE condition).
+    fn not_joined(&self, o: &Operand) -> Result<(), AnalyticsError> {
+        if let (Some(joined), OperandKind::Column(parts)) = (&self.joined, &o.kind) {
+            let theirs = match parts.as_slice() {
+                [q, _] => joined.qualifiers.iter().any(|x| x.eq_ignore_ascii_case(q)),
+                _ => false,
+            };
+            if theirs {
+                return Err(invalid(format!(
+                    "{} is a column of {}, the dataset the join groups by; a join aggregates \
+                     and filters the other dataset's columns",
+                    o.text, joined.dataset
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The column an argument or GROUP BY item must be.
@@ -337,6 +566,10 @@ impl<'c> Planner<'c> {
         let (kind, name) = match &item.expr {
             ItemExpr::Wildcard => {
                 return Err(unsupported("SELECT * (name the aggregates to compute)"));
+            }
+            ItemExpr::Column(o) if self.joined_group(o).is_some() => {
+                let name = self.joined_group(o).unwrap_or_default();
+                (OutputKind::Key(name.clone()), name)
             }
             ItemExpr::Column(o) => {
                 let Some(name) = self.column_name(o) else {
@@ -524,6 +757,8 @@ impl<'c> Planner<'c> {
     fn atom(&self, atom: &Atom) -> Result<Predicate, AnalyticsError> {
         Ok(match atom {
             Atom::Compare { left, op, right } => {
+                self.not_joined(left)?;
+                self.not_joined(right)?;
                 let (column, value, op) = match (self.column_name(left), self.column_name(right)) {
                     (Some(c), None) => (c, right, *op),
                     (None, Some(c)) => (c, left, flip(*op)),
@@ -1174,8 +1409,14 @@ mod tests {
     fn unsupported_sql_says_what_is_and_is_not_supported() {
         let refused = [
             (
-                "SELECT COUNT(*) FROM flights JOIN planes ON flights.tailnum = planes.tailnum",
-                "JOIN",
+                "SELECT COUNT(*) FROM flights LEFT JOIN planes ON flights.tailnum = planes.tailnum",
+                "this kind of JOIN",
+            ),
+            ("SELECT COUNT(*) FROM flights, planes", "several tables in FROM"),
+            ("SELECT COUNT(*) FROM flights JOIN planes USING (tailnum)", "JOIN … USING"),
+            (
+                "SELECT COUNT(*) FROM flights f JOIN planes p ON f.tailnum = p.tailnum AND f.month = 1",
+                "a join on several conditions",
             ),
             ("SELECT COUNT(*) FROM flights ORDER BY 1", "ORDER BY"),
             (
@@ -1195,6 +1436,121 @@ mod tests {
             assert!(e.contains(&format!("not supported: {what}")), "{sql}: {e}");
             assert!(e.contains("supported: SELECT aggregates"), "{sql}: {e}");
         }
+    }
+
+    fn planes() -> DatasetCatalog {
+        let col = |name: &str, ty, domain: Option<Vec<String>>| ColumnInfo {
+            name: name.into(),
+            ty,
+            bounds: None,
+            domain,
+        };
+        let makers = ["BOEING", "AIRBUS"].map(String::from).to_vec();
+        DatasetCatalog {
+            name: "planes".into(),
+            columns: vec![
+                col("tailnum", ColumnType::String, None),
+                col("manufacturer", ColumnType::String, Some(makers)),
+                col("engine", ColumnType::String, None),
+            ],
+        }
+    }
+
+    fn join(sql: &str) -> Result<Job, AnalyticsError> {
+        plan_sql_job(
+            sql,
+            &[catalog(), planes()],
+            &SqlOptions { k_threshold: Some(5), ..SqlOptions::default() },
+        )
+    }
+
+    #[test]
+    fn a_join_plans_into_a_private_join_grouped_by_the_other_datasets_column() {
+        let sql = "SELECT r.manufacturer, COUNT(*), AVG(f.dep_delay) FROM flights f \
+                   JOIN planes r ON f.tailnum = r.tailnum WHERE f.month <= 6 GROUP BY r.manufacturer";
+        let Ok(Job::Join(spec)) = join(sql) else { panic!("{:?}", join(sql)) };
+        assert_eq!(
+            (spec.groups.dataset.as_str(), spec.groups.key.as_str(), spec.groups.column.as_str()),
+            ("planes", "tailnum", "manufacturer")
+        );
+        assert_eq!(
+            (spec.values.dataset.as_str(), spec.values.key.as_str()),
+            ("flights", "tailnum")
+        );
+        assert_eq!(spec.aggregate.dataset, "flights");
+        assert_eq!(spec.aggregate.group_by[0].values, ["BOEING", "AIRBUS"]);
+        assert_eq!(spec.aggregate.columns[0].name, "dep_delay");
+        assert_eq!(spec.aggregate.select[0].kind, OutputKind::Key("manufacturer".into()));
+        assert!(spec.aggregate.predicate.is_some());
+        // Either order of the tables, either order in ON, bare names where they are unique.
+        let swapped = "SELECT manufacturer, COUNT(*), AVG(dep_delay) FROM planes JOIN flights \
+                       ON flights.tailnum = planes.tailnum WHERE month <= 6 GROUP BY manufacturer";
+        let Ok(Job::Join(other)) = join(swapped) else { panic!("{:?}", join(swapped)) };
+        assert_eq!(other.groups, spec.groups);
+        assert_eq!(other.values, spec.values);
+        // The consumer's check of the plan before it signs.
+        let options = SqlOptions { k_threshold: Some(5), ..SqlOptions::default() };
+        check_join_plan(sql, &options, &spec).unwrap();
+        let mut moved = spec.clone();
+        moved.values.key = "flight".into();
+        assert!(check_join_plan(sql, &options, &moved).is_err());
+        assert!(check_plan(sql, &options, &spec.aggregate).is_err(), "a join is not a column job");
+        // A query without a JOIN plans as before.
+        assert!(matches!(join("SELECT COUNT(*) FROM flights"), Ok(Job::Columns(_))));
+    }
+
+    #[test]
+    fn a_join_that_cannot_be_run_privately_says_why() {
+        let e = |sql: &str| join(sql).unwrap_err().to_string();
+        let base = "FROM flights f JOIN planes r ON f.tailnum = r.tailnum";
+        let cases = [
+            (
+                format!("SELECT AVG(f.dep_delay) {base} GROUP BY f.carrier"),
+                "aggregates and filters the other",
+            ),
+            (format!("SELECT COUNT(*) {base}"), "groups by exactly one column"),
+            (
+                format!("SELECT COUNT(*) {base} GROUP BY r.manufacturer, r.engine"),
+                "groups by exactly one column",
+            ),
+            (
+                format!("SELECT COUNT(r.engine) {base} GROUP BY r.manufacturer"),
+                "the dataset the join groups by",
+            ),
+            (
+                format!("SELECT COUNT(*) {base} WHERE r.engine = 'x' GROUP BY r.manufacturer"),
+                "the dataset the join groups by",
+            ),
+            (format!("SELECT COUNT(*) {base} GROUP BY r.engine"), "declared value domain"),
+            (
+                "SELECT COUNT(*) FROM flights f JOIN planes r ON f.month = r.tailnum GROUP BY r.manufacturer".into(),
+                "must be declared as text",
+            ),
+            (
+                "SELECT COUNT(*) FROM flights a JOIN flights b ON a.tailnum = b.tailnum GROUP BY a.carrier".into(),
+                "a JOIN of a dataset with itself",
+            ),
+            (
+                "SELECT COUNT(*) FROM flights f JOIN planes r ON f.tailnum = x.tailnum GROUP BY r.manufacturer".into(),
+                "no dataset in FROM is called x",
+            ),
+            (
+                "SELECT COUNT(*) FROM flights f JOIN planes r ON tailnum = r.tailnum GROUP BY r.manufacturer".into(),
+                "in both datasets; qualify it",
+            ),
+        ];
+        for (sql, why) in cases {
+            let message = e(&sql);
+            assert!(message.contains(why), "{sql}: {message}");
+        }
+        // Differential privacy on joins is not built: said, not ignored.
+        let options = SqlOptions { rho: Some(0.5), ..SqlOptions::default() };
+        let dp = plan_sql_job(
+            &format!("SELECT COUNT(*) {base} GROUP BY r.manufacturer"),
+            &[catalog(), planes()],
+            &options,
+        );
+        assert!(dp.unwrap_err().to_string().contains("differential privacy on joins is not built"));
     }
 
     #[test]

@@ -150,8 +150,7 @@ impl JobsApi {
             k_threshold: request.k_threshold,
             min_parties: request.min_parties,
         };
-        let spec = veil_analytics::sql::plan_sql(&request.sql, &catalogs, &options)?;
-        Ok(Job::Columns(spec))
+        Ok(veil_analytics::sql::plan_sql_job(&request.sql, &catalogs, &options)?)
     }
 
     /// Takes a signed, planned job from `consumer` and starts it.
@@ -316,7 +315,11 @@ fn check_size(spec: &str) -> Result<(), JobsError> {
 
 /// The result table of a SQL job (whose specification lists outputs), as JSON.
 fn table(spec_json: &str, answer_json: &str) -> Option<String> {
-    let spec: veil_analytics::JobSpec = serde_json::from_str(spec_json).ok()?;
+    let spec = match Job::parse(spec_json).ok()? {
+        Job::Columns(spec) => spec,
+        Job::Join(join) => join.aggregate,
+        _ => return None,
+    };
     if spec.select.is_empty() {
         return None;
     }

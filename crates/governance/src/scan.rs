@@ -23,7 +23,12 @@
 //!    → [`ColumnTag::Sensitive`];
 //! 6. at least 20 values, no repeated value, and not a column of decimal numbers
 //!    → [`ColumnTag::Identifier`] (a unique key);
-//! 7. otherwise [`ColumnTag::General`].
+//! 7. the column name suggests a key (a word `id`, `key`, `uuid`, `guid`, `tailnum`, `vin`,
+//!    `account`, `customer`, `member`, or ending in `id`: `patientid`), its values are not all
+//!    numbers, and at least 20 are distinct and at least 1% of the values are distinct (a key
+//!    repeated over rows, such as an aircraft's tail number over its flights, still names an
+//!    entity) → [`ColumnTag::Identifier`] (a join key: list it in `join_keys` to match on it);
+//! 8. otherwise [`ColumnTag::General`].
 //!
 //! Column-name words are split on non-alphanumeric characters and camelCase boundaries, so
 //! `page`, `ethnicity` or `updated` do not count as `age`, `city` or `date`.
@@ -142,6 +147,7 @@ struct HeaderHints {
     name: bool,
     quasi: Option<&'static str>,
     sensitive: Option<&'static str>,
+    key: Option<String>,
 }
 
 impl HeaderHints {
@@ -168,7 +174,13 @@ impl HeaderHints {
         const SENSITIVE: &str = "diagnosis disease salary income religion health medical ethnicity \
                                  诊断 疾病 工资 收入 宗教 健康 医疗 民族";
         let sensitive = SENSITIVE.split_whitespace().find(|k| lower.contains(k));
-        HeaderHints { birth, name, quasi, sensitive }
+        const KEY_WORDS: [&str; 9] =
+            ["id", "key", "uuid", "guid", "tailnum", "vin", "account", "customer", "member"];
+        let key = words
+            .iter()
+            .find(|w| KEY_WORDS.contains(&w.as_str()) || (w.len() > 3 && w.ends_with("id")))
+            .cloned();
+        HeaderHints { birth, name, quasi, sensitive, key }
     }
 }
 
@@ -308,6 +320,21 @@ impl ColumnStats {
                     Identifier,
                     format!(
                         "all {} values are distinct{checked}, so the column may be a unique key",
+                        thousands(n)
+                    ),
+                )
+            }
+            _ if self.hints.key.is_some()
+                && self.non_numeric
+                && self.hashes.len() >= MIN_UNIQUE_KEY_VALUES as usize
+                && self.hashes.len() as u64 * 100 >= n =>
+            {
+                let word = self.hints.key.as_deref().unwrap_or_default();
+                (
+                    Identifier,
+                    format!(
+                        "the column name suggests a key ({word}) and {} of {} values are distinct, so the column may name an entity (a join key)",
+                        thousands(self.hashes.len() as u64),
                         thousands(n)
                     ),
                 )
@@ -604,6 +631,24 @@ mod tests {
         assert!(!is_prc_resident_id(&with_check("44030418991231123")));
         assert!(!is_prc_resident_id("11010519491231002"));
         assert!(!is_prc_resident_id("1101051949123100 X"));
+    }
+
+    #[test]
+    fn a_key_repeated_over_rows_is_proposed_as_an_identifier_a_count_is_not() {
+        let mut scan = Scanner::new(&["tailnum", "flight", "carrier", "paid"]);
+        for i in 0..400u32 {
+            let tail = format!("N{}AA", 100 + i % 40);
+            let row = [tail.as_str(), &(i % 60).to_string(), ["AA", "UA"][i as usize % 2], "12"];
+            scan.push_row(&row);
+        }
+        let reports = scan.finish();
+        let tag = |c: &str| reports.iter().find(|r| r.column == c).unwrap().proposed;
+        assert_eq!(tag("tailnum"), ColumnTag::Identifier);
+        let tailnum = reports.iter().find(|r| r.column == "tailnum").unwrap();
+        assert!(tailnum.reason.contains("join key"), "{}", tailnum.reason);
+        for general in ["flight", "carrier", "paid"] {
+            assert_eq!(tag(general), ColumnTag::General, "{general}");
+        }
     }
 
     #[test]

@@ -30,8 +30,10 @@ const QUOTED_CHARS: usize = 60;
 pub(super) struct Query {
     /// The SELECT list.
     pub(super) items: Vec<SelectItem>,
-    /// The one table in FROM.
+    /// The first table in FROM.
     pub(super) table: TableRef,
+    /// `[INNER] JOIN table ON a.key = b.key`, if any.
+    pub(super) join: Option<JoinClause>,
     /// The WHERE clause, in postfix order.
     pub(super) selection: Option<Vec<Step>>,
     /// The GROUP BY list.
@@ -45,6 +47,15 @@ pub(super) struct TableRef {
     pub(super) name: String,
     /// `AS alias`.
     pub(super) alias: Option<String>,
+}
+
+/// An inner join of the FROM table with one more, on one key column each.
+#[derive(Debug)]
+pub(super) struct JoinClause {
+    /// The joined table.
+    pub(super) table: TableRef,
+    /// The two sides of `ON a.key = b.key`, columns as written (qualified or not).
+    pub(super) on: (Operand, Operand),
 }
 
 /// One SELECT item.
@@ -554,6 +565,7 @@ impl Parser {
             _ => return Err(self.expected("a comma or FROM")),
         }
         let table = self.table()?;
+        let join = self.join()?;
         let selection =
             if self.eat_keyword(Keyword::WHERE) { Some(self.condition()?) } else { None };
         let mut group_by = Vec::new();
@@ -563,7 +575,7 @@ impl Parser {
             }
             group_by = self.group_by()?;
         }
-        Ok(Query { items, table, selection, group_by })
+        Ok(Query { items, table, join, selection, group_by })
     }
 
     /// One SELECT item, with its alias.
@@ -718,7 +730,55 @@ impl Parser {
         }
     }
 
-    /// The table in FROM, with its alias; refuses joins and subqueries.
+    /// After the FROM table: `[INNER] JOIN table ON a.key = b.key`, the one join the subset
+    /// has; other joins, a second join and several tables in FROM are refused.
+    fn join(&mut self) -> Result<Option<JoinClause>, AnalyticsError> {
+        const INNER_ONLY: &str =
+            "this kind of JOIN (an inner JOIN … ON a.key = b.key of two datasets is supported)";
+        let inner = self.eat_keyword(Keyword::INNER);
+        if !self.eat_keyword(Keyword::JOIN) {
+            return match self.peek() {
+                _ if inner => Err(self.expected("JOIN after INNER")),
+                Token::Comma => Err(unsupported("several tables in FROM (write … JOIN … ON …)")),
+                Token::Word(w) if w.quote_style.is_none() && clause(w.keyword) == Some("JOIN") => {
+                    Err(unsupported(INNER_ONLY))
+                }
+                _ => Ok(None),
+            };
+        }
+        let table = self.table()?;
+        if !self.eat_keyword(Keyword::ON) {
+            if is(self.peek(), Keyword::USING) {
+                return Err(unsupported("JOIN … USING (write ON a.key = b.key)"));
+            }
+            return Err(self.expected("ON after the joined dataset"));
+        }
+        let left = self.operand(" in ON")?;
+        if !(self.eat(&Token::Eq) || self.eat(&Token::DoubleEq)) {
+            return Err(self.expected("= in ON (a join matches one key column of each side)"));
+        }
+        let right = self.operand(" in ON")?;
+        for o in [&left, &right] {
+            if !matches!(o.kind, OperandKind::Column(_)) {
+                return Err(unsupported(format!(
+                    "{} in ON (name a key column of each side)",
+                    o.text
+                )));
+            }
+        }
+        match self.peek() {
+            t if is(t, Keyword::AND) || is(t, Keyword::OR) => {
+                Err(unsupported("a join on several conditions (join on one key column each)"))
+            }
+            Token::Comma => Err(unsupported("several tables in FROM (write … JOIN … ON …)")),
+            Token::Word(w) if w.quote_style.is_none() && clause(w.keyword) == Some("JOIN") => {
+                Err(unsupported("more than one JOIN"))
+            }
+            _ => Ok(Some(JoinClause { table, on: (left, right) })),
+        }
+    }
+
+    /// A table in FROM or JOIN, with its alias; refuses subqueries.
     fn table(&mut self) -> Result<TableRef, AnalyticsError> {
         let start = self.pos;
         let parts = match self.peek() {
@@ -756,13 +816,7 @@ impl Parser {
                 return Err(unsupported("column aliases on the table"));
             }
         }
-        match self.peek() {
-            Token::Comma => Err(unsupported("JOIN (several tables in FROM)")),
-            Token::Word(w) if w.quote_style.is_none() && clause(w.keyword) == Some("JOIN") => {
-                Err(unsupported("JOIN"))
-            }
-            _ => Ok(TableRef { name, alias }),
-        }
+        Ok(TableRef { name, alias })
     }
 
     /// The GROUP BY list.
