@@ -388,7 +388,11 @@ impl ValueSide {
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|_| Error::Decode(DecodeError::Invalid("totals ciphertext")))?;
         let segment = self.params.segment as usize;
-        let plaintexts: Vec<BigUint> = parsed.par_iter().map(|c| self.secret.decrypt(c)).collect();
+        let plaintexts = parsed
+            .par_iter()
+            .map(|c| self.secret.decrypt(c))
+            .collect::<Option<Vec<BigUint>>>()
+            .ok_or(Error::Decode(DecodeError::Invalid("totals ciphertext")))?;
         let mut share = Vec::with_capacity(self.params.share_len());
         for group in plaintexts.chunks(chunks) {
             for (c, plaintext) in group.iter().enumerate() {

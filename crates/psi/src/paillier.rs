@@ -167,7 +167,8 @@ impl PublicKey {
         Ciphertext((&a.0 * &b.0) % &self.n2)
     }
 
-    /// Reads a ciphertext under this key: fixed width, a nonzero value below N².
+    /// Reads a ciphertext under this key: fixed width, a nonzero value below N². (Whether it
+    /// is a unit, as every encryption is, [`SecretKey::decrypt`] checks.)
     pub fn ciphertext(&self, bytes: &[u8]) -> Result<Ciphertext, PaillierError> {
         if bytes.len() != CIPHERTEXT_BYTES {
             return Err(PaillierError::Length {
@@ -349,19 +350,24 @@ impl SecretKey {
         acc
     }
 
-    /// Decrypts `c`, modulo each prime's square, and recombines.
-    pub fn decrypt(&self, c: &Ciphertext) -> BigUint {
+    /// Decrypts `c`, modulo each prime's square, and recombines. `None` for an element that is
+    /// not a unit modulo N² (no encryption is one; [`PublicKey::ciphertext`] refuses them).
+    pub fn decrypt(&self, c: &Ciphertext) -> Option<BigUint> {
         let one = BigUint::one();
         let half = |prime: &BigUint, square: &BigUint, h: &BigUint| {
             let u = c.0.modpow(&(prime - &one), square);
+            // A unit's u is 1 mod p; anything else is not a ciphertext.
+            if (&u % prime) != one {
+                return None;
+            }
             let l = (u - &one) / prime;
-            (l * h) % prime
+            Some((l * h) % prime)
         };
-        let mp = half(&self.p, &self.p2, &self.hp);
-        let mq = half(&self.q, &self.q2, &self.hq);
+        let mp = half(&self.p, &self.p2, &self.hp)?;
+        let mq = half(&self.q, &self.q2, &self.hq)?;
         // m = m_p + p · ((m_q − m_p) · p⁻¹ mod q)
         let diff = (&mq + &self.q - (&mp % &self.q)) % &self.q;
-        mp + &self.p * ((diff * &self.p_inv_q) % &self.q)
+        Some(mp + &self.p * ((diff * &self.p_inv_q) % &self.q))
     }
 }
 
@@ -408,19 +414,19 @@ mod tests {
         let owner = key.encrypt_all(&values, &mut rng);
         let mut sum = public.zero();
         for (c, v) in owner.iter().zip(&values) {
-            assert_eq!(&key.decrypt(c), v);
+            assert_eq!(key.decrypt(c).as_ref(), Some(v));
             let c = public.ciphertext(&c.to_bytes()).unwrap();
             sum = public.add(&sum, &c);
         }
         let by_anyone = public.encrypt(&BigUint::from(1000u32), &mut rng);
         sum = public.add(&sum, &by_anyone);
         let expected: BigUint = values.iter().sum::<BigUint>() + 1000u32;
-        assert_eq!(key.decrypt(&sum), expected);
+        assert_eq!(key.decrypt(&sum), Some(expected));
         // Plaintexts live modulo N.
         let n_minus_1 = public.modulus() - 1u32;
         let wrapped =
             public.add(&key.encrypt(&n_minus_1, &mut rng), &key.encrypt(&2u32.into(), &mut rng));
-        assert_eq!(key.decrypt(&wrapped), BigUint::one());
+        assert_eq!(key.decrypt(&wrapped), Some(BigUint::one()));
         // The same plaintext encrypts differently each time.
         assert_ne!(key.encrypt(&values[1], &mut rng), key.encrypt(&values[1], &mut rng));
     }
@@ -445,5 +451,9 @@ mod tests {
         assert!(public.ciphertext(&[0u8; CIPHERTEXT_BYTES]).is_err());
         assert!(public.ciphertext(&[0xffu8; CIPHERTEXT_BYTES]).is_err());
         assert!(public.ciphertext(&[1u8; 10]).is_err());
+        // A multiple of a factor of N is no ciphertext: not decrypted (it would make the
+        // decryption's arithmetic underflow).
+        assert_eq!(key.decrypt(&Ciphertext(key.p.clone())), None);
+        assert_eq!(key.decrypt(&Ciphertext(&key.q * 7u32)), None);
     }
 }
