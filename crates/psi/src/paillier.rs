@@ -6,9 +6,10 @@
 //! k the modulus's bit length (Damgård, Jurik and Nielsen, "A generalization of Paillier's
 //! public-key system with applications to electronic voting", IJIS 2010, §4.2). Security
 //! rests on decisional composite residuosity, as for Paillier's scheme. The short randomiser
-//! with a fixed base is what makes the owner's encryptions cheap: with a table of the base's
-//! powers an encryption is ⌈1024/8⌉ = 128 multiplications modulo N² instead of a 2048-bit
-//! exponentiation (see `examples/join_bench.rs`).
+//! with a fixed base is what makes the owner's encryptions cheap: with tables of the base's
+//! powers modulo p² and q² an encryption is ⌈1024/8⌉ = 128 multiplications modulo each
+//! (a quarter of one modulo N² each) instead of a 2048-bit exponentiation modulo N² (see
+//! `examples/join_bench.rs`).
 //!
 //! Adding ciphertexts multiplies them modulo N²; decryption uses the factors (CRT).
 //!
@@ -209,8 +210,11 @@ pub struct SecretKey {
     hp: BigUint,
     hq: BigUint,
     p_inv_q: BigUint,
-    /// `table[i][j] = h_s^(j · 2^(WINDOW·i)) mod N²`.
-    table: Vec<Vec<BigUint>>,
+    /// (p²)⁻¹ mod q², to recombine a randomiser computed modulo p² and q².
+    p2_inv_q2: BigUint,
+    /// `table_p[i][j] = h_s^(j · 2^(WINDOW·i)) mod p²`, and the same modulo q².
+    table_p: Vec<Vec<BigUint>>,
+    table_q: Vec<Vec<BigUint>>,
 }
 
 impl std::fmt::Debug for SecretKey {
@@ -309,8 +313,11 @@ impl SecretKey {
         let hp = ((&p - &one) * &q % &p).modinv(&p).expect("p is prime and does not divide (p−1)q");
         let hq = ((&q - &one) * &p % &q).modinv(&q).expect("q is prime and does not divide (q−1)p");
         let p_inv_q = p.modinv(&q).expect("distinct primes are coprime");
-        let table = fixed_base_table(&public.hs, &public.n2);
-        Self { p2: &p * &p, q2: &q * &q, hp, hq, p_inv_q, p, q, public, table }
+        let (p2, q2) = (&p * &p, &q * &q);
+        let p2_inv_q2 = p2.modinv(&q2).expect("distinct primes' squares are coprime");
+        let table_p = fixed_base_table(&(&public.hs % &p2), &p2);
+        let table_q = fixed_base_table(&(&public.hs % &q2), &q2);
+        Self { p2, q2, hp, hq, p_inv_q, p2_inv_q2, p, q, public, table_p, table_q }
     }
 
     /// The public half.
@@ -318,8 +325,8 @@ impl SecretKey {
         &self.public
     }
 
-    /// Encrypts `m` with a fresh randomiser from the owner's table: 128 multiplications
-    /// modulo N².
+    /// Encrypts `m` with a fresh randomiser from the owner's tables: 128 multiplications
+    /// modulo p² and as many modulo q².
     pub fn encrypt(&self, m: &BigUint, rng: &mut impl CryptoRngCore) -> Ciphertext {
         let alpha = random_bits(rng, RANDOMISER_BITS);
         let r = self.fixed_base_pow(&alpha);
@@ -339,15 +346,23 @@ impl SecretKey {
             .collect()
     }
 
+    /// `h_s^α mod N²`, from the tables modulo p² and q² (each multiplication a quarter of one
+    /// modulo N²), recombined by the CRT.
     fn fixed_base_pow(&self, alpha: &BigUint) -> BigUint {
-        let mut acc = BigUint::one();
         let digits = alpha.to_bytes_le();
-        for (i, &digit) in digits.iter().enumerate() {
-            if digit != 0 {
-                acc = (acc * &self.table[i][digit as usize]) % &self.public.n2;
+        let pow = |table: &[Vec<BigUint>], modulus: &BigUint| {
+            let mut acc = BigUint::one();
+            for (i, &digit) in digits.iter().enumerate() {
+                if digit != 0 {
+                    acc = (acc * &table[i][digit as usize]) % modulus;
+                }
             }
-        }
-        acc
+            acc
+        };
+        let (rp, rq) = (pow(&self.table_p, &self.p2), pow(&self.table_q, &self.q2));
+        // r = r_p + p² · ((r_q − r_p) · (p²)⁻¹ mod q²)
+        let diff = (&rq + &self.q2 - (&rp % &self.q2)) % &self.q2;
+        rp + &self.p2 * ((diff * &self.p2_inv_q2) % &self.q2)
     }
 
     /// Decrypts `c`, modulo each prime's square, and recombines. `None` for an element that is
