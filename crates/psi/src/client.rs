@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use rand_core::CryptoRngCore;
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
+use crate::error::{DecodeError, Error, Result};
 use crate::group::{self, BlindingKey};
 use crate::keys::KeySet;
 use crate::message::{BlindedKey, ClientMessage, KeyDigest, ServerMessage};
@@ -266,6 +266,9 @@ impl Client {
                 ServerMessage::KeysWithPayloads { batch, keys, width, payloads, .. },
             ) if self.params.mode() == Mode::IntersectionToClient => {
                 check_batch("server blinded keys", s.next_batch, batch)?;
+                if width == 0 || payloads.len() != width as usize * keys.len() {
+                    return Err(Error::Decode(DecodeError::Invalid("payload width")));
+                }
                 if s.received + keys.len() as u64 > s.server_count {
                     return Err(Error::TooManyItems {
                         stream: "server blinded keys",

@@ -15,9 +15,9 @@
 //!                                ◄─────────────────────  PublicKey { N, h_s, segment, groups }
 //!  the intersection's messages (R's keys a·H(x) out, b·a·H(x) back in R's order;
 //!  V's keys b·H(y) in, each with Enc_V(its vector) packed into slots)
-//!  per group g: T_g = Σ Enc_V(vector of matched y with group g) + Enc_V(mask r_g)
+//!  per group g: T_g = Σ Enc_V(vector of matched y with group g) + Enc_V(r_g), r_g < N uniform
 //!  Totals { T_g for every group } ─────────────────────►  decrypts: Σ_g + r_g
-//!  share: −r_g mod 2^64                                   share: Σ_g + r_g mod 2^64
+//!  share: −(r_g's slots) mod 2^64                         share: (Σ_g + r_g)'s slots mod 2^64
 //! ```
 //!
 //! The two shares add up, modulo 2^64, to the per-group sums: the inputs of a secure sum with
@@ -29,18 +29,20 @@
 //! | who | learns |
 //! | --- | --- |
 //! | R | \|V\|, which of its own keys V holds (so the intersection's size per group), nothing of V's vectors (encrypted under V's key) |
-//! | V | \|R\| and its share: every slot is masked by a uniform value 40 bits wider than any sum, so statistically (2^-40) nothing of which keys matched or in which group |
+//! | V | \|R\| and its share: each total it decrypts is masked by a value uniform below N, so whatever it encrypted (values outside the slots included) the plaintexts it reads are uniform |
 //!
-//! Both against semi-honest peers. A value side that deviates can put values outside the
-//! slots' range in its ciphertexts and read the high bits of its sums back, learning how many
-//! of those keys fell in each group; R cannot check ciphertexts' contents (that needs range
-//! proofs, not built). A group side that deviates can make the sums wrong.
+//! A value side that deviates (values outside the slots, tags in unused bits) still reads
+//! uniform plaintexts, so learns nothing of the grouping; it can make the sums wrong. A group
+//! side that deviates can make the sums wrong too (it cannot check what V encrypted, nor V what
+//! R added), and learns nothing of V's vectors, which stay encrypted under V's key.
 //!
 //! # Layout of a plaintext
 //!
 //! A key's vector of `segment` 64-bit values goes in ⌈segment / 14⌉ Paillier plaintexts of
-//! 14 slots of 144 bits. A slot's sum over at most 2^32 keys is below 2^96, its mask below
-//! 2^136, so a slot never carries into the next and `N > 2^2047 > 2^(14·144)`.
+//! 14 slots of 144 bits (`N > 2^2047 > 2^(14·144)`). A slot's sum over at most 2^32 keys is
+//! below 2^96, so adding a uniform mask carries out of a slot with probability below 2^-48
+//! (the next slot's sum is then off by one), and the masked plaintext wraps past N with
+//! probability below 2^-78: the shares add up to the sums but with that chance.
 
 use std::collections::VecDeque;
 
@@ -62,8 +64,6 @@ use crate::server::{Payloads, Server};
 pub const SLOT_BYTES: usize = 18;
 /// Slots in a plaintext.
 pub const SLOTS_PER_CIPHERTEXT: usize = 14;
-/// Bytes of a slot's mask: 136 bits, the largest sum's 96 plus 40 of statistical hiding.
-const MASK_BYTES: usize = 17;
 /// The most values per key.
 pub const MAX_SEGMENT: u32 = 1 << 12;
 /// The most groups.
@@ -229,15 +229,6 @@ fn pack(values: &[u64]) -> BigUint {
     let mut bytes = vec![0u8; SLOT_BYTES * values.len()];
     for (s, v) in values.iter().enumerate() {
         bytes[s * SLOT_BYTES..s * SLOT_BYTES + 8].copy_from_slice(&v.to_le_bytes());
-    }
-    BigUint::from_bytes_le(&bytes)
-}
-
-/// Packs wide (136-bit) masks, given as 17 little-endian bytes each.
-fn pack_wide(masks: &[[u8; MASK_BYTES]]) -> BigUint {
-    let mut bytes = vec![0u8; SLOT_BYTES * masks.len()];
-    for (s, m) in masks.iter().enumerate() {
-        bytes[s * SLOT_BYTES..s * SLOT_BYTES + MASK_BYTES].copy_from_slice(m);
     }
     BigUint::from_bytes_le(&bytes)
 }
@@ -552,31 +543,20 @@ impl GroupSide {
         }
     }
 
-    /// Masks every sum, queues the totals and keeps the masks' negation as this side's share.
+    /// Masks every sum with a plaintext drawn uniformly below N, queues the totals and keeps
+    /// the negation of each mask's slots as this side's share.
     fn finish(&mut self, rng: &mut impl CryptoRngCore) {
         let Some(public) = &self.public else { return };
         let segment = self.params.segment as usize;
         let chunks = self.params.chunks();
-        let mut masks: Vec<[u8; MASK_BYTES]> =
-            Vec::with_capacity(self.params.groups as usize * chunks);
         let mut share = Vec::with_capacity(self.params.share_len());
         let mut plaintexts = Vec::with_capacity(self.sums.len());
         for _ in 0..self.params.groups {
             for c in 0..chunks {
                 let slots = (segment - c * SLOTS_PER_CIPHERTEXT).min(SLOTS_PER_CIPHERTEXT);
-                let chunk: Vec<[u8; MASK_BYTES]> = (0..slots)
-                    .map(|_| {
-                        let mut m = [0u8; MASK_BYTES];
-                        rng.fill_bytes(&mut m);
-                        m
-                    })
-                    .collect();
-                for m in &chunk {
-                    let low = u64::from_le_bytes(m[..8].try_into().expect("eight bytes"));
-                    share.push(low.wrapping_neg());
-                }
-                plaintexts.push(pack_wide(&chunk));
-                masks.extend(chunk);
+                let mask = public.random_plaintext(rng);
+                share.extend(unpack(&mask, slots).into_iter().map(u64::wrapping_neg));
+                plaintexts.push(mask);
             }
         }
         let encrypted = public.encrypt_all(&plaintexts, rng);
@@ -586,7 +566,6 @@ impl GroupSide {
             .zip(&encrypted)
             .flat_map(|(sum, mask)| public.add(sum, mask).to_bytes())
             .collect();
-        zeroize::Zeroize::zeroize(&mut masks);
         self.outbox.push_back(GroupMessage::Totals { session: self.params.session(), ciphertexts });
         let (peer_count, intersection_size) =
             self.client.output().map_or((0, 0), |o| (o.server_count(), o.intersection_size()));

@@ -145,6 +145,11 @@ impl PublicKey {
         Ciphertext((self.message_part(m) * r) % &self.n2)
     }
 
+    /// A plaintext drawn uniformly below N.
+    pub fn random_plaintext(&self, rng: &mut impl CryptoRngCore) -> BigUint {
+        random_below(rng, &self.n)
+    }
+
     /// Encrypts many plaintexts in parallel, each with its own randomiser drawn in order from
     /// `rng`.
     pub fn encrypt_all(&self, ms: &[BigUint], rng: &mut impl CryptoRngCore) -> Vec<Ciphertext> {
