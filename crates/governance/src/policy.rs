@@ -46,9 +46,10 @@ pub struct Policy {
     /// The fewest keys the other side of an intersection may bring: the size of an
     /// intersection with a small set tells whether those few keys are among this dataset's.
     pub min_join_keys: Option<u64>,
-    /// Datasets whose owners may learn which of their own keys this dataset holds: the group
-    /// side of a private join learns it (so that it can group the matches); when empty, no
-    /// one, and this dataset takes no part in joins as their value side.
+    /// Parties (by their roster name) that may learn which of their own keys this dataset
+    /// holds: the group side of a private join learns it (so that it can group the matches),
+    /// and this dataset exchanges with no other party; when empty, with none, and it takes no
+    /// part in joins as their value side.
     #[serde(default)]
     pub reveal_membership_to: Vec<String>,
     /// The fewest parties this dataset's rows may be combined with.
@@ -69,6 +70,22 @@ pub struct Policy {
     pub expires: Option<String>,
     /// How many jobs the dataset may take part in.
     pub max_uses: Option<u64>,
+}
+
+impl Policy {
+    /// Whether `party` (a roster name) may learn which of its own keys dataset `dataset`
+    /// holds: a join's value side asks it of the group side it is started with.
+    pub fn may_learn_membership(&self, dataset: &str, party: &str) -> Result<(), Denial> {
+        if self.reveal_membership_to.iter().any(|x| x == party) {
+            return Ok(());
+        }
+        deny(
+            Rule::RevealMembership,
+            format!(
+                "the exchange would tell party {party:?} which of its keys {dataset:?} holds; the policy of {dataset:?} does not name it in reveal_membership_to"
+            ),
+        )
+    }
 }
 
 /// A dataset's governance: grade, column tags, policy.
@@ -101,9 +118,10 @@ pub struct Request<'a> {
     pub grouped: Vec<&'a str>,
     /// Columns matched with another party's (the key of a set intersection).
     pub joined: Vec<&'a str>,
-    /// The dataset whose owner learns which of its own keys this dataset holds, if the job
-    /// reveals that (a join's group side, to its value side).
-    pub reveals_membership_to: Option<&'a str>,
+    /// Whether the job tells another party which of its own keys this dataset holds (a join's
+    /// value side tells its group side); which party, the exchange's start says, and
+    /// [`Policy::may_learn_membership`] decides.
+    pub reveals_membership: bool,
     /// The declared zCDP charge, if any.
     pub rho: Option<f64>,
     /// The declared k-threshold, if any.
@@ -293,15 +311,13 @@ pub fn evaluate(g: &DatasetGovernance, r: &Request<'_>) -> Result<(), Denial> {
             );
         }
     }
-    if let Some(other) = r.reveals_membership_to {
-        if !p.reveal_membership_to.iter().any(|x| x == other) {
-            return deny(
-                Rule::RevealMembership,
-                format!(
-                    "the job tells the owner of {other:?} which of its keys {d:?} holds; the policy of {d:?} does not name {other:?} in reveal_membership_to"
-                ),
-            );
-        }
+    if r.reveals_membership && p.reveal_membership_to.is_empty() {
+        return deny(
+            Rule::RevealMembership,
+            format!(
+                "the job tells another party which of its keys {d:?} holds; the policy of {d:?} names no party in reveal_membership_to"
+            ),
+        );
     }
     let used = r.aggregated.iter().chain(&r.filtered).chain(&r.grouped);
     for c in used.clone() {
@@ -384,7 +400,7 @@ mod tests {
             filtered: vec!["month"],
             grouped: vec![],
             joined: vec![],
-            reveals_membership_to: None,
+            reveals_membership: false,
             rho: None,
             k_threshold: None,
             today: "2026-11-23",
@@ -430,9 +446,9 @@ mod tests {
         assert_eq!(rule(&general, &join), Some(Rule::JoinKey));
         assert_eq!(rule(&p(|p| p.join_keys = vec!["carrier".into()]), &join), Some(Rule::JoinKey));
         assert_eq!(rule(&p(|p| p.join_keys = vec!["tailnum".into()]), &join), None);
-        // A join's value side tells its group side which keys it holds: only to datasets the
+        // A join's value side tells its group side which keys it holds: only to parties the
         // policy names.
-        join.reveals_membership_to = Some("planes");
+        join.reveals_membership = true;
         fn keys(p: &mut Policy) {
             p.join_keys = vec!["tailnum".into()];
         }
@@ -445,8 +461,13 @@ mod tests {
             p.reveal_membership_to = vec!["planes".into()];
         }
         assert_eq!(rule(&p(keys), &join), Some(Rule::RevealMembership));
-        assert_eq!(rule(&p(other), &join), Some(Rule::RevealMembership));
+        assert_eq!(rule(&p(other), &join), None);
         assert_eq!(rule(&p(named), &join), None);
+        let mut policy = Policy::default();
+        named(&mut policy);
+        assert!(policy.may_learn_membership("flights", "planes").is_ok());
+        let denial = policy.may_learn_membership("flights", "broker").unwrap_err();
+        assert_eq!(denial.rule, Rule::RevealMembership);
     }
 
     #[test]

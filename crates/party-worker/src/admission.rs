@@ -267,7 +267,7 @@ fn decide(
                     .collect(),
                 grouped: spec.group_by.iter().map(|g| g.column.as_str()).collect(),
                 joined: Vec::new(),
-                reveals_membership_to: None,
+                reveals_membership: false,
                 rho: spec.privacy.as_ref().map(|p| p.rho),
                 k_threshold: spec.k_threshold,
                 today: situation.today,
@@ -336,7 +336,7 @@ fn decide(
                 filtered: Vec::new(),
                 grouped: Vec::new(),
                 joined: Vec::new(),
-                reveals_membership_to: None,
+                reveals_membership: false,
                 rho: spec.privacy.as_ref().map(|_| rho),
                 k_threshold: None,
                 today: situation.today,
@@ -399,7 +399,7 @@ fn decide(
                 filtered: Vec::new(),
                 grouped: Vec::new(),
                 joined: vec![side.key.as_str()],
-                reveals_membership_to: None,
+                reveals_membership: false,
                 rho: spec.privacy.as_ref().map(|p| p.rho),
                 k_threshold: None,
                 today: situation.today,
@@ -446,6 +446,16 @@ fn decide(
             let segment = layout(&spec.per_key()).map_err(invalid)?;
             let groups = layout(&spec.aggregate).map_err(invalid)? / segment.max(1);
             let shape = (segment as u32, groups as u32);
+            let totals = veil_psi::join::JoinParams::totals_bytes(shape.0, shape.1);
+            if totals > veil_psi::join::MAX_TOTALS_BYTES {
+                return Err(Decline::Fault(format!(
+                    "the join's {} groups × {} values per key make {} MB of totals, above the {} MB one message may carry; group by fewer values or aggregate fewer columns",
+                    shape.1,
+                    shape.0,
+                    totals >> 20,
+                    veil_psi::join::MAX_TOTALS_BYTES >> 20
+                )));
+            }
             let aggregate = &spec.aggregate;
             let (request, side) = if group_side {
                 let Some(column) = aggregate.group_by.first() else {
@@ -466,7 +476,7 @@ fn decide(
                     filtered: Vec::new(),
                     grouped: vec![column.column.as_str()],
                     joined: vec![key.as_str()],
-                    reveals_membership_to: None,
+                    reveals_membership: false,
                     rho: None,
                     k_threshold: aggregate.k_threshold,
                     today: situation.today,
@@ -490,7 +500,7 @@ fn decide(
                         .collect(),
                     grouped: Vec::new(),
                     joined: vec![key.as_str()],
-                    reveals_membership_to: Some(spec.groups.dataset.as_str()),
+                    reveals_membership: true,
                     rho: None,
                     k_threshold: aggregate.k_threshold,
                     today: situation.today,
@@ -782,6 +792,45 @@ mod tests {
             busy,
         ));
         assert_eq!(kind, DeclineKind::Fault);
+    }
+
+    #[test]
+    fn a_join_needs_a_join_key_a_party_to_reveal_membership_to_and_totals_that_fit() {
+        let flights = |policy: &str| {
+            format!(
+                "[[datasets]]\nname = \"flights\"\npath = \"f.csv\"\n\
+                 columns = {{ tailnum = \"string\", dep_delay = \"float\" }}\n\
+                 [datasets.policy]\njoin_keys = [\"tailnum\"]\n{policy}"
+            )
+        };
+        // `bins` histogram bins make each key's vector longer.
+        let spec = |values: usize, bins: usize| {
+            let domain: Vec<String> = (0..values).map(|i| format!("\"m{i}\"")).collect();
+            let edges: Vec<String> =
+                (0..=bins).map(|i| (i as f64 * 600.0 / bins as f64).to_string()).collect();
+            format!(
+                "kind = \"join\"\ngroups = {{ dataset = \"planes\", key = \"tailnum\", column = \"maker\" }}\n\
+                 values = {{ dataset = \"flights\", key = \"tailnum\" }}\n[aggregate]\ndataset = \"flights\"\n\
+                 columns = [{{ name = \"dep_delay\", min = -60, max = 600, histogram = [{}] }}]\n\
+                 group_by = [{{ column = \"maker\", values = [{}] }}]\n",
+                edges.join(", "),
+                domain.join(", ")
+            )
+        };
+        let book = Book::default();
+        let open = flights("reveal_membership_to = [\"registry\"]\n");
+        let a = offer(&config(&open), &book, &spec(3, 2)).unwrap();
+        let Work::Join { side: JoinSide::Value { .. }, shape, .. } = a.work else {
+            panic!("the value side of a join")
+        };
+        assert_eq!(shape.1, 5, "three makers, (other) and (null)");
+        // A dataset whose policy names no party to learn which of its keys it holds.
+        let (_, rule, m) = refused(offer(&config(&flights("")), &book, &spec(3, 2)));
+        assert_eq!(rule, Some(Rule::RevealMembership), "{m}");
+        // Totals too large for one message are refused at the offer, before any charge.
+        let (kind, _, m) = refused(offer(&config(&open), &book, &spec(3_000, 200)));
+        assert_eq!(kind, DeclineKind::Fault);
+        assert!(m.contains("MB of totals"), "{m}");
     }
 
     #[test]

@@ -170,6 +170,8 @@ pub struct PartyConfig {
     /// The keys that sign consumers' jobs, by consumer name (from the roster). The party takes
     /// part only in jobs signed by the consumer the offer names.
     pub consumer_keys: std::collections::BTreeMap<String, ed25519_dalek::VerifyingKey>,
+    /// The roster's parties' names, by id: what an owner's policy names a party by.
+    pub party_names: std::collections::BTreeMap<u32, String>,
     /// Datasets served.
     pub datasets: Vec<DatasetConfig>,
     /// The party's store.
@@ -391,6 +393,7 @@ impl PartyFile {
             max_corrupt: self.max_corrupt as usize,
             coordinator_key: roster_file.audit_key("coordinator"),
             consumer_keys: roster_file.consumer_keys(),
+            party_names: roster_file.parties.iter().map(|p| (p.id, p.name.clone())).collect(),
             datasets: self.datasets,
             state: self.state,
         })

@@ -77,6 +77,9 @@ pub(crate) enum Action {
     /// An intersection has more to send: hand the job back to [`PartyJobs::resume`] once what
     /// came before is sent, serving other messages between.
     Continue(String),
+    /// Encrypt a join's vectors in the background (a fresh Paillier key, an encryption per 14
+    /// values of every key), then hand them to [`PartyJobs::encrypted`].
+    Encrypt(Box<Encryption>),
 }
 
 /// An admitted job's background work.
@@ -124,8 +127,41 @@ enum JobState {
     Round(Box<Party>),
     /// In a private set intersection.
     Psi(Box<PsiExchange>),
+    /// A join's value side whose exchange started, its vectors being encrypted in the
+    /// background.
+    Encrypting(Box<PendingValue>),
     /// Done, or stalled by an injected fault: ignore further messages.
     Idle,
+}
+
+/// An exchange's side as it starts: at once, or once a join's vectors are encrypted.
+enum Starting {
+    Now(PsiMachine),
+    Encrypt(veil_psi::join::JoinParams, veil_psi::KeySet, Arc<Zeroizing<Vec<Vec<u64>>>>),
+}
+
+/// A join's value side waiting for its vectors' encryption to start its exchange.
+struct PendingValue {
+    params: veil_psi::join::JoinParams,
+    keys: veil_psi::KeySet,
+    count: u64,
+    peer: veil_protocol::PartyId,
+    session: [u8; 32],
+    min_peer_keys: Option<u64>,
+    after: Option<Box<Accepted>>,
+}
+
+/// A join's vectors to encrypt in the background, then hand to [`PartyJobs::encrypted`].
+pub(crate) struct Encryption {
+    pub(crate) job_id: String,
+    pub(crate) segment: u32,
+    pub(crate) vectors: Arc<Zeroizing<Vec<Vec<u64>>>>,
+}
+
+/// A join's vectors, encrypted (or why not).
+pub(crate) struct Encrypted {
+    pub(crate) job_id: String,
+    pub(crate) result: Result<veil_psi::join::EncryptedValues, String>,
 }
 
 /// The most keys a party lets the other side of an intersection announce: a server keeps 16
@@ -162,16 +198,25 @@ enum PsiMachine {
 pub(crate) enum JoinInput {
     /// The group side: each key's group slot.
     Group(Vec<u32>),
-    /// The value side: each key's aggregate (zeroized when dropped).
+    /// The value side: each key's aggregate (zeroized when dropped), encrypted in the
+    /// background when its exchange starts.
     Value(Arc<Zeroizing<Vec<Vec<u64>>>>),
+    /// The value side after its one exchange: nothing more to bring.
+    Spent,
 }
 
-/// A join's side and shape.
+/// A join's side and shape, and the parties this party exchanged with for it.
 #[derive(Clone)]
 pub(crate) struct JoinKeys {
     pub(crate) input: JoinInput,
     /// Values per key, and groups.
     pub(crate) shape: (u32, u32),
+    /// The parties this party finished an exchange with for this job (the group side: its
+    /// value parties; the value side: its group side). A join's round is over exactly these.
+    pub(crate) peers: std::collections::BTreeSet<u32>,
+    /// At the value side, the parties its dataset's policy lets learn which keys it holds
+    /// (`reveal_membership_to`): the only ones it exchanges with.
+    pub(crate) reveal_to: Vec<String>,
 }
 
 /// The keys a party brings to an intersection, and its side.
@@ -189,15 +234,34 @@ pub(crate) struct PsiKeys {
 
 impl PsiKeys {
     /// The same keys and join input, for a group side's next exchange.
-    fn clone_keys(&self) -> Option<PsiKeys> {
-        Some(PsiKeys {
+    fn clone_keys(&self) -> PsiKeys {
+        PsiKeys {
             side: self.side,
             keys: self.keys.clone(),
             case_fold: self.case_fold,
             min_peer_keys: self.min_peer_keys,
             noise_variance: self.noise_variance,
-            join: self.join.clone(),
-        })
+            join: self.join.as_ref().map(|j| JoinKeys {
+                input: match &j.input {
+                    JoinInput::Group(slots) => JoinInput::Group(slots.clone()),
+                    // The value side's encrypted vectors go into its one exchange only.
+                    JoinInput::Value(_) | JoinInput::Spent => JoinInput::Spent,
+                },
+                ..j.clone_shape()
+            }),
+        }
+    }
+}
+
+impl JoinKeys {
+    /// The shape, peers and policy, with nothing to bring.
+    fn clone_shape(&self) -> JoinKeys {
+        JoinKeys {
+            input: JoinInput::Spent,
+            shape: self.shape,
+            peers: self.peers.clone(),
+            reveal_to: self.reveal_to.clone(),
+        }
     }
 }
 
@@ -339,7 +403,7 @@ impl PartyJobs {
         self.jobs
             .values()
             .filter(|j| match j {
-                JobState::Psi(_) => true,
+                JobState::Psi(_) | JobState::Encrypting(_) => true,
                 JobState::Preparing { intersection, .. } => *intersection,
                 JobState::Ready(a) => a.psi.is_some(),
                 _ => false,
@@ -617,8 +681,31 @@ impl PartyJobs {
             tracing::warn!(party = %self.config.name, job = %job_id, "an intersection start for another kind of job");
             return;
         };
-        // A join's group side meets each value party in turn: it keeps its keys for the next.
-        let kept = psi.join.as_ref().map(|_| psi.clone_keys());
+        let peer = veil_protocol::PartyId(start.peer);
+        if let Some(join) = &psi.join {
+            if let Err(decline) = self.join_peer(join, peer) {
+                let job_hash = accepted.job_hash.clone();
+                self.leave_step(job_id, &job_hash, decline);
+                return;
+            }
+        }
+        // A join's group side meets each value party in turn: it keeps its keys for the next,
+        // and notes the peer (the value side has done its one exchange).
+        let kept = psi.join.as_ref().map(|join| {
+            let mut kept = match join.input {
+                JoinInput::Group(_) => psi.clone_keys(),
+                _ => PsiKeys {
+                    keys: veil_psi::KeySet::new(psi.keys.policy(), Vec::<String>::new())
+                        .expect("an empty key set is valid"),
+                    join: Some(JoinKeys { input: JoinInput::Spent, ..join.clone_shape() }),
+                    ..psi.clone_keys()
+                },
+            };
+            if let Some(j) = kept.join.as_mut() {
+                j.peers.insert(peer.0);
+            }
+            kept
+        });
         let PsiKeys { side, keys, case_fold, min_peer_keys, noise_variance, join } = psi;
         let wanted = match side {
             PsiSide::Client => PsiRole::Client,
@@ -653,45 +740,154 @@ impl PartyJobs {
         let mut rng = (self.rng)();
         let count = keys.len() as u64;
         let machine = match (side, join) {
-            (PsiSide::Client, None) => {
-                veil_psi::Client::new(&params, keys, &mut rng).map(|c| PsiMachine::Client(c, count))
-            }
-            (PsiSide::Server, None) => {
-                veil_psi::Server::new(&params, keys, &mut rng).map(|s| PsiMachine::Server(s, count))
-            }
-            (_, Some(JoinKeys { input, shape: (segment, groups) })) => {
+            (PsiSide::Client, None) => veil_psi::Client::new(&params, keys, &mut rng)
+                .map(|c| Starting::Now(PsiMachine::Client(c, count))),
+            (PsiSide::Server, None) => veil_psi::Server::new(&params, keys, &mut rng)
+                .map(|s| Starting::Now(PsiMachine::Server(s, count))),
+            (_, Some(JoinKeys { input, shape: (segment, groups), .. })) => {
                 veil_psi::join::JoinParams::new(params, segment, groups).and_then(|p| match input {
                     JoinInput::Group(slots) => {
                         veil_psi::join::GroupSide::new(&p, keys, slots, &mut rng)
-                            .map(|g| PsiMachine::JoinGroup(Box::new(g), count))
+                            .map(|g| Starting::Now(PsiMachine::JoinGroup(Box::new(g), count)))
                     }
-                    JoinInput::Value(vectors) => {
-                        veil_psi::join::ValueSide::new(&p, keys, &vectors, &mut rng)
-                            .map(|v| PsiMachine::JoinValue(Box::new(v), count))
+                    JoinInput::Value(vectors) => Ok(Starting::Encrypt(p, keys, vectors)),
+                    JoinInput::Spent => {
+                        Err(veil_psi::Error::InvalidParameters("the value side's exchange is done"))
                     }
                 })
             }
         };
         let after = kept.map(|kept| {
-            accepted.psi = kept;
+            accepted.psi = Some(kept);
             Box::new(accepted)
         });
-        let peer = veil_protocol::PartyId(start.peer);
         if peer == self.config.id || self.config.roster.key(peer).is_none() {
             let message = format!("the start names {peer} as the other side of the intersection");
             self.leave(job_id, &Decline::Fault(message));
             return;
         }
         match machine {
-            Ok(side) => {
+            Ok(Starting::Now(side)) => {
                 let exchange =
                     PsiExchange { side, peer, session, min_peer_keys, noise_variance, after };
                 self.jobs.insert(job_id.clone(), JobState::Psi(Box::new(exchange)));
                 self.psi_flush(&job_id);
             }
+            // A join's value side encrypts its vectors first, off the worker's loop; its first
+            // message (its public key) goes out when they are ready, and the coordinator starts
+            // the group side only then.
+            Ok(Starting::Encrypt(params, keys, vectors)) => {
+                let segment = params.segment();
+                let pending =
+                    PendingValue { params, keys, count, peer, session, min_peer_keys, after };
+                self.jobs.insert(job_id.clone(), JobState::Encrypting(Box::new(pending)));
+                let work = Encryption { job_id, segment, vectors };
+                self.out.push_back(Action::Encrypt(Box::new(work)));
+            }
             Err(e) => {
                 self.leave(job_id, &Decline::Fault(format!("the intersection cannot start: {e}")))
             }
+        }
+    }
+
+    /// A join's vectors, encrypted in the background, arrive: the value side starts its
+    /// exchange (or leaves it, saying why).
+    pub(crate) fn encrypted(&mut self, done: Encrypted) {
+        let Encrypted { job_id, result } = done;
+        if !matches!(self.jobs.get(&job_id), Some(JobState::Encrypting(_))) {
+            return; // the job ended, or the connection was replaced, meanwhile
+        }
+        let Some(JobState::Encrypting(pending)) = self.jobs.remove(&job_id) else { return };
+        let PendingValue { params, keys, count, peer, session, min_peer_keys, after } = *pending;
+        let built = result.and_then(|encrypted| {
+            veil_psi::join::ValueSide::with_encrypted(&params, keys, encrypted, &mut (self.rng)())
+                .map_err(|e| e.to_string())
+        });
+        match built {
+            Ok(value) => {
+                let side = PsiMachine::JoinValue(Box::new(value), count);
+                let exchange =
+                    PsiExchange { side, peer, session, min_peer_keys, noise_variance: None, after };
+                self.jobs.insert(job_id.clone(), JobState::Psi(Box::new(exchange)));
+                self.psi_flush(&job_id);
+            }
+            Err(e) => {
+                self.jobs.insert(job_id.clone(), JobState::Idle);
+                let decline =
+                    Decline::Fault(format!("the join's vectors cannot be encrypted: {e}"));
+                self.leave_exchange(job_id, decline);
+            }
+        }
+    }
+
+    /// What is wrong with a join's round, if anything. Its sum is the group side's share (the
+    /// negated masks of every exchange it ran) plus the value parties' shares, so the round must
+    /// be over exactly the group side and the value parties it exchanged with, every one of
+    /// them must survive, and there must be as many value parties as any round needs parties
+    /// (the collusion bound plus two, and this party's minimum): else the coordinator with one
+    /// colluding party could isolate an honest value party's rows.
+    fn join_round_problem(
+        &self,
+        join: &JoinKeys,
+        start: &RoundStart,
+        min_parties: usize,
+    ) -> Option<String> {
+        let parties: std::collections::BTreeSet<u32> = start.parties.iter().copied().collect();
+        let needed = (self.config.max_corrupt + 2).max(min_parties);
+        let values = parties.len().saturating_sub(1);
+        if let JoinInput::Group(_) = join.input {
+            let exchanged: std::collections::BTreeSet<u32> =
+                join.peers.iter().copied().chain([self.config.id.0]).collect();
+            if parties != exchanged {
+                return Some(format!(
+                    "the join's round is not over the {} value parties this party exchanged with",
+                    join.peers.len()
+                ));
+            }
+        } else if !join.peers.iter().all(|p| parties.contains(p)) {
+            return Some("the join's round leaves out the party this party exchanged with".into());
+        }
+        if values < needed {
+            return Some(format!(
+                "the join's round combines {values} value parties; this party's data is combined with at least {needed}"
+            ));
+        }
+        if (start.min_cohort as usize) < parties.len() {
+            return Some(format!(
+                "the join's round lets {} of its {} parties drop out; its sum needs every share",
+                parties.len() - start.min_cohort as usize,
+                parties.len()
+            ));
+        }
+        None
+    }
+
+    /// Whether this party may run a join's exchange with `peer`: the group side once with each
+    /// value party; the value side once in all, and only with a party its dataset's policy lets
+    /// learn which of its keys it holds.
+    fn join_peer(&self, join: &JoinKeys, peer: veil_protocol::PartyId) -> Result<(), Decline> {
+        let name =
+            self.config.party_names.get(&peer.0).cloned().unwrap_or_else(|| peer.to_string());
+        match &join.input {
+            JoinInput::Group(_) if join.peers.contains(&peer.0) => {
+                Err(Decline::Fault(format!("the join's exchange with {name} already took place")))
+            }
+            JoinInput::Group(_) => Ok(()),
+            JoinInput::Spent => {
+                Err(Decline::Fault("this party's exchange for the join already took place".into()))
+            }
+            JoinInput::Value(_) if !join.reveal_to.contains(&name) => Err(Decline::refused(
+                Rule::RevealMembership,
+                format!(
+                    "the exchange would tell party {name:?} which keys this party's dataset holds; its policy names {} in reveal_membership_to",
+                    if join.reveal_to.is_empty() {
+                        "no party".to_string()
+                    } else {
+                        join.reveal_to.join(", ")
+                    }
+                ),
+            )),
+            JoinInput::Value(_) => Ok(()),
         }
     }
 
@@ -810,8 +1006,10 @@ impl PartyJobs {
             (PsiMachine::Server(s, keys), veil_psi::Status::Finished) => {
                 s.output().map(|o| (0, o.client_count(), *keys, PsiRole::Server))
             }
+            // A join's group side keeps the intersection's size to itself: the coordinator
+            // learns the per-group answer, not each value party's overlap.
             (PsiMachine::JoinGroup(g, keys), veil_psi::Status::Finished) => {
-                g.output().map(|o| (o.intersection_size, *keys, o.peer_count, PsiRole::Client))
+                g.output().map(|o| (0, *keys, o.peer_count, PsiRole::Client))
             }
             (PsiMachine::JoinValue(v, keys), veil_psi::Status::Finished) => {
                 v.output().map(|o| (0, o.peer_count, *keys, PsiRole::Server))
@@ -959,18 +1157,8 @@ impl PartyJobs {
                 tracing::warn!(party = %self.config.name, job = %job_id, "round start for a job this party did not accept");
                 return false;
             };
-            // A join's round sums its group side's share and its value parties' shares; the
-            // group side's holds only masks, so the value parties are the ones whose rows are
-            // combined, and there must be as many as a round needs parties: at least the
-            // collusion bound plus two (else the coordinator and one colluding value party
-            // could isolate an honest one's rows) and this party's minimum.
-            if accepted.psi.as_ref().is_some_and(|p| p.join.is_some()) {
-                let values = start.parties.len().saturating_sub(1);
-                let needed = (self.config.max_corrupt + 2).max(accepted.min_parties);
-                if values < needed {
-                    let message = format!(
-                        "the join's round combines {values} value parties; this party's data is combined with at least {needed}"
-                    );
+            if let Some(join) = accepted.psi.as_ref().and_then(|p| p.join.as_ref()) {
+                if let Some(message) = self.join_round_problem(join, &start, accepted.min_parties) {
                     let job_hash = accepted.job_hash.clone();
                     self.leave_step(job_id, &job_hash, Decline::refused(Rule::Cohort, message));
                     return false;

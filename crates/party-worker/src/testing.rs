@@ -33,6 +33,7 @@ pub(crate) fn config(datasets: &str) -> PartyConfig {
         max_corrupt: 1,
         coordinator_key: None,
         consumer_keys: BTreeMap::from([("analyst".to_string(), analyst().verifying_key())]),
+        party_names: BTreeMap::from([(0, "a".to_string()), (1, "b".to_string())]),
         datasets: parsed.datasets,
         state: "unused.db".into(),
     }

@@ -36,8 +36,8 @@ use crate::data::{
     load_keys, load_training,
 };
 use crate::jobs::{
-    Accepted, Action, JobRecords, JoinInput, JoinKeys, PartyJobs, Preparation, Prepared, PsiKeys,
-    StepWork, Trained, TrainingJob,
+    Accepted, Action, Encrypted, Encryption, JobRecords, JoinInput, JoinKeys, PartyJobs,
+    Preparation, Prepared, PsiKeys, StepWork, Trained, TrainingJob,
 };
 use crate::store::PartyStore;
 
@@ -227,6 +227,8 @@ struct Worker {
     prepared_rx: mpsc::Receiver<Prepared>,
     trained_tx: mpsc::Sender<Trained>,
     trained_rx: mpsc::Receiver<Trained>,
+    encrypted_tx: mpsc::Sender<Encrypted>,
+    encrypted_rx: mpsc::Receiver<Encrypted>,
     /// Intersections with more to send, served between other messages.
     continuing: std::collections::VecDeque<String>,
 }
@@ -235,6 +237,7 @@ impl Worker {
     fn new(jobs: PartyJobs, options: WorkerOptions) -> Self {
         let (prepared_tx, prepared_rx) = mpsc::channel(64);
         let (trained_tx, trained_rx) = mpsc::channel(64);
+        let (encrypted_tx, encrypted_rx) = mpsc::channel(64);
         Self {
             jobs,
             options,
@@ -242,6 +245,8 @@ impl Worker {
             prepared_rx,
             trained_tx,
             trained_rx,
+            encrypted_tx,
+            encrypted_rx,
             continuing: std::collections::VecDeque::new(),
         }
     }
@@ -258,6 +263,7 @@ impl Worker {
                 Action::Prepare(p) => prepare(config, *p, self.prepared_tx.clone()),
                 Action::Train(work) => train(config, *work, self.trained_tx.clone()),
                 Action::Continue(job_id) => self.continuing.push_back(job_id),
+                Action::Encrypt(work) => encrypt(*work, self.encrypted_tx.clone()),
                 Action::Exit => {
                     // Let the transport deliver what was just sent, as a crashed process's
                     // kernel would, then vanish.
@@ -307,6 +313,7 @@ async fn session(
             Some(step) = state.trained_rx.recv() => {
                 state.jobs.trained(step);
             }
+            Some(encrypted) = state.encrypted_rx.recv() => state.jobs.encrypted(encrypted),
             () = std::future::ready(()), if !state.continuing.is_empty() => {
                 if let Some(job_id) = state.continuing.pop_front() {
                     state.jobs.resume(&job_id);
@@ -330,6 +337,21 @@ async fn send(tx: &mpsc::Sender<PartyEnvelope>, body: Body) -> Result<(), Status
     tx.send(PartyEnvelope { body: Some(body) })
         .await
         .map_err(|_| Status::unavailable("the stream to the coordinator closed"))
+}
+
+/// Encrypts a join's vectors under a fresh Paillier key on the blocking pool (seconds per
+/// ten thousand keys), with randomness from the OS.
+fn encrypt(work: Encryption, done: mpsc::Sender<Encrypted>) {
+    tokio::spawn(async move {
+        let Encryption { job_id, segment, vectors } = work;
+        let encrypted = tokio::task::spawn_blocking(move || {
+            veil_psi::join::EncryptedValues::new(segment, &vectors, &mut rand::rngs::OsRng)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        let result = encrypted.unwrap_or_else(|e| Err(format!("the encryption failed: {e}")));
+        let _ = done.send(Encrypted { job_id, result }).await;
+    });
 }
 
 /// A failure to read a dataset: logged in full at the party, declined without its paths.
@@ -412,6 +434,7 @@ fn prepare(config: &PartyConfig, preparation: Preparation, done: mpsc::Sender<Pr
             });
         }
         Work::Join { dataset, key, side, case_fold, min_peer_keys, shape } => {
+            let reveal_to = dataset.policy.reveal_membership_to.clone();
             tokio::spawn(async move {
                 let loaded = tokio::task::spawn_blocking(move || {
                     let policy = veil_psi::KeyPolicy { trim: true, case_fold };
@@ -440,7 +463,8 @@ fn prepare(config: &PartyConfig, preparation: Preparation, done: mpsc::Sender<Pr
                     let keys = veil_psi::KeySet::new(policy, keys).map_err(|e| {
                         Decline::DataUnavailable(format!("dataset {name:?}, column {key:?}: {e}"))
                     })?;
-                    let join = Some(JoinKeys { input, shape });
+                    let peers = Default::default();
+                    let join = Some(JoinKeys { input, shape, peers, reveal_to });
                     let psi = PsiKeys {
                         side: role,
                         keys,

@@ -68,6 +68,9 @@ pub const SLOTS_PER_CIPHERTEXT: usize = 14;
 pub const MAX_SEGMENT: u32 = 1 << 12;
 /// The most groups.
 pub const MAX_GROUPS: u32 = 1 << 16;
+/// The most bytes of totals a group side sends in its one message (groups × plaintexts per
+/// key × 512 bytes).
+pub const MAX_TOTALS_BYTES: usize = 16 << 20;
 /// Keys per batch of the value side: a batch of keys with one ciphertext each is about 1 MB.
 pub const JOIN_BATCH: u32 = 2048;
 
@@ -94,10 +97,20 @@ impl JoinParams {
         if groups == 0 || groups > MAX_GROUPS {
             return Err(Error::InvalidParameters("a join needs 1 to 65,536 groups"));
         }
+        if Self::totals_bytes(segment, groups) > MAX_TOTALS_BYTES {
+            return Err(Error::InvalidParameters(
+                "a join's totals (groups × values per key) exceed 16 MB",
+            ));
+        }
         let psi = PsiParams::new(psi.session(), Mode::IntersectionToClient)
             .with_policy(psi.policy())
             .with_batch_size(JOIN_BATCH)?;
         Ok(Self { psi, segment, groups })
+    }
+
+    /// Bytes of the totals for this shape: one ciphertext per group and 14 values per key.
+    pub fn totals_bytes(segment: u32, groups: u32) -> usize {
+        groups as usize * (segment as usize).div_ceil(SLOTS_PER_CIPHERTEXT) * CIPHERTEXT_BYTES
     }
 
     /// Plaintexts per key.
@@ -113,6 +126,11 @@ impl JoinParams {
     /// The session.
     pub fn session(&self) -> Session {
         self.psi.session()
+    }
+
+    /// Values per key.
+    pub fn segment(&self) -> u32 {
+        self.segment
     }
 }
 
@@ -289,6 +307,43 @@ impl std::fmt::Debug for ValueSide {
     }
 }
 
+/// A value side's fresh Paillier key and its keys' vectors encrypted under it: the costly part
+/// of its exchange (a key generation, and an encryption per 14 values of every key), which
+/// needs no session, so a party prepares it before the exchange starts.
+#[derive(Clone)]
+pub struct EncryptedValues {
+    secret: SecretKey,
+    segment: u32,
+    payloads: Payloads,
+}
+
+impl std::fmt::Debug for EncryptedValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptedValues").field("segment", &self.segment).finish_non_exhaustive()
+    }
+}
+
+impl EncryptedValues {
+    /// A fresh key from `rng`, and every vector (`segment` values each, one per key in the
+    /// key set's order) encrypted under it, in parallel.
+    pub fn new(segment: u32, vectors: &[Vec<u64>], rng: &mut impl CryptoRngCore) -> Result<Self> {
+        if segment == 0 || segment > MAX_SEGMENT {
+            return Err(Error::InvalidParameters("a join needs 1 to 4,096 values per key"));
+        }
+        if vectors.iter().any(|v| v.len() != segment as usize) {
+            return Err(Error::InvalidParameters("one vector of `segment` values per key"));
+        }
+        let secret = SecretKey::generate(rng);
+        let plaintexts: Vec<BigUint> =
+            vectors.iter().flat_map(|v| v.chunks(SLOTS_PER_CIPHERTEXT).map(pack)).collect();
+        let ciphertexts = secret.encrypt_all(&plaintexts, rng);
+        let width = (segment as usize).div_ceil(SLOTS_PER_CIPHERTEXT) * CIPHERTEXT_BYTES;
+        let bytes: Vec<u8> = ciphertexts.iter().flat_map(Ciphertext::to_bytes).collect();
+        let payloads = Payloads::new(width, bytes)?;
+        Ok(Self { secret, segment, payloads })
+    }
+}
+
 impl ValueSide {
     /// Prepares the value side over `keys` and their vectors (`vectors[i]` belongs to the
     /// key at position `i`, `segment` values each): a fresh Paillier key from `rng` and every
@@ -299,17 +354,25 @@ impl ValueSide {
         vectors: &[Vec<u64>],
         rng: &mut impl CryptoRngCore,
     ) -> Result<Self> {
-        if vectors.len() != keys.len() || vectors.iter().any(|v| v.len() != params.segment as usize)
-        {
+        if vectors.len() != keys.len() {
             return Err(Error::InvalidParameters("one vector of `segment` values per key"));
         }
-        let secret = SecretKey::generate(rng);
-        let plaintexts: Vec<BigUint> =
-            vectors.iter().flat_map(|v| v.chunks(SLOTS_PER_CIPHERTEXT).map(pack)).collect();
-        let ciphertexts = secret.encrypt_all(&plaintexts, rng);
-        let width = params.chunks() * CIPHERTEXT_BYTES;
-        let bytes: Vec<u8> = ciphertexts.iter().flat_map(Ciphertext::to_bytes).collect();
-        let payloads = Payloads::new(width, bytes)?;
+        let encrypted = EncryptedValues::new(params.segment, vectors, rng)?;
+        Self::with_encrypted(params, keys, encrypted, rng)
+    }
+
+    /// The value side over `keys`, with their vectors already encrypted (in the key set's
+    /// order); `rng` orders its keys.
+    pub fn with_encrypted(
+        params: &JoinParams,
+        keys: KeySet,
+        encrypted: EncryptedValues,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Self> {
+        let EncryptedValues { secret, segment, payloads } = encrypted;
+        if segment != params.segment {
+            return Err(Error::InvalidParameters("the vectors were encrypted for another shape"));
+        }
         let server = Server::with_payloads(&params.psi, keys, payloads, rng)?;
         let hello = ValueMessage::PublicKey {
             session: params.session(),

@@ -205,6 +205,7 @@ impl Ciphertext {
 
 /// A key pair, with the table of the randomiser base's powers that makes the owner's
 /// encryptions cheap.
+#[derive(Clone)]
 pub struct SecretKey {
     public: PublicKey,
     p: BigUint,

@@ -2,10 +2,7 @@
 //!
 //! Each test plays one side as an adversary built from the crate's public parts (its own
 //! Paillier key, a PSI server with crafted payloads, or tampered totals) against the other,
-//! honest side, and asserts what the module's documentation promises. Each test names the fix
-//! that makes it pass. The two grouping tests FAIL at 84392e7 and at e6acb78; the totals test
-//! failed (a panic) at 84392e7 and passes since e6acb78, which made decryption refuse
-//! non-units: it stays as that fix's regression test through the value side's handler.
+//! honest side, and checks what the module's documentation promises.
 
 #![allow(clippy::unwrap_used)]
 
@@ -138,15 +135,9 @@ fn group_side(
 }
 
 /// A hostile value side puts a one-hot tag per key above the plaintext's only slot (segment 1:
-/// bits 144 to 2,047 carry no mask at all) and reads, from each group's decrypted total, exactly
-/// which of its keys the group side holds and in which group: the group side's whole grouping
-/// of the shared keys, not the "how many" the module's documentation concedes.
-///
-/// Fix: mask the whole plaintext, not 136 bits per used slot: the group side draws each
-/// plaintext's mask uniformly below N (its share per slot being minus the low 64 bits of that
-/// slot of the mask), so that the value side decrypts a uniform element of Z_N whatever it put
-/// in its ciphertexts; an honest sum then carries between slots or past N only with probability
-/// about 2^-48 per slot.
+/// bits 144 to 2,047) to read, from each group's decrypted total, which of its keys the group
+/// side holds and in which group. Each total is masked by a plaintext uniform below N, so what
+/// it decrypts is uniform whatever it encrypted, and the tags read back as noise.
 #[test]
 fn a_value_side_cannot_read_the_grouping_from_the_plaintexts_unmasked_bits() {
     let mut rng = ChaCha20Rng::seed_from_u64(101);
@@ -173,12 +164,8 @@ fn a_value_side_cannot_read_the_grouping_from_the_plaintexts_unmasked_bits() {
     );
 }
 
-/// The same through the masked slots themselves (segment 14: every slot of the plaintext in
-/// use): a slot's mask is 136 bits, the slot 144, so a value side that gives each of seven keys
-/// a tag at one of bits 137 to 143 of a slot reads those keys' groups from the slot's top bits,
-/// seven keys per slot. Ninety-eight keys, every one's group read exactly.
-///
-/// Fix: as above (a mask uniform below N over the whole plaintext).
+/// The same through the slots themselves (segment 14: every slot in use), a tag per key at one
+/// of a slot's top bits: the whole-plaintext mask covers those too.
 #[test]
 fn a_value_side_cannot_read_the_grouping_from_a_slots_top_bits() {
     let mut rng = ChaCha20Rng::seed_from_u64(102);
@@ -208,14 +195,9 @@ fn a_value_side_cannot_read_the_grouping_from_a_slots_top_bits() {
 }
 
 /// A group side that deviates sends, as one of its totals, the value side's modulus N itself
-/// (nonzero and below N², so `PublicKey::ciphertext` takes it). Decryption computes
-/// `c^(p−1) mod p² = 0` and then `0 − 1` on an unsigned big integer: a panic, inside rayon,
-/// in the value party's message handler (the party worker's event loop), so one peer's
-/// message takes the whole party down instead of ending the exchange with a typed error.
-///
-/// Fix (landed in e6acb78, after this test was written): decryption refuses an element that is
-/// not a unit (`SecretKey::decrypt` returns `None`) and the value side ends with a typed error.
-/// Refusing it earlier, in `PublicKey::ciphertext` (gcd(c, N) ≠ 1), would do as well.
+/// (nonzero and below N², so `PublicKey::ciphertext` takes it). Decryption refuses an element
+/// that is not a unit, and the value side ends the exchange with a typed error instead of a
+/// panic in the party worker's loop.
 #[test]
 fn totals_that_are_not_units_mod_n_are_a_typed_error_not_a_panic() {
     let mut rng = ChaCha20Rng::seed_from_u64(103);

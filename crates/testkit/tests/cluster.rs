@@ -909,7 +909,8 @@ async fn sql_group_by_carrier_equals_the_pooled_rows() {
     let mut jobs = cluster.jobs().await;
     for (bad, cause) in [
         ("SELEC COUNT(*) FROM flights", "parse"),
-        ("SELECT COUNT(*) FROM flights JOIN x ON a = b", "not supported"),
+        ("SELECT COUNT(*) FROM flights LEFT JOIN x ON a = b", "not supported"),
+        ("SELECT COUNT(*) FROM flights JOIN x ON a = b", "no dataset \"x\""),
         ("SELECT SUM(nope) FROM flights", "nope"),
         ("SELECT COUNT(*) FROM trains", "trains"),
     ] {

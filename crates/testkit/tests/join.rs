@@ -13,7 +13,7 @@ const JOIN: &str = "[datasets.policy]\njoin_keys = [\"tailnum\"]\n";
 /// An airport's policy: joins on the tail number, and the registry may learn which of its
 /// tail numbers fly from the airport.
 const AIRPORT: &str =
-    "[datasets.policy]\njoin_keys = [\"tailnum\"]\nreveal_membership_to = [\"planes\"]\n";
+    "[datasets.policy]\njoin_keys = [\"tailnum\"]\nreveal_membership_to = [\"registry\"]\n";
 const MAKERS: [&str; 6] =
     ["BOEING", "AIRBUS INDUSTRIE", "BOMBARDIER INC", "AIRBUS", "EMBRAER", "MCDONNELL DOUGLAS"];
 

@@ -47,7 +47,7 @@ pub(super) async fn join(
     };
     let job_hash = veil_analytics::Job::Join(spec.clone()).hash();
     for &value in &values {
-        exchange(shared, record, &job_hash, group, value, inbox).await?;
+        exchange(shared, record, &job_hash, (group, value), true, inbox).await?;
     }
     // Every share is needed: the group side's holds the masks of every value party's, so a
     // sum without one of them would be noise.

@@ -54,7 +54,7 @@ pub(super) async fn intersect(
         }
     };
     let job_hash = veil_analytics::Job::Psi(spec.clone()).hash();
-    let (c, _) = exchange(shared, record, &job_hash, client, server, inbox).await?;
+    let (c, _) = exchange(shared, record, &job_hash, (client, server), false, inbox).await?;
     let mut answer = serde_json::json!({
         "kind": "psi",
         "intersection_size": c.intersection_size,
@@ -81,31 +81,74 @@ pub(super) async fn exchange(
     shared: &Arc<Shared>,
     record: &mut JobRecord,
     job_hash: &str,
-    client: PartyId,
-    server: PartyId,
+    (client, server): (PartyId, PartyId),
+    server_first: bool,
     inbox: &mut mpsc::UnboundedReceiver<JobInput>,
 ) -> Result<(PsiResult, PsiResult), End> {
     let mut session = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut session);
-    for (party, role, peer) in
-        [(server, PsiRole::Server, client), (client, PsiRole::Client, server)]
-    {
+    let job_id = record.id.clone();
+    let start = |role: PsiRole, peer: PartyId| {
         let start = PsiStart {
-            job_id: record.id.clone(),
+            job_id: job_id.clone(),
             session: session.to_vec(),
             role: role as i32,
             peer: peer.0,
         };
-        if !shared.send(party, CoordinatorEnvelope { body: Some(Body::PsiStart(start)) }).await {
-            return Err(End::Failed(Failure::Psi(format!("{party} is gone"))));
+        CoordinatorEnvelope { body: Some(Body::PsiStart(start)) }
+    };
+    if !shared.send(server, start(PsiRole::Server, client)).await {
+        return Err(End::Failed(Failure::Psi(format!("{server} is gone"))));
+    }
+    let silence = shared.stage_timeout * SILENT_STAGES;
+    let mut charged = std::collections::BTreeSet::new();
+    // A join's value side first prepares its encrypted vectors and then speaks first (its
+    // public key): the group side starts only then, so its first messages find the value side
+    // ready to take them.
+    let mut first = None;
+    if server_first {
+        let detail = format!("exchange between {client} and {server}: values being encrypted");
+        set_state(shared, record, JobState::Running, &detail, None).await;
+        while first.is_none() {
+            let input = tokio::time::timeout(silence, inbox.recv()).await.map_err(|_| {
+                End::Failed(Failure::Psi(format!(
+                    "no message from {server} for {}s",
+                    silence.as_secs()
+                )))
+            })?;
+            match input {
+                Some(JobInput::Round { from, bytes, head }) if from == server => {
+                    record_charge(shared, &record.id, from, head, &mut charged);
+                    first = Some(bytes);
+                }
+                Some(JobInput::Departed(p)) if p == server => {
+                    return Err(End::Failed(Failure::Psi(format!("{p} left the exchange"))));
+                }
+                Some(JobInput::Reply(reply)) => left(shared, record, &reply)?,
+                Some(JobInput::Cancel) => return Err(End::Cancelled),
+                Some(_) => {}
+                None => return Err(End::Failed(Failure::Internal("the job's channel closed"))),
+            }
+        }
+    }
+    if !shared.send(client, start(PsiRole::Client, server)).await {
+        return Err(End::Failed(Failure::Psi(format!("{client} is gone"))));
+    }
+    let mut relayed = 0u64;
+    if let Some(message) = first {
+        let payload = veil_proto::v1::RoundPayload {
+            job_id: record.id.clone(),
+            message,
+            ..Default::default()
+        };
+        relayed += 1;
+        if !shared.send(client, CoordinatorEnvelope { body: Some(Body::Round(payload)) }).await {
+            return Err(End::Failed(Failure::Psi(format!("{client} left the exchange"))));
         }
     }
     let detail = format!("exchange between {client} and {server}: keys blinded");
     set_state(shared, record, JobState::Running, &detail, None).await;
-    let silence = shared.stage_timeout * SILENT_STAGES;
-    let mut relayed = 0u64;
     let (mut client_outcome, mut server_outcome) = (None, None);
-    let mut charged = std::collections::BTreeSet::new();
     loop {
         let input = tokio::time::timeout(silence, inbox.recv()).await.map_err(|_| {
             End::Failed(Failure::Psi(format!(
@@ -185,17 +228,21 @@ pub(super) async fn exchange(
             Some(JobInput::Departed(p)) if p == client || p == server => {
                 return Err(End::Failed(Failure::Psi(format!("{p} left the exchange"))));
             }
-            Some(JobInput::Reply(reply)) => {
-                if let crate::offer::Decision::Decline(d) = &reply.decision {
-                    if reply.signed(&shared.protocol_roster, &record.id) {
-                        let from = reply.from;
-                        return Err(End::Failed(Failure::Psi(format!("{from} left: {d}"))));
-                    }
-                }
-            }
+            Some(JobInput::Reply(reply)) => left(shared, record, &reply)?,
             Some(JobInput::Cancel) => return Err(End::Cancelled),
             Some(_) => {}
             None => return Err(End::Failed(Failure::Internal("the job's channel closed"))),
         }
     }
+}
+
+/// A party's signed refusal during an exchange ends it, with the party's reason.
+fn left(shared: &Shared, record: &JobRecord, reply: &crate::offer::Reply) -> Result<(), End> {
+    if let crate::offer::Decision::Decline(d) = &reply.decision {
+        if reply.signed(&shared.protocol_roster, &record.id) {
+            let from = reply.from;
+            return Err(End::Failed(Failure::Psi(format!("{from} left: {d}"))));
+        }
+    }
+    Ok(())
 }
