@@ -32,7 +32,7 @@ pub use plan::{
 pub use schema::{ColumnInfo, ColumnType, DatasetCatalog, DatasetSchema, Value};
 pub use spec::{
     ColumnRequest, Condition, GroupBy, GroupColumn, Job, JobSpec, JoinSpec, KeyColumn, Literal, Op,
-    Output, OutputKind, Predicate, Privacy, PsiSpec, SqlRequest, SyntheticSpec,
+    Output, OutputKind, Predicate, Privacy, PsiOutput, PsiSpec, SqlRequest, SyntheticSpec,
 };
 
 /// Errors of job specifications and local aggregation.

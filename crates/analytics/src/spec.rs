@@ -126,6 +126,28 @@ pub struct PsiSpec {
     /// both sides are charged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<Privacy>,
+    /// What the client's party gets: the size only (the default), or also the intersection
+    /// itself (its own keys that the server holds), which it keeps locally; the server's
+    /// owner must name the client's party in `reveal_membership_to`.
+    #[serde(default, skip_serializing_if = "PsiOutput::is_size")]
+    pub output: PsiOutput,
+}
+
+/// What an intersection's client party learns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PsiOutput {
+    /// The size only.
+    #[default]
+    Size,
+    /// Which of its keys the server holds, kept at the client's party.
+    Intersection,
+}
+
+impl PsiOutput {
+    fn is_size(&self) -> bool {
+        *self == PsiOutput::Size
+    }
 }
 
 impl PsiSpec {
@@ -226,6 +248,12 @@ impl Job {
                 if spec.client.dataset == spec.server.dataset {
                     return Err(AnalyticsError::Invalid(
                         "an intersection is between two datasets; client and server name the same one"
+                            .into(),
+                    ));
+                }
+                if spec.output == PsiOutput::Intersection && spec.privacy.is_some() {
+                    return Err(AnalyticsError::Invalid(
+                        "an intersection given to its client is exact: a noisy size with it would protect nothing"
                             .into(),
                     ));
                 }

@@ -296,7 +296,16 @@ pub(crate) fn print_result(result: &JobResult, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// A readable summary of a training job's result.
+/// How `veil psi` runs an intersection.
+pub(crate) struct PsiOptions {
+    /// Match keys regardless of case.
+    pub(crate) case_fold: bool,
+    /// Release the size with noise at this ρ.
+    pub(crate) rho: Option<f64>,
+    /// Give the first side's party the intersection itself.
+    pub(crate) intersection: bool,
+}
+
 /// A readable line for an intersection's result.
 fn print_intersection(answer: &serde_json::Value) {
     let side = |s: &serde_json::Value| {
@@ -317,8 +326,12 @@ fn print_intersection(answer: &serde_json::Value) {
         side(&answer["client"]),
         side(&answer["server"])
     );
+    if let Some(party) = answer["intersection"]["kept_by"].as_str() {
+        println!("the intersection itself is kept by party {party}, which served the first side");
+    }
 }
 
+/// A readable summary of a training job's result.
 fn print_training(answer: &serde_json::Value) {
     let model = &answer["model"];
     let rounds = answer["rounds"].as_array().map_or(0, Vec::len);
@@ -616,11 +629,11 @@ pub(crate) async fn psi(
     config: &Path,
     client: &str,
     server: &str,
-    case_fold: bool,
-    rho: Option<f64>,
+    options: PsiOptions,
     json: bool,
     plaintext: bool,
 ) -> Result<()> {
+    let PsiOptions { case_fold, rho, intersection } = options;
     let side = |s: &str| -> Result<serde_json::Value> {
         let (dataset, key) = s
             .rsplit_once('.')
@@ -632,6 +645,9 @@ pub(crate) async fn psi(
     });
     if let Some(rho) = rho {
         spec["privacy"] = serde_json::json!({ "rho": rho });
+    }
+    if intersection {
+        spec["output"] = serde_json::json!("intersection");
     }
     let signer = signer(config)?;
     let mut jobs = JobsClient::new(channel(config, plaintext).await?);

@@ -122,6 +122,11 @@ enum Command {
         /// Release the size with discrete Gaussian noise at this zCDP ρ (a positive number).
         #[arg(long, value_parser = parse_rho, allow_hyphen_values = true)]
         rho: Option<f64>,
+        /// Also give the first side's party the intersection itself (its keys the other side
+        /// holds), which it keeps; the other side's policy must name it in
+        /// `reveal_membership_to`.
+        #[arg(long, conflicts_with = "rho")]
+        intersection: bool,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -441,9 +446,19 @@ async fn run(cli: Cli) -> Result<()> {
             }
             client::query(&config, &sql, options, json, dangerous_plaintext, require_all).await
         }
-        Command::Psi { client, server, config, case_fold, rho, json, dangerous_plaintext } => {
+        Command::Psi {
+            client,
+            server,
+            config,
+            case_fold,
+            rho,
+            intersection,
+            json,
+            dangerous_plaintext,
+        } => {
+            let options = client::PsiOptions { case_fold, rho, intersection };
             logging("warn");
-            client::psi(&config, &client, &server, case_fold, rho, json, dangerous_plaintext).await
+            client::psi(&config, &client, &server, options, json, dangerous_plaintext).await
         }
         Command::Jobs { config, json, dangerous_plaintext } => {
             logging("warn");

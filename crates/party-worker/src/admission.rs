@@ -107,6 +107,10 @@ pub enum Work {
         min_peer_keys: Option<u64>,
         /// The variance of the noise the client adds to the size, for a private release.
         noise_variance: Option<u64>,
+        /// Whether the client gets the intersection itself, not only its size.
+        intersection: bool,
+        /// At the server, the parties its policy lets learn which of its keys it holds.
+        reveal_to: Vec<String>,
     },
     /// Read a dataset's keys with their groups, or with their per-key aggregates, for a
     /// private join.
@@ -399,7 +403,9 @@ fn decide(
                 filtered: Vec::new(),
                 grouped: Vec::new(),
                 joined: vec![side.key.as_str()],
-                reveals_membership: false,
+                // Given its intersection, the client learns which of its keys the server holds.
+                reveals_membership: role == PsiSide::Server
+                    && spec.output == veil_analytics::PsiOutput::Intersection,
                 rho: spec.privacy.as_ref().map(|p| p.rho),
                 k_threshold: None,
                 today: situation.today,
@@ -410,6 +416,8 @@ fn decide(
             let work = Work::Psi {
                 noise_variance: spec.noise_variance(),
                 column: side.key.clone(),
+                intersection: spec.output == veil_analytics::PsiOutput::Intersection,
+                reveal_to: dataset.policy.reveal_membership_to.clone(),
                 min_peer_keys: dataset.policy.min_join_keys,
                 dataset: Box::new(dataset),
                 role,

@@ -80,6 +80,15 @@ pub(crate) enum Action {
     /// Encrypt a join's vectors in the background (a fresh Paillier key, an encryption per 14
     /// values of every key), then hand them to [`PartyJobs::encrypted`].
     Encrypt(Box<Encryption>),
+    /// Keep an intersection this party was given: its own keys that the other side holds.
+    KeepIntersection(Box<Intersection>),
+}
+
+/// An intersection a client party was given, for it to keep.
+pub(crate) struct Intersection {
+    pub(crate) job_id: String,
+    /// The keys, as normalised, in the order of its key set (zeroized when dropped).
+    pub(crate) keys: Zeroizing<Vec<String>>,
 }
 
 /// An admitted job's background work.
@@ -180,6 +189,8 @@ struct PsiExchange {
     /// vector for the round that sums the shares (and, at the group side, its keys are kept
     /// for the next value party's exchange).
     after: Option<Box<Accepted>>,
+    /// At a client given the intersection, its keys, to name the members at the end.
+    members_of: Option<veil_psi::KeySet>,
 }
 
 enum PsiMachine {
@@ -230,6 +241,9 @@ pub(crate) struct PsiKeys {
     pub(crate) noise_variance: Option<u64>,
     /// A join's side and shape (`side` is the client for the group side).
     pub(crate) join: Option<JoinKeys>,
+    /// An intersection whose client gets the intersection itself: at the server, the parties
+    /// its policy lets learn which of its keys it holds.
+    pub(crate) intersection: Option<Vec<String>>,
 }
 
 impl PsiKeys {
@@ -241,6 +255,7 @@ impl PsiKeys {
             case_fold: self.case_fold,
             min_peer_keys: self.min_peer_keys,
             noise_variance: self.noise_variance,
+            intersection: self.intersection.clone(),
             join: self.join.as_ref().map(|j| JoinKeys {
                 input: match &j.input {
                     JoinInput::Group(slots) => JoinInput::Group(slots.clone()),
@@ -706,7 +721,37 @@ impl PartyJobs {
             }
             kept
         });
-        let PsiKeys { side, keys, case_fold, min_peer_keys, noise_variance, join } = psi;
+        let PsiKeys { side, keys, case_fold, min_peer_keys, noise_variance, join, intersection } =
+            psi;
+        // An intersection given to its client: the server runs it only with a party its
+        // policy names; the client keeps its keys to name its members at the end.
+        if let (PsiSide::Server, Some(reveal_to)) = (side, &intersection) {
+            let name =
+                self.config.party_names.get(&peer.0).cloned().unwrap_or_else(|| peer.to_string());
+            if !reveal_to.contains(&name) {
+                let message = format!(
+                    "the intersection would tell party {name:?} which keys this party's dataset holds; its policy names {} in reveal_membership_to",
+                    if reveal_to.is_empty() {
+                        "no party".to_string()
+                    } else {
+                        reveal_to.join(", ")
+                    }
+                );
+                let job_hash = accepted.job_hash.clone();
+                self.leave_step(
+                    job_id,
+                    &job_hash,
+                    Decline::refused(Rule::RevealMembership, message),
+                );
+                return;
+            }
+        }
+        let members_of = (side == PsiSide::Client && intersection.is_some()).then(|| keys.clone());
+        let mode = if intersection.is_some() {
+            veil_psi::Mode::IntersectionToClient
+        } else {
+            veil_psi::Mode::SizeOnly
+        };
         let wanted = match side {
             PsiSide::Client => PsiRole::Client,
             PsiSide::Server => PsiRole::Server,
@@ -735,8 +780,7 @@ impl PartyJobs {
             return;
         }
         let policy = veil_psi::KeyPolicy { trim: true, case_fold };
-        let params = veil_psi::PsiParams::new(veil_psi::Session(session), veil_psi::Mode::SizeOnly)
-            .with_policy(policy);
+        let params = veil_psi::PsiParams::new(veil_psi::Session(session), mode).with_policy(policy);
         let mut rng = (self.rng)();
         let count = keys.len() as u64;
         let machine = match (side, join) {
@@ -768,8 +812,15 @@ impl PartyJobs {
         }
         match machine {
             Ok(Starting::Now(side)) => {
-                let exchange =
-                    PsiExchange { side, peer, session, min_peer_keys, noise_variance, after };
+                let exchange = PsiExchange {
+                    side,
+                    peer,
+                    session,
+                    min_peer_keys,
+                    noise_variance,
+                    after,
+                    members_of,
+                };
                 self.jobs.insert(job_id.clone(), JobState::Psi(Box::new(exchange)));
                 self.psi_flush(&job_id);
             }
@@ -806,8 +857,15 @@ impl PartyJobs {
         match built {
             Ok(value) => {
                 let side = PsiMachine::JoinValue(Box::new(value), count);
-                let exchange =
-                    PsiExchange { side, peer, session, min_peer_keys, noise_variance: None, after };
+                let exchange = PsiExchange {
+                    side,
+                    peer,
+                    session,
+                    min_peer_keys,
+                    noise_variance: None,
+                    after,
+                    members_of: None,
+                };
                 self.jobs.insert(job_id.clone(), JobState::Psi(Box::new(exchange)));
                 self.psi_flush(&job_id);
             }
@@ -1016,6 +1074,17 @@ impl PartyJobs {
             }
             _ => None,
         };
+        // An intersection given to its client: its own keys that the server holds.
+        let members = match (&exchange.side, &status, &exchange.members_of) {
+            (PsiMachine::Client(c, _), veil_psi::Status::Finished, Some(keys)) => {
+                c.output().and_then(|o| o.members()).map(|m| {
+                    let found: Vec<String> =
+                        m.iter().filter_map(|p| keys.get(p).map(str::to_string)).collect();
+                    Zeroizing::new(found)
+                })
+            }
+            _ => None,
+        };
         // A join's share of the per-group sums, for the round that adds them up.
         let share = match (&exchange.side, &status) {
             (PsiMachine::JoinGroup(g, _), veil_psi::Status::Finished) => {
@@ -1062,6 +1131,10 @@ impl PartyJobs {
                         }
                     }
                     self.jobs.insert(job_id.to_string(), JobState::Ready(accepted));
+                }
+                if let Some(keys) = members {
+                    let keep = Intersection { job_id: job_id.to_string(), keys };
+                    self.out.push_back(Action::KeepIntersection(Box::new(keep)));
                 }
                 if let Some((mut size, client_keys, server_keys, role)) = result {
                     // A private release: the client noises the size before it signs and
@@ -1886,6 +1959,7 @@ mod tests {
             min_peer_keys: None,
             noise_variance: None,
             join: None,
+            intersection: None,
         };
         let p = *p;
         let accepted = Accepted { psi: Some(psi), ..p.accepted };

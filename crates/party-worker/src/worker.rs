@@ -36,8 +36,8 @@ use crate::data::{
     load_keys, load_training,
 };
 use crate::jobs::{
-    Accepted, Action, Encrypted, Encryption, JobRecords, JoinInput, JoinKeys, PartyJobs,
-    Preparation, Prepared, PsiKeys, StepWork, Trained, TrainingJob,
+    Accepted, Action, Encrypted, Encryption, Intersection, JobRecords, JoinInput, JoinKeys,
+    PartyJobs, Preparation, Prepared, PsiKeys, StepWork, Trained, TrainingJob,
 };
 use crate::store::PartyStore;
 
@@ -264,6 +264,7 @@ impl Worker {
                 Action::Train(work) => train(config, *work, self.trained_tx.clone()),
                 Action::Continue(job_id) => self.continuing.push_back(job_id),
                 Action::Encrypt(work) => encrypt(*work, self.encrypted_tx.clone()),
+                Action::KeepIntersection(found) => keep_intersection(config, &found),
                 Action::Exit => {
                     // Let the transport deliver what was just sent, as a crashed process's
                     // kernel would, then vanish.
@@ -339,6 +340,51 @@ async fn send(tx: &mpsc::Sender<PartyEnvelope>, body: Body) -> Result<(), Status
         .map_err(|_| Status::unavailable("the stream to the coordinator closed"))
 }
 
+/// Where a party keeps the intersections it was given: beside its store.
+pub fn intersections_dir(config: &PartyConfig) -> std::path::PathBuf {
+    config.state.parent().unwrap_or(std::path::Path::new(".")).join("intersections")
+}
+
+/// Writes an intersection this party was given to `intersections/<job id>.csv` beside its
+/// store, one key per line under the header `key`, readable by its owner only; written to a
+/// temporary file and renamed, so a crash leaves no partial file under the final name.
+fn keep_intersection(config: &PartyConfig, found: &Intersection) {
+    let dir = intersections_dir(config);
+    let path = dir.join(format!("{}.csv", found.job_id));
+    let written = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{}.csv.tmp", found.job_id));
+        let mut text = String::from("key\n");
+        for k in found.keys.iter() {
+            let quoted = k.contains([',', '"', '\n', '\r']);
+            if quoted {
+                text.push('"');
+                text.push_str(&k.replace('"', "\"\""));
+                text.push('"');
+            } else {
+                text.push_str(k);
+            }
+            text.push('\n');
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    match written {
+        Ok(()) => {
+            tracing::info!(party = %config.name, job = %found.job_id, keys = found.keys.len(), path = %path.display(), "intersection kept")
+        }
+        Err(e) => {
+            tracing::error!(party = %config.name, job = %found.job_id, error = %e, "cannot keep the intersection")
+        }
+    }
+}
+
 /// Encrypts a join's vectors under a fresh Paillier key on the blocking pool (seconds per
 /// ten thousand keys), with randomness from the OS.
 fn encrypt(work: Encryption, done: mpsc::Sender<Encrypted>) {
@@ -395,7 +441,16 @@ fn prepare(config: &PartyConfig, preparation: Preparation, done: mpsc::Sender<Pr
                 let _ = done.send(Prepared { job_id, job_hash, result }).await;
             });
         }
-        Work::Psi { dataset, column, role, case_fold, min_peer_keys, noise_variance } => {
+        Work::Psi {
+            dataset,
+            column,
+            role,
+            case_fold,
+            min_peer_keys,
+            noise_variance,
+            intersection,
+            reveal_to,
+        } => {
             tokio::spawn(async move {
                 let loaded = tokio::task::spawn_blocking(move || {
                     let (keys, missing) =
@@ -424,6 +479,7 @@ fn prepare(config: &PartyConfig, preparation: Preparation, done: mpsc::Sender<Pr
                             min_peer_keys,
                             noise_variance,
                             join: None,
+                            intersection: intersection.then_some(reveal_to),
                         };
                         Ok(Accepted { psi: Some(psi), ..accepted })
                     }
@@ -472,6 +528,7 @@ fn prepare(config: &PartyConfig, preparation: Preparation, done: mpsc::Sender<Pr
                         min_peer_keys,
                         noise_variance: None,
                         join,
+                        intersection: None,
                     };
                     Ok::<_, Decline>(psi)
                 })

@@ -112,6 +112,11 @@ impl KeySet {
     }
 
     /// The normalised key at `position`.
+    /// The key at `position`, as normalised (keys are UTF-8 text).
+    pub fn get(&self, position: usize) -> Option<&str> {
+        (position < self.len()).then(|| std::str::from_utf8(self.key(position)).ok()).flatten()
+    }
+
     pub(crate) fn key(&self, position: usize) -> &[u8] {
         let start = if position == 0 { 0 } else { self.ends[position - 1] };
         &self.bytes[start..self.ends[position]]

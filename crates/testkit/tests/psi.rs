@@ -143,3 +143,49 @@ async fn a_noisy_size_is_near_the_true_one_and_charges_both_owners() {
     assert!(status.detail.contains("refused by rule budget"), "{}", status.detail);
     cluster.shutdown().await;
 }
+
+/// The intersection itself, to the client's party only, when the server's owner names that
+/// party: jfk keeps its tail numbers that the registry holds, in a file beside its store; the
+/// consumer gets the size. A registry whose policy names no one refuses such a job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_keeps_the_intersection_when_the_servers_owner_names_it() {
+    let open = "[datasets.policy]\njoin_keys = [\"tailnum\"]\nreveal_membership_to = [\"jfk\"]\n";
+    let parties = vec![
+        side("jfk", "jfk_flights", "flights/jfk.csv", JOIN),
+        side("registry", "planes", "flights/planes.csv", open),
+    ];
+    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let job = format!("{JOB}output = \"intersection\"\n");
+    let (status, result) = cluster.run_job(&job).await;
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
+    let answer: serde_json::Value = serde_json::from_str(&result.unwrap().answer_json).unwrap();
+    assert_eq!(answer["intersection"]["kept_by"], "jfk");
+    let expected: Vec<String> = tailnums("flights/jfk.csv")
+        .intersection(&tailnums("flights/planes.csv"))
+        .cloned()
+        .collect();
+    assert_eq!(answer["intersection_size"], expected.len() as u64);
+    let config = veil_testkit::cluster::party_config(&cluster.layout.party_configs[0]);
+    let file = veil_party_worker::worker::intersections_dir(&config)
+        .join(format!("{}.csv", status.job_id));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut kept: Vec<String> = text.lines().skip(1).map(str::to_string).collect();
+    kept.sort();
+    assert_eq!(kept, expected, "the file holds exactly the shared tail numbers");
+    // The registry's file holds nothing of jfk's: it kept no intersection.
+    let registry = veil_testkit::cluster::party_config(&cluster.layout.party_configs[1]);
+    assert!(!veil_party_worker::worker::intersections_dir(&registry).exists());
+    cluster.shutdown().await;
+
+    // A registry whose policy names no party refuses to give anyone the intersection.
+    let parties = vec![
+        side("jfk", "jfk_flights", "flights/jfk.csv", JOIN),
+        side("registry", "planes", "flights/planes.csv", JOIN),
+    ];
+    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let (status, _) = cluster.run_job(&job).await;
+    assert_eq!(status.state(), JobState::Failed, "{status:?}");
+    let refused = status.coverage.iter().find(|p| p.name == "registry").unwrap();
+    assert_eq!(refused.rule, "reveal-membership", "{refused:?}");
+    cluster.shutdown().await;
+}

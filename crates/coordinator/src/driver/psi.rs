@@ -63,6 +63,11 @@ pub(super) async fn intersect(
         "server": { "dataset": spec.server.dataset, "key": spec.server.key,
                     "party": server.0, "keys": c.server_keys },
     });
+    if spec.output == veil_analytics::PsiOutput::Intersection {
+        // The client's party kept the intersection; the consumer gets its size.
+        let kept_by = shared.party_name(client);
+        answer["intersection"] = serde_json::json!({ "kept_by": kept_by, "party": client.0 });
+    }
     if let (Some(privacy), Some(variance)) = (&spec.privacy, spec.noise_variance()) {
         // The client added discrete Gaussian noise of this variance to the size.
         answer["privacy"] = serde_json::json!({
