@@ -863,6 +863,14 @@ impl Layout {
         self.0.len
     }
 
+    /// For a differentially private job, one party's share of the noise over the whole
+    /// layout, as [`LocalAggregate::finish`] adds it (`None` for an exact job): what a party
+    /// adds whose vector does not come from its own rows (a join's shares).
+    pub fn noise(&self, noise_seed: [u8; 32]) -> Option<Vec<u64>> {
+        self.0.dp()?;
+        Some(self.0.aggregate(noise_seed).finish())
+    }
+
     /// Decodes the secure sum; see [`Plan::answer`].
     pub fn answer(
         &self,
@@ -959,12 +967,24 @@ impl LocalAggregate<'_> {
 
     /// The party's vector, ready to be masked; for differentially private jobs, with this
     /// party's share of the noise already added to every element.
-    pub fn finish(mut self) -> Vec<u64> {
+    pub fn finish(self) -> Vec<u64> {
+        self.finish_with(true)
+    }
+
+    /// The vector without noise: a join's per-key aggregate, whose party adds its share of the
+    /// noise once, to its share of the per-group sums ([`Layout::noise`]). Sums of a
+    /// differentially private job are in its sensitivity units, stochastically rounded.
+    pub fn finish_without_noise(self) -> Vec<u64> {
+        self.finish_with(false)
+    }
+
+    fn finish_with(mut self, noise: bool) -> Vec<u64> {
         let mut v = std::mem::take(&mut self.counts);
         let segment = self.plan.segment;
         let groups = self.plan.len / segment.max(1);
         let n = self.plan.columns.len();
-        if let (Some(rng), Some(dp)) = (&mut self.rng, self.plan.dp()) {
+        let dp = self.plan.dp().filter(|_| noise);
+        if let (Some(rng), Some(dp)) = (&mut self.rng, dp) {
             let unit = dp.party_variance(1);
             let wide = dp.party_variance(DP_UNITS);
             for g in 0..groups {

@@ -96,11 +96,6 @@ impl JoinSpec {
                 return invalid("the aggregate groups by the group side's column, and by it alone");
             }
         }
-        if self.aggregate.privacy.is_some() {
-            return invalid(
-                "a join's answer is exact with a k threshold; differential privacy on joins is not built",
-            );
-        }
         self.aggregate.check()
     }
 }

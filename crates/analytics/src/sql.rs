@@ -1543,14 +1543,15 @@ mod tests {
             let message = e(&sql);
             assert!(message.contains(why), "{sql}: {message}");
         }
-        // Differential privacy on joins is not built: said, not ignored.
+        // A private join carries its charge like any aggregate.
         let options = SqlOptions { rho: Some(0.5), ..SqlOptions::default() };
         let dp = plan_sql_job(
             &format!("SELECT COUNT(*) {base} GROUP BY r.manufacturer"),
             &[catalog(), planes()],
             &options,
         );
-        assert!(dp.unwrap_err().to_string().contains("differential privacy on joins is not built"));
+        let Ok(Job::Join(dp)) = dp else { panic!("{dp:?}") };
+        assert_eq!(dp.aggregate.privacy.map(|p| p.rho), Some(0.5));
     }
 
     #[test]

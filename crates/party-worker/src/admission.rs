@@ -127,6 +127,8 @@ pub enum Work {
         min_peer_keys: Option<u64>,
         /// Values per key and groups: the exchange's shape.
         shape: (u32, u32),
+        /// The answer's layout, for a differentially private join's noise.
+        answer: Box<veil_analytics::JobSpec>,
     },
 }
 
@@ -485,7 +487,7 @@ fn decide(
                     grouped: vec![column.column.as_str()],
                     joined: vec![key.as_str()],
                     reveals_membership: false,
-                    rho: None,
+                    rho: aggregate.privacy.as_ref().map(|p| p.rho),
                     k_threshold: aggregate.k_threshold,
                     today: situation.today,
                     uses: records.uses(&dataset.name).map_err(Decline::Fault)?,
@@ -509,7 +511,7 @@ fn decide(
                     grouped: Vec::new(),
                     joined: vec![key.as_str()],
                     reveals_membership: true,
-                    rho: None,
+                    rho: aggregate.privacy.as_ref().map(|p| p.rho),
                     k_threshold: aggregate.k_threshold,
                     today: situation.today,
                     uses: records.uses(&dataset.name).map_err(Decline::Fault)?,
@@ -525,6 +527,7 @@ fn decide(
                 side,
                 case_fold: spec.case_fold,
                 shape,
+                answer: Box::new(spec.aggregate.clone()),
             };
             Ok(admission(min_parties, Some(charge), work))
         }

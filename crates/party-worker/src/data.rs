@@ -550,12 +550,23 @@ pub fn aggregate_by_key(
         };
         per_key
             .entry(policy.normalise(&text).into_owned())
-            .or_insert_with(|| plan.aggregate([0; 32]))
+            .or_insert_with(|| {
+                // A private job's stochastic rounding draws from the OS, per key.
+                let mut seed = [0u8; 32];
+                if plan.dp().is_some() {
+                    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+                }
+                plan.aggregate(seed)
+            })
             .push_row(row)
             .map_err(|source| DataError::Aggregate { file: file.clone(), source })
     })?;
-    let (keys, vectors) =
-        per_key.into_iter().filter(|(_, a)| a.rows() > 0).map(|(k, a)| (k, a.finish())).unzip();
+    // No noise per key: the party adds its share of the noise once, to its share of the sums.
+    let (keys, vectors) = per_key
+        .into_iter()
+        .filter(|(_, a)| a.rows() > 0)
+        .map(|(k, a)| (k, a.finish_without_noise()))
+        .unzip();
     Ok(ValueKeys { keys, vectors, missing })
 }
 

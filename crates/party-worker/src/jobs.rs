@@ -228,6 +228,9 @@ pub(crate) struct JoinKeys {
     /// At the value side, the parties its dataset's policy lets learn which keys it holds
     /// (`reveal_membership_to`): the only ones it exchanges with.
     pub(crate) reveal_to: Vec<String>,
+    /// A differentially private join: this party's share of the noise over the answer's
+    /// layout, added to its share at the round.
+    pub(crate) noise: Option<Arc<Zeroizing<Vec<u64>>>>,
 }
 
 /// The keys a party brings to an intersection, and its side.
@@ -276,6 +279,7 @@ impl JoinKeys {
             shape: self.shape,
             peers: self.peers.clone(),
             reveal_to: self.reveal_to.clone(),
+            noise: self.noise.clone(),
         }
     }
 }
@@ -1230,11 +1234,23 @@ impl PartyJobs {
                 tracing::warn!(party = %self.config.name, job = %job_id, "round start for a job this party did not accept");
                 return false;
             };
+            let mut accepted = accepted;
             if let Some(join) = accepted.psi.as_ref().and_then(|p| p.join.as_ref()) {
                 if let Some(message) = self.join_round_problem(join, &start, accepted.min_parties) {
                     let job_hash = accepted.job_hash.clone();
                     self.leave_step(job_id, &job_hash, Decline::refused(Rule::Cohort, message));
                     return false;
+                }
+                // A private join: this party's share of the noise, added once, to what its
+                // exchanges left it.
+                if let Some(noise) = join.noise.clone() {
+                    if accepted.vector.len() != noise.len() {
+                        tracing::warn!(party = %self.config.name, job = %job_id, "a join's share and its noise differ in length; leaving the job");
+                        return false;
+                    }
+                    for (v, n) in accepted.vector.iter_mut().zip(noise.iter()) {
+                        *v = v.wrapping_add(*n);
+                    }
                 }
             }
             let Accepted { vector, min_parties, charge, keys, job_hash, .. } = *accepted;

@@ -489,7 +489,7 @@ fn prepare(config: &PartyConfig, preparation: Preparation, done: mpsc::Sender<Pr
                 let _ = done.send(Prepared { job_id, job_hash, result }).await;
             });
         }
-        Work::Join { dataset, key, side, case_fold, min_peer_keys, shape } => {
+        Work::Join { dataset, key, side, case_fold, min_peer_keys, shape, answer } => {
             let reveal_to = dataset.policy.reveal_membership_to.clone();
             tokio::spawn(async move {
                 let loaded = tokio::task::spawn_blocking(move || {
@@ -519,8 +519,15 @@ fn prepare(config: &PartyConfig, preparation: Preparation, done: mpsc::Sender<Pr
                     let keys = veil_psi::KeySet::new(policy, keys).map_err(|e| {
                         Decline::DataUnavailable(format!("dataset {name:?}, column {key:?}: {e}"))
                     })?;
+                    // A private join: this party's share of the noise, drawn now from the OS.
+                    let mut noise_seed = [0u8; 32];
+                    rand::rngs::OsRng.fill_bytes(&mut noise_seed);
+                    let noise = veil_analytics::Layout::new(&answer)
+                        .map_err(|e| Decline::Fault(format!("the join's layout: {e}")))?
+                        .noise(noise_seed)
+                        .map(|n| Arc::new(Zeroizing::new(n)));
                     let peers = Default::default();
-                    let join = Some(JoinKeys { input, shape, peers, reveal_to });
+                    let join = Some(JoinKeys { input, shape, peers, reveal_to, noise });
                     let psi = PsiKeys {
                         side: role,
                         keys,

@@ -214,3 +214,55 @@ async fn a_join_over_two_value_parties_is_refused_at_its_round() {
     assert!(status.detail.contains("2 value parties"), "{}", status.detail);
     cluster.shutdown().await;
 }
+
+/// A differentially private join: every party adds its share of the noise once, to its share
+/// of the per-group sums; the answer carries its privacy block, every group's flights within
+/// a few standard deviations of the pooled merge, and every owner is charged ρ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_join_is_noisy_around_the_pooled_merge_and_charges_every_owner() {
+    let parties = vec![
+        airport("jfk", "flights/jfk.csv"),
+        airport("ewr", "flights/ewr.csv"),
+        airport("lga", "flights/lga.csv"),
+        registry(),
+    ];
+    let cluster = Cluster::start(ClusterSpec { parties, ..ClusterSpec::named(&[]) }).await;
+    let private = job(5).replace("k_threshold = 5\n", "k_threshold = 5\nprivacy = { rho = 1.0 }\n");
+    let (status, result) = cluster.run_job(&private).await;
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
+    let answer: serde_json::Value = serde_json::from_str(&result.unwrap().answer_json).unwrap();
+    assert_eq!(answer["privacy"]["rho"], 1.0, "{answer}");
+    let expected = merged(&["flights/jfk.csv", "flights/ewr.csv", "flights/lga.csv"]);
+    let (mut compared, mut noisy) = (0, 0);
+    for g in answer["groups"].as_array().unwrap() {
+        let key = g["key"][0].as_str().unwrap();
+        let (Some(&(flights, _, _)), Some(rows)) = (expected.get(key), g["rows"].as_i64()) else {
+            continue;
+        };
+        let sd = g["columns"][0]["noise"]["count_ci95"].as_f64().unwrap() / 1.96;
+        assert!(sd > 0.0 && sd < 50.0, "{key}: sd {sd}");
+        assert!(
+            (rows - flights as i64).abs() as f64 <= 6.0 * sd,
+            "{key}: {rows} against {flights}"
+        );
+        compared += 1;
+        noisy += usize::from(rows != flights as i64);
+    }
+    assert!(compared >= 5, "{compared} groups compared");
+    // The noise is there: with a standard deviation of a few flights, every group exact would
+    // happen about once in ten thousand runs.
+    assert!(noisy > 0, "no group's count carries noise");
+    for (i, dataset) in [(0, "flights"), (1, "flights"), (2, "flights"), (3, "planes")] {
+        let dir = cluster.layout.party_configs[i].parent().unwrap().to_path_buf();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[0; 32]);
+        let store = veil_party_worker::store::PartyStore::open(
+            &dir.join("party-state.db"),
+            &format!("party {i}"),
+            key,
+        )
+        .unwrap();
+        let spent = veil_governance::budget::Ledger::spent(&store, dataset, "analyst").unwrap();
+        assert!((spent.total - 1.0).abs() < 1e-9, "party {i} spent {spent:?}");
+    }
+    cluster.shutdown().await;
+}
