@@ -174,6 +174,41 @@ async fn three_airports_grouped_by_the_registrys_manufacturer_equal_the_pooled_m
             "{needle} reached the coordinator"
         );
     }
+    // What each party receives from the others is what the coordinator relays: every exchange
+    // and round message. Not one tail number, nor one manufacturer's name, is in any of them.
+    use prost::Message as _;
+    let relayed: Vec<u8> = inbound
+        .iter()
+        .filter_map(|bytes| veil_proto::v1::PartyEnvelope::decode(bytes.as_slice()).ok())
+        .filter_map(|e| match e.body {
+            Some(veil_proto::v1::party_envelope::Body::Round(p)) => Some(p.message),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(relayed.len() > 512 * 1_000, "the exchanges were relayed: {} bytes", relayed.len());
+    // Every tail number (of five characters or more), looked up by length, and the
+    // manufacturers the job groups by.
+    let mut needles: BTreeMap<usize, std::collections::HashSet<&[u8]>> = BTreeMap::new();
+    for needle in planes.iter().map(|r| r[0].as_str()).chain(MAKERS) {
+        if needle.len() >= 5 {
+            needles.entry(needle.len()).or_default().insert(needle.as_bytes());
+        }
+    }
+    // Only positions holding a needle's first byte are looked at (a needle's first byte is a
+    // letter, one byte in a hundred of relayed ciphertext).
+    let first: std::collections::HashSet<u8> = needles.values().flatten().map(|n| n[0]).collect();
+    for (len, set) in &needles {
+        let found = (0..relayed.len().saturating_sub(len - 1))
+            .filter(|&i| first.contains(&relayed[i]))
+            .map(|i| &relayed[i..i + len])
+            .find(|w| set.contains(w));
+        assert!(
+            found.is_none(),
+            "{:?} reached a party through the relay",
+            found.map(String::from_utf8_lossy)
+        );
+    }
     cluster.shutdown().await;
 }
 
