@@ -530,3 +530,57 @@ fn veil_psi_counts_the_keys_two_parties_share() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("<dataset>.<key column>"));
 }
+
+/// The README's second example with real processes: three airports and the registry, and
+/// `veil query` with a JOIN grouped by the registry's manufacturer.
+#[test]
+fn veil_query_joins_three_airports_flights_with_the_registrys_manufacturers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("consortium");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let parties = "ewr,jfk,lga,registry";
+    let out = veil(&["init", root.to_str().unwrap(), "--parties", parties, "--listen", &listen]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let party = |name: &str| root.join("parties").join(name).join("party.toml");
+    for airport in ["ewr", "jfk", "lga"] {
+        let mut f = std::fs::OpenOptions::new().append(true).open(party(airport)).unwrap();
+        writeln!(
+            f,
+            "\n[[datasets]]\nname = \"flights\"\npath = {:?}\n\
+             columns = {{ tailnum = \"string\", dep_delay = \"float\" }}\n\
+             bounds = {{ dep_delay = [-60.0, 600.0] }}\n\
+             [datasets.policy]\njoin_keys = [\"tailnum\"]\nreveal_membership_to = [\"registry\"]",
+            repo(&format!("examples/data/flights/{airport}.csv")).display().to_string()
+        )
+        .unwrap();
+    }
+    let mut f = std::fs::OpenOptions::new().append(true).open(party("registry")).unwrap();
+    writeln!(
+        f,
+        "\n[[datasets]]\nname = \"planes\"\npath = {:?}\n\
+         columns = {{ tailnum = \"string\", manufacturer = \"string\" }}\n\
+         domains = {{ manufacturer = [\"BOEING\", \"AIRBUS\", \"AIRBUS INDUSTRIE\", \"EMBRAER\", \"BOMBARDIER INC\"] }}\n\
+         [datasets.policy]\njoin_keys = [\"tailnum\"]",
+        repo("examples/data/flights/planes.csv").display().to_string()
+    )
+    .unwrap();
+    drop(f);
+    let coordinator_toml = root.join("coordinator/coordinator.toml");
+    let _coordinator = spawn(&["coordinator", "--config", coordinator_toml.to_str().unwrap()]);
+    let _parties: Vec<_> = ["ewr", "jfk", "lga", "registry"]
+        .iter()
+        .map(|p| spawn(&["party", "--config", party(p).to_str().unwrap()]))
+        .collect();
+    let operator = root.join("consumers/operator/consumer.toml");
+    let analyst = root.join("consumers/analyst/consumer.toml");
+    wait_connected(operator.to_str().unwrap(), 4);
+    let sql = "SELECT r.manufacturer, COUNT(*) AS flights, AVG(f.dep_delay) FROM flights f \
+               JOIN planes r ON f.tailnum = r.tailnum GROUP BY r.manufacturer";
+    let out = veil(&["query", sql, "--k-threshold", "10", "--config", analyst.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for maker in ["BOEING", "AIRBUS INDUSTRIE", "EMBRAER", "(other)"] {
+        assert!(text.contains(maker), "{maker} missing from:\n{text}");
+    }
+    assert!(text.contains("flights"), "{text}");
+}
