@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use ndarray::Array2;
+use veil_learning::encode::Cell;
 use veil_learning::export::{MAX_FILE_BYTES, ModelFile};
 use veil_learning::model::classes_of;
 
@@ -22,8 +23,10 @@ pub(crate) fn predict(model: &Path, data: &Path, out: &mut impl Write) -> Result
     let mut reader =
         csv::Reader::from_path(data).with_context(|| format!("opening {}", data.display()))?;
     let headers = reader.headers().with_context(|| format!("reading {}", data.display()))?.clone();
-    let columns: Vec<usize> = file
-        .features
+    // The raw columns the inputs come from: the encoded feature columns, or the inputs
+    // themselves.
+    let raw = file.encode.as_ref().map_or(&file.features, |e| &e.columns);
+    let columns: Vec<usize> = raw
         .iter()
         .map(|f| {
             headers.iter().position(|h| h == f).with_context(|| {
@@ -39,13 +42,32 @@ pub(crate) fn predict(model: &Path, data: &Path, out: &mut impl Write) -> Result
     let mut header = vec!["prediction".to_string()];
     header.extend((0..classes.unwrap_or(0)).map(|c| format!("p_{c}")));
     w.write_record(&header)?;
-    let mut values = Vec::with_capacity(CHUNK * columns.len());
+    let width = file.features.len();
+    let mut values = Vec::with_capacity(CHUNK * width);
     let mut records = reader.records().enumerate().peekable();
     while records.peek().is_some() {
         values.clear();
         for (i, record) in records.by_ref().take(CHUNK) {
             let line = i + 2;
             let record = record.with_context(|| format!("{} line {line}", data.display()))?;
+            if let Some(e) = &file.encode {
+                // The job's encoding, as the parties computed it.
+                let cells: Vec<Cell<'_>> = columns
+                    .iter()
+                    .map(|&c| {
+                        let field = record.get(c).unwrap_or("").trim();
+                        match field.parse::<f64>() {
+                            _ if field.is_empty() => Cell::Null,
+                            Ok(v) if v.is_finite() => Cell::Number(v),
+                            _ => Cell::Text(field),
+                        }
+                    })
+                    .collect();
+                e.encoding
+                    .push_inputs(&e.columns, &cells, &mut values)
+                    .with_context(|| format!("{} line {line}", data.display()))?;
+                continue;
+            }
             for (&c, name) in columns.iter().zip(&file.features) {
                 let field = record.get(c).unwrap_or("");
                 if field.is_empty() {
@@ -66,9 +88,8 @@ pub(crate) fn predict(model: &Path, data: &Path, out: &mut impl Write) -> Result
                 values.push(v);
             }
         }
-        let rows = values.len() / columns.len();
-        let x =
-            Array2::from_shape_vec((rows, columns.len()), values.clone()).context("row shapes")?;
+        let rows = values.len() / width;
+        let x = Array2::from_shape_vec((rows, width), values.clone()).context("row shapes")?;
         let p = file.score(x)?;
         match classes {
             None => {
@@ -89,4 +110,75 @@ pub(crate) fn predict(model: &Path, data: &Path, out: &mut impl Write) -> Result
     }
     w.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use veil_learning::encode::{Cell, Encoding};
+    use veil_learning::export::{FileEncoding, Provenance};
+    use veil_learning::model::{Model, ModelSpec};
+
+    use super::*;
+
+    /// A model trained on encoded inputs scores raw rows (text, missing values) through the
+    /// encoding its file carries, exactly as the inputs encoded by hand score.
+    #[test]
+    fn an_encoded_model_scores_raw_rows_with_its_encoding() {
+        let columns = vec!["dest".to_string(), "delay".to_string()];
+        let mut categorical = BTreeMap::new();
+        categorical.insert("dest".to_string(), vec!["ATL".to_string(), "LAX".to_string()]);
+        let encoding = Encoding {
+            categorical,
+            missing_indicator: vec!["delay".into()],
+            ..Encoding::default()
+        };
+        let inputs = encoding.inputs(&columns);
+        let parameters = vec![0.5, -1.0, 2.0, 0.25, 0.1, -0.3, 0.05];
+        let model = Model::from_parameters(ModelSpec::LogisticRegression, inputs.len(), parameters)
+            .unwrap();
+        let provenance = Provenance {
+            dataset: "flights".into(),
+            rounds: 1,
+            strategy: String::new(),
+            parties: 3,
+            epsilon: None,
+            delta: None,
+            metrics: Vec::new(),
+        };
+        let mut file = ModelFile::new(&model, inputs, "late".into(), None, provenance).unwrap();
+        file.encode = Some(FileEncoding { columns: columns.clone(), encoding: encoding.clone() });
+        let dir = tempfile::tempdir().unwrap();
+        let (model_path, data_path) = (dir.path().join("m.json"), dir.path().join("rows.csv"));
+        std::fs::write(&model_path, file.to_json()).unwrap();
+        std::fs::write(&data_path, "dest,delay,other\nLAX,12,x\nSEA,,y\nATL,-3,z\n").unwrap();
+        let mut out = Vec::new();
+        predict(&model_path, &data_path, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        // The same rows encoded by hand.
+        let rows = [
+            [Cell::Text("LAX"), Cell::Number(12.0)],
+            [Cell::Text("SEA"), Cell::Null],
+            [Cell::Text("ATL"), Cell::Number(-3.0)],
+        ];
+        let mut x = Vec::new();
+        for r in &rows {
+            encoding.push_inputs(&columns, r, &mut x).unwrap();
+        }
+        let x = Array2::from_shape_vec((3, 6), x).unwrap();
+        let p = file.score(x).unwrap();
+        for (line, row) in lines[1..].iter().zip(p.rows()) {
+            // Probabilities are written with six decimals.
+            let p1: f64 = line.split(',').nth(2).unwrap().parse().unwrap();
+            assert!((p1 - row[0]).abs() < 1e-6, "{line} against {row}");
+        }
+        // A row the encoding cannot take names its line and column.
+        std::fs::write(&data_path, "dest,delay\nLAX,late\n").unwrap();
+        let err = predict(&model_path, &data_path, &mut Vec::new()).unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("line 2") && message.contains("delay"), "{message}");
+    }
 }

@@ -71,6 +71,19 @@ pub struct ModelFile {
     pub parameters: Vec<f64>,
     /// How it was trained.
     pub provenance: Provenance,
+    /// How rows' raw columns become the inputs (`features` names the inputs then): absent
+    /// when every input is a numeric column of that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encode: Option<FileEncoding>,
+}
+
+/// The feature columns a model file's inputs come from, and how.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileEncoding {
+    /// The raw feature columns, in the job's order.
+    pub columns: Vec<String>,
+    /// The encoding.
+    pub encoding: crate::encode::Encoding,
 }
 
 impl ModelFile {
@@ -116,6 +129,7 @@ impl ModelFile {
             layers,
             parameters: model.parameters.clone(),
             provenance,
+            encode: None,
         };
         file.check()?;
         Ok(file)
@@ -157,6 +171,14 @@ impl ModelFile {
             });
         if !consistent {
             return Err(Error::Shape("the layer shapes do not match the model".into()));
+        }
+        if let Some(e) = &self.encode {
+            e.encoding.validate(&e.columns, &self.label)?;
+            if e.encoding.inputs(&e.columns) != self.features {
+                return Err(Error::Shape(
+                    "the encoding of the feature columns does not give the model's inputs".into(),
+                ));
+            }
         }
         if let Some(s) = &self.standardizer {
             let ok = s.mean.len() == self.features.len()

@@ -22,6 +22,7 @@ use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use veil_protocol::fixed_point::{WIDE_LIMBS, decode_wide, encode_wide};
 
+use crate::encode::Encoding;
 use crate::eval::{EvalCounts, Metrics};
 use crate::export::{ModelFile, Provenance};
 use crate::model::{Model, ModelSpec, check_labels};
@@ -84,8 +85,12 @@ pub struct TrainSpec {
     /// Feature columns, in the model's input order.
     pub features: Vec<String>,
     /// The label column: class indices `0..classes` (0 and 1 for logistic regression), or the
-    /// real target of linear regression.
+    /// real target of linear regression; or text mapped to classes by `encode.label`.
     pub label: String,
+    /// How the parties turn the feature columns into the model's inputs (categorical one-hot,
+    /// missing-value indicators) and a text label into classes.
+    #[serde(default, skip_serializing_if = "Encoding::is_empty")]
+    pub encode: Encoding,
     /// What the model is for, checked against the parties' policies.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub purpose: String,
@@ -254,6 +259,13 @@ impl TrainSpec {
                 ));
             }
         }
+        self.encode.validate(&self.features, &self.label)?;
+        if self.inputs().len() > MAX_FEATURES {
+            return bad(format!(
+                "the features encode into {} inputs; at most {MAX_FEATURES}",
+                self.inputs().len()
+            ));
+        }
         if self.rounds == 0 || self.rounds > MAX_ROUNDS {
             return bad(format!("rounds must be 1 to {MAX_ROUNDS}, not {}", self.rounds));
         }
@@ -274,13 +286,13 @@ impl TrainSpec {
         }
         self.local.validate()?;
         self.strategy.validate()?;
-        let parameters = self.model.parameter_count(self.features.len())?;
+        let parameters = self.model.parameter_count(self.inputs().len())?;
         if parameters > MAX_JOB_PARAMETERS {
             return bad(format!(
                 "the model has {parameters} parameters; a training job's model has at most {MAX_JOB_PARAMETERS}"
             ));
         }
-        let widest = self.model.widths(self.features.len()).into_iter().max().unwrap_or(1);
+        let widest = self.model.widths(self.inputs().len()).into_iter().max().unwrap_or(1);
         if self.local.batch_size > MAX_BATCH || self.local.batch_size * widest > MAX_ACTIVATIONS {
             return bad(format!(
                 "batch_size {} is too large for layers {widest} wide: at most {MAX_BATCH} rows and {MAX_ACTIVATIONS} activations per batch",
@@ -320,7 +332,7 @@ impl TrainSpec {
             Strategy::FedAdam(_) | Strategy::FedYogi(_) => 3,
             Strategy::FedAvg | Strategy::FedProx { .. } => 1,
         };
-        Ok(copies * self.parameters()? as u64 + 2 * self.features.len() as u64)
+        Ok(copies * self.parameters()? as u64 + 2 * self.inputs().len() as u64)
     }
 
     /// The DP-FedAvg settings, when the job is differentially private.
@@ -333,9 +345,15 @@ impl TrainSpec {
         })
     }
 
+    /// The model's inputs, named, in order: the features as `encode` turns them into numbers
+    /// (a plain numeric feature is one input).
+    pub fn inputs(&self) -> Vec<String> {
+        self.encode.inputs(&self.features)
+    }
+
     /// Parameters of the model.
     pub fn parameters(&self) -> Result<usize> {
-        self.model.parameter_count(self.features.len())
+        self.model.parameter_count(self.inputs().len())
     }
 
     /// The rounds that will run: all of them, or under DP as many as the budget pays for.
@@ -404,7 +422,7 @@ impl TrainSpec {
     /// The length of a step's vector.
     pub fn vector_len(&self, step: Step) -> Result<usize> {
         Ok(match step {
-            Step::Moments => WIDE_LIMBS * (1 + 2 * self.features.len()),
+            Step::Moments => WIDE_LIMBS * (1 + 2 * self.inputs().len()),
             Step::Train { .. } => {
                 let update = UpdateEncoding::len(self.parameters()?);
                 let update = if self.privacy.is_some() { update - 1 } else { update };
@@ -447,13 +465,13 @@ impl LocalData {
     /// label) into training and held-out rows by a seeded hash of the row's position, and
     /// checks the labels against the model.
     pub fn new(spec: &TrainSpec, x: Array2<f64>, y: Array1<f64>) -> Result<Self> {
-        if x.ncols() != spec.features.len() || x.nrows() != y.len() {
+        let inputs = spec.inputs().len();
+        if x.ncols() != inputs || x.nrows() != y.len() {
             return Err(Error::Shape(format!(
-                "{} rows of {} features and {} labels for a job of {} features",
+                "{} rows of {} inputs and {} labels for a job of {inputs} inputs",
                 x.nrows(),
                 x.ncols(),
                 y.len(),
-                spec.features.len()
             )));
         }
         if x.nrows() > MAX_ROWS {
@@ -521,7 +539,7 @@ pub fn party_vector(
         Ok(e)
     };
     let model = || {
-        Model::from_parameters(spec.model.clone(), spec.features.len(), input.parameters.to_vec())
+        Model::from_parameters(spec.model.clone(), spec.inputs().len(), input.parameters.to_vec())
     };
     let vector = match input.step {
         Step::Moments => encode_exact(
@@ -749,7 +767,7 @@ impl Training {
     pub fn new(spec: &TrainSpec) -> Result<Self> {
         spec.validate()?;
         let mut rng = ChaCha20Rng::seed_from_u64(spec.seed);
-        let model = Model::new(spec.model.clone(), spec.features.len(), &mut rng)?;
+        let model = Model::new(spec.model.clone(), spec.inputs().len(), &mut rng)?;
         let accountant = match (&spec.privacy, spec.dp()) {
             (Some(p), Some(dp)) => {
                 Some(Accountant::new(dp.rho_per_round(spec.parameters()?)?, p.rho, p.delta)?)
@@ -920,13 +938,20 @@ impl Training {
             delta: spec.privacy.as_ref().map(|p| p.delta),
             metrics: named,
         };
-        ModelFile::new(
+        let mut file = ModelFile::new(
             &self.server.model,
-            spec.features.clone(),
+            spec.inputs(),
             spec.label.clone(),
             if spec.standardize { self.standardizer.clone() } else { None },
             provenance,
-        )
+        )?;
+        if !spec.encode.is_empty() {
+            file.encode = Some(crate::export::FileEncoding {
+                columns: spec.features.clone(),
+                encoding: spec.encode.clone(),
+            });
+        }
+        Ok(file)
     }
 }
 
@@ -941,6 +966,7 @@ mod tests {
             dataset: "d".into(),
             features: vec!["a".into(), "b".into()],
             label: "y".into(),
+            encode: Encoding::default(),
             purpose: String::new(),
             model: ModelSpec::LogisticRegression,
             strategy: Strategy::FedAvg,

@@ -8,6 +8,7 @@
 //! [`privacy`] holds DP-FedAvg's clipping and distributed noise, the accountant and cohort
 //! sampling.
 
+pub mod encode;
 pub mod eval;
 pub mod export;
 pub mod job;

@@ -303,8 +303,8 @@ fn decide(
                 )));
             }
             let declared = if spec.standardizes_by_bounds() {
-                let bounds: Option<Vec<(f64, f64)>> =
-                    spec.features.iter().map(|f| dataset.bounds.get(f).copied()).collect();
+                let bounds =
+                    spec.encode.input_bounds(&spec.features, |f| dataset.bounds.get(f).copied());
                 match bounds.map(|b| Standardizer::from_bounds(&b)) {
                     Some(Ok(s)) => Some(s),
                     _ => {

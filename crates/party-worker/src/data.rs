@@ -578,6 +578,65 @@ pub fn load_training(
     features: &[String],
     label: &str,
 ) -> Result<(ndarray::Array2<f64>, ndarray::Array1<f64>), DataError> {
+    load_encoded(dataset, features, label, &veil_learning::encode::Encoding::default())
+}
+
+/// As [`load_training`], the feature columns turned into the model's inputs and the label into
+/// classes by the job's `encoding` (categorical one-hot, missing-value indicators, a text
+/// label's classes); a cell the encoding cannot take is an error naming its row and column,
+/// never its value.
+pub fn load_encoded(
+    dataset: &DatasetConfig,
+    features: &[String],
+    label: &str,
+    encoding: &veil_learning::encode::Encoding,
+) -> Result<(ndarray::Array2<f64>, ndarray::Array1<f64>), DataError> {
+    use veil_learning::encode::Cell;
+    if !encoding.is_empty() {
+        let file = dataset.path.display().to_string();
+        let schema = dataset.schema();
+        let mut needed = Vec::new();
+        for name in features.iter().map(String::as_str).chain([label]) {
+            let index = schema.columns.iter().position(|(c, _)| c == name).ok_or_else(|| {
+                DataError::MissingColumn { file: file.clone(), column: name.to_string() }
+            })?;
+            needed.push(index);
+        }
+        let width = encoding.inputs(features).len();
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        let row = |values: &[Value<'_>], line: u64| -> Result<(), DataError> {
+            if y.len() >= MAX_TRAINING_ROWS || x.len() + width > MAX_TRAINING_CELLS {
+                return Err(DataError::Read {
+                    file: file.clone(),
+                    message: format!(
+                        "more rows than a training job holds in memory (at most {MAX_TRAINING_ROWS} rows and {MAX_TRAINING_CELLS} inputs)"
+                    ),
+                });
+            }
+            let cell = |index: usize| match values[index] {
+                Value::Null => Cell::Null,
+                Value::Number(v) => Cell::Number(v),
+                Value::Text(t) => Cell::Text(t),
+            };
+            let cells: Vec<Cell<'_>> = needed[..features.len()].iter().map(|&i| cell(i)).collect();
+            let failed = |e: veil_learning::Error| DataError::Read {
+                file: file.clone(),
+                message: format!("row {line}: {e}"),
+            };
+            encoding.push_inputs(features, &cells, &mut x).map_err(failed)?;
+            y.push(encoding.label_of(label, cell(needed[features.len()])).map_err(failed)?);
+            Ok(())
+        };
+        if is_parquet(dataset) {
+            scan_parquet(dataset, &needed, row)?
+        } else {
+            scan_csv(dataset, &needed, row)?
+        }
+        let rows = y.len();
+        let x = ndarray::Array2::from_shape_vec((rows, width), x)
+            .map_err(|e| DataError::Read { file: file.clone(), message: e.to_string() })?;
+        return Ok((x, ndarray::Array1::from(y)));
+    }
     let file = dataset.path.display().to_string();
     let schema = dataset.schema();
     let mut needed = Vec::new();

@@ -1604,7 +1604,7 @@ impl PartyJobs {
         }
         let standardizer = if spec.standardize && step != Step::Moments {
             let s = Standardizer { mean: start.mean.clone(), scale: start.scale.clone() };
-            let features = spec.features.len();
+            let features = spec.inputs().len();
             if s.mean.len() != features
                 || s.scale.len() != features
                 || s.mean.iter().any(|m| !m.is_finite())

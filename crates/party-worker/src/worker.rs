@@ -32,8 +32,8 @@ use zeroize::Zeroizing;
 use crate::admission::{JoinSide, PsiSide, Work};
 use crate::config::PartyConfig;
 use crate::data::{
-    GroupKeys, ValueKeys, aggregate_by_key, aggregate_file, aggregate_postgres, load_groups,
-    load_keys, load_training,
+    GroupKeys, ValueKeys, aggregate_by_key, aggregate_file, aggregate_postgres, load_encoded,
+    load_groups, load_keys,
 };
 use crate::jobs::{
     Accepted, Action, Encrypted, Encryption, Intersection, JobRecords, JoinInput, JoinKeys,
@@ -420,7 +420,7 @@ fn prepare(config: &PartyConfig, preparation: Preparation, done: mpsc::Sender<Pr
             let hash = job_hash.clone();
             tokio::spawn(async move {
                 let loaded = tokio::task::spawn_blocking(move || {
-                    let (x, y) = load_training(&dataset, &spec.features, &spec.label)
+                    let (x, y) = load_encoded(&dataset, &spec.features, &spec.label, &spec.encode)
                         .map_err(|e| unreadable(&dataset.name, &e))?;
                     let data = LocalData::new(&spec, x, y).map_err(|e| {
                         Decline::DataUnavailable(format!(

@@ -327,16 +327,17 @@ fn declared_standardizer(shared: &Shared, spec: &TrainSpec) -> Result<Standardiz
     let catalog = catalogs.iter().find(|c| c.name == spec.dataset).ok_or_else(|| {
         End::training(format!("no connected party announces dataset {:?}", spec.dataset))
     })?;
+    let bounds_of = |f: &str| catalog.columns.iter().find(|c| c.name == f).and_then(|c| c.bounds);
+    // Categorical features' inputs lie in [0, 1]; every numeric one needs declared bounds.
+    let numeric = spec.features.iter().filter(|f| !spec.encode.categorical.contains_key(*f));
+    if let Some(f) = numeric.clone().find(|f| bounds_of(f).is_none()) {
+        return Err(End::training(format!(
+            "a differentially private job standardises with declared bounds, and feature {f:?} has none: declare its bounds at the parties or set standardize = false"
+        )));
+    }
     let bounds = spec
-        .features
-        .iter()
-        .map(|f| {
-            catalog.columns.iter().find(|c| &c.name == f).and_then(|c| c.bounds).ok_or_else(|| {
-                End::training(format!(
-                    "a differentially private job standardises with declared bounds, and feature {f:?} has none: declare its bounds at the parties or set standardize = false"
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .encode
+        .input_bounds(&spec.features, bounds_of)
+        .ok_or_else(|| End::training("a feature without declared bounds"))?;
     Standardizer::from_bounds(&bounds).map_err(|e| End::training(e.to_string()))
 }
