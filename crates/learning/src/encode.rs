@@ -45,6 +45,10 @@ pub struct Encoding {
     /// A text (or numeric) label mapped to classes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<LabelMap>,
+    /// Clip every numeric feature to the bounds its party declares for it (each party must
+    /// declare them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clip_to_bounds: bool,
 }
 
 /// A label's classes: `positive = "bad"` (class 1 for that value, 0 for any other), or
@@ -70,7 +74,15 @@ impl Encoding {
     /// Whether the encoding changes nothing (every feature numeric and complete, a numeric
     /// label).
     pub fn is_empty(&self) -> bool {
-        self.categorical.is_empty() && self.missing_indicator.is_empty() && self.label.is_none()
+        self.categorical.is_empty()
+            && self.missing_indicator.is_empty()
+            && self.label.is_none()
+            && !self.clip_to_bounds
+    }
+
+    /// The numeric features (those not categorical).
+    pub fn numeric<'a>(&'a self, features: &'a [String]) -> impl Iterator<Item = &'a String> {
+        features.iter().filter(|f| !self.categorical.contains_key(*f))
     }
 
     /// Checks the encoding against the job's features and label.

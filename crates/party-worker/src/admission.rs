@@ -302,6 +302,16 @@ fn decide(
                     dataset.name
                 )));
             }
+            if spec.encode.clip_to_bounds {
+                if let Some(f) =
+                    spec.encode.numeric(&spec.features).find(|f| !dataset.bounds.contains_key(*f))
+                {
+                    return Err(Decline::DataUnavailable(format!(
+                        "the job clips features to their declared bounds, and dataset {:?} declares none for {f:?}",
+                        dataset.name
+                    )));
+                }
+            }
             let declared = if spec.standardizes_by_bounds() {
                 let bounds =
                     spec.encode.input_bounds(&spec.features, |f| dataset.bounds.get(f).copied());

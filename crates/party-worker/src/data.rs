@@ -618,7 +618,17 @@ pub fn load_encoded(
                 Value::Number(v) => Cell::Number(v),
                 Value::Text(t) => Cell::Text(t),
             };
-            let cells: Vec<Cell<'_>> = needed[..features.len()].iter().map(|&i| cell(i)).collect();
+            let mut cells: Vec<Cell<'_>> =
+                needed[..features.len()].iter().map(|&i| cell(i)).collect();
+            if encoding.clip_to_bounds {
+                for (c, f) in cells.iter_mut().zip(features) {
+                    if let (Cell::Number(x), Some((lo, hi))) = (*c, dataset.bounds.get(f)) {
+                        if !encoding.categorical.contains_key(f) {
+                            *c = Cell::Number(x.clamp(*lo, *hi));
+                        }
+                    }
+                }
+            }
             let failed = |e: veil_learning::Error| DataError::Read {
                 file: file.clone(),
                 message: format!("row {line}: {e}"),
@@ -899,5 +909,27 @@ mod tests {
         }
         let e = load_training(&d, &["missing".to_string()], "n").unwrap_err().to_string();
         assert!(e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn encoded_training_rows_clip_to_declared_bounds_and_index_text_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = dataset(dir.path(), "x,n\n1.5,2\n250,1\n-9,0\n");
+        d.bounds.insert("x".into(), (0.0, 100.0));
+        let encoding = veil_learning::encode::Encoding {
+            clip_to_bounds: true,
+            label: Some(veil_learning::encode::LabelMap {
+                positive: None,
+                classes: Some(vec!["0".into(), "1".into(), "2".into()]),
+            }),
+            ..Default::default()
+        };
+        let (x, y) = load_encoded(&d, &["x".to_string()], "n", &encoding).unwrap();
+        assert_eq!(x.as_slice().unwrap(), &[1.5, 100.0, 0.0][..]);
+        assert_eq!(y.as_slice().unwrap(), &[2.0, 1.0, 0.0][..]);
+        // Without the bounds, nothing is clipped.
+        d.bounds.clear();
+        let (x, _) = load_encoded(&d, &["x".to_string()], "n", &encoding).unwrap();
+        assert_eq!(x.as_slice().unwrap(), &[1.5, 250.0, -9.0][..]);
     }
 }
