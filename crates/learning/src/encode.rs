@@ -259,6 +259,7 @@ mod tests {
             categorical,
             missing_indicator: vec!["income".into()],
             label: Some(LabelMap { positive: Some("bad".into()), classes: None }),
+            clip_to_bounds: false,
         };
         (e, vec!["age".into(), "purpose".into(), "income".into()])
     }
