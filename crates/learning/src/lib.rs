@@ -14,6 +14,7 @@ pub mod export;
 pub mod job;
 pub mod model;
 pub mod privacy;
+pub mod rdp;
 pub mod strategy;
 pub mod train;
 
