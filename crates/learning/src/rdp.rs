@@ -31,7 +31,8 @@ fn log_add(a: f64, b: f64) -> f64 {
 /// ε_α of one step of the Poisson-subsampled Gaussian with sampling rate `q` and noise
 /// multiplier `sigma`, at integer order `alpha ≥ 2`.
 pub fn step_rdp(q: f64, sigma: f64, alpha: u32) -> Result<f64> {
-    if !(0.0..=1.0).contains(&q) || !(sigma.is_finite() && sigma > 0.0) || alpha < 2 {
+    let sampled_gaussian = (0.0..=1.0).contains(&q) && sigma.is_finite() && sigma > 0.0;
+    if !sampled_gaussian || alpha < 2 {
         return Err(Error::Settings(format!(
             "the sampled Gaussian needs 0 ≤ q ≤ 1, σ > 0 and an order of at least 2 (q = {q}, σ = {sigma}, α = {alpha})"
         )));
