@@ -42,6 +42,18 @@ pub enum DataError {
         /// What was expected.
         expected: &'static str,
     },
+    /// A training row the job's encoding cannot take (a missing value without an indicator,
+    /// text in a numeric feature, a label outside its classes); the message names the column,
+    /// never the value.
+    #[error("{file}, row {row}: {message}")]
+    Encoding {
+        /// The file.
+        file: String,
+        /// Line number.
+        row: u64,
+        /// Why, naming the column.
+        message: String,
+    },
     /// The rows do not fit the job.
     #[error("{file}: {source}")]
     Aggregate {
@@ -67,6 +79,9 @@ impl DataError {
                 format!(
                     "dataset {dataset:?}, row {row}, column {column:?}: the value is not {expected}"
                 )
+            }
+            DataError::Encoding { row, message, .. } => {
+                format!("dataset {dataset:?}, row {row}: {message}")
             }
             DataError::Aggregate { source, .. } => format!("dataset {dataset:?}: {source}"),
         }
@@ -583,8 +598,8 @@ pub fn load_training(
 
 /// As [`load_training`], the feature columns turned into the model's inputs and the label into
 /// classes by the job's `encoding` (categorical one-hot, missing-value indicators, a text
-/// label's classes); a cell the encoding cannot take is an error naming its row and column,
-/// never its value.
+/// label's classes, clipping to declared bounds); a cell the encoding cannot take is an error
+/// naming its row and column, never its value.
 pub fn load_encoded(
     dataset: &DatasetConfig,
     features: &[String],
@@ -592,61 +607,6 @@ pub fn load_encoded(
     encoding: &veil_learning::encode::Encoding,
 ) -> Result<(ndarray::Array2<f64>, ndarray::Array1<f64>), DataError> {
     use veil_learning::encode::Cell;
-    if !encoding.is_empty() {
-        let file = dataset.path.display().to_string();
-        let schema = dataset.schema();
-        let mut needed = Vec::new();
-        for name in features.iter().map(String::as_str).chain([label]) {
-            let index = schema.columns.iter().position(|(c, _)| c == name).ok_or_else(|| {
-                DataError::MissingColumn { file: file.clone(), column: name.to_string() }
-            })?;
-            needed.push(index);
-        }
-        let width = encoding.inputs(features).len();
-        let (mut x, mut y) = (Vec::new(), Vec::new());
-        let row = |values: &[Value<'_>], line: u64| -> Result<(), DataError> {
-            if y.len() >= MAX_TRAINING_ROWS || x.len() + width > MAX_TRAINING_CELLS {
-                return Err(DataError::Read {
-                    file: file.clone(),
-                    message: format!(
-                        "more rows than a training job holds in memory (at most {MAX_TRAINING_ROWS} rows and {MAX_TRAINING_CELLS} inputs)"
-                    ),
-                });
-            }
-            let cell = |index: usize| match values[index] {
-                Value::Null => Cell::Null,
-                Value::Number(v) => Cell::Number(v),
-                Value::Text(t) => Cell::Text(t),
-            };
-            let mut cells: Vec<Cell<'_>> =
-                needed[..features.len()].iter().map(|&i| cell(i)).collect();
-            if encoding.clip_to_bounds {
-                for (c, f) in cells.iter_mut().zip(features) {
-                    if let (Cell::Number(x), Some((lo, hi))) = (*c, dataset.bounds.get(f)) {
-                        if !encoding.categorical.contains_key(f) {
-                            *c = Cell::Number(x.clamp(*lo, *hi));
-                        }
-                    }
-                }
-            }
-            let failed = |e: veil_learning::Error| DataError::Read {
-                file: file.clone(),
-                message: format!("row {line}: {e}"),
-            };
-            encoding.push_inputs(features, &cells, &mut x).map_err(failed)?;
-            y.push(encoding.label_of(label, cell(needed[features.len()])).map_err(failed)?);
-            Ok(())
-        };
-        if is_parquet(dataset) {
-            scan_parquet(dataset, &needed, row)?
-        } else {
-            scan_csv(dataset, &needed, row)?
-        }
-        let rows = y.len();
-        let x = ndarray::Array2::from_shape_vec((rows, width), x)
-            .map_err(|e| DataError::Read { file: file.clone(), message: e.to_string() })?;
-        return Ok((x, ndarray::Array1::from(y)));
-    }
     let file = dataset.path.display().to_string();
     let schema = dataset.schema();
     let mut needed = Vec::new();
@@ -656,31 +616,42 @@ pub fn load_encoded(
         })?;
         needed.push(index);
     }
+    let width = encoding.inputs(features).len();
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let row = |values: &[Value<'_>], line: u64| -> Result<(), DataError> {
-        if y.len() >= MAX_TRAINING_ROWS || x.len() + features.len() > MAX_TRAINING_CELLS {
+        if y.len() >= MAX_TRAINING_ROWS || x.len() + width > MAX_TRAINING_CELLS {
             return Err(DataError::Read {
                 file: file.clone(),
                 message: format!(
-                    "more rows than a training job holds in memory (at most {MAX_TRAINING_ROWS} rows and {MAX_TRAINING_CELLS} feature values)"
+                    "more rows than a training job holds in memory (at most {MAX_TRAINING_ROWS} rows and {MAX_TRAINING_CELLS} inputs)"
                 ),
             });
         }
-        for (k, &index) in needed.iter().enumerate() {
-            let cell = |expected| DataError::Cell {
-                file: file.clone(),
-                row: line,
-                column: schema.columns[index].0.clone(),
-                value: String::new(),
-                expected,
-            };
-            let value = match values[index] {
-                Value::Number(v) => v,
-                Value::Null => return Err(cell("a number (training needs every cell)")),
-                _ => return Err(cell("a number (training reads numeric columns)")),
-            };
-            if k < features.len() { x.push(value) } else { y.push(value) }
+        let cell = |index: usize| match values[index] {
+            Value::Null => Cell::Null,
+            Value::Number(v) => Cell::Number(v),
+            Value::Text(t) => Cell::Text(t),
+        };
+        let mut cells: Vec<Cell<'_>> = needed[..features.len()].iter().map(|&i| cell(i)).collect();
+        if encoding.clip_to_bounds {
+            for (c, f) in cells.iter_mut().zip(features) {
+                if let (Cell::Number(x), Some((lo, hi))) = (*c, dataset.bounds.get(f)) {
+                    if !encoding.categorical.contains_key(f) {
+                        *c = Cell::Number(x.clamp(*lo, *hi));
+                    }
+                }
+            }
         }
+        let failed = |e: veil_learning::Error| DataError::Encoding {
+            file: file.clone(),
+            row: line,
+            message: match e {
+                veil_learning::Error::Shape(m) | veil_learning::Error::Settings(m) => m,
+                other => other.to_string(),
+            },
+        };
+        encoding.push_inputs(features, &cells, &mut x).map_err(failed)?;
+        y.push(encoding.label_of(label, cell(needed[features.len()])).map_err(failed)?);
         Ok(())
     };
     if is_parquet(dataset) {
@@ -689,7 +660,7 @@ pub fn load_encoded(
         scan_csv(dataset, &needed, row)?
     }
     let rows = y.len();
-    let x = ndarray::Array2::from_shape_vec((rows, features.len()), x)
+    let x = ndarray::Array2::from_shape_vec((rows, width), x)
         .map_err(|e| DataError::Read { file: file.clone(), message: e.to_string() })?;
     Ok((x, ndarray::Array1::from(y)))
 }
@@ -778,7 +749,7 @@ mod parquet_tests {
         assert_eq!(py.to_vec(), vec![0.0, 1.0, 1.0, 0.0, 1.0]);
         for d in [&csv_d, &pq_d] {
             let e = load_training(d, &["x".to_string()], "n").unwrap_err().to_string();
-            assert!(e.contains("column \"x\"") && e.contains("training needs every cell"), "{e}");
+            assert!(e.contains("\"x\" has a missing value"), "{e}");
         }
     }
 }
