@@ -382,6 +382,20 @@ impl Cluster {
         self.wait_connected(alive).await;
     }
 
+    /// The ρ party `i`'s dataset has spent for `consumer`, and in all, read from its store
+    /// (opened read-alongside the running party; the signing key only signs new entries).
+    pub fn spent(&self, i: usize, dataset: &str, consumer: &str) -> veil_governance::budget::Spent {
+        let dir = self.layout.party_configs[i].parent().expect("a party's folder").to_path_buf();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[0; 32]);
+        let store = veil_party_worker::store::PartyStore::open(
+            &dir.join("party-state.db"),
+            &format!("party {i}"),
+            key,
+        )
+        .expect("the party's store opens");
+        veil_governance::budget::Ledger::spent(&store, dataset, consumer).expect("the ledger reads")
+    }
+
     /// Stops every party and the coordinator cleanly.
     pub async fn shutdown(mut self) {
         for p in self.parties.iter_mut() {

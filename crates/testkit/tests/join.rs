@@ -288,15 +288,7 @@ async fn a_private_join_is_noisy_around_the_pooled_merge_and_charges_every_owner
     // happen about once in ten thousand runs.
     assert!(noisy > 0, "no group's count carries noise");
     for (i, dataset) in [(0, "flights"), (1, "flights"), (2, "flights"), (3, "planes")] {
-        let dir = cluster.layout.party_configs[i].parent().unwrap().to_path_buf();
-        let key = ed25519_dalek::SigningKey::from_bytes(&[0; 32]);
-        let store = veil_party_worker::store::PartyStore::open(
-            &dir.join("party-state.db"),
-            &format!("party {i}"),
-            key,
-        )
-        .unwrap();
-        let spent = veil_governance::budget::Ledger::spent(&store, dataset, "analyst").unwrap();
+        let spent = cluster.spent(i, dataset, "analyst");
         assert!((spent.total - 1.0).abs() < 1e-9, "party {i} spent {spent:?}");
     }
     cluster.shutdown().await;

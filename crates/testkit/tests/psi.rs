@@ -126,15 +126,7 @@ async fn a_noisy_size_is_near_the_true_one_and_charges_both_owners() {
     assert_eq!(answer["privacy"]["rho"], 0.5);
     assert_eq!(answer["privacy"]["noise_variance"], 1);
     for (i, dataset) in [(0, "jfk_flights"), (1, "planes")] {
-        let dir = cluster.layout.party_configs[i].parent().unwrap().to_path_buf();
-        let key = ed25519_dalek::SigningKey::from_bytes(&[0; 32]);
-        let store = veil_party_worker::store::PartyStore::open(
-            &dir.join("party-state.db"),
-            &format!("party {i}"),
-            key,
-        )
-        .unwrap();
-        let spent = veil_governance::budget::Ledger::spent(&store, dataset, "analyst").unwrap();
+        let spent = cluster.spent(i, dataset, "analyst");
         assert!((spent.total - 0.5).abs() < 1e-9, "party {i} spent {spent:?}");
     }
     // A second job of ρ = 0.75 no longer fits either owner's budget of 1.0.
