@@ -103,19 +103,57 @@ pub fn check_join_plan(
     let Some(join) = &query.join else {
         return differs("kind of job: the query reads one dataset");
     };
-    let named =
-        |d: &str| [&query.table.name, &join.table.name].iter().any(|t| t.eq_ignore_ascii_case(d));
-    if !named(&planned.groups.dataset) || !named(&planned.values.dataset) {
+    let tables = [&query.table, &join.table];
+    let named = |d: &str| tables.iter().any(|t| t.name.eq_ignore_ascii_case(d));
+    if !named(&planned.groups.dataset)
+        || !named(&planned.values.dataset)
+        || planned.groups.dataset.eq_ignore_ascii_case(&planned.values.dataset)
+    {
         return differs("pair of datasets");
     }
-    let last = |o: &parse::Operand| match &o.kind {
-        OperandKind::Column(parts) => parts.last().cloned().unwrap_or_default(),
-        _ => String::new(),
+    // A column operand's name, and the dataset its qualifier names (by name or alias), if any.
+    let place = |o: &parse::Operand| -> (String, Option<String>) {
+        match &o.kind {
+            OperandKind::Column(parts) => {
+                let table = match parts.as_slice() {
+                    [q, _] => tables
+                        .iter()
+                        .find(|t| {
+                            t.name.eq_ignore_ascii_case(q)
+                                || t.alias.as_ref().is_some_and(|a| a.eq_ignore_ascii_case(q))
+                        })
+                        .map(|t| t.name.clone()),
+                    _ => None,
+                };
+                (parts.last().cloned().unwrap_or_default(), table)
+            }
+            _ => (String::new(), None),
+        }
     };
-    let keys = [last(&join.on.0), last(&join.on.1)];
-    let key = |k: &str| keys.iter().any(|x| x.eq_ignore_ascii_case(k));
-    if !key(&planned.groups.key) || !key(&planned.values.key) {
+    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    // The GROUP BY column is the group side's column, of the dataset its qualifier names.
+    let Some(group) = query.group_by.first().and_then(value) else {
+        return differs("grouping");
+    };
+    let (column, table) = place(group);
+    if !same(&column, &planned.groups.column)
+        || table.is_some_and(|t| !same(&t, &planned.groups.dataset))
+    {
+        return differs("GROUP BY column or side");
+    }
+    // Each key is the ON operand of its own side.
+    let ons = [place(&join.on.0), place(&join.on.1)];
+    let side_of = |dataset: &str, key: &str| {
+        ons.iter()
+            .any(|(name, table)| same(name, key) && table.as_ref().is_none_or(|t| same(t, dataset)))
+    };
+    if !side_of(&planned.groups.dataset, &planned.groups.key)
+        || !side_of(&planned.values.dataset, &planned.values.key)
+    {
         return differs("pair of key columns");
+    }
+    if planned.case_fold {
+        return differs("key matching (case-folded)");
     }
     check_query(&query, options, &planned.aggregate)
 }
@@ -358,7 +396,6 @@ pub fn plan_sql_job(
         dataset: sides[g].0.name.clone(),
         column: group_by[0].column.clone(),
     });
-    planner.group_by = vec![group_by[0].column.clone()];
     let select = query.items.iter().map(|item| planner.output(item)).collect::<Result<_, _>>()?;
     let predicate = query.selection.as_deref().map(|s| planner.predicate(s)).transpose()?;
     let aggregate = JobSpec {
@@ -570,6 +607,16 @@ impl<'c> Planner<'c> {
             ItemExpr::Column(o) if self.joined_group(o).is_some() => {
                 let name = self.joined_group(o).unwrap_or_default();
                 (OutputKind::Key(name.clone()), name)
+            }
+            ItemExpr::Column(Operand { kind: OperandKind::Column(parts), .. })
+                if self.joined.as_ref().is_some_and(
+                    |j| matches!(parts.as_slice(), [c] if c.eq_ignore_ascii_case(&j.column)),
+                ) =>
+            {
+                return Err(invalid(format!(
+                    "column {} is in both datasets; qualify it",
+                    parts.join(".")
+                )));
             }
             ItemExpr::Column(o) => {
                 let Some(name) = self.column_name(o) else {

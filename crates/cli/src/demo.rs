@@ -96,23 +96,14 @@ optimizer = { kind = "sgd" }
 "#;
 
 fn dataset(name: &str, path: PathBuf) -> DatasetConfig {
-    DatasetConfig {
-        name: name.into(),
-        path,
-        postgres: None,
-        columns: COLUMNS
-            .iter()
-            .map(|(c, t)| {
-                let ty = if *t == "int" { ColumnType::Int } else { ColumnType::Float };
-                (c.to_string(), ty)
-            })
-            .collect(),
-        grade: Default::default(),
-        tags: Default::default(),
-        policy: Default::default(),
-        bounds: Default::default(),
-        domains: Default::default(),
-    }
+    let columns = COLUMNS
+        .iter()
+        .map(|(c, t)| {
+            let ty = if *t == "int" { ColumnType::Int } else { ColumnType::Float };
+            (c.to_string(), ty)
+        })
+        .collect();
+    DatasetConfig::csv(name, path, columns)
 }
 
 /// The same job over the pooled rows of `hospitals`, with the same engine.

@@ -63,8 +63,9 @@ pub(crate) fn predict(model: &Path, data: &Path, out: &mut impl Write) -> Result
                         }
                     })
                     .collect();
+                let bounds_of = |f: &str| e.bounds.get(f).copied();
                 e.encoding
-                    .push_inputs(&e.columns, &cells, &mut values)
+                    .push_clipped(&e.columns, &cells, &bounds_of, &mut values)
                     .with_context(|| format!("{} line {line}", data.display()))?;
                 continue;
             }
@@ -122,6 +123,19 @@ mod tests {
 
     use super::*;
 
+    /// The provenance of a model file made by hand.
+    pub(super) fn provenance() -> Provenance {
+        Provenance {
+            dataset: "flights".into(),
+            rounds: 1,
+            strategy: String::new(),
+            parties: 3,
+            epsilon: None,
+            delta: None,
+            metrics: Vec::new(),
+        }
+    }
+
     /// A model trained on encoded inputs scores raw rows (text, missing values) through the
     /// encoding its file carries, exactly as the inputs encoded by hand score.
     #[test]
@@ -138,17 +152,13 @@ mod tests {
         let parameters = vec![0.5, -1.0, 2.0, 0.25, 0.1, -0.3, 0.05];
         let model = Model::from_parameters(ModelSpec::LogisticRegression, inputs.len(), parameters)
             .unwrap();
-        let provenance = Provenance {
-            dataset: "flights".into(),
-            rounds: 1,
-            strategy: String::new(),
-            parties: 3,
-            epsilon: None,
-            delta: None,
-            metrics: Vec::new(),
-        };
+        let provenance = provenance();
         let mut file = ModelFile::new(&model, inputs, "late".into(), None, provenance).unwrap();
-        file.encode = Some(FileEncoding { columns: columns.clone(), encoding: encoding.clone() });
+        file.encode = Some(FileEncoding {
+            columns: columns.clone(),
+            encoding: encoding.clone(),
+            bounds: Default::default(),
+        });
         let dir = tempfile::tempdir().unwrap();
         let (model_path, data_path) = (dir.path().join("m.json"), dir.path().join("rows.csv"));
         std::fs::write(&model_path, file.to_json()).unwrap();
@@ -180,5 +190,53 @@ mod tests {
         let err = predict(&model_path, &data_path, &mut Vec::new()).unwrap_err();
         let message = format!("{err:#}");
         assert!(message.contains("line 2") && message.contains("delay"), "{message}");
+    }
+}
+
+#[cfg(test)]
+mod clip_tests {
+    use veil_learning::encode::Encoding;
+    use veil_learning::export::FileEncoding;
+    use veil_learning::model::{Model, ModelSpec};
+
+    use super::*;
+
+    /// A model trained on features clipped to declared bounds scores rows clipped the same
+    /// way: an outlier scores like the bound, and a missing value's 0 is clipped too.
+    #[test]
+    fn a_model_trained_on_clipped_features_clips_the_rows_it_scores() {
+        let columns = vec!["delay".to_string()];
+        let encoding = Encoding {
+            missing_indicator: vec!["delay".into()],
+            clip_to_bounds: true,
+            ..Encoding::default()
+        };
+        let inputs = encoding.inputs(&columns);
+        let model =
+            Model::from_parameters(ModelSpec::LogisticRegression, 2, vec![0.3, -0.7, 0.1]).unwrap();
+        let provenance = super::tests::provenance();
+        let mut file = ModelFile::new(&model, inputs, "late".into(), None, provenance).unwrap();
+        let mut bounds = std::collections::BTreeMap::new();
+        bounds.insert("delay".to_string(), (5.0, 10.0));
+        file.encode = Some(FileEncoding { columns, encoding, bounds });
+        let dir = tempfile::tempdir().unwrap();
+        let (model_path, data_path) = (dir.path().join("m.json"), dir.path().join("rows.csv"));
+        std::fs::write(&model_path, file.to_json()).unwrap();
+        std::fs::write(&data_path, "delay,note\n1000000,a\n10,b\n,c\n5,d\n").unwrap();
+        let mut out = Vec::new();
+        predict(&model_path, &data_path, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let rows: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(rows.len(), 4, "{text}");
+        assert_eq!(rows[0], rows[1], "an outlier scores like the upper bound");
+        // The missing value: its 0 clipped up to 5, with the indicator set.
+        assert_ne!(rows[2], rows[3], "the indicator sets the missing row apart");
+        // A file that clips without carrying the bounds is refused.
+        let mut bare = file.clone();
+        if let Some(e) = bare.encode.as_mut() {
+            e.bounds.clear();
+        }
+        std::fs::write(&model_path, serde_json::to_string(&bare).unwrap()).unwrap();
+        assert!(predict(&model_path, &data_path, &mut Vec::new()).is_err());
     }
 }

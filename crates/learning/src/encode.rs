@@ -70,6 +70,29 @@ fn text_of(x: f64) -> String {
     if x.fract() == 0.0 && x.abs() < 1e15 { format!("{}", x as i64) } else { format!("{x}") }
 }
 
+/// The key a categorical or label value is compared by, the same whatever type a party
+/// declares the column as: trimmed text, and a finite number (or text that reads as one) by
+/// its shortest text (`"1.0"`, `" 1 "` and the number 1 are all `"1"`). `None` for a missing
+/// value.
+pub fn key_of(cell: Cell<'_>) -> Option<String> {
+    match cell {
+        Cell::Null => None,
+        Cell::Number(x) => Some(text_of(x)),
+        Cell::Text(t) => {
+            let t = t.trim();
+            match t.parse::<f64>() {
+                Ok(x) if x.is_finite() => Some(text_of(x)),
+                _ => Some(t.to_string()),
+            }
+        }
+    }
+}
+
+/// A declared value's key (see [`key_of`]).
+fn declared_key(value: &str) -> String {
+    key_of(Cell::Text(value)).unwrap_or_default()
+}
+
 impl Encoding {
     /// Whether the encoding changes nothing (every feature numeric and complete, a numeric
     /// label).
@@ -97,10 +120,11 @@ impl Encoding {
                     "categorical column {column:?} needs 1 to {MAX_VALUES} declared values"
                 ));
             }
-            let distinct: std::collections::BTreeSet<&String> = values.iter().collect();
+            let distinct: std::collections::BTreeSet<String> =
+                values.iter().map(|v| declared_key(v)).collect();
             if distinct.len() != values.len() || values.iter().any(|v| v == OTHER || v == NULL) {
                 return bad(format!(
-                    "categorical column {column:?} declares a value twice, or {OTHER} or {NULL}"
+                    "categorical column {column:?} declares a value twice (as text or as a number), or {OTHER} or {NULL}"
                 ));
             }
         }
@@ -115,7 +139,8 @@ impl Encoding {
             match (&map.positive, &map.classes) {
                 (Some(p), None) if !p.is_empty() => {}
                 (None, Some(c)) if c.len() >= 2 => {
-                    let distinct: std::collections::BTreeSet<&String> = c.iter().collect();
+                    let distinct: std::collections::BTreeSet<String> =
+                        c.iter().map(|v| declared_key(v)).collect();
                     if distinct.len() != c.len() {
                         return bad(format!("label {label:?} names a class twice"));
                     }
@@ -186,16 +211,36 @@ impl Encoding {
         cells: &[Cell<'_>],
         out: &mut Vec<f64>,
     ) -> Result<()> {
+        self.push_clipped(features, cells, &|_| None, out)
+    }
+
+    /// As [`Self::push_inputs`]; with `clip_to_bounds`, each numeric feature's value (an
+    /// imputed 0 included) is clipped to `bounds_of(feature)`, which every numeric feature
+    /// must then have.
+    pub fn push_clipped(
+        &self,
+        features: &[String],
+        cells: &[Cell<'_>],
+        bounds_of: &dyn Fn(&str) -> Option<(f64, f64)>,
+        out: &mut Vec<f64>,
+    ) -> Result<()> {
+        let clip = |f: &str, x: f64| -> Result<f64> {
+            if !self.clip_to_bounds {
+                return Ok(x);
+            }
+            match bounds_of(f) {
+                Some((lo, hi)) => Ok(x.clamp(lo, hi)),
+                None => Err(Error::Settings(format!(
+                    "feature {f:?} is clipped to declared bounds, and none are declared"
+                ))),
+            }
+        };
         for (f, cell) in features.iter().zip(cells) {
             if let Some(values) = self.categorical.get(f) {
-                let slot = match cell {
-                    Cell::Null => values.len() + 1,
-                    Cell::Text(t) => {
-                        values.iter().position(|v| v == t.trim()).unwrap_or(values.len())
-                    }
-                    Cell::Number(x) => {
-                        let t = text_of(*x);
-                        values.iter().position(|v| *v == t).unwrap_or(values.len())
+                let slot = match key_of(*cell) {
+                    None => values.len() + 1,
+                    Some(k) => {
+                        values.iter().position(|v| declared_key(v) == k).unwrap_or(values.len())
                     }
                 };
                 out.extend((0..values.len() + 2).map(|i| if i == slot { 1.0 } else { 0.0 }));
@@ -203,9 +248,9 @@ impl Encoding {
             }
             let indicator = self.missing_indicator.contains(f);
             match (cell, indicator) {
-                (Cell::Number(x), false) => out.push(*x),
-                (Cell::Number(x), true) => out.extend([*x, 0.0]),
-                (Cell::Null, true) => out.extend([0.0, 1.0]),
+                (Cell::Number(x), false) => out.push(clip(f, *x)?),
+                (Cell::Number(x), true) => out.extend([clip(f, *x)?, 0.0]),
+                (Cell::Null, true) => out.extend([clip(f, 0.0)?, 1.0]),
                 (Cell::Null, false) => {
                     return Err(Error::Shape(format!(
                         "feature {f:?} has a missing value (declare it in missing_indicator, or make it categorical)"
@@ -223,26 +268,28 @@ impl Encoding {
 
     /// The class of one row's label cell.
     pub fn label_of(&self, label: &str, cell: Cell<'_>) -> Result<f64> {
-        let text = match cell {
-            Cell::Text(t) => t.trim().to_string(),
-            Cell::Number(x) if self.label.is_none() => return Ok(x),
-            Cell::Number(x) => text_of(x),
-            Cell::Null => {
-                return Err(Error::Shape(format!("label {label:?} has a missing value")));
-            }
+        if let (Cell::Number(x), None) = (cell, &self.label) {
+            return Ok(x);
+        }
+        let Some(text) = key_of(cell) else {
+            return Err(Error::Shape(format!("label {label:?} has a missing value")));
         };
         match &self.label {
             None => Err(Error::Shape(format!(
                 "label {label:?} holds text (map it to classes with positive = … or classes = […])"
             ))),
-            Some(LabelMap { positive: Some(p), .. }) => Ok(if text == *p { 1.0 } else { 0.0 }),
-            Some(LabelMap { classes: Some(c), .. }) => match c.iter().position(|v| *v == text) {
-                Some(i) => Ok(i as f64),
-                None => Err(Error::Shape(format!(
-                    "label {label:?} holds a value outside its {} classes",
-                    c.len()
-                ))),
-            },
+            Some(LabelMap { positive: Some(p), .. }) => {
+                Ok(if text == declared_key(p) { 1.0 } else { 0.0 })
+            }
+            Some(LabelMap { classes: Some(c), .. }) => {
+                match c.iter().position(|v| declared_key(v) == text) {
+                    Some(i) => Ok(i as f64),
+                    None => Err(Error::Shape(format!(
+                        "label {label:?} holds a value outside its {} classes",
+                        c.len()
+                    ))),
+                }
+            }
             Some(_) => Err(Error::Settings(format!("label {label:?} has no classes"))),
         }
     }

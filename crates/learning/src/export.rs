@@ -84,6 +84,10 @@ pub struct FileEncoding {
     pub columns: Vec<String>,
     /// The encoding.
     pub encoding: crate::encode::Encoding,
+    /// With `encoding.clip_to_bounds`, the declared bounds of the numeric features, so that
+    /// scoring clips rows as the parties clipped theirs.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub bounds: std::collections::BTreeMap<String, (f64, f64)>,
 }
 
 impl ModelFile {
@@ -174,6 +178,14 @@ impl ModelFile {
         }
         if let Some(e) = &self.encode {
             e.encoding.validate(&e.columns, &self.label)?;
+            if e.encoding.clip_to_bounds {
+                if let Some(f) = e.encoding.numeric(&e.columns).find(|f| !e.bounds.contains_key(*f))
+                {
+                    return Err(Error::Shape(format!(
+                        "the model clips feature {f:?} to declared bounds the file does not carry"
+                    )));
+                }
+            }
             if e.encoding.inputs(&e.columns) != self.features {
                 return Err(Error::Shape(
                     "the encoding of the feature columns does not give the model's inputs".into(),

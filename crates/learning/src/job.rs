@@ -260,6 +260,21 @@ impl TrainSpec {
             }
         }
         self.encode.validate(&self.features, &self.label)?;
+        // A label map gives classes: as many as the model has (a label's class the model does
+        // not have would make the parties holding it decline, telling who holds it).
+        if let Some(map) = &self.encode.label {
+            let given = map.classes.as_ref().map_or(2, Vec::len);
+            if self.model.classes() != Some(given) {
+                return bad(format!(
+                    "label {:?} maps to {given} classes; the model {}",
+                    self.label,
+                    match self.model.classes() {
+                        Some(k) => format!("has {k}"),
+                        None => "takes a numeric label".into(),
+                    }
+                ));
+            }
+        }
         if self.inputs().len() > MAX_FEATURES {
             return bad(format!(
                 "the features encode into {} inputs; at most {MAX_FEATURES}",
@@ -949,6 +964,7 @@ impl Training {
             file.encode = Some(crate::export::FileEncoding {
                 columns: spec.features.clone(),
                 encoding: spec.encode.clone(),
+                bounds: Default::default(),
             });
         }
         Ok(file)

@@ -94,6 +94,26 @@ pub struct DatasetConfig {
 }
 
 impl DatasetConfig {
+    /// A CSV dataset with the given columns, the general grade, no tags, bounds or domains
+    /// and the default policy.
+    pub fn csv(
+        name: impl Into<String>,
+        path: impl Into<PathBuf>,
+        columns: BTreeMap<String, ColumnType>,
+    ) -> Self {
+        DatasetConfig {
+            name: name.into(),
+            path: path.into(),
+            postgres: None,
+            columns,
+            grade: Grade::default(),
+            tags: BTreeMap::new(),
+            policy: Policy::default(),
+            bounds: BTreeMap::new(),
+            domains: BTreeMap::new(),
+        }
+    }
+
     /// The dataset's governance, for policy evaluation.
     pub fn governance(&self) -> DatasetGovernance {
         DatasetGovernance {

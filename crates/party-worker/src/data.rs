@@ -632,16 +632,7 @@ pub fn load_encoded(
             Value::Number(v) => Cell::Number(v),
             Value::Text(t) => Cell::Text(t),
         };
-        let mut cells: Vec<Cell<'_>> = needed[..features.len()].iter().map(|&i| cell(i)).collect();
-        if encoding.clip_to_bounds {
-            for (c, f) in cells.iter_mut().zip(features) {
-                if let (Cell::Number(x), Some((lo, hi))) = (*c, dataset.bounds.get(f)) {
-                    if !encoding.categorical.contains_key(f) {
-                        *c = Cell::Number(x.clamp(*lo, *hi));
-                    }
-                }
-            }
-        }
+        let cells: Vec<Cell<'_>> = needed[..features.len()].iter().map(|&i| cell(i)).collect();
         let failed = |e: veil_learning::Error| DataError::Encoding {
             file: file.clone(),
             row: line,
@@ -650,7 +641,8 @@ pub fn load_encoded(
                 other => other.to_string(),
             },
         };
-        encoding.push_inputs(features, &cells, &mut x).map_err(failed)?;
+        let bounds_of = |f: &str| dataset.bounds.get(f).copied();
+        encoding.push_clipped(features, &cells, &bounds_of, &mut x).map_err(failed)?;
         y.push(encoding.label_of(label, cell(needed[features.len()])).map_err(failed)?);
         Ok(())
     };
@@ -716,17 +708,7 @@ mod parquet_tests {
         let mut columns = BTreeMap::new();
         columns.insert("x".to_string(), ColumnType::Float);
         columns.insert("n".to_string(), ColumnType::Int);
-        let dataset = |path: std::path::PathBuf| DatasetConfig {
-            name: "d".into(),
-            path,
-            postgres: None,
-            columns: columns.clone(),
-            grade: Default::default(),
-            tags: Default::default(),
-            policy: Default::default(),
-            bounds: Default::default(),
-            domains: Default::default(),
-        };
+        let dataset = |path: std::path::PathBuf| DatasetConfig::csv("d", path, columns.clone());
         let spec = JobSpec::parse(
             "dataset = \"d\"\nfilter = [{ column = \"n\", op = \"==\", value = 1 }]\n[[columns]]\nname = \"x\"\nmin = -10\nmax = 10\nhistogram = [-10, 0, 10]",
         )
@@ -767,17 +749,7 @@ mod tests {
         let mut columns = BTreeMap::new();
         columns.insert("x".to_string(), ColumnType::Float);
         columns.insert("n".to_string(), ColumnType::Int);
-        DatasetConfig {
-            name: "d".into(),
-            path,
-            postgres: None,
-            columns,
-            grade: Default::default(),
-            tags: Default::default(),
-            policy: Default::default(),
-            bounds: Default::default(),
-            domains: Default::default(),
-        }
+        DatasetConfig::csv("d", path, columns)
     }
 
     fn plan(d: &DatasetConfig) -> Plan {
@@ -898,9 +870,9 @@ mod tests {
         let (x, y) = load_encoded(&d, &["x".to_string()], "n", &encoding).unwrap();
         assert_eq!(x.as_slice().unwrap(), &[1.5, 100.0, 0.0][..]);
         assert_eq!(y.as_slice().unwrap(), &[2.0, 1.0, 0.0][..]);
-        // Without the bounds, nothing is clipped.
+        // Without the bounds there is nothing to clip to: an error naming the feature.
         d.bounds.clear();
-        let (x, _) = load_encoded(&d, &["x".to_string()], "n", &encoding).unwrap();
-        assert_eq!(x.as_slice().unwrap(), &[1.5, 250.0, -9.0][..]);
+        let e = load_encoded(&d, &["x".to_string()], "n", &encoding).unwrap_err().to_string();
+        assert!(e.contains("\"x\"") && e.contains("declared bounds"), "{e}");
     }
 }

@@ -205,7 +205,19 @@ pub(super) async fn train(
         checkpoint(shared, &record.id, &mut state, &live).await?;
     }
     let history = stored_rounds(shared, &record.id, &state).await?;
-    let file = state.model_file(spec, contributors.len() as u32).map_err(failed)?;
+    let mut file = state.model_file(spec, contributors.len() as u32).map_err(failed)?;
+    // A model trained on clipped features carries the bounds the parties declared for them,
+    // so scoring clips rows the same way.
+    if let Some(encode) = file.encode.as_mut().filter(|e| e.encoding.clip_to_bounds) {
+        let catalogs = shared.catalogs().map_err(End::training)?;
+        let catalog = catalogs.iter().find(|c| c.name == spec.dataset);
+        for f in encode.encoding.numeric(&encode.columns) {
+            let declared = catalog.and_then(|c| c.column(f)).and_then(|c| c.bounds);
+            if let Some(bounds) = declared {
+                encode.bounds.insert(f.clone(), bounds);
+            }
+        }
+    }
     let answer = serde_json::json!({
         "kind": "train",
         "model": file,
