@@ -50,6 +50,17 @@ pub(crate) enum BenchTarget {
         #[arg(long)]
         in_memory: bool,
     },
+    /// Record-level DP-SGD's per-example clipping on one core: clipped gradient sums of the
+    /// digits MLP (64-32-10) over batches of the digits' rows, in examples per second (compare
+    /// with Opacus: benches/opacus/run.sh runs both).
+    Clip {
+        /// Rows per batch.
+        #[arg(long, default_value_t = 256, value_parser = at_least_one())]
+        batch: usize,
+        /// Seconds to run for at least.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
     /// Exact discrete Gaussian samples per second on one core.
     Dp {
         /// Samples per variance.
@@ -98,6 +109,7 @@ pub(crate) async fn run(what: BenchTarget) -> Result<()> {
         BenchTarget::Train { rounds, repeat, in_memory: false } => {
             crate::bench_train::services(rounds, repeat).await
         }
+        BenchTarget::Clip { batch, seconds } => crate::bench_train::clipping(batch, seconds),
         BenchTarget::Dp { samples } => {
             dp(samples);
             Ok(())

@@ -26,7 +26,7 @@ use crate::encode::Encoding;
 use crate::eval::{EvalCounts, Metrics};
 use crate::export::{ModelFile, Provenance};
 use crate::model::{Model, ModelSpec, check_labels};
-use crate::privacy::{Accountant, DpFedAvg, sample_cohort};
+use crate::privacy::{Accountant, DpFedAvg, DpSgd, SampledGaussian, sample_cohort};
 use crate::strategy::{Server, Strategy, UpdateEncoding};
 use crate::train::{Examples, LocalSettings, Standardizer, train_local};
 use crate::{Error, Result};
@@ -103,7 +103,7 @@ pub struct TrainSpec {
     pub rounds: u32,
     /// What each party does with the global model in a round.
     pub local: LocalSettings,
-    /// DP-FedAvg instead of sample-weighted FedAvg.
+    /// Differential privacy: DP-FedAvg (a party is the unit) or DP-SGD (a row is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<TrainPrivacy>,
     /// Held-out rows for federated evaluation.
@@ -131,22 +131,61 @@ pub struct TrainSpec {
     pub plain: bool,
 }
 
-/// DP-FedAvg settings of a job.
+/// Whose privacy a differentially private training job protects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrivacyUnit {
+    /// One party's whole contribution, by DP-FedAvg: for many parties (cross-device), since
+    /// the noise must hide a whole party's update.
+    #[default]
+    Party,
+    /// One row, by DP-SGD under secure aggregation: for a few parties with many rows each
+    /// (hospitals, banks), where hiding a whole party would drown the model in noise.
+    Record,
+}
+
+impl PrivacyUnit {
+    fn is_party(&self) -> bool {
+        *self == Self::Party
+    }
+}
+
+/// Differential-privacy settings of a training job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainPrivacy {
-    /// L2 bound of one party's update.
+    /// What one unit of privacy is: a party (DP-FedAvg, the default) or a row (DP-SGD).
+    #[serde(default, skip_serializing_if = "PrivacyUnit::is_party")]
+    pub unit: PrivacyUnit,
+    /// L2 bound of one party's update (party unit) or of one row's gradient (record unit).
     pub clip: f64,
     /// Standard deviation of the summed noise, in units of `clip`.
     pub noise_multiplier: f64,
-    /// The job's whole zCDP budget ρ; training stops before it would be exceeded.
-    pub rho: f64,
+    /// The job's whole zCDP budget ρ (party unit); training stops before it would be exceeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rho: Option<f64>,
+    /// The job's budget ε at `delta` (record unit), by Rényi accounting of the sampled
+    /// Gaussian; training stops before it would be exceeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// Each row's probability of being sampled into a step (record unit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<f64>,
     /// δ at which ε is reported.
     #[serde(default = "delta")]
     pub delta: f64,
     /// Fixed-point bits after the point.
     #[serde(default = "sixteen")]
     pub fractional_bits: u32,
+}
+
+/// A training job's differentially private mechanism.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Dp {
+    /// DP-FedAvg: each party's update clipped and noised.
+    FedAvg(DpFedAvg),
+    /// Record-level DP-SGD: each sampled row's gradient clipped, the sum noised.
+    Sgd(DpSgd),
 }
 
 /// Federated evaluation.
@@ -314,18 +353,8 @@ impl TrainSpec {
                 self.local.batch_size
             ));
         }
-        if let Some(dp) = self.dp() {
-            let p = self.privacy.as_ref().expect("dp() implies privacy");
-            if !(p.rho.is_finite() && p.rho > 0.0 && p.delta > 0.0 && p.delta < 1.0) {
-                return bad("privacy.rho must be positive and privacy.delta in (0, 1)".into());
-            }
-            let per_round = dp.rho_per_round(parameters)?;
-            if per_round > p.rho {
-                return Err(Error::Budget(format!(
-                    "one round costs ρ = {per_round:.4}, more than the job's budget ρ = {}: raise the noise multiplier or the budget",
-                    p.rho
-                )));
-            }
+        if let Some(p) = &self.privacy {
+            self.validate_privacy(p)?;
         } else {
             self.update_encoding()?;
         }
@@ -340,6 +369,76 @@ impl TrainSpec {
         Ok(())
     }
 
+    /// Checks the privacy settings: each unit's own budget and settings, and that the budget
+    /// pays for at least one round.
+    fn validate_privacy(&self, p: &TrainPrivacy) -> Result<()> {
+        let bad = |m: &str| Err(Error::Settings(m.into()));
+        let positive = |v: Option<f64>| v.is_some_and(|v| v.is_finite() && v > 0.0);
+        if !(p.delta > 0.0 && p.delta < 1.0) {
+            return bad("privacy.delta must be in (0, 1)");
+        }
+        match p.unit {
+            PrivacyUnit::Party => {
+                if !positive(p.rho) {
+                    return bad("privacy.rho, the job's zCDP budget, must be positive");
+                }
+                if p.epsilon.is_some() || p.sample_rate.is_some() {
+                    return bad(
+                        "privacy.epsilon and privacy.sample_rate are for unit = \"record\"; a party-level job's budget is privacy.rho",
+                    );
+                }
+            }
+            PrivacyUnit::Record => {
+                if !positive(p.epsilon) || p.sample_rate.is_none() {
+                    return bad(
+                        "a record-level job needs privacy.epsilon (its budget at privacy.delta) and privacy.sample_rate",
+                    );
+                }
+                if p.rho.is_some() {
+                    return bad(
+                        "a record-level job's budget is privacy.epsilon; the ρ it charges the owners follows from it",
+                    );
+                }
+                if self.local.epochs != 1 {
+                    return bad(
+                        "a record-level job takes one DP-SGD step per round: local.epochs must be 1",
+                    );
+                }
+            }
+        }
+        let accountant = self.accountant()?.expect("the job has privacy settings");
+        if accountant.remaining_rounds() == 0 {
+            return Err(Error::Budget(format!(
+                "one round costs more than the job's budget ({}): raise the noise multiplier or the budget",
+                match p.unit {
+                    PrivacyUnit::Party => format!("ρ = {}", accountant.budget),
+                    PrivacyUnit::Record => format!("ε = {} at δ = {}", accountant.budget, p.delta),
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    /// The job's accountant before any round (`None` without DP).
+    pub fn accountant(&self) -> Result<Option<Accountant>> {
+        let Some(p) = &self.privacy else { return Ok(None) };
+        let parameters = self.parameters()?;
+        let missing = |what: &str| Error::Settings(format!("privacy.{what} is missing"));
+        Ok(Some(match self.dp().expect("the job has privacy settings") {
+            Dp::FedAvg(dp) => Accountant::new(
+                dp.rho_per_round(parameters)?,
+                p.rho.ok_or_else(|| missing("rho"))?,
+                p.delta,
+            )?,
+            Dp::Sgd(dp) => Accountant::sampled(
+                SampledGaussian { sample_rate: dp.sample_rate, sigma: dp.sigma(parameters)? },
+                dp.rho_per_step(parameters)?,
+                p.epsilon.ok_or_else(|| missing("epsilon"))?,
+                p.delta,
+            )?,
+        }))
+    }
+
     /// Values in one checkpoint of the job: the model's parameters (three times over with an
     /// adaptive server optimiser's two moments) and the standardisation's mean and scale.
     fn checkpoint_values(&self) -> Result<u64> {
@@ -350,13 +449,22 @@ impl TrainSpec {
         Ok(copies * self.parameters()? as u64 + 2 * self.inputs().len() as u64)
     }
 
-    /// The DP-FedAvg settings, when the job is differentially private.
-    pub fn dp(&self) -> Option<DpFedAvg> {
-        self.privacy.as_ref().map(|p| DpFedAvg {
-            clip: p.clip,
-            noise_multiplier: p.noise_multiplier,
-            min_parties: self.min_parties,
-            fractional_bits: p.fractional_bits,
+    /// The mechanism, when the job is differentially private.
+    pub fn dp(&self) -> Option<Dp> {
+        self.privacy.as_ref().map(|p| match p.unit {
+            PrivacyUnit::Party => Dp::FedAvg(DpFedAvg {
+                clip: p.clip,
+                noise_multiplier: p.noise_multiplier,
+                min_parties: self.min_parties,
+                fractional_bits: p.fractional_bits,
+            }),
+            PrivacyUnit::Record => Dp::Sgd(DpSgd {
+                clip: p.clip,
+                noise_multiplier: p.noise_multiplier,
+                sample_rate: p.sample_rate.unwrap_or(0.0),
+                min_parties: self.min_parties,
+                fractional_bits: p.fractional_bits,
+            }),
         })
     }
 
@@ -373,24 +481,18 @@ impl TrainSpec {
 
     /// The rounds that will run: all of them, or under DP as many as the budget pays for.
     pub fn rounds_to_run(&self) -> Result<u32> {
-        match (&self.privacy, self.dp()) {
-            (Some(p), Some(dp)) => {
-                let per_round = dp.rho_per_round(self.parameters()?)?;
-                let affordable = Accountant::new(per_round, p.rho, p.delta)?.remaining_rounds();
-                Ok(self.rounds.min(affordable))
-            }
-            _ => Ok(self.rounds),
-        }
+        Ok(match self.accountant()? {
+            Some(a) => self.rounds.min(a.remaining_rounds()),
+            None => self.rounds,
+        })
     }
 
-    /// The ρ a party reserves for the whole job (0 without DP).
+    /// The zCDP ρ a party reserves for the whole job (0 without DP).
     pub fn rho_total(&self) -> Result<f64> {
-        match self.dp() {
-            Some(dp) => {
-                Ok(dp.rho_per_round(self.parameters()?)? * f64::from(self.rounds_to_run()?))
-            }
-            None => Ok(0.0),
-        }
+        Ok(match self.accountant()? {
+            Some(a) => a.per_round * f64::from(self.rounds_to_run()?),
+            None => 0.0,
+        })
     }
 
     /// Whether the standardisation comes from the parties' declared bounds rather than from a
@@ -439,8 +541,13 @@ impl TrainSpec {
         Ok(match step {
             Step::Moments => WIDE_LIMBS * (1 + 2 * self.inputs().len()),
             Step::Train { .. } => {
+                // Without DP the update and its weight; DP-FedAvg's update alone; DP-SGD's
+                // gradient sum and its weighted row count.
                 let update = UpdateEncoding::len(self.parameters()?);
-                let update = if self.privacy.is_some() { update - 1 } else { update };
+                let update = match self.dp() {
+                    Some(Dp::FedAvg(_)) => update - 1,
+                    Some(Dp::Sgd(_)) | None => update,
+                };
                 update + if self.evaluates() { self.eval_len() } else { 0 }
             }
             Step::Evaluate => self.eval_len(),
@@ -564,18 +671,26 @@ pub fn party_vector(
         Step::Train { round } => {
             let global = model()?;
             let train = standardized(&data.train)?;
-            let rate = spec.local.rate_at(round, spec.rounds);
-            let update = train_local(
-                &global,
-                &train,
-                &spec.local,
-                rate,
-                spec.strategy.proximal_mu(),
-                spec.local_seed(round, party),
-            )?;
+            let local_update = || {
+                train_local(
+                    &global,
+                    &train,
+                    &spec.local,
+                    spec.local.rate_at(round, spec.rounds),
+                    spec.strategy.proximal_mu(),
+                    spec.local_seed(round, party),
+                )
+            };
             let mut v = match spec.dp() {
-                Some(dp) => dp.encode(&update.delta, MAX_PARTIES, rng)?.0,
-                None => spec.update_encoding()?.encode(&update, rng)?,
+                // One DP-SGD step: the rows sampled with the party's own randomness.
+                Some(Dp::Sgd(dp)) => {
+                    let batch = train.select(&dp.sample(train.len(), rng));
+                    let sum =
+                        global.clipped_gradient_sum(batch.x.view(), batch.y.view(), dp.clip)?;
+                    dp.encode(&sum, MAX_PARTIES, rng)?
+                }
+                Some(Dp::FedAvg(dp)) => dp.encode(&local_update()?.delta, MAX_PARTIES, rng)?.0,
+                None => spec.update_encoding()?.encode(&local_update()?, rng)?,
             };
             if spec.evaluates() {
                 v.extend(eval_vector(spec, &global, &standardized(&data.eval)?)?);
@@ -775,6 +890,28 @@ pub struct Training {
     /// Why training stopped before its rounds, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_early: Option<String>,
+    /// The noisy counts of rows sampled into the DP-SGD steps so far (record-level jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled_rows: Option<SampledRows>,
+}
+
+/// A record-level job's noisy batch sizes: the expected batch, by which each step's gradient
+/// sum is divided, is their mean, which sharpens as the steps go.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SampledRows {
+    /// Σ of the noisy counts.
+    pub total: f64,
+    /// Steps counted.
+    pub steps: u32,
+}
+
+impl SampledRows {
+    /// Adds a step's noisy count and returns the expected batch (at least one row).
+    pub fn add(&mut self, count: f64) -> f64 {
+        self.total += count;
+        self.steps += 1;
+        (self.total / f64::from(self.steps)).max(1.0)
+    }
 }
 
 impl Training {
@@ -783,12 +920,7 @@ impl Training {
         spec.validate()?;
         let mut rng = ChaCha20Rng::seed_from_u64(spec.seed);
         let model = Model::new(spec.model.clone(), spec.inputs().len(), &mut rng)?;
-        let accountant = match (&spec.privacy, spec.dp()) {
-            (Some(p), Some(dp)) => {
-                Some(Accountant::new(dp.rho_per_round(spec.parameters()?)?, p.rho, p.delta)?)
-            }
-            _ => None,
-        };
+        let accountant = spec.accountant()?;
         Ok(Self {
             server: Server::new(model, spec.strategy.clone())?,
             standardizer: None,
@@ -797,6 +929,7 @@ impl Training {
             final_metrics: None,
             evaluated: false,
             stopped_early: None,
+            sampled_rows: None,
         })
     }
 
@@ -903,9 +1036,15 @@ impl Training {
                 let update_len = want - if spec.evaluates() { spec.eval_len() } else { 0 };
                 let (update, eval) = sum.split_at(update_len);
                 let (mean, rows) = match (spec.dp(), self.accountant.as_mut()) {
-                    (Some(dp), Some(accountant)) => {
+                    (Some(Dp::FedAvg(dp)), Some(accountant)) => {
                         accountant.charge()?;
                         (dp.decode(update, contributors, MAX_PARTIES)?, None)
+                    }
+                    (Some(Dp::Sgd(dp)), Some(accountant)) => {
+                        accountant.charge()?;
+                        let (gradient, count) = dp.decode(update, contributors, MAX_PARTIES)?;
+                        let batch = self.sampled_rows.get_or_insert_default().add(count);
+                        (self.sgd_step(spec, round, &gradient, batch), None)
                     }
                     _ => {
                         let (mean, rows) = spec.update_encoding()?.decode(update, contributors)?;
@@ -930,6 +1069,18 @@ impl Training {
                 Ok(None)
             }
         }
+    }
+
+    /// A DP-SGD step as an update for the server's strategy: minus the learning rate times the
+    /// mean clipped gradient over the expected batch, plus the L2 penalty's gradient (which
+    /// depends on the public model alone).
+    fn sgd_step(&self, spec: &TrainSpec, round: u32, gradient: &[f64], batch: f64) -> Vec<f64> {
+        let rate = spec.local.rate_at(round, spec.rounds);
+        gradient
+            .iter()
+            .zip(&self.server.model.parameters)
+            .map(|(g, w)| -rate * (g / batch + spec.local.l2 * w))
+            .collect()
     }
 
     /// The trained model as a model file.
@@ -1137,15 +1288,18 @@ mod tests {
     fn dp_jobs_stop_at_their_budget_and_release_no_counts() {
         let mut s = spec();
         s.privacy = Some(TrainPrivacy {
+            unit: PrivacyUnit::Party,
             clip: 1.0,
             noise_multiplier: 2.0,
-            rho: 0.4,
+            rho: Some(0.4),
+            epsilon: None,
+            sample_rate: None,
             delta: 1e-6,
             fractional_bits: 10,
         });
         s.rounds = 50;
         s.validate().unwrap();
-        let per_round = s.dp().unwrap().rho_per_round(3).unwrap();
+        let per_round = s.accountant().unwrap().unwrap().per_round;
         let affordable = s.rounds_to_run().unwrap();
         assert!(affordable < 50 && affordable > 0, "{affordable} rounds of ρ {per_round}");
         assert!(s.rho_total().unwrap() <= 0.4 + 1e-12);
@@ -1163,8 +1317,94 @@ mod tests {
         assert!(eps.is_finite() && eps > 0.0);
         assert_eq!(state.next_step(&s), None);
         // A budget smaller than one round is refused outright.
-        s.privacy.as_mut().unwrap().rho = per_round / 2.0;
+        s.privacy.as_mut().unwrap().rho = Some(per_round / 2.0);
         assert!(matches!(s.validate(), Err(Error::Budget(_))));
+    }
+
+    fn record_level(epsilon: f64, sample_rate: f64) -> TrainPrivacy {
+        TrainPrivacy {
+            unit: PrivacyUnit::Record,
+            clip: 1.0,
+            noise_multiplier: 1.5,
+            rho: None,
+            epsilon: Some(epsilon),
+            sample_rate: Some(sample_rate),
+            delta: 1e-5,
+            fractional_bits: 16,
+        }
+    }
+
+    /// A record-level job takes DP-SGD steps: its vector is the gradient sum and the weighted
+    /// row count, it stops when the Rényi accountant's ε at δ would pass its budget, reports
+    /// that ε, charges the owners the unamplified ρ per round, and still learns.
+    #[test]
+    fn record_level_jobs_take_dp_sgd_steps_until_their_epsilon() {
+        let mut s = spec();
+        s.local.epochs = 1;
+        s.local.learning_rate = 1.0;
+        s.rounds = 10_000;
+        s.privacy = Some(record_level(4.0, 0.1));
+        s.validate().unwrap();
+        let accountant = s.accountant().unwrap().unwrap();
+        let mechanism = accountant.sampled.clone().unwrap();
+        // The sensitivity counts the weighted count and the rounding: σ a little below 1.5.
+        assert!(mechanism.sigma < 1.5 && mechanism.sigma > 1.45, "{mechanism:?}");
+        let rounds = s.rounds_to_run().unwrap();
+        let eps = |t: u32| crate::rdp::epsilon(0.1, mechanism.sigma, u64::from(t), 1e-5).unwrap().0;
+        assert!(rounds > 50 && eps(rounds) <= 4.0 && eps(rounds + 1) > 4.0, "{rounds}");
+        assert_eq!(s.rho_total().unwrap(), accountant.per_round * f64::from(rounds));
+        assert!((accountant.per_round - 1.0 / (2.0 * mechanism.sigma.powi(2))).abs() < 1e-12);
+        assert_eq!(s.vector_len(Step::Train { round: 0 }).unwrap(), 3 + 1);
+        assert!(!s.evaluates());
+
+        let parties = [party_data(&s, 0.0, 400), party_data(&s, 0.0, 400)];
+        let mut state = Training::new(&s).unwrap();
+        state.standardizer =
+            Some(Standardizer::from_bounds(&[(80.0, 130.0), (-1.0, 1.0)]).unwrap());
+        let history = run(&s, &parties, &mut state, usize::MAX);
+        assert_eq!(history.len() as u32, rounds);
+        let last = history.last().unwrap();
+        assert!((last.epsilon.unwrap() - eps(rounds)).abs() < 1e-12);
+        assert_eq!(state.next_step(&s), None);
+        // A tenth of the 2 × 320 training rows are in each step.
+        let sampled = state.sampled_rows.as_ref().unwrap();
+        let batch = sampled.total / f64::from(sampled.steps);
+        assert!((batch - 64.0).abs() < 6.0, "{batch}");
+        // The label is the sign of the first feature's wave: the model finds it.
+        let eval = parties[0].eval.clone();
+        let mut x = eval.x.clone();
+        state.standardizer.as_ref().unwrap().apply(&mut x).unwrap();
+        let p = state.server.model.predict(x.view()).unwrap();
+        let right =
+            p.column(0).into_iter().zip(&eval.y).filter(|(p, y)| (**p >= 0.5) == (**y == 1.0));
+        assert!(right.count() as f64 >= 0.85 * eval.len() as f64);
+
+        // Each unit takes its own budget and settings.
+        let mut wrong = s.clone();
+        wrong.privacy.as_mut().unwrap().rho = Some(1.0);
+        assert!(matches!(wrong.validate(), Err(Error::Settings(_))));
+        wrong.privacy = Some(TrainPrivacy { sample_rate: None, ..record_level(3.0, 0.5) });
+        assert!(matches!(wrong.validate(), Err(Error::Settings(_))));
+        wrong.privacy = Some(record_level(3.0, 1.5));
+        assert!(matches!(wrong.validate(), Err(Error::Settings(_))));
+        wrong.privacy = Some(record_level(1e-3, 0.5));
+        assert!(matches!(wrong.validate(), Err(Error::Budget(_))), "{:?}", wrong.validate());
+        wrong.privacy = Some(record_level(3.0, 0.5));
+        wrong.local.epochs = 2;
+        assert!(matches!(wrong.validate(), Err(Error::Settings(_))));
+        let mut party = s.clone();
+        party.privacy.as_mut().unwrap().unit = PrivacyUnit::Party;
+        assert!(matches!(party.validate(), Err(Error::Settings(_))));
+        // The default unit is the party, and a party-level job's form is unchanged.
+        let json = serde_json::to_value(TrainPrivacy {
+            unit: PrivacyUnit::Party,
+            rho: Some(1.0),
+            epsilon: None,
+            sample_rate: None,
+            ..record_level(1.0, 1.0)
+        })
+        .unwrap();
+        assert!(json.get("unit").is_none() && json.get("epsilon").is_none(), "{json}");
     }
 
     /// Steps the parties already contributed to before a restart are skipped: a lost round is

@@ -231,43 +231,119 @@ impl Model {
         x: ArrayView2<'_, f64>,
         y: ArrayView1<'_, f64>,
     ) -> Result<(f64, Vec<f64>)> {
-        self.check_input(x)?;
-        check_labels(&self.spec, y, x.nrows())?;
         let rows = x.nrows().max(1) as f64;
-        let mut trace = self.forward(x);
-        let mut scores = trace.activations.pop().expect("at least the input");
-        // The gradient of the mean loss with respect to the scores.
-        let loss = output_loss(self.spec.head(), &mut scores, y) / rows;
-        scores /= rows;
-        let mut delta = scores;
-        let layers = self.layers();
-        let mut gradient = vec![0.0; self.parameters.len()];
-        let mut ends = Vec::with_capacity(layers.len());
-        let mut at = 0;
-        for (w, _) in &layers {
-            at += w.len() + w.ncols();
-            ends.push(at);
+        let (loss, trace, deltas) = self.backward(x, y)?;
+        let mut gradient = self.gradient(&trace, &deltas, None);
+        gradient.iter_mut().for_each(|g| *g /= rows);
+        Ok((loss / rows, gradient))
+    }
+
+    /// The sum over the rows of each row's gradient of its loss, clipped to L2 norm `clip`
+    /// (record-level DP-SGD), with the summed loss and how many rows were clipped.
+    ///
+    /// A dense layer's gradient for one row is the outer product of the layer's input `a` and
+    /// the loss's gradient `δ` at its output, whose norm is `‖a‖·‖δ‖` (and `‖δ‖` for its
+    /// biases): so every row's norm comes from one forward and one backward pass over the
+    /// batch, and the clipped sum is one product per layer with each row's `δ` scaled
+    /// (Goodfellow, "Efficient per-example gradient computations", 2015).
+    pub fn clipped_gradient_sum(
+        &self,
+        x: ArrayView2<'_, f64>,
+        y: ArrayView1<'_, f64>,
+        clip: f64,
+    ) -> Result<ClippedSum> {
+        if !(clip.is_finite() && clip > 0.0) {
+            return Err(Error::Settings(format!("the clipping norm must be positive, not {clip}")));
         }
-        for (i, (w, _)) in layers.iter().enumerate().rev() {
-            let input = &trace.activations[i];
-            let start = ends[i] - w.len() - w.ncols();
-            let gw = input.t().dot(&delta);
-            let gb = delta.sum_axis(Axis(0));
-            gradient[start..start + w.len()].iter_mut().zip(gw.iter()).for_each(|(g, v)| *g = *v);
-            gradient[start + w.len()..ends[i]].iter_mut().zip(gb.iter()).for_each(|(g, v)| *g = *v);
-            if i > 0 {
-                let mut back = delta.dot(&w.t());
-                // The input of layer i is the ReLU of the previous scores: zero where it cut.
-                back.zip_mut_with(input, |d, a| {
-                    if *a <= 0.0 {
-                        *d = 0.0;
-                    }
-                });
-                delta = back;
+        let (loss, trace, deltas) = self.backward(x, y)?;
+        let mut squared = Array1::<f64>::zeros(x.nrows());
+        for (input, delta) in trace.activations.iter().zip(&deltas) {
+            for ((s, a), d) in squared.iter_mut().zip(input.rows()).zip(delta.rows()) {
+                let (a2, d2) = (a.dot(&a), d.dot(&d));
+                *s += (a2 + 1.0) * d2;
             }
         }
-        Ok((loss, gradient))
+        let mut clipped = 0;
+        let scale = squared.mapv(|s| {
+            let norm = s.sqrt();
+            if norm > clip {
+                clipped += 1;
+                clip / norm
+            } else {
+                1.0
+            }
+        });
+        let gradient = self.gradient(&trace, &deltas, Some(&scale));
+        if gradient.iter().any(|g| !g.is_finite()) || !loss.is_finite() {
+            return Err(Error::Diverged("a clipped gradient is not finite".into()));
+        }
+        Ok(ClippedSum { gradient, loss, rows: x.nrows(), clipped })
     }
+
+    /// The forward pass and the backward pass: the summed loss, the trace and the gradient of
+    /// each row's loss with respect to each layer's output scores (one row per example).
+    fn backward(
+        &self,
+        x: ArrayView2<'_, f64>,
+        y: ArrayView1<'_, f64>,
+    ) -> Result<(f64, Trace, Vec<Array2<f64>>)> {
+        self.check_input(x)?;
+        check_labels(&self.spec, y, x.nrows())?;
+        let mut trace = self.forward(x);
+        let mut scores = trace.activations.pop().expect("at least the input");
+        let loss = output_loss(self.spec.head(), &mut scores, y);
+        let layers = self.layers();
+        let mut deltas = vec![scores];
+        for i in (1..layers.len()).rev() {
+            let delta = deltas.last().expect("one delta per layer after it");
+            let mut back = delta.dot(&layers[i].0.t());
+            // The input of layer i is the ReLU of the previous scores: zero where it cut.
+            back.zip_mut_with(&trace.activations[i], |d, a| {
+                if *a <= 0.0 {
+                    *d = 0.0;
+                }
+            });
+            deltas.push(back);
+        }
+        deltas.reverse();
+        Ok((loss, trace, deltas))
+    }
+
+    /// The flat gradient from the backward pass's deltas, each row's weighted by `scale`.
+    fn gradient(
+        &self,
+        trace: &Trace,
+        deltas: &[Array2<f64>],
+        scale: Option<&Array1<f64>>,
+    ) -> Vec<f64> {
+        let mut gradient = Vec::with_capacity(self.parameters.len());
+        for (input, delta) in trace.activations.iter().zip(deltas) {
+            let scaled;
+            let delta = match scale {
+                Some(c) => {
+                    scaled = delta * &c.view().insert_axis(Axis(1));
+                    &scaled
+                }
+                None => delta,
+            };
+            gradient.extend(input.t().dot(delta).iter());
+            gradient.extend(delta.sum_axis(Axis(0)).iter());
+        }
+        gradient
+    }
+}
+
+/// One party's clipped per-row gradients summed over a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClippedSum {
+    /// Σ over the rows of each row's gradient clipped to the norm.
+    pub gradient: Vec<f64>,
+    /// The summed loss.
+    pub loss: f64,
+    /// Rows in the batch.
+    pub rows: usize,
+    /// Rows whose gradient was longer than the norm.
+    pub clipped: usize,
 }
 
 /// Checks labels: as many as rows, finite, and valid classes for a classifier.
@@ -422,6 +498,52 @@ mod tests {
                     "{spec:?} parameter {i}: numeric {numeric}, analytic {analytic}"
                 );
             }
+        }
+    }
+
+    /// The clipped sum equals clipping each row's own gradient and adding them up, for every
+    /// model: the norms from the layer products are the norms of the rows' gradients.
+    #[test]
+    fn clipped_sums_equal_rows_clipped_one_by_one() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let x = data(&mut rng, 9, 4);
+        let specs = [
+            (ModelSpec::LinearRegression, array![0.5, -1.0, 2.0, 0.0, 1.5, -0.3, 0.9, 3.0, -2.0]),
+            (ModelSpec::LogisticRegression, array![0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0]),
+            (
+                ModelSpec::Mlp { hidden: vec![6, 3], classes: 3 },
+                array![2.0, 0.0, 1.0, 1.0, 2.0, 0.0, 0.0, 1.0, 2.0],
+            ),
+        ];
+        for (spec, y) in specs {
+            let mut model = Model::new(spec.clone(), 4, &mut rng).unwrap();
+            for p in &mut model.parameters {
+                *p = 2.0 * unit(&mut rng) - 1.0;
+            }
+            for clip in [0.05, 0.7, 1e9] {
+                let got = model.clipped_gradient_sum(x.view(), y.view(), clip).unwrap();
+                let mut want = vec![0.0; model.parameters.len()];
+                let mut clipped = 0;
+                for r in 0..x.nrows() {
+                    let row = x.select(Axis(0), &[r]);
+                    let label = y.select(Axis(0), &[r]);
+                    let (_, mut g) = model.loss_and_gradient(row.view(), label.view()).unwrap();
+                    let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
+                    if norm > clip {
+                        clipped += 1;
+                        g.iter_mut().for_each(|v| *v *= clip / norm);
+                    }
+                    want.iter_mut().zip(&g).for_each(|(w, v)| *w += v);
+                }
+                assert_eq!((got.rows, got.clipped), (9, clipped), "{spec:?} at {clip}");
+                for (a, b) in got.gradient.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() < 1e-9 * (1.0 + b.abs()),
+                        "{spec:?} at {clip}: {a} vs {b}"
+                    );
+                }
+            }
+            assert!(model.clipped_gradient_sum(x.view(), y.view(), 0.0).is_err());
         }
     }
 

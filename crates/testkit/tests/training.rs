@@ -364,6 +364,55 @@ async fn dp_training_reports_epsilon_stops_at_its_budget_and_parties_refuse_beyo
     cluster.shutdown().await;
 }
 
+/// Record-level DP-SGD through the services: each round one DP-SGD step whose gradient sum the
+/// coordinator only sees noised, stopped by the Rényi accountant at the job's ε, every owner's
+/// ledger charged the job's zCDP ρ, and a second job beyond the owners' budgets refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_level_dp_sgd_stops_at_its_epsilon_and_charges_the_owners() {
+    let extra = format!("{}\n[datasets.policy]\nbudget_per_consumer = 0.6\n", declared_bounds());
+    let cluster = Cluster::start(cluster_spec(&extra, None)).await;
+    let dp = "min_parties = 3\nstrategy = { kind = \"fed_adam\", learning_rate = 0.3 }\n\
+        [privacy]\nunit = \"record\"\nclip = 1.0\nnoise_multiplier = 8.0\nsample_rate = 0.5\n\
+        epsilon = 2.0\ndelta = 1e-5";
+    let text = logistic(1000, dp).replace("l2 = 0.05\n", "");
+    let spec = match veil_analytics::Job::parse(&text).unwrap() {
+        veil_analytics::Job::Train(s) => *s,
+        _ => unreachable!(),
+    };
+    let (status, result) = cluster.run_job(&text).await;
+    assert_eq!(status.state(), JobState::Succeeded, "{status:?}");
+    let a: serde_json::Value = serde_json::from_str(&result.unwrap().answer_json).unwrap();
+    let rounds = a["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len() as u32, spec.rounds_to_run().unwrap());
+    let epsilon = a["epsilon"].as_f64().unwrap();
+    assert!(epsilon > 1.9 && epsilon <= 2.0, "ε {epsilon}");
+    assert!(a["final"].is_null(), "a DP job releases no exact evaluation counts");
+    // Every owner's ledger holds the job's ρ: the unamplified ρ of each step it ran.
+    let rho = spec.rho_total().unwrap();
+    for i in 0..3 {
+        let spent = cluster.spent(i, "cells", "analyst").consumer;
+        assert!((spent - rho).abs() < 1e-9, "party {i} spent {spent}, the job charges {rho}");
+    }
+    // The model it released classifies the held-out tumours.
+    let file: veil_learning::export::ModelFile =
+        serde_json::from_value(a["model"].clone()).unwrap();
+    let (mut right, mut all) = (0usize, 0usize);
+    for h in HOSPITALS {
+        let (_, x, y) = rows(h);
+        let p = file.score(x).unwrap();
+        right += p.column(0).iter().zip(&y).filter(|(p, y)| (**p >= 0.5) == (**y == 1.0)).count();
+        all += y.len();
+    }
+    assert!(right as f64 >= 0.9 * all as f64, "{right} of {all}");
+
+    // The first job took ρ ≈ 0.4 of each party's 0.6; the same job again does not fit.
+    assert!(rho > 0.3 && rho < 0.6, "{rho}");
+    let (refused, _) = cluster.run_job(&text).await;
+    assert_eq!(refused.state(), JobState::Failed, "{refused:?}");
+    assert!(refused.detail.contains("budget"), "{}", refused.detail);
+    cluster.shutdown().await;
+}
+
 /// The exact vector party `party` contributes to the first training round of a job (the
 /// rounding is seeded from the job's hash without DP, as the worker seeds it).
 fn first_round_vector(text: &str, standardizer: &Standardizer, party: usize) -> Vec<u64> {
