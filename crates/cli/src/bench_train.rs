@@ -227,15 +227,28 @@ fn columns(file: &Path) -> Result<Vec<String>> {
     Ok(reader.headers()?.iter().filter(|h| *h != "target").map(str::to_string).collect())
 }
 
-/// One party process per file, serving it as `dataset` with every column numeric; plain
+/// One party process per file, serving it as `dataset` with every column numeric, each
+/// feature declared within `bounds` when given (as a differentially private job needs); plain
 /// rounds allowed (benchmark parties).
-async fn cluster(dataset: &str, files: &[std::path::PathBuf]) -> Result<ProcessCluster> {
-    let mut cols: Vec<String> =
-        columns(&files[0])?.into_iter().map(|c| format!("{c} = \"float\"")).collect();
+async fn cluster(
+    dataset: &str,
+    files: &[std::path::PathBuf],
+    bounds: Option<(f64, f64)>,
+) -> Result<ProcessCluster> {
+    let features = columns(&files[0])?;
+    let mut cols: Vec<String> = features.iter().map(|c| format!("{c} = \"float\"")).collect();
     cols.push("target = \"int\"".into());
+    let declared = match bounds {
+        Some((lo, hi)) => {
+            let each: Vec<String> =
+                features.iter().map(|c| format!("{c} = [{lo:?}, {hi:?}]")).collect();
+            format!("bounds = {{ {} }}\n", each.join(", "))
+        }
+        None => String::new(),
+    };
     let section = |i: usize| {
         format!(
-            "\n[[datasets]]\nname = \"{dataset}\"\npath = {:?}\ncolumns = {{ {} }}\n",
+            "\n[[datasets]]\nname = \"{dataset}\"\npath = {:?}\ncolumns = {{ {} }}\n{declared}",
             files[i].display().to_string(),
             cols.join(", ")
         )
@@ -342,7 +355,7 @@ pub(crate) async fn services(rounds: u32, repeat: usize) -> Result<()> {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data");
     let digits: Vec<_> = (0..4).map(|i| data.join(format!("digits/party_{i}.csv"))).collect();
     let features = columns(&digits[0])?;
-    let c = cluster("digits", &digits).await?;
+    let c = cluster("digits", &digits, Some((0.0, 16.0))).await?;
     let mlp = "[model]\nkind = \"mlp\"\nhidden = [32]\nclasses = 10";
     let local = "[local]\nepochs = 5\nbatch_size = 32\nlearning_rate = 0.01\nl2 = 1e-4\noptimizer = { kind = \"adam\" }";
     let non_private = compare(
@@ -364,7 +377,7 @@ pub(crate) async fn services(rounds: u32, repeat: usize) -> Result<()> {
         .map(|h| data.join(format!("breast_cancer/hospital_{h}.csv")))
         .collect();
     let features = columns(&hospitals[0])?;
-    let c = cluster("cells", &hospitals).await?;
+    let c = cluster("cells", &hospitals, None).await?;
     let logistic = "[model]\nkind = \"logistic_regression\"";
     let local = "[local]\nepochs = 1\nbatch_size = 16\nlearning_rate = 0.1\nl2 = 0.05\noptimizer = { kind = \"sgd\" }";
     let secure = compare(

@@ -304,6 +304,19 @@ pub struct Accountant {
     /// The record-level mechanism, accounted in Rényi DP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampled: Option<SampledGaussian>,
+    /// The mechanism's Rényi curve, computed at its first use.
+    #[serde(skip)]
+    curve: CurveCache,
+}
+
+/// A cache of a value derived from the accountant's own fields: equal whatever it holds.
+#[derive(Clone, Debug, Default)]
+struct CurveCache(std::sync::OnceLock<rdp::Curve>);
+
+impl PartialEq for CurveCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Accountant {
@@ -315,7 +328,15 @@ impl Accountant {
         if !(delta > 0.0 && delta < 1.0) {
             return Err(Error::Settings(format!("δ must be in (0, 1), not {delta}")));
         }
-        Ok(Self { per_round, budget, spent: 0.0, rounds: 0, delta, sampled: None })
+        Ok(Self {
+            per_round,
+            budget,
+            spent: 0.0,
+            rounds: 0,
+            delta,
+            sampled: None,
+            curve: CurveCache::default(),
+        })
     }
 
     /// An accountant for a record-level job of budget ε `epsilon` at `delta`, each round of
@@ -334,8 +355,16 @@ impl Accountant {
     /// ε at δ after `rounds` rounds.
     fn epsilon_after(&self, rounds: u32) -> f64 {
         match &self.sampled {
-            Some(m) => rdp::epsilon(m.sample_rate, m.sigma, u64::from(rounds), self.delta)
-                .map_or(f64::INFINITY, |(e, _)| e),
+            Some(m) => {
+                let curve = match self.curve.0.get() {
+                    Some(c) => c,
+                    None => match rdp::Curve::new(m.sample_rate, m.sigma) {
+                        Ok(c) => self.curve.0.get_or_init(|| c),
+                        Err(_) => return f64::INFINITY,
+                    },
+                };
+                curve.epsilon(u64::from(rounds), self.delta).map_or(f64::INFINITY, |(e, _)| e)
+            }
             None => zcdp_epsilon(self.per_round * f64::from(rounds), self.delta),
         }
     }

@@ -59,32 +59,55 @@ pub fn step_rdp(q: f64, sigma: f64, alpha: u32) -> Result<f64> {
     Ok(log_a / (a - 1.0))
 }
 
+/// One step's ε_α at every order of [`orders`]: computed once, it prices any number of steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Curve {
+    per_order: Vec<(u32, f64)>,
+}
+
+impl Curve {
+    /// The curve of the Poisson-subsampled Gaussian (sampling rate `q`, noise multiplier
+    /// `sigma`).
+    pub fn new(q: f64, sigma: f64) -> Result<Self> {
+        let per_order =
+            orders().into_iter().map(|a| Ok((a, step_rdp(q, sigma, a)?))).collect::<Result<_>>()?;
+        Ok(Self { per_order })
+    }
+
+    /// The ε at `delta` of `steps` steps, with the order that gives it.
+    pub fn epsilon(&self, steps: u64, delta: f64) -> Result<(f64, u32)> {
+        if !(delta > 0.0 && delta < 1.0) {
+            return Err(Error::Settings(format!("δ must be in (0, 1), not {delta}")));
+        }
+        let mut best = (f64::INFINITY, 0);
+        for &(alpha, step) in &self.per_order {
+            let rdp = step * steps as f64;
+            let a = f64::from(alpha);
+            let eps = if delta * delta + (-rdp).exp_m1() > 0.0 {
+                0.0
+            } else {
+                rdp + (-1.0 / a).ln_1p() - (delta * a).ln() / (a - 1.0)
+            };
+            if eps < best.0 {
+                best = (eps, alpha);
+            }
+        }
+        Ok((best.0.max(0.0), best.1))
+    }
+}
+
 /// The ε at `delta` of `steps` steps of the Poisson-subsampled Gaussian (sampling rate `q`,
 /// noise multiplier `sigma`), with the order that gives it.
 pub fn epsilon(q: f64, sigma: f64, steps: u64, delta: f64) -> Result<(f64, u32)> {
-    if !(delta > 0.0 && delta < 1.0) {
-        return Err(Error::Settings(format!("δ must be in (0, 1), not {delta}")));
-    }
-    let mut best = (f64::INFINITY, 0);
-    for alpha in orders() {
-        let rdp = step_rdp(q, sigma, alpha)? * steps as f64;
-        let a = f64::from(alpha);
-        let eps = if delta * delta + (-rdp).exp_m1() > 0.0 {
-            0.0
-        } else {
-            rdp + (-1.0 / a).ln_1p() - (delta * a).ln() / (a - 1.0)
-        };
-        if eps < best.0 {
-            best = (eps, alpha);
-        }
-    }
-    Ok((best.0.max(0.0), best.1))
+    Curve::new(q, sigma)?.epsilon(steps, delta)
 }
 
 /// The most steps whose ε at `delta` stays within `budget`.
 pub fn steps_within(q: f64, sigma: f64, delta: f64, budget: f64) -> Result<u64> {
+    let curve = Curve::new(q, sigma)?;
+    let epsilon = |steps: u64| curve.epsilon(steps, delta);
     let (mut lo, mut hi) = (0u64, 1u64);
-    while epsilon(q, sigma, hi, delta)?.0 <= budget {
+    while epsilon(hi)?.0 <= budget {
         lo = hi;
         hi = hi.saturating_mul(2);
         if hi > 1 << 40 {
@@ -93,7 +116,7 @@ pub fn steps_within(q: f64, sigma: f64, delta: f64, budget: f64) -> Result<u64> 
     }
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        if epsilon(q, sigma, mid, delta)?.0 <= budget { lo = mid } else { hi = mid }
+        if epsilon(mid)?.0 <= budget { lo = mid } else { hi = mid }
     }
     Ok(lo)
 }
