@@ -52,6 +52,10 @@ pub struct Policy {
     /// part in joins as their value side.
     #[serde(default)]
     pub reveal_membership_to: Vec<String>,
+    /// Trainer programs (by the SHA-256 of their source, in hex) that training jobs may run on
+    /// this dataset; when empty, none.
+    #[serde(default)]
+    pub trainers: Vec<String>,
     /// The fewest parties this dataset's rows may be combined with.
     pub min_cohort: Option<u32>,
     /// Released groups (histogram bins) with fewer members are suppressed; a job must declare
@@ -122,6 +126,8 @@ pub struct Request<'a> {
     /// value side tells its group side); which party, the exchange's start says, and
     /// [`Policy::may_learn_membership`] decides.
     pub reveals_membership: bool,
+    /// The SHA-256 (hex) of the trainer program a training job runs on the rows, if any.
+    pub trainer: Option<&'a str>,
     /// The declared zCDP charge, if any.
     pub rho: Option<f64>,
     /// The declared k-threshold, if any.
@@ -178,11 +184,14 @@ pub enum Rule {
     /// The job would tell another dataset's owner which of its keys this dataset holds, and
     /// the policy does not name that dataset.
     RevealMembership,
+    /// The job runs a trainer program the policy does not approve, or one the party cannot
+    /// confine.
+    Trainer,
 }
 
 impl Rule {
     /// Every rule.
-    pub const ALL: [Rule; 20] = [
+    pub const ALL: [Rule; 21] = [
         Rule::CoreGrade,
         Rule::Expired,
         Rule::UsesExhausted,
@@ -203,6 +212,7 @@ impl Rule {
         Rule::JoinKey,
         Rule::JoinSize,
         Rule::RevealMembership,
+        Rule::Trainer,
     ];
 
     /// The rule with this name.
@@ -233,6 +243,7 @@ impl Rule {
             Rule::JoinKey => "join-key",
             Rule::JoinSize => "join-size",
             Rule::RevealMembership => "reveal-membership",
+            Rule::Trainer => "trainer",
         }
     }
 }
@@ -308,6 +319,16 @@ pub fn evaluate(g: &DatasetGovernance, r: &Request<'_>) -> Result<(), Denial> {
             return deny(
                 Rule::JoinKey,
                 format!("the job matches {d:?} on column {c:?}; its policy {allowed}"),
+            );
+        }
+    }
+    if let Some(hash) = r.trainer {
+        if !p.trainers.iter().any(|t| t.eq_ignore_ascii_case(hash)) {
+            return deny(
+                Rule::Trainer,
+                format!(
+                    "the job runs trainer program sha256:{hash}, which the policy of {d:?} does not approve (its owner adds the hash to trainers after reading the program)"
+                ),
             );
         }
     }
@@ -401,6 +422,7 @@ mod tests {
             grouped: vec![],
             joined: vec![],
             reveals_membership: false,
+            trainer: None,
             rho: None,
             k_threshold: None,
             today: "2026-11-23",

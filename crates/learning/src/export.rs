@@ -108,7 +108,7 @@ impl ModelFile {
         }
         let widths = model.spec.widths(model.features);
         let mut at = 0;
-        let last = widths.len() - 2;
+        let last = widths.len().saturating_sub(2);
         let layers = widths
             .windows(2)
             .enumerate()
@@ -162,7 +162,7 @@ impl ModelFile {
         let model = self.model()?;
         let widths = model.spec.widths(model.features);
         let mut at = 0usize;
-        let last = widths.len() - 2;
+        let last = widths.len().saturating_sub(2);
         let consistent = self.layers.len() + 1 == widths.len()
             && self.layers.iter().zip(widths.windows(2)).enumerate().all(|(i, (l, w))| {
                 let ok = l.inputs == w[0]

@@ -125,11 +125,35 @@ pub struct TrainSpec {
     /// Elements of a party's update are clipped to `[-update_bound, update_bound]` (without DP).
     #[serde(default = "ten")]
     pub update_bound: f64,
+    /// A trainer program that computes each party's update instead of a built-in model (with
+    /// `model = { kind = "program", parameters = N }`); parties run it only if their owners
+    /// approved its exact source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainer: Option<TrainerSpec>,
     /// Send updates unmasked: for benchmarks only; parties refuse it unless started with the
     /// dangerous benchmark flag.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub plain: bool,
 }
+
+/// A trainer program: its source, which the parties' owners approve by its SHA-256, and the
+/// bound veil puts on every update it returns.
+///
+/// Each round the party runs the program in a sandbox (no network, its rows and its scratch
+/// directory only) with the global parameters on its standard input and reads an update of
+/// the declared length from its standard output; see `docs/JOBS.md` for the protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerSpec {
+    /// The program's source (the client reads it from the file the job names).
+    pub source: String,
+    /// L2 bound of one party's update: veil clips what the program returns to it (under
+    /// DP-FedAvg, `privacy.clip` bounds it instead).
+    pub clip: f64,
+}
+
+/// Largest trainer program source: 1 MiB.
+pub const MAX_TRAINER_SOURCE: usize = 1 << 20;
 
 /// Whose privacy a differentially private training job protects.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -358,6 +382,7 @@ impl TrainSpec {
         } else {
             self.update_encoding()?;
         }
+        self.validate_trainer()?;
         let steps = u64::from(self.rounds_to_run()?) + 2;
         let per_step = self.checkpoint_values()?;
         if steps.saturating_mul(per_step) > MAX_CHECKPOINTED_VALUES {
@@ -367,6 +392,42 @@ impl TrainSpec {
             ));
         }
         Ok(())
+    }
+
+    /// A program's model comes with its trainer, and what veil cannot do for a model it does not
+    /// know is refused: evaluating it, and clipping its per-row gradients.
+    fn validate_trainer(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Settings(m.into()));
+        let program = matches!(self.model, ModelSpec::Program { .. });
+        match &self.trainer {
+            None if program => bad("a program's model needs a [trainer] with the program"),
+            None => Ok(()),
+            Some(_) if !program => bad(
+                "a job with a trainer program declares its model as { kind = \"program\", parameters = N }",
+            ),
+            Some(t) => {
+                if t.source.is_empty() || t.source.len() > MAX_TRAINER_SOURCE {
+                    return bad("the trainer program's source is empty or larger than 1 MiB");
+                }
+                if !(t.clip.is_finite() && t.clip > 0.0) {
+                    return bad("trainer.clip must be positive");
+                }
+                if self.evaluation.holdout > 0.0 {
+                    return bad(
+                        "veil cannot evaluate a program's model: set [evaluation] holdout = 0",
+                    );
+                }
+                if self.privacy.as_ref().is_some_and(|p| p.unit == PrivacyUnit::Record) {
+                    return bad(
+                        "record-level DP clips each row's gradient, which a program's model does not expose to veil: use unit = \"party\"",
+                    );
+                }
+                if self.encode.label.is_some() {
+                    return bad("a trainer program takes a numeric label: leave encode.label out");
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Checks the privacy settings: each unit's own budget and settings, and that the budget
@@ -649,17 +710,7 @@ pub fn party_vector(
     party: u32,
     rng: &mut impl RngCore,
 ) -> Result<Vec<u64>> {
-    let standardized = |e: &Examples| -> Result<Examples> {
-        let mut e = e.clone();
-        match (spec.standardize, input.standardizer) {
-            (true, Some(s)) => s.apply(&mut e.x)?,
-            (true, None) => {
-                return Err(Error::Settings("the step comes without the standardisation".into()));
-            }
-            (false, _) => {}
-        }
-        Ok(e)
-    };
+    let standardized = |e: &Examples| standardized(spec, input, e);
     let model = || {
         Model::from_parameters(spec.model.clone(), spec.inputs().len(), input.parameters.to_vec())
     };
@@ -668,6 +719,11 @@ pub fn party_vector(
             &Standardizer::local_moments(data.train.x.view()),
             "the features' moments",
         )?,
+        Step::Train { .. } if spec.trainer.is_some() => {
+            return Err(Error::Settings(
+                "a trainer program computes this step's update: see program_vector".into(),
+            ));
+        }
         Step::Train { round } => {
             let global = model()?;
             let train = standardized(&data.train)?;
@@ -700,6 +756,70 @@ pub fn party_vector(
         Step::Evaluate => eval_vector(spec, &model()?, &standardized(&data.eval)?)?,
     };
     debug_assert_eq!(vector.len(), spec.vector_len(input.step).unwrap_or(0));
+    Ok(vector)
+}
+
+/// The rows a party trains on in a step, standardised as the step says.
+pub fn training_rows(
+    spec: &TrainSpec,
+    input: &StepInput<'_>,
+    data: &LocalData,
+) -> Result<Examples> {
+    standardized(spec, input, &data.train)
+}
+
+/// `rows` standardised as the step says.
+fn standardized(spec: &TrainSpec, input: &StepInput<'_>, rows: &Examples) -> Result<Examples> {
+    let mut rows = rows.clone();
+    match (spec.standardize, input.standardizer) {
+        (true, Some(s)) => s.apply(&mut rows.x)?,
+        (true, None) => {
+            return Err(Error::Settings("the step comes without the standardisation".into()));
+        }
+        (false, _) => {}
+    }
+    Ok(rows)
+}
+
+/// A party's vector for a training step whose update a trainer program computed: the update
+/// (new parameters minus the global ones, of the model's length) clipped to the trainer's
+/// bound, or to `privacy.clip` and noised under DP-FedAvg, then encoded as a built-in model's.
+pub fn program_vector(
+    spec: &TrainSpec,
+    step: Step,
+    update: &[f64],
+    rows: usize,
+    rng: &mut impl RngCore,
+) -> Result<Vec<u64>> {
+    let Some(trainer) = &spec.trainer else {
+        return Err(Error::Settings("the job has no trainer program".into()));
+    };
+    if !matches!(step, Step::Train { .. }) {
+        return Err(Error::Settings(format!("a trainer program computes no {step}")));
+    }
+    let parameters = spec.parameters()?;
+    if update.len() != parameters {
+        return Err(Error::Shape(format!(
+            "the trainer program returned {} values; the job's model has {parameters}",
+            update.len()
+        )));
+    }
+    if update.iter().any(|v| !v.is_finite()) {
+        return Err(Error::Diverged("the trainer program returned a non-finite value".into()));
+    }
+    let vector = match spec.dp() {
+        Some(Dp::FedAvg(dp)) => dp.encode(update, MAX_PARTIES, rng)?.0,
+        Some(Dp::Sgd(_)) => {
+            return Err(Error::Settings("record-level DP does not apply to programs".into()));
+        }
+        None => {
+            let mut delta = update.to_vec();
+            crate::strategy::clip_l2(&mut delta, trainer.clip);
+            let update = crate::train::LocalUpdate { delta, rows, loss: 0.0 };
+            spec.update_encoding()?.encode(&update, rng)?
+        }
+    };
+    debug_assert_eq!(vector.len(), spec.vector_len(step).unwrap_or(0));
     Ok(vector)
 }
 
@@ -1153,6 +1273,7 @@ mod tests {
             min_parties: 2,
             seed: 3,
             update_bound: 10.0,
+            trainer: None,
             plain: false,
         }
     }
@@ -1405,6 +1526,58 @@ mod tests {
         })
         .unwrap();
         assert!(json.get("unit").is_none() && json.get("epsilon").is_none(), "{json}");
+    }
+
+    /// A program's model: veil checks the job, bounds what the program returns and sums it
+    /// like a built-in model's update, and refuses what it cannot do for a model it does not
+    /// know.
+    #[test]
+    fn trainer_program_updates_are_checked_bounded_and_summed() {
+        let program = TrainSpec {
+            model: ModelSpec::Program { parameters: 3 },
+            trainer: Some(TrainerSpec { source: "print()".into(), clip: 0.5 }),
+            evaluation: Evaluation { holdout: 0.0 },
+            ..spec()
+        };
+        program.validate().unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let step = Step::Train { round: 0 };
+        // An update of length 5 along the first axis is clipped to the trainer's 0.5.
+        let v = program_vector(&program, step, &[5.0, 0.0, 0.0], 10, &mut rng).unwrap();
+        // Two parties' identical updates: the mean moves the model by the clipped update.
+        let sum: Vec<u64> = v.iter().zip(&v).map(|(a, b)| a.wrapping_add(*b)).collect();
+        let mut state = Training::new(&program).unwrap();
+        state.absorb(&program, step, &sum, 2).unwrap();
+        let w = &state.server.model.parameters;
+        assert!((w[0] - 0.5).abs() < 1e-3 && w[1].abs() < 1e-3, "{w:?}");
+        assert!(matches!(
+            program_vector(&program, step, &[1.0, 2.0], 10, &mut rng),
+            Err(Error::Shape(_))
+        ));
+        assert!(program_vector(&program, step, &[f64::NAN, 0.0, 0.0], 10, &mut rng).is_err());
+        assert!(program_vector(&program, Step::Evaluate, &[0.0; 3], 10, &mut rng).is_err());
+        let parties = [party_data(&program, 0.0, 20)];
+        let input = StepInput { step, parameters: &[0.0; 3], standardizer: None };
+        assert!(party_vector(&program, &input, &parties[0], 0, &mut rng).is_err());
+        assert!(
+            Model::new(program.model.clone(), 2, &mut rng)
+                .unwrap()
+                .predict(Array2::zeros((1, 2)).view())
+                .is_err()
+        );
+        let refused = [
+            TrainSpec { trainer: None, ..program.clone() },
+            TrainSpec { evaluation: Evaluation { holdout: 0.2 }, ..program.clone() },
+            TrainSpec { model: ModelSpec::LogisticRegression, ..program.clone() },
+            TrainSpec {
+                trainer: Some(TrainerSpec { source: String::new(), clip: 0.5 }),
+                ..program.clone()
+            },
+            TrainSpec { privacy: Some(record_level(4.0, 0.1)), ..program.clone() },
+        ];
+        for s in refused {
+            assert!(matches!(s.validate(), Err(Error::Settings(_))), "{:?}", s.validate());
+        }
     }
 
     /// Steps the parties already contributed to before a restart are skipped: a lost round is

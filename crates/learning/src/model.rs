@@ -31,6 +31,12 @@ pub enum ModelSpec {
         /// Number of classes (at least 2).
         classes: usize,
     },
+    /// A model a trainer program defines and trains: veil sees only its flat parameter
+    /// vector, and neither scores nor evaluates it.
+    Program {
+        /// Length of the parameter vector (and of every update).
+        parameters: usize,
+    },
 }
 
 /// Largest parameter count a model may have: 2^24 (128 MiB of f64).
@@ -62,13 +68,15 @@ impl ModelSpec {
                 w.push(*classes);
                 w
             }
+            // No layers veil knows of.
+            Self::Program { .. } => vec![features],
         }
     }
 
     /// The output head.
     pub fn head(&self) -> Head {
         match self {
-            Self::LinearRegression => Head::Squared,
+            Self::LinearRegression | Self::Program { .. } => Head::Squared,
             Self::LogisticRegression => Head::Binary,
             Self::SoftmaxRegression { .. } | Self::Mlp { .. } => Head::Categorical,
         }
@@ -77,7 +85,7 @@ impl ModelSpec {
     /// Number of classes for a classifier (2 for logistic regression), `None` for regression.
     pub fn classes(&self) -> Option<usize> {
         match self {
-            Self::LinearRegression => None,
+            Self::LinearRegression | Self::Program { .. } => None,
             Self::LogisticRegression => Some(2),
             Self::SoftmaxRegression { classes } | Self::Mlp { classes, .. } => Some(*classes),
         }
@@ -87,6 +95,14 @@ impl ModelSpec {
     pub fn parameter_count(&self, features: usize) -> Result<usize> {
         if features == 0 {
             return Err(Error::Shape("a model needs at least one feature".into()));
+        }
+        if let Self::Program { parameters } = self {
+            if *parameters == 0 || *parameters > MAX_PARAMETERS {
+                return Err(Error::Shape(format!(
+                    "a program's model has 1 to {MAX_PARAMETERS} parameters, not {parameters}"
+                )));
+            }
+            return Ok(*parameters);
         }
         if let Some(c) = self.classes() {
             if c < 2 {
@@ -187,6 +203,12 @@ impl Model {
     }
 
     fn check_input(&self, x: ArrayView2<'_, f64>) -> Result<()> {
+        if matches!(self.spec, ModelSpec::Program { .. }) {
+            return Err(Error::Settings(
+                "a trainer program's model is trained and scored by its program, not by veil"
+                    .into(),
+            ));
+        }
         if x.ncols() != self.features {
             return Err(Error::Shape(format!(
                 "{} feature columns given, the model takes {}",

@@ -65,6 +65,8 @@ pub struct Situation<'a> {
     pub training_jobs: usize,
     /// Intersections under way (their keys in memory).
     pub intersections: usize,
+    /// Why this system cannot confine trainer programs, if it cannot.
+    pub no_sandbox: Option<&'a str>,
 }
 
 /// What the party computes for an admitted job.
@@ -274,6 +276,7 @@ fn decide(
                 grouped: spec.group_by.iter().map(|g| g.column.as_str()).collect(),
                 joined: Vec::new(),
                 reveals_membership: false,
+                trainer: None,
                 rho: spec.privacy.as_ref().map(|p| p.rho),
                 k_threshold: spec.k_threshold,
                 today: situation.today,
@@ -342,6 +345,20 @@ fn decide(
                 };
             let uses = records.uses(&dataset.name).map_err(Decline::Fault)?;
             let rho = spec.rho_total().map_err(|e| Decline::Fault(e.to_string()))?;
+            let trainer = spec
+                .trainer
+                .as_ref()
+                .map(|t| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&t.source)));
+            if let (Some(_), Some(why)) = (&trainer, situation.no_sandbox) {
+                if !config.trainers.allow_unconfined {
+                    return Err(Decline::refused(
+                        Rule::Trainer,
+                        format!(
+                            "this party cannot confine a trainer program ({why}), and its owner has not allowed unconfined ones"
+                        ),
+                    ));
+                }
+            }
             let mut aggregated: Vec<&str> = spec.features.iter().map(String::as_str).collect();
             aggregated.push(&spec.label);
             let request = Request {
@@ -353,6 +370,7 @@ fn decide(
                 grouped: Vec::new(),
                 joined: Vec::new(),
                 reveals_membership: false,
+                trainer: trainer.as_deref(),
                 rho: spec.privacy.as_ref().map(|_| rho),
                 k_threshold: None,
                 today: situation.today,
@@ -416,6 +434,7 @@ fn decide(
                 grouped: Vec::new(),
                 joined: vec![side.key.as_str()],
                 // Given its intersection, the client learns which of its keys the server holds.
+                trainer: None,
                 reveals_membership: role == PsiSide::Server
                     && spec.output == veil_analytics::PsiOutput::Intersection,
                 rho: spec.privacy.as_ref().map(|p| p.rho),
@@ -497,6 +516,7 @@ fn decide(
                     grouped: vec![column.column.as_str()],
                     joined: vec![key.as_str()],
                     reveals_membership: false,
+                    trainer: None,
                     rho: aggregate.privacy.as_ref().map(|p| p.rho),
                     k_threshold: aggregate.k_threshold,
                     today: situation.today,
@@ -521,6 +541,7 @@ fn decide(
                     grouped: Vec::new(),
                     joined: vec![key.as_str()],
                     reveals_membership: true,
+                    trainer: None,
                     rho: aggregate.privacy.as_ref().map(|p| p.rho),
                     k_threshold: aggregate.k_threshold,
                     today: situation.today,
@@ -716,6 +737,7 @@ mod tests {
         dangerous_benchmark: false,
         training_jobs: 0,
         intersections: 0,
+        no_sandbox: None,
     };
 
     fn offer(config: &PartyConfig, book: &Book, spec: &str) -> Result<Admission, Decline> {
@@ -910,5 +932,37 @@ mod tests {
         let no_bounds = config(&CELLS.replace("bounds = { mean_radius = [0.0, 50.0] }\n", ""));
         let (kind, rule, m) = refused(offer(&no_bounds, &Book::default(), &dp));
         assert_eq!((kind, rule), (DeclineKind::Refused, Some(Rule::Column)), "{m}");
+    }
+
+    /// A trainer program runs only if the dataset's policy approves its exact source, and only
+    /// confined unless the owner allowed otherwise.
+    #[test]
+    fn trainer_programs_need_their_hash_approved_and_a_sandbox() {
+        let source = "print('{\\\"update\\\": [0, 0]}')";
+        let job = format!(
+            "kind = \"train\"\ndataset = \"cells\"\npurpose = \"research\"\nfeatures = [\"mean_radius\"]\nlabel = \"target\"\nrounds = 3\n\
+             model = {{ kind = \"program\", parameters = 2 }}\nevaluation = {{ holdout = 0.0 }}\n\
+             local = {{ epochs = 1, batch_size = 16, learning_rate = 0.1, optimizer = {{ kind = \"sgd\" }} }}\n\
+             trainer = {{ source = {source:?}, clip = 1.0 }}\n"
+        );
+        let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(source.as_bytes()));
+        let (kind, rule, m) = refused(offer(&config(CELLS), &Book::default(), &job));
+        assert_eq!((kind, rule), (DeclineKind::Refused, Some(Rule::Trainer)), "{m}");
+        assert!(m.contains(&hash), "{m}");
+        let approving = CELLS.replace(
+            "purposes = [\"research\"]",
+            &format!("purposes = [\"research\"]\ntrainers = [\"{hash}\"]"),
+        );
+        offer(&config(&approving), &Book::default(), &job).unwrap();
+        // A system that cannot confine it: refused, unless the owner allowed unconfined ones.
+        let bare = Situation { no_sandbox: Some("no Landlock"), ..TODAY };
+        let c = config(&approving);
+        let (kind, rule, m) =
+            refused(offer_as(&c, &Book::default(), &job, "analyst", Some(&analyst()), bare));
+        assert_eq!((kind, rule), (DeclineKind::Refused, Some(Rule::Trainer)), "{m}");
+        assert!(m.contains("no Landlock"), "{m}");
+        let mut allowing = c.clone();
+        allowing.trainers.allow_unconfined = true;
+        offer_as(&allowing, &Book::default(), &job, "analyst", Some(&analyst()), bare).unwrap();
     }
 }

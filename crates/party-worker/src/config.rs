@@ -47,6 +47,59 @@ pub struct PartyFile {
     /// The datasets served.
     #[serde(default)]
     pub datasets: Vec<DatasetConfig>,
+    /// How trainer programs the owner approved run.
+    #[serde(default)]
+    pub trainers: TrainersConfig,
+}
+
+/// How this party runs the trainer programs its owner approved (by their hash, in each
+/// dataset's policy): the interpreter, what it may read, and its limits. Each round a program
+/// runs confined (no network, its own scratch directory, the paths below read-only); where this
+/// system cannot confine it the party refuses such jobs unless `allow_unconfined` is set.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainersConfig {
+    /// The interpreter that runs a program's source (its only argument).
+    #[serde(default = "default_interpreter")]
+    pub interpreter: PathBuf,
+    /// Paths a program may read beyond the system's libraries: the interpreter's installation
+    /// and its packages (a virtualenv, say).
+    #[serde(default)]
+    pub read_paths: Vec<PathBuf>,
+    /// Run programs unconfined on a system with no sandbox. Off by default: such a program
+    /// could reach the network and every file the party can.
+    #[serde(default)]
+    pub allow_unconfined: bool,
+    /// Seconds one round of a program may run before it is killed.
+    #[serde(default = "default_trainer_seconds")]
+    pub timeout_seconds: u64,
+    /// Memory (address space) a program may use, in MiB.
+    #[serde(default = "default_trainer_memory")]
+    pub memory_mib: u64,
+}
+
+impl Default for TrainersConfig {
+    fn default() -> Self {
+        Self {
+            interpreter: default_interpreter(),
+            read_paths: Vec::new(),
+            allow_unconfined: false,
+            timeout_seconds: default_trainer_seconds(),
+            memory_mib: default_trainer_memory(),
+        }
+    }
+}
+
+fn default_interpreter() -> PathBuf {
+    PathBuf::from("/usr/bin/python3")
+}
+
+fn default_trainer_seconds() -> u64 {
+    600
+}
+
+fn default_trainer_memory() -> u64 {
+    8192
 }
 
 fn default_state() -> PathBuf {
@@ -196,6 +249,8 @@ pub struct PartyConfig {
     pub datasets: Vec<DatasetConfig>,
     /// The party's store.
     pub state: PathBuf,
+    /// How trainer programs run.
+    pub trainers: TrainersConfig,
 }
 
 impl std::fmt::Debug for PartyConfig {
@@ -262,6 +317,8 @@ impl PartyFile {
                 resolve(&mut d.path);
             }
         }
+        resolve(&mut f.trainers.interpreter);
+        f.trainers.read_paths.iter_mut().for_each(resolve);
         let mut names = std::collections::BTreeSet::new();
         for d in &f.datasets {
             if !names.insert(d.name.as_str()) {
@@ -416,6 +473,7 @@ impl PartyFile {
             party_names: roster_file.parties.iter().map(|p| (p.id, p.name.clone())).collect(),
             datasets: self.datasets,
             state: self.state,
+            trainers: self.trainers,
         })
     }
 }

@@ -353,6 +353,8 @@ pub(crate) struct PartyJobs {
     /// The job hash and consumer of every job this party accepted, until the job ends: a
     /// receipt is kept only for what the party took part in.
     accepted: HashMap<String, (String, String)>,
+    /// Why this system cannot confine trainer programs, if it cannot.
+    no_sandbox: Option<String>,
     out: VecDeque<Action>,
 }
 
@@ -378,8 +380,15 @@ impl PartyJobs {
             jobs: HashMap::new(),
             training: HashMap::new(),
             accepted: HashMap::new(),
+            no_sandbox: Some("the party has not checked for a sandbox".into()),
             out: VecDeque::new(),
         }
+    }
+
+    /// The machine knowing whether this system confines trainer programs (the Landlock ABI,
+    /// or why not).
+    pub(crate) fn with_sandbox(self, support: Result<u32, String>) -> Self {
+        Self { no_sandbox: support.err(), ..self }
     }
 
     /// The next thing to do, in order.
@@ -462,6 +471,7 @@ impl PartyJobs {
             dangerous_benchmark: self.options.dangerous_benchmark,
             training_jobs: self.training.len(),
             intersections: self.intersections(),
+            no_sandbox: self.no_sandbox.as_deref(),
         };
         let view = Offer {
             job_id: &offer.job_id,

@@ -14,6 +14,7 @@ mod jobs;
 pub mod store;
 #[cfg(test)]
 mod testing;
+pub mod trainer;
 pub mod worker;
 
 pub use config::{PartyConfig, PartyFile};

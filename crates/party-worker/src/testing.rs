@@ -36,6 +36,7 @@ pub(crate) fn config(datasets: &str) -> PartyConfig {
         party_names: BTreeMap::from([(0, "a".to_string()), (1, "b".to_string())]),
         datasets: parsed.datasets,
         state: "unused.db".into(),
+        trainers: Default::default(),
     }
 }
 

@@ -21,7 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use veil_governance::Decline;
 use veil_governance::audit::Event;
-use veil_learning::job::{LocalData, Step, StepInput, party_vector};
+use veil_learning::job::{LocalData, Step, StepInput, party_vector, program_vector, training_rows};
 use veil_learning::train::Standardizer;
 use veil_proto::v1::party_envelope::Body;
 use veil_proto::v1::party_gateway_client::PartyGatewayClient;
@@ -40,6 +40,7 @@ use crate::jobs::{
     PartyJobs, Preparation, Prepared, PsiKeys, StepWork, Trained, TrainingJob,
 };
 use crate::store::PartyStore;
+use crate::trainer;
 
 /// Fault injection for tests and drills of dropout handling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +102,8 @@ pub async fn run(
     let config = Arc::new(config);
     let records: Arc<dyn JobRecords> = store;
     let jobs =
-        PartyJobs::new(config.clone(), options.clone(), records, ChaCha20Rng::from_entropy, now_ms);
+        PartyJobs::new(config.clone(), options.clone(), records, ChaCha20Rng::from_entropy, now_ms)
+            .with_sandbox(veil_sandbox::support());
     let mut state = Worker::new(jobs, options);
     loop {
         let session = tokio::select! {
@@ -605,9 +607,13 @@ fn train(config: &PartyConfig, work: StepWork, done: mpsc::Sender<Trained>) {
     let StepWork { start, job_id, job, step, standardizer } = work;
     let party = config.id.0;
     let parameters = start.parameters.clone();
+    // Confined wherever the system can; otherwise admission refused the job unless the owner
+    // allowed unconfined programs.
+    let trainers =
+        Trainers { config: config.trainers.clone(), confined: veil_sandbox::support().is_ok() };
     tokio::spawn(async move {
         let computed = tokio::task::spawn_blocking(move || {
-            compute_step(&job, step, &parameters, standardizer.as_ref(), party)
+            compute_step(&job, step, &parameters, standardizer.as_ref(), party, &trainers)
         })
         .await
         .unwrap_or_else(|e| Err(Decline::Fault(format!("local training stopped: {e}"))));
@@ -624,6 +630,7 @@ fn compute_step(
     parameters: &[f64],
     standardizer: Option<&Standardizer>,
     party: u32,
+    trainers: &Trainers,
 ) -> Result<Vec<u64>, Decline> {
     let spec = &job.spec;
     let mut rng = if spec.privacy.is_some() {
@@ -639,6 +646,28 @@ fn compute_step(
         rand_chacha::ChaCha20Rng::from_seed(seed)
     };
     let input = StepInput { step, parameters, standardizer };
-    party_vector(spec, &input, &job.data, party, &mut rng)
-        .map_err(|e| Decline::Fault(format!("local training failed: {e}")))
+    let failed = |e: veil_learning::Error| Decline::Fault(format!("local training failed: {e}"));
+    match (&spec.trainer, step) {
+        (Some(_), Step::Train { round }) => {
+            let rows = training_rows(spec, &input, &job.data).map_err(failed)?;
+            let update = trainer::run_step(
+                &trainers.config,
+                trainers.confined,
+                spec,
+                round,
+                parameters,
+                &rows,
+            )
+            .map_err(|e| Decline::Fault(e.to_string()))?;
+            program_vector(spec, step, &update, rows.len(), &mut rng).map_err(failed)
+        }
+        _ => party_vector(spec, &input, &job.data, party, &mut rng).map_err(failed),
+    }
+}
+
+/// How this party runs trainer programs: its owner's settings, and whether to confine them.
+#[derive(Clone, Debug)]
+struct Trainers {
+    config: crate::config::TrainersConfig,
+    confined: bool,
 }

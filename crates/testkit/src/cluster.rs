@@ -44,6 +44,8 @@ pub struct PartySpec {
     pub fault: Option<Fault>,
     /// Whether it accepts synthetic benchmark jobs.
     pub benchmark: bool,
+    /// TOML appended to its `party.toml` after the datasets (a `[trainers]` table, say).
+    pub extra_toml: String,
 }
 
 /// The whole cluster.
@@ -230,6 +232,7 @@ impl Cluster {
             for d in &p.datasets {
                 text += &dataset_toml(d);
             }
+            text += &p.extra_toml;
             std::fs::write(path, text).expect("party.toml written");
         }
         let mut cluster = Cluster {
