@@ -42,6 +42,12 @@ pub struct Encoding {
     /// (`column=(missing)`) instead of refusing the row.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_indicator: Vec<String>,
+    /// Numeric features whose missing values take the feature's mean over every party's
+    /// present values, from the secure sum of moments (the midpoint of the declared bounds
+    /// when the job standardises by them): the job must standardise. With `missing_indicator`
+    /// too, the indicator input follows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub impute_mean: Vec<String>,
     /// A text (or numeric) label mapped to classes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<LabelMap>,
@@ -99,6 +105,7 @@ impl Encoding {
     pub fn is_empty(&self) -> bool {
         self.categorical.is_empty()
             && self.missing_indicator.is_empty()
+            && self.impute_mean.is_empty()
             && self.label.is_none()
             && !self.clip_to_bounds
     }
@@ -128,10 +135,15 @@ impl Encoding {
                 ));
             }
         }
-        for column in &self.missing_indicator {
+        for (list, column) in self
+            .missing_indicator
+            .iter()
+            .map(|c| ("missing_indicator", c))
+            .chain(self.impute_mean.iter().map(|c| ("impute_mean", c)))
+        {
             if !features.contains(column) || self.categorical.contains_key(column) {
                 return bad(format!(
-                    "missing_indicator column {column:?} must be a numeric feature of the job"
+                    "{list} column {column:?} must be a numeric feature of the job"
                 ));
             }
         }
@@ -247,13 +259,16 @@ impl Encoding {
                 continue;
             }
             let indicator = self.missing_indicator.contains(f);
+            // A missing value to impute is NaN until the standardisation gives it the mean.
+            let missing = if self.impute_mean.contains(f) { f64::NAN } else { clip(f, 0.0)? };
             match (cell, indicator) {
                 (Cell::Number(x), false) => out.push(clip(f, *x)?),
                 (Cell::Number(x), true) => out.extend([clip(f, *x)?, 0.0]),
-                (Cell::Null, true) => out.extend([clip(f, 0.0)?, 1.0]),
+                (Cell::Null, true) => out.extend([missing, 1.0]),
+                (Cell::Null, false) if self.impute_mean.contains(f) => out.push(missing),
                 (Cell::Null, false) => {
                     return Err(Error::Shape(format!(
-                        "feature {f:?} has a missing value (declare it in missing_indicator, or make it categorical)"
+                        "feature {f:?} has a missing value (declare it in impute_mean or missing_indicator, or make it categorical)"
                     )));
                 }
                 (Cell::Text(_), _) => {
@@ -305,6 +320,7 @@ mod tests {
         let e = Encoding {
             categorical,
             missing_indicator: vec!["income".into()],
+            impute_mean: Vec::new(),
             label: Some(LabelMap { positive: Some("bad".into()), classes: None }),
             clip_to_bounds: false,
         };

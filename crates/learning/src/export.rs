@@ -186,6 +186,11 @@ impl ModelFile {
                     )));
                 }
             }
+            if !e.encoding.impute_mean.is_empty() && self.standardizer.is_none() {
+                return Err(Error::Shape(
+                    "the model imputes means its file does not carry (no standardisation)".into(),
+                ));
+            }
             if e.encoding.inputs(&e.columns) != self.features {
                 return Err(Error::Shape(
                     "the encoding of the feature columns does not give the model's inputs".into(),

@@ -323,6 +323,11 @@ impl TrainSpec {
             }
         }
         self.encode.validate(&self.features, &self.label)?;
+        if !self.encode.impute_mean.is_empty() && !self.standardize {
+            return bad(
+                "encode.impute_mean fills missing values with the mean the standardisation computes: set standardize = true".into(),
+            );
+        }
         // A label map gives classes: as many as the model has (a label's class the model does
         // not have would make the parties holding it decline, telling who holds it).
         if let Some(map) = &self.encode.label {
@@ -600,7 +605,7 @@ impl TrainSpec {
     /// The length of a step's vector.
     pub fn vector_len(&self, step: Step) -> Result<usize> {
         Ok(match step {
-            Step::Moments => WIDE_LIMBS * (1 + 2 * self.inputs().len()),
+            Step::Moments => WIDE_LIMBS * 3 * self.inputs().len(),
             Step::Train { .. } => {
                 // Without DP the update and its weight; DP-FedAvg's update alone; DP-SGD's
                 // gradient sum and its weighted row count.
@@ -1578,6 +1583,52 @@ mod tests {
         for s in refused {
             assert!(matches!(s.validate(), Err(Error::Settings(_))), "{:?}", s.validate());
         }
+    }
+
+    /// Missing values to impute take the mean of every party's present values, from the
+    /// secure sum of moments: the same as imputing the pooled rows' mean, then standardising.
+    #[test]
+    fn imputed_means_come_from_the_parties_present_values() {
+        let mut s = spec();
+        s.encode.impute_mean = vec!["a".into()];
+        s.encode.missing_indicator = vec!["a".into()];
+        s.validate().unwrap();
+        assert_eq!(s.inputs(), ["a", "a=(missing)", "b"]);
+        let cells = |a: Option<f64>, b: f64| {
+            let mut out = Vec::new();
+            let a = a.map_or(crate::encode::Cell::Null, crate::encode::Cell::Number);
+            s.encode
+                .push_inputs(&s.features, &[a, crate::encode::Cell::Number(b)], &mut out)
+                .unwrap();
+            out
+        };
+        let party = |rows: &[(Option<f64>, f64)]| {
+            let x: Vec<f64> = rows.iter().flat_map(|(a, b)| cells(*a, *b)).collect();
+            let x = Array2::from_shape_vec((rows.len(), 3), x).unwrap();
+            let y = Array1::from_iter((0..rows.len()).map(|i| (i % 2) as f64));
+            LocalData {
+                train: Examples { x, y: y.clone() },
+                eval: Examples { x: Array2::zeros((0, 3)), y: Array1::zeros(0) },
+            }
+        };
+        let parties = [
+            party(&[(Some(1.0), 0.0), (None, 1.0), (Some(3.0), 2.0)]),
+            party(&[(Some(8.0), 3.0), (None, 4.0)]),
+        ];
+        let mut state = Training::new(&s).unwrap();
+        run(&s, &parties, &mut state, 1);
+        let st = state.standardizer.clone().unwrap();
+        // The pooled present values of a: 1, 3 and 8.
+        assert!((st.mean[0] - 4.0).abs() < 1e-3, "{:?}", st.mean);
+        assert!((st.scale[0] - 13f64.sqrt()).abs() < 1e-3, "{:?}", st.scale);
+        let input =
+            StepInput { step: Step::Train { round: 0 }, parameters: &[], standardizer: Some(&st) };
+        let rows = training_rows(&s, &input, &parties[1]).unwrap();
+        assert!(rows.x[[1, 0]].abs() < 1e-12 && rows.x[[1, 1]] > 0.0, "{:?}", rows.x);
+        assert!(rows.x.iter().all(|v| v.is_finite()));
+        // Without a standardisation there is no mean to impute.
+        let unstandardised = TrainSpec { standardize: false, ..s.clone() };
+        assert!(matches!(unstandardised.validate(), Err(Error::Settings(_))));
     }
 
     /// Steps the parties already contributed to before a restart are skipped: a lost round is

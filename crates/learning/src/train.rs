@@ -277,30 +277,38 @@ pub struct Standardizer {
 }
 
 impl Standardizer {
-    /// A party's contribution: its row count, then per feature Σx, then per feature Σx².
-    /// Only the sum over parties is ever revealed.
+    /// A party's contribution: per feature the count of its present values, then Σx, then
+    /// Σx², over present values (a missing value to impute is NaN). Only the sum over parties
+    /// is ever revealed.
     pub fn local_moments(x: ArrayView2<'_, f64>) -> Vec<f64> {
-        let mut v = vec![x.nrows() as f64];
-        v.extend(x.sum_axis(Axis(0)));
-        v.extend(x.mapv(|a| a * a).sum_axis(Axis(0)));
+        let present = |a: f64| if a.is_nan() { 0.0 } else { 1.0 };
+        let value = |a: f64| if a.is_nan() { 0.0 } else { a };
+        let mut v: Vec<f64> = x.mapv(present).sum_axis(Axis(0)).to_vec();
+        v.extend(x.mapv(value).sum_axis(Axis(0)));
+        v.extend(x.mapv(|a| value(a) * value(a)).sum_axis(Axis(0)));
         v
     }
 
     /// The statistics from the summed moments.
     pub fn from_moments(sum: &[f64]) -> Result<Self> {
-        if sum.len() < 3 || (sum.len() - 1) % 2 != 0 {
+        if sum.len() < 3 || sum.len() % 3 != 0 {
             return Err(Error::Shape(format!("{} moments do not describe features", sum.len())));
         }
-        let features = (sum.len() - 1) / 2;
-        let n = sum[0];
-        if n.is_nan() || n < 2.0 {
-            return Err(Error::Shape(format!("{n} rows in all: too few to standardise")));
+        let features = sum.len() / 3;
+        let (counts, rest) = sum.split_at(features);
+        let (sums, squares) = rest.split_at(features);
+        if let Some((j, n)) = counts.iter().enumerate().find(|(_, n)| n.is_nan() || **n < 2.0) {
+            return Err(Error::Shape(format!(
+                "input {} has {n} values in all: too few to standardise",
+                j + 1
+            )));
         }
-        let mean: Vec<f64> = sum[1..=features].iter().map(|s| s / n).collect();
-        let scale = sum[1 + features..]
+        let mean: Vec<f64> = sums.iter().zip(counts).map(|(s, n)| s / n).collect();
+        let scale = squares
             .iter()
             .zip(&mean)
-            .map(|(sq, m)| {
+            .zip(counts)
+            .map(|((sq, m), n)| {
                 let var = ((sq - n * m * m) / (n - 1.0)).max(0.0);
                 if var > 1e-24 { var.sqrt() } else { 1.0 }
             })
@@ -332,9 +340,10 @@ impl Standardizer {
                 self.mean.len()
             )));
         }
+        // A missing value to impute (NaN) takes the mean: 0 once standardised.
         for mut row in x.rows_mut() {
             for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
-                *v = (*v - m) / s;
+                *v = if v.is_nan() { 0.0 } else { (*v - m) / s };
             }
         }
         Ok(())
@@ -433,5 +442,13 @@ mod tests {
         assert!((s.mean[0] - 4.0).abs() < 1e-12 && s.mean[1] == 5.0);
         assert!((s.scale[0] - 8.5f64.sqrt()).abs() < 1e-12 && s.scale[1] == 1.0);
         assert!(Standardizer::from_moments(&[1.0, 2.0, 3.0]).is_err());
+        assert!(Standardizer::from_moments(&[1.0, 2.0]).is_err());
+        // A missing value (NaN) is left out of its feature's moments and imputed with its mean.
+        let c = array![[f64::NAN, 5.0], [4.0, 5.0], [6.0, 5.0]];
+        let s = Standardizer::from_moments(&Standardizer::local_moments(c.view())).unwrap();
+        assert!((s.mean[0] - 5.0).abs() < 1e-12 && (s.scale[0] - 2f64.sqrt()).abs() < 1e-12);
+        let mut x = c.clone();
+        s.apply(&mut x).unwrap();
+        assert_eq!(x[[0, 0]], 0.0);
     }
 }
