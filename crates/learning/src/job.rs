@@ -750,7 +750,17 @@ pub fn party_vector(
                         global.clipped_gradient_sum(batch.x.view(), batch.y.view(), dp.clip)?;
                     dp.encode(&sum, MAX_PARTIES, rng)?
                 }
-                Some(Dp::FedAvg(dp)) => dp.encode(&local_update()?.delta, MAX_PARTIES, rng)?.0,
+                // A model that makes local training diverge (one crafted to overflow on some
+                // rows) yields a zero update rather than a failed step, whose absence would
+                // tell which rows the party holds without any noise.
+                Some(Dp::FedAvg(dp)) => {
+                    let delta = match local_update() {
+                        Ok(update) => update.delta,
+                        Err(Error::Diverged(_)) => vec![0.0; input.parameters.len()],
+                        Err(e) => return Err(e),
+                    };
+                    dp.encode(&delta, MAX_PARTIES, rng)?.0
+                }
                 None => spec.update_encoding()?.encode(&local_update()?, rng)?,
             };
             if spec.evaluates() {

@@ -160,8 +160,9 @@ impl DpSgd {
     /// adds to one row's influence small (a factor √(1 + w²) ≈ 1.03 on the sensitivity).
     pub const COUNT_WEIGHT: f64 = 0.25;
 
-    /// Most rows one party samples into one step: bounds what its sum can reach.
-    pub const MAX_SAMPLE: usize = 1 << 20;
+    /// Most rows one party samples into one step: all of the most it may hold
+    /// ([`crate::job::MAX_ROWS`]), so no sample, however large, fails a step.
+    pub const MAX_SAMPLE: usize = crate::job::MAX_ROWS;
 
     /// The noise calibration, shared with DP-FedAvg.
     fn calibration(&self) -> DpFedAvg {

@@ -13,9 +13,10 @@
 //! ```
 //!
 //! veil then bounds the update, adds the job's noise and masks it like a built-in model's
-//! ([`veil_learning::job::program_vector`]). What the program prints on its standard error
-//! stays in this party's log: it may hold row values, and the coordinator gets only the
-//! failure's kind.
+//! ([`veil_learning::job::program_vector`]). Why a program failed (its exit status, its
+//! standard error, what it printed instead of an update) stays in this party's log: the
+//! program chooses all of it and sees the rows, so the coordinator gets only one fixed
+//! sentence, [`TrainerError::Failed`], whatever went wrong.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,18 +52,19 @@ struct Reply {
     update: Vec<f64>,
 }
 
-/// Why a step's program gave no update; the message names no row value.
+/// Why a step's program gave no update. Neither message holds anything the program chose.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainerError {
-    /// The program could not be run at all (no sandbox, scratch directory, interpreter).
+    /// The program could not be started (no sandbox, scratch directory or interpreter): the
+    /// party's own setup, before the program saw any row.
     #[error("the trainer program could not run: {0}")]
     Setup(String),
-    /// The program ran and failed or was stopped.
-    #[error("the trainer program failed: {0}")]
-    Failed(String),
-    /// The program's output is not an update of the job's length.
-    #[error("the trainer program's output is not an update: {0}")]
-    Output(String),
+    /// The program ran and gave no update: it failed, was stopped at a limit, or printed
+    /// something else. The details are in this party's log.
+    #[error(
+        "the trainer program failed (it exited with an error, ran past a limit or printed no update); the details are in the log of the party that ran it"
+    )]
+    Failed,
 }
 
 /// Runs the program of `spec` for training round `round` on `rows`, from the global
@@ -118,32 +120,36 @@ pub fn run_step(
         },
     };
     let confinement = if confined { Confinement::Sandboxed } else { Confinement::None };
-    let output = sandbox.run(&stdin, confinement).map_err(|e| match e {
-        veil_sandbox::Error::TimedOut(_) | veil_sandbox::Error::OutputTooLarge(_) => {
-            TrainerError::Failed(e.to_string())
+    let output = match sandbox.run(&stdin, confinement) {
+        Ok(output) => output,
+        Err(e @ (veil_sandbox::Error::Spawn { .. } | veil_sandbox::Error::Unsupported(_))) => {
+            return Err(TrainerError::Setup(e.to_string()));
         }
-        other => TrainerError::Setup(other.to_string()),
-    })?;
+        Err(e) => {
+            tracing::warn!(round, error = %e, "the trainer program was stopped");
+            return Err(TrainerError::Failed);
+        }
+    };
     if !output.status.success() {
         tracing::warn!(
             round,
+            status = %output.status,
             stderr = %String::from_utf8_lossy(&output.stderr_tail),
             "the trainer program failed"
         );
-        let how = match output.status.code() {
-            Some(code) => format!("it exited with status {code}"),
-            None => "it was killed by a signal (a resource limit, or its sandbox)".into(),
-        };
-        return Err(TrainerError::Failed(format!(
-            "{how}; its error output is in the log of the party that ran it"
-        )));
+        return Err(TrainerError::Failed);
     }
-    let reply: Reply = serde_json::from_slice(&output.stdout).map_err(|e| {
-        TrainerError::Output(format!(
-            "expected one JSON object {{\"update\": [...]}} on standard output ({e})"
-        ))
-    })?;
-    Ok(reply.update)
+    match serde_json::from_slice::<Reply>(&output.stdout) {
+        Ok(reply) => Ok(reply.update),
+        Err(e) => {
+            tracing::warn!(
+                round,
+                error = %e,
+                "the trainer program printed no {{\"update\": [...]}} object on its standard output"
+            );
+            Err(TrainerError::Failed)
+        }
+    }
 }
 
 /// The rows as CSV: the job's inputs by name, then the label.

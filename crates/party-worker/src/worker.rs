@@ -659,7 +659,12 @@ fn compute_step(
                 &rows,
             )
             .map_err(|e| Decline::Fault(e.to_string()))?;
-            program_vector(spec, step, &update, rows.len(), &mut rng).map_err(failed)
+            // An update of the wrong length or with a non-finite value is the program's
+            // choice too: logged here, one fixed sentence to the coordinator.
+            program_vector(spec, step, &update, rows.len(), &mut rng).map_err(|e| {
+                tracing::warn!(round, error = %e, "the trainer program's update was refused");
+                Decline::Fault(trainer::TrainerError::Failed.to_string())
+            })
         }
         _ => party_vector(spec, &input, &job.data, party, &mut rng).map_err(failed),
     }

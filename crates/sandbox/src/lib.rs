@@ -177,7 +177,8 @@ impl Sandbox {
         });
         let mut stderr = child.stderr.take().ok_or_else(|| pipe("standard error"))?;
         let keep = self.limits.error_bytes;
-        let errors = std::thread::spawn(move || {
+        let (tail_sent, errors) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
             let mut tail = Vec::new();
             let mut buf = [0u8; 4096];
             while let Ok(n) = stderr.read(&mut buf) {
@@ -189,19 +190,20 @@ impl Sandbox {
                     tail.drain(..tail.len() - keep);
                 }
             }
-            tail
+            let _ = tail_sent.send(tail);
         });
         let mut stdout = child.stdout.take().ok_or_else(|| pipe("standard output"))?;
         let limit = self.limits.output_bytes;
         let overflow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = overflow.clone();
-        let reader = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let (sent, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
             let mut out = Vec::new();
-            let read = (&mut stdout).take(limit as u64 + 1).read_to_end(&mut out)?;
-            if read > limit {
+            let read = (&mut stdout).take(limit as u64 + 1).read_to_end(&mut out);
+            if read.as_ref().is_ok_and(|n| *n > limit) {
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
             }
-            Ok(out)
+            let _ = sent.send(read.map(|_| out));
         });
         let deadline = Instant::now() + self.limits.wall;
         let outcome = loop {
@@ -216,6 +218,9 @@ impl Sandbox {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
+        // Whatever happened, nothing the program started outlives it: its process group is
+        // killed (confined, its PID namespace has died with it already).
+        linux::kill_group(child.id());
         let status = match outcome {
             Ok(status) => status,
             Err(e) => {
@@ -225,8 +230,13 @@ impl Sandbox {
             }
         };
         let _ = writer.join();
-        let stdout = reader.join().map_err(|_| pipe("standard output"))??;
-        let stderr_tail = errors.join().map_err(|_| pipe("standard error"))?;
+        // A process that left the group may still hold the pipes: wait for them a little only.
+        let grace = Duration::from_secs(2);
+        let stdout = match output.recv_timeout(grace) {
+            Ok(read) => read?,
+            Err(_) => return Err(pipe("standard output")),
+        };
+        let stderr_tail = errors.recv_timeout(grace).unwrap_or_default();
         if overflow.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::OutputTooLarge(limit));
         }
@@ -238,9 +248,35 @@ fn pipe(which: &str) -> Error {
     Error::Io(std::io::Error::other(format!("the program's {which} pipe was lost")))
 }
 
-/// Whether this system can confine programs: the Landlock ABI, or why not.
+/// Whether this system can confine programs: the Landlock ABI, or why not. The first call
+/// confines a shell that does nothing, so that a system whose namespaces are unavailable (a
+/// container's seccomp profile, `user.max_user_namespaces = 0`) is found out before any job.
 pub fn support() -> std::result::Result<u32, String> {
-    linux::support()
+    static PROBE: std::sync::OnceLock<std::result::Result<u32, String>> =
+        std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let abi = linux::support()?;
+            let scratch =
+                std::env::temp_dir().join(format!("veil-sandbox-probe-{}", std::process::id()));
+            std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+            let probe = Sandbox {
+                program: PathBuf::from("/bin/sh"),
+                args: vec!["-c".into(), "exit 0".into()],
+                read_only: SYSTEM_READ_ONLY.iter().map(PathBuf::from).collect(),
+                scratch: scratch.clone(),
+                env: Vec::new(),
+                limits: Limits { wall: Duration::from_secs(10), ..Limits::default() },
+            };
+            let ran = probe.run(b"", Confinement::Sandboxed);
+            let _ = std::fs::remove_dir_all(&scratch);
+            match ran {
+                Ok(out) if out.status.success() => Ok(abi),
+                Ok(out) => Err(format!("a confined shell exited with {}", out.status)),
+                Err(e) => Err(format!("a confined shell could not run: {e}")),
+            }
+        })
+        .clone()
 }
 
 /// Whether `path` exists: [`SYSTEM_READ_ONLY`] names paths some systems lack.
@@ -269,6 +305,8 @@ mod linux {
     const FS_WRITE_FILE: u64 = 1 << 1;
     const FS_READ_FILE: u64 = 1 << 2;
     const FS_READ_DIR: u64 = 1 << 3;
+    const FS_MAKE_CHAR: u64 = 1 << 6;
+    const FS_MAKE_BLOCK: u64 = 1 << 11;
     const FS_ABI1: u64 = (1 << 13) - 1;
     const FS_REFER: u64 = 1 << 13; // ABI 2
     const FS_TRUNCATE: u64 = 1 << 14; // ABI 3
@@ -316,6 +354,16 @@ mod linux {
 
     pub(super) fn support() -> std::result::Result<u32, String> {
         abi()
+    }
+
+    /// Kills the process group the child leads (it called `setsid`).
+    pub(super) fn kill_group(pid: u32) {
+        if let Ok(pid) = i32::try_from(pid) {
+            // SAFETY: a signal to a process group; no memory is involved.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
     }
 
     /// A Landlock ruleset built in the parent, applied by the child.
@@ -368,7 +416,10 @@ mod linux {
             for path in read_only.iter().filter(|p| super::exists(p)) {
                 ruleset.allow(path, read & fs)?;
             }
-            ruleset.allow(scratch, fs)?;
+            // Everything in its scratch directory but device nodes.
+            ruleset.allow(scratch, fs & !(FS_MAKE_CHAR | FS_MAKE_BLOCK))?;
+            // The null device is written to as well as read.
+            ruleset.allow(Path::new("/dev/null"), (read | FS_WRITE_FILE) & fs)?;
             Ok(ruleset)
         }
 
@@ -404,8 +455,79 @@ mod linux {
         }
     }
 
-    /// Arranges for the child to confine itself (network namespace, Landlock) when given a
-    /// ruleset, and to lower its limits in any case.
+    /// The seccomp filter: system calls a confined program may not make, refused with
+    /// `EACCES` (sockets of any family, and changing any file's mode, owner, times or
+    /// attributes, which Landlock does not mediate); other architectures' calls are refused
+    /// outright.
+    fn seccomp_filter() -> Vec<libc::sock_filter> {
+        #[cfg(target_arch = "x86_64")]
+        const ARCH: u32 = 0xc000_003e;
+        #[cfg(target_arch = "aarch64")]
+        const ARCH: u32 = 0xc000_00b7;
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        const ARCH: u32 = 0;
+        const LOAD: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+        const JEQ: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+        const JGE: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+        const RET: u16 = 0x06; // BPF_RET | BPF_K
+        const ALLOW: u32 = 0x7fff_0000;
+        const KILL: u32 = 0x8000_0000;
+        const DENY: u32 = 0x0005_0000 | libc::EACCES as u32;
+        let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+        #[allow(clippy::useless_conversion)]
+        let denied: Vec<u32> = [
+            libc::SYS_socket,
+            libc::SYS_fchmod,
+            libc::SYS_fchmodat,
+            libc::SYS_fchown,
+            libc::SYS_fchownat,
+            libc::SYS_utimensat,
+            libc::SYS_setxattr,
+            libc::SYS_lsetxattr,
+            libc::SYS_fsetxattr,
+            libc::SYS_removexattr,
+            libc::SYS_lremovexattr,
+            libc::SYS_fremovexattr,
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_chmod,
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_chown,
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_lchown,
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_utime,
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_utimes,
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_futimesat,
+            // fchmodat2 (Linux 6.6), by number: the same on both architectures.
+            452,
+        ]
+        .into_iter()
+        .map(|n| n as u32)
+        .collect();
+        let mut f = vec![
+            op(LOAD, 0, 0, 4), // the architecture
+            op(JEQ, 1, 0, ARCH),
+            op(RET, 0, 0, KILL),
+            op(LOAD, 0, 0, 0),          // the system call's number
+            op(JGE, 0, 1, 0x4000_0000), // x32 calls on x86_64
+            op(RET, 0, 0, KILL),
+        ];
+        for n in denied {
+            f.push(op(JEQ, 0, 1, n));
+            f.push(op(RET, 0, 0, DENY));
+        }
+        f.push(op(RET, 0, 0, ALLOW));
+        f
+    }
+
+    /// Arranges for the child to confine itself when given a ruleset, and to lower its limits
+    /// in any case. Confined, the child enters new user, network and PID namespaces (so it
+    /// holds no capability over the host, reaches no network, and every process it starts
+    /// dies with it), applies Landlock and the seccomp filter, then forks: the program runs as
+    /// the first process of the new PID namespace while the child waits for it and exits with
+    /// its status.
     pub(super) fn confine(
         command: &mut std::process::Command,
         ruleset: Option<&Ruleset>,
@@ -418,35 +540,81 @@ mod linux {
             (libc::RLIMIT_FSIZE, limits.file_bytes),
             (libc::RLIMIT_CORE, 0),
         ];
+        let filter = seccomp_filter();
         // SAFETY: the closure runs in the child between fork and exec and makes only
-        // async-signal-safe system calls on values captured by copy: no allocation, no lock.
+        // async-signal-safe system calls on values captured before the fork (the filter's
+        // instructions were allocated in the parent and are only read): no allocation, no
+        // lock. The child it forks either returns to exec the program or waits and `_exit`s.
         unsafe {
             command.pre_exec(move || {
+                let fail = || Err(std::io::Error::last_os_error());
+                // Its own process group, so that the party can stop all of it at once.
+                if libc::setsid() < 0 {
+                    return fail();
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
+                    return fail();
                 }
                 for (resource, value) in rlimits {
                     let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
                     if libc::setrlimit(resource, &limit) != 0 {
-                        return Err(std::io::Error::last_os_error());
+                        return fail();
                     }
                 }
-                if let Some(fd) = ruleset {
-                    // A network namespace of its own: as root directly, otherwise inside a
-                    // user namespace of its own.
-                    if libc::unshare(libc::CLONE_NEWNET) != 0
-                        && libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
+                let Some(fd) = ruleset else { return Ok(()) };
+                if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::CLONE_NEWPID) != 0
+                {
+                    return fail();
+                }
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return fail();
+                }
+                if libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) != 0 {
+                    return fail();
+                }
+                let program = libc::sock_fprog {
+                    len: filter.len() as u16,
+                    filter: filter.as_ptr() as *mut libc::sock_filter,
+                };
+                if libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                    &program as *const libc::sock_fprog as libc::c_ulong,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return fail();
+                }
+                match libc::fork() {
+                    -1 => fail(),
+                    0 => {
+                        // The program, first process of its PID namespace: when it exits, the
+                        // kernel kills every process it left; when the waiting child dies, so
+                        // does it.
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                            return fail();
+                        }
+                        Ok(())
                     }
-                    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    if libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) != 0 {
-                        return Err(std::io::Error::last_os_error());
+                    pid => {
+                        // The waiting child holds no descriptor of the program's: its pipes
+                        // end when the program's do, and the spawn's error pipe when it execs.
+                        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+                        let mut status = 0;
+                        while libc::waitpid(pid, &mut status, 0) < 0 {
+                            if *libc::__errno_location() != libc::EINTR {
+                                libc::_exit(126);
+                            }
+                        }
+                        let code = if libc::WIFEXITED(status) {
+                            libc::WEXITSTATUS(status)
+                        } else {
+                            128 + libc::WTERMSIG(status)
+                        };
+                        libc::_exit(code)
                     }
                 }
-                Ok(())
             });
         }
         Ok(())
@@ -462,6 +630,8 @@ mod linux {
     pub(super) fn support() -> std::result::Result<u32, String> {
         Err("programs are confined on Linux only (network namespaces and Landlock)".into())
     }
+
+    pub(super) fn kill_group(_: u32) {}
 
     pub(super) struct Ruleset;
 

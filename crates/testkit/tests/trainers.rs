@@ -3,6 +3,9 @@
 //! approved is refused by rule; a program that reaches for the dataset's file, writes outside
 //! its scratch directory or opens a connection fails, and the job says so.
 //!
+//! A failing program's reason for the job carries nothing the program chose (not what it
+//! printed instead of an update, not its exit status), only one fixed sentence.
+//!
 //! The programs here are POSIX shell scripts (`/bin/sh` is the parties' interpreter), so the
 //! test needs nothing beyond the system; the NumPy example trainer runs in CI with a Python
 //! that has NumPy (`trainer_python.rs`).
@@ -129,15 +132,90 @@ async fn approved_programs_train_confined_and_others_are_refused_or_fail() {
     for (what, source) in attempts {
         let (status, _) = cluster.run_job(&job(source, 1)).await;
         assert_eq!(status.state(), JobState::Failed, "{what}: {status:?}");
-        assert!(
-            status.detail.contains("trainer program failed") && status.detail.contains("status"),
-            "{what}: {}",
-            status.detail
-        );
+        assert!(status.detail.contains("trainer program failed"), "{what}: {}", status.detail);
         // The program's own error output (which could hold row values) stays at the party.
         assert!(!status.detail.contains("Permission denied"), "{}", status.detail);
     }
     assert!(!leak.exists(), "a program wrote outside its scratch directory");
     assert!(listener.accept().is_err(), "a program connected to the test's listener");
     cluster.shutdown().await;
+}
+
+/// A hospital's rows as the party writes them to `rows.csv` (no standardisation, no holdout):
+/// each value as `f64::to_string`, the label last.
+fn rows_as_written(hospital: &str) -> Vec<String> {
+    let mut reader =
+        csv::Reader::from_path(example_data(&format!("breast_cancer/{hospital}.csv"))).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let target = headers.iter().position(|h| h == "target").unwrap();
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            let mut values: Vec<String> = (0..r.len())
+                .filter(|&i| i != target)
+                .map(|i| r[i].parse::<f64>().unwrap().to_string())
+                .collect();
+            values.push(r[target].parse::<f64>().unwrap().to_string());
+            values.join(",")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trainer_program_leaks_nothing_through_its_failure() {
+    if veil_sandbox::support().is_err() {
+        eprintln!("no sandbox: the parties refuse trainer jobs");
+        return;
+    }
+    // Prints its first two rows as the update's "values": not an update, so the step fails, and the
+    // parse error quoting the string becomes the party's reason.
+    let quotes_rows = "#!/bin/sh\ncat > input.json\nprintf '{\"update\": [\"%s\"]}' \"$(sed -n '2,3p' rows.csv | tr '\\n' ';')\"\n";
+    // Exits with a status computed from its rows (here the row count modulo 256): the status
+    // is in the party's reason.
+    let exits_with_data =
+        "#!/bin/sh\ncat > input.json\nexit $(( ($(wc -l < rows.csv) - 1) % 256 ))\n";
+    let hashes = [sha256(quotes_rows), sha256(exits_with_data)];
+    let policy = format!("[datasets.policy]\ntrainers = [{:?}, {:?}]\n", hashes[0], hashes[1]);
+    let mut parties = hospitals(&columns(), &policy, None);
+    for p in &mut parties {
+        p.extra_toml = "\n[trainers]\ninterpreter = \"/bin/sh\"\ntimeout_seconds = 20\n".into();
+    }
+    let cluster = Cluster::start(ClusterSpec {
+        parties,
+        stage_timeout: Duration::from_secs(5),
+        ..ClusterSpec::named(&[])
+    })
+    .await;
+
+    let hospitals = ["hospital_a", "hospital_b", "hospital_c"];
+    let (status, _) = cluster.run_job(&job(quotes_rows, 1)).await;
+    assert_eq!(status.state(), JobState::Failed, "{status:?}");
+    let leaked_rows: Vec<String> = hospitals
+        .iter()
+        .flat_map(|h| rows_as_written(h).into_iter().take(2))
+        .filter(|row| status.detail.contains(row.as_str()))
+        .collect();
+
+    let (status2, _) = cluster.run_job(&job(exits_with_data, 1)).await;
+    assert_eq!(status2.state(), JobState::Failed, "{status2:?}");
+    let leaked_counts: Vec<String> = hospitals
+        .iter()
+        .map(|h| format!("status {}", rows_as_written(h).len() % 256))
+        .filter(|s| status2.detail.contains(s.as_str()))
+        .collect();
+    cluster.shutdown().await;
+
+    assert!(
+        leaked_rows.is_empty(),
+        "the consumer's job status carries {} of the hospitals' rows verbatim, e.g. {:?}\n(detail: {})",
+        leaked_rows.len(),
+        leaked_rows.first(),
+        status.detail
+    );
+    assert!(
+        leaked_counts.is_empty(),
+        "the consumer's job status carries exit statuses the program computed from its rows: {leaked_counts:?}\n(detail: {})",
+        status2.detail
+    );
 }
