@@ -319,6 +319,28 @@ impl PartyFile {
         }
         resolve(&mut f.trainers.interpreter);
         f.trainers.read_paths.iter_mut().for_each(resolve);
+        // A trainer program reads beneath these: none of the party's secrets or data may lie
+        // there.
+        let readable: Vec<PathBuf> = veil_sandbox::SYSTEM_READ_ONLY
+            .iter()
+            .map(PathBuf::from)
+            .chain(f.trainers.read_paths.iter().cloned())
+            .collect();
+        let own = [&f.state, &f.key, &f.identity]
+            .into_iter()
+            .chain(f.datasets.iter().map(|d| &d.path).filter(|p| !p.as_os_str().is_empty()));
+        for p in own {
+            if let Some(r) = readable.iter().find(|r| p.starts_with(r)) {
+                return Err(parse_error(
+                    path,
+                    format!(
+                        "{} lies beneath {}, which trainer programs may read: move it, or take that path out of [trainers] read_paths",
+                        p.display(),
+                        r.display()
+                    ),
+                ));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for d in &f.datasets {
             if !names.insert(d.name.as_str()) {
@@ -547,6 +569,26 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    /// Nothing of the party's (its store, keys, datasets) may lie where trainer programs read.
+    #[test]
+    fn the_party_keeps_its_files_out_of_trainers_read_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("party.toml");
+        let text = |read: &str| {
+            format!(
+                "id = 1\nname = \"a\"\ncoordinator = \"https://127.0.0.1:7443\"\nroster = \"r\"\nca = \"c\"\ncert = \"c\"\nkey = \"secrets/k\"\nidentity = \"i\"\n\
+                 [trainers]\nread_paths = [{read:?}]\n"
+            )
+        };
+        std::fs::write(&path, text("venv")).unwrap();
+        PartyFile::load(&path).unwrap();
+        std::fs::write(&path, text("secrets")).unwrap();
+        let e = PartyFile::load(&path).unwrap_err().to_string();
+        assert!(e.contains("trainer programs may read") && e.contains("secrets"), "{e}");
+        std::fs::write(&path, text(".")).unwrap();
+        assert!(PartyFile::load(&path).is_err(), "the whole directory, store included");
     }
 
     /// The dataset section shown in `examples/jobs/party-flights.toml` parses as part of a

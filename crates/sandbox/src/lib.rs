@@ -456,9 +456,9 @@ mod linux {
     }
 
     /// The seccomp filter: system calls a confined program may not make, refused with
-    /// `EACCES` (sockets of any family, and changing any file's mode, owner, times or
-    /// attributes, which Landlock does not mediate); other architectures' calls are refused
-    /// outright.
+    /// `EACCES` (sockets of any family, truncating by path, and changing any file's mode,
+    /// owner, times or attributes, which Landlock does not mediate); other architectures'
+    /// calls are refused outright.
     fn seccomp_filter() -> Vec<libc::sock_filter> {
         #[cfg(target_arch = "x86_64")]
         const ARCH: u32 = 0xc000_003e;
@@ -477,6 +477,8 @@ mod linux {
         #[allow(clippy::useless_conversion)]
         let denied: Vec<u32> = [
             libc::SYS_socket,
+            // Landlock mediates truncating a file by its path from ABI 3 only.
+            libc::SYS_truncate,
             libc::SYS_fchmod,
             libc::SYS_fchmodat,
             libc::SYS_fchown,
