@@ -111,4 +111,67 @@ async fn airports_train_on_their_text_columns_as_they_are() {
     let file = veil_learning::export::ModelFile::from_json(model.to_string().as_bytes()).unwrap();
     assert!(file.encode.is_some());
     cluster.shutdown().await;
+
+    // The job's specification alone, applied at each airport, equals the same preprocessing
+    // applied to the pooled rows: one file of all three airports' flights, encoded and
+    // standardised once, gives the inputs the parties gave and the statistics the secure sum
+    // of their moments gave the model.
+    let spec = match veil_analytics::Job::parse(&job()).unwrap() {
+        veil_analytics::Job::Train(s) => *s,
+        _ => unreachable!(),
+    };
+    let columns = airport("x", "flights/ewr.csv").datasets[0].columns.clone();
+    let types: std::collections::BTreeMap<String, veil_analytics::ColumnType> = columns
+        .iter()
+        .map(|(c, t)| {
+            (
+                c.clone(),
+                if t == "string" {
+                    veil_analytics::ColumnType::String
+                } else {
+                    veil_analytics::ColumnType::Float
+                },
+            )
+        })
+        .collect();
+    let encode = |path: std::path::PathBuf| {
+        let d = veil_party_worker::config::DatasetConfig::csv("flights", path, types.clone());
+        veil_party_worker::data::load_encoded(&d, &spec.features, &spec.label, &spec.encode)
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pooled_file = dir.path().join("pooled.csv");
+    let mut pooled_text = String::new();
+    let mut per_party = Vec::new();
+    for (k, f) in ["flights/ewr.csv", "flights/jfk.csv", "flights/lga.csv"].iter().enumerate() {
+        let text = std::fs::read_to_string(example_data(f)).unwrap();
+        let body = if k == 0 { text.as_str() } else { text.split_once('\n').unwrap().1 };
+        pooled_text.push_str(body);
+        per_party.push(encode(example_data(f)));
+    }
+    std::fs::write(&pooled_file, pooled_text).unwrap();
+    let (pooled_x, pooled_y) = encode(pooled_file);
+    let views: Vec<_> = per_party.iter().map(|(x, _)| x.view()).collect();
+    assert_eq!(ndarray::concatenate(ndarray::Axis(0), &views).unwrap(), pooled_x);
+    let labels: Vec<_> = per_party.iter().map(|(_, y)| y.view()).collect();
+    assert_eq!(ndarray::concatenate(ndarray::Axis(0), &labels).unwrap(), pooled_y);
+    // The statistics: each party's held-out rows are left out, by the job's seeded split.
+    let train: Vec<ndarray::Array2<f64>> = per_party
+        .into_iter()
+        .map(|(x, y)| veil_learning::job::LocalData::new(&spec, x, y).unwrap().train.x)
+        .collect();
+    let views: Vec<_> = train.iter().map(|x| x.view()).collect();
+    let pooled_train = ndarray::concatenate(ndarray::Axis(0), &views).unwrap();
+    let pooled = veil_learning::train::Standardizer::from_moments(
+        &veil_learning::train::Standardizer::local_moments(pooled_train.view()),
+    )
+    .unwrap();
+    let secure = file.standardizer.clone().unwrap();
+    for (j, name) in spec.inputs().iter().enumerate() {
+        let (a, b) = ((secure.mean[j], secure.scale[j]), (pooled.mean[j], pooled.scale[j]));
+        assert!(
+            (a.0 - b.0).abs() < 1e-6 * (1.0 + b.0.abs()) && (a.1 - b.1).abs() < 1e-6 * b.1,
+            "input {name}: the secure sum gave {a:?}, the pooled rows {b:?}"
+        );
+    }
 }
