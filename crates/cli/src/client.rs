@@ -13,7 +13,8 @@ use veil_proto::v1::JobState;
 use veil_proto::v1::admin_client::AdminClient;
 use veil_proto::v1::jobs_client::JobsClient;
 use veil_proto::v1::{
-    JobRef, JobResult, JobStatus, ListJobsRequest, ListPartiesRequest, Outcome, PartyOutcome,
+    CatalogRequest, JobRef, JobResult, JobStatus, ListJobsRequest, ListPartiesRequest, Outcome,
+    PartyOutcome,
 };
 
 /// Connects as the consumer described by `config`.
@@ -572,6 +573,67 @@ fn privacy_line(p: &veil_analytics::DpCalibration) -> String {
         "differentially private: ρ = {} (ε = {:.3} at δ = {}), noise multiplier {:.3} over ≥ {} parties\n",
         p.rho, p.epsilon, p.delta, p.multiplier, p.parties
     )
+}
+
+/// Lists what the connected parties serve.
+pub(crate) async fn datasets(config: &Path, json: bool, plaintext: bool) -> Result<()> {
+    let mut jobs = JobsClient::new(channel(config, plaintext).await?);
+    let list = jobs.catalog(CatalogRequest {}).await.map_err(status_error)?.into_inner();
+    let datasets: Vec<serde_json::Value> = list
+        .datasets_json
+        .iter()
+        .map(|d| serde_json::from_str(d).context("an unreadable catalog entry"))
+        .collect::<Result<_>>()?;
+    if json {
+        println!("{}", serde_json::Value::Array(datasets));
+        return Ok(());
+    }
+    if datasets.is_empty() {
+        println!("no connected party serves a dataset");
+    }
+    print!("{}", datasets_text(&datasets));
+    Ok(())
+}
+
+/// `veil datasets`' text: each dataset, its parties, and a line per column.
+fn datasets_text(datasets: &[serde_json::Value]) -> String {
+    let mut out = String::new();
+    for d in datasets {
+        let names = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|x| x.as_str().map_or_else(|| x.to_string(), String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        out += &format!(
+            "{}  (served by {})\n",
+            d["name"].as_str().unwrap_or("?"),
+            names(&d["parties"]).join(", ")
+        );
+        let columns = d["columns"].as_array().cloned().unwrap_or_default();
+        let rows: Vec<Vec<String>> = columns
+            .iter()
+            .map(|c| {
+                let bounds = match c["bounds"].as_array() {
+                    Some(b) if b.len() == 2 => format!("[{}, {}]", b[0], b[1]),
+                    _ => String::new(),
+                };
+                let domain = names(&c["domain"]);
+                vec![
+                    format!("  {}", c["name"].as_str().unwrap_or("?")),
+                    c["type"].as_str().unwrap_or("?").to_string(),
+                    bounds,
+                    if domain.is_empty() { String::new() } else { domain.join(", ") },
+                ]
+            })
+            .collect();
+        let headers = ["  column", "type", "bounds", "domain"].map(String::from).to_vec();
+        out += &aligned(&headers, &rows);
+    }
+    out
 }
 
 pub(crate) async fn jobs(config: &Path, json: bool, plaintext: bool) -> Result<()> {

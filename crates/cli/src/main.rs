@@ -158,6 +158,16 @@ enum Command {
         #[arg(long)]
         dangerous_plaintext: bool,
     },
+    /// What the connected parties serve: each dataset's columns, types, declared bounds and
+    /// domains, and the parties serving it.
+    Datasets {
+        #[arg(long, short, env = "VEIL_CONSUMER")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        dangerous_plaintext: bool,
+    },
     /// List your jobs (all jobs for an administrator).
     Jobs {
         #[arg(long, short, env = "VEIL_CONSUMER")]
@@ -459,6 +469,10 @@ async fn run(cli: Cli) -> Result<()> {
             let options = client::PsiOptions { case_fold, rho, intersection };
             logging("warn");
             client::psi(&config, &client, &server, options, json, dangerous_plaintext).await
+        }
+        Command::Datasets { config, json, dangerous_plaintext } => {
+            logging("warn");
+            client::datasets(&config, json, dangerous_plaintext).await
         }
         Command::Jobs { config, json, dangerous_plaintext } => {
             logging("warn");

@@ -117,6 +117,16 @@ fn init_serve_submit_and_survive_a_vanishing_party() {
     let operator = root.join("consumers/operator/consumer.toml");
     let analyst = root.join("consumers/analyst/consumer.toml");
     wait_connected(operator.to_str().unwrap(), 4);
+    // What the parties serve, as a consumer lists it: the dataset, its parties and columns.
+    let out = veil(&["datasets", "--config", analyst.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("cells  (served by hospital_a, hospital_b, hospital_c, clinic_d)")
+            && text.contains("mean_radius")
+            && text.contains("[0.0, 50.0]"),
+        "{text}"
+    );
 
     let job = dir.path().join("job.toml");
     std::fs::write(

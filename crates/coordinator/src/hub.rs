@@ -114,6 +114,26 @@ impl Shared {
         Ok(out.into_iter().map(|(e, _)| e).collect())
     }
 
+    /// [`Self::catalogs`] with, for each dataset, the names of the connected parties that
+    /// serve it, in the order of their ids.
+    pub(crate) fn catalog_view(&self) -> Result<Vec<serde_json::Value>, String> {
+        let catalogs = self.catalogs()?;
+        let parties = lock(&self.parties);
+        Ok(catalogs
+            .into_iter()
+            .map(|entry| {
+                let serving: Vec<String> = parties
+                    .iter()
+                    .filter(|(_, c)| c.catalog.iter().any(|e| e.name == entry.name))
+                    .map(|(p, _)| self.party_name(*p))
+                    .collect();
+                let mut v = serde_json::to_value(&entry).unwrap_or_default();
+                v["parties"] = serving.into();
+                v
+            })
+            .collect())
+    }
+
     /// A party as people know it: its roster name, or its id.
     pub(crate) fn party_name(&self, party: PartyId) -> String {
         match self.roster.party(party) {

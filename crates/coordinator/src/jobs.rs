@@ -12,8 +12,9 @@ use veil_proto::roster::{Member, RosterFile};
 use veil_proto::submission;
 use veil_proto::v1::jobs_server::Jobs;
 use veil_proto::v1::{
-    JobList, JobRef, JobResult, JobState as WireState, JobStatus, ListJobsRequest,
-    Outcome as WireOutcome, PartyOutcome, PlanRequest, PlannedJob, ReceiptList, SubmitRequest,
+    CatalogList, CatalogRequest, JobList, JobRef, JobResult, JobState as WireState, JobStatus,
+    ListJobsRequest, Outcome as WireOutcome, PartyOutcome, PlanRequest, PlannedJob, ReceiptList,
+    SubmitRequest,
 };
 
 use crate::offer::Outcome;
@@ -419,6 +420,17 @@ impl Jobs for JobsApi {
             .receipts(if admin { None } else { Some(&name) })
             .map_err(JobsError::from)?;
         Ok(Response::new(ReceiptList { receipts_json }))
+    }
+
+    async fn catalog(
+        &self,
+        request: Request<CatalogRequest>,
+    ) -> Result<Response<CatalogList>, Status> {
+        self.consumer(&request)?;
+        let datasets = self.shared.catalog_view().map_err(JobsError::Catalog)?;
+        Ok(Response::new(CatalogList {
+            datasets_json: datasets.iter().map(serde_json::Value::to_string).collect(),
+        }))
     }
 
     async fn result(&self, request: Request<JobRef>) -> Result<Response<JobResult>, Status> {

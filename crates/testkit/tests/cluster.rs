@@ -225,7 +225,7 @@ use veil_proto::submission;
 use veil_proto::tls::TlsMaterial;
 use veil_proto::v1::JobState;
 use veil_proto::v1::jobs_client::JobsClient;
-use veil_proto::v1::{ListJobsRequest, PlanRequest, PlannedJob, SubmitRequest};
+use veil_proto::v1::{CatalogRequest, ListJobsRequest, PlanRequest, PlannedJob, SubmitRequest};
 use veil_testkit::cluster::party_config;
 
 fn ca(cluster: &Cluster) -> String {
@@ -807,6 +807,29 @@ async fn a_catalog_mismatch_names_the_parties_the_column_and_what_differs() {
         m.contains("column \"dep_delay\": bounds [-60, 1500] at ewr, [-60, 900] at lga"),
         "{m}"
     );
+    // The catalog a consumer lists says the same.
+    let listed = cluster.jobs().await.catalog(CatalogRequest {}).await.unwrap_err();
+    assert_eq!(listed.code(), Code::FailedPrecondition, "{listed}");
+    assert!(listed.message().contains("ewr and lga announce different catalogs"), "{listed}");
+    cluster.shutdown().await;
+}
+
+/// A consumer lists what the connected parties serve: each dataset's columns, types, declared
+/// bounds and domains, and its parties; nothing else of theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_lists_the_datasets_their_columns_and_their_parties() {
+    let cluster = carriers("bounds = { dep_delay = [-100.0, 1500.0] }").await;
+    let list = cluster.jobs().await.catalog(CatalogRequest {}).await.unwrap().into_inner();
+    assert_eq!(list.datasets_json.len(), 1, "{list:?}");
+    let flights: serde_json::Value = serde_json::from_str(&list.datasets_json[0]).unwrap();
+    assert_eq!(flights["name"], "flights");
+    assert_eq!(flights["parties"], serde_json::json!(["ewr", "jfk", "lga"]));
+    let column = |name: &str| {
+        flights["columns"].as_array().unwrap().iter().find(|c| c["name"] == name).cloned().unwrap()
+    };
+    assert_eq!(column("dep_delay")["bounds"], serde_json::json!([-100.0, 1500.0]));
+    assert_eq!(column("carrier")["domain"].as_array().unwrap().len(), CARRIERS.len());
+    assert_eq!(column("carrier")["type"], "string");
     cluster.shutdown().await;
 }
 

@@ -58,6 +58,12 @@ impl Jobs for Planner {
     async fn result(&self, _: Request<JobRef>) -> Result<Response<JobResult>, Status> {
         Err(Status::unimplemented("result"))
     }
+    async fn catalog(
+        &self,
+        _: Request<veil_proto::v1::CatalogRequest>,
+    ) -> Result<Response<veil_proto::v1::CatalogList>, Status> {
+        Err(Status::unimplemented("catalog"))
+    }
 }
 
 /// Submits `request` through a coordinator that plans as `plan` does; returns the outcome and
