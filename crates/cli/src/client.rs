@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use tonic::transport::Channel;
 use veil_analytics::Answer;
 use veil_analytics::sql::{HistogramOutput, Table};
+use veil_cli::views::{coverage_json, outcome_name, query_json, with_coverage};
 use veil_proto::client::ConsumerFile;
 use veil_proto::submission::Signer;
 use veil_proto::v1::JobState;
@@ -236,52 +237,6 @@ pub(crate) async fn follow(
 }
 
 /// The parties a job covers, as JSON.
-fn coverage_json(coverage: &[PartyOutcome]) -> serde_json::Value {
-    coverage
-        .iter()
-        .map(|p| {
-            let outcome = Outcome::try_from(p.outcome).unwrap_or(Outcome::Unspecified);
-            let mut v = serde_json::json!({
-                "party_id": p.party_id,
-                "name": p.name,
-                "outcome": outcome_name(outcome),
-            });
-            if !p.rule.is_empty() {
-                v["rule"] = p.rule.clone().into();
-            }
-            if !p.reason.is_empty() {
-                v["reason"] = p.reason.clone().into();
-            }
-            v
-        })
-        .collect()
-}
-
-fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Contributed => "contributed",
-        Outcome::Accepted => "accepted",
-        Outcome::Refused => "refused",
-        Outcome::Offline => "offline",
-        Outcome::DataUnavailable => "data-unavailable",
-        Outcome::Dropped => "dropped",
-        Outcome::NoAnswer => "no-answer",
-        Outcome::Fault => "fault",
-        Outcome::Unspecified => "unknown",
-    }
-}
-
-/// An answer's JSON with who it covers added (`coverage`), when it is an object.
-fn with_coverage(answer_json: &str, coverage: &[PartyOutcome]) -> String {
-    match serde_json::from_str::<serde_json::Value>(answer_json) {
-        Ok(serde_json::Value::Object(mut o)) if !coverage.is_empty() => {
-            o.insert("coverage".into(), coverage_json(coverage));
-            serde_json::Value::Object(o).to_string()
-        }
-        _ => answer_json.to_string(),
-    }
-}
-
 /// Which parties an answer covers, and a warning when it covers fewer than serve the dataset.
 fn print_coverage(coverage: &[PartyOutcome]) {
     if coverage.is_empty() {
@@ -784,27 +739,6 @@ pub(crate) async fn query(
         return Ok(());
     }
     print_result(&result, false)
-}
-
-/// `veil query --json`: the result table (or, for a job without one, the answer), with the
-/// answer's privacy block and who it covers.
-fn query_json(result: &JobResult) -> String {
-    if result.table_json.is_empty() {
-        return with_coverage(&result.answer_json, &result.coverage);
-    }
-    let table = serde_json::from_str::<serde_json::Value>(&result.table_json);
-    let answer = serde_json::from_str::<serde_json::Value>(&result.answer_json);
-    let text = match (table, answer) {
-        // A coordinator that predates tables with a privacy block: take the answer's.
-        (Ok(serde_json::Value::Object(mut t)), Ok(a)) if !t.contains_key("privacy") => {
-            if let Some(p) = a.get("privacy").filter(|p| !p.is_null()) {
-                t.insert("privacy".into(), p.clone());
-            }
-            serde_json::Value::Object(t).to_string()
-        }
-        _ => result.table_json.clone(),
-    };
-    with_coverage(&text, &result.coverage)
 }
 
 /// A SQL job's result table, its privacy line and its notes.

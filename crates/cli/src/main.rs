@@ -14,7 +14,6 @@ mod client;
 mod demo;
 mod governance;
 mod output;
-mod predict;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -508,7 +507,7 @@ async fn run(cli: Cli) -> Result<()> {
             governance::verify(&log, &roster, against.as_deref())
         }
         Command::Predict { model, data } => {
-            predict::predict(&model, &data, &mut std::io::stdout().lock())
+            veil_cli::predict::predict(&model, &data, &mut std::io::stdout().lock())
         }
         Command::Bench { what } => {
             logging("warn");

@@ -14,7 +14,7 @@ use veil_learning::model::classes_of;
 const CHUNK: usize = 4096;
 
 /// Reads the model and the rows, writes one output row per input row.
-pub(crate) fn predict(model: &Path, data: &Path, out: &mut impl Write) -> Result<()> {
+pub fn predict(model: &Path, data: &Path, out: &mut impl Write) -> Result<()> {
     let mut bytes = Vec::new();
     std::fs::File::open(model)
         .and_then(|f| f.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes))

@@ -1,0 +1,5 @@
+//! The library half of the `veil` command: what other clients (the Python extension) share
+//! with it, so that nothing about answers or local scoring is written twice.
+
+pub mod predict;
+pub mod views;
