@@ -160,3 +160,42 @@ def test_jobs_receipts_and_budget(client):
     assert any(r["rho"] == 0.25 and r["dataset"] == "cells" for r in receipts)
     budget = client.budget().set_index("dataset")
     assert budget.loc["cells", "rho"] >= 0.25
+
+
+def test_ctrl_c_during_rounds_cancels_the_job(client):
+    job = client.train(train_spec(100_000))
+    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for _ in job.rounds(progress=False):
+                pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    deadline = time.monotonic() + 30
+    while job.status()["state"] != "cancelled":
+        assert time.monotonic() < deadline, job.status()
+        time.sleep(0.05)
+
+
+def test_an_answer_says_what_it_covers_when_shown(client):
+    df = client.query("SELECT COUNT(*) AS n FROM cells", rho=0.5, purpose="research")
+    assert isinstance(df, veil.Answer)
+    shown = df._repr_html_()
+    assert "covers 3 of the 3 parties" in shown and "ρ = 0.5" in shown
+    assert "covers 3 of the 3 parties" in repr(df)
+
+
+def test_the_example_notebook_runs_end_to_end(analyst):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = REPO / "examples" / "notebooks" / "hospitals.ipynb"
+    nb = nbformat.read(notebook, as_version=4)
+    os.environ["VEIL_CONSUMER"] = str(analyst)
+    os.environ["VEIL_EXAMPLES"] = str(REPO / "examples")
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not any(o.get("output_type") == "error" for o in outputs)
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the training plot"

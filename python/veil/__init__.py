@@ -30,7 +30,7 @@ import pandas as pd
 
 from . import _native
 
-__all__ = ["connect", "Client", "Job", "Model", "VeilError"]
+__all__ = ["connect", "Answer", "Client", "Job", "Model", "VeilError"]
 
 
 class VeilError(Exception):
@@ -261,6 +261,45 @@ class Job:
                 seen = report["round"]
                 yield report
 
+    def history(self) -> pd.DataFrame:
+        """A finished training job's rounds: one row per round, with its contributors and
+        the held-out metrics of the model the round started from (and ε under DP)."""
+        rows = []
+        for r in self.answer().get("rounds", []):
+            row = {"round": r.get("round"), "contributors": r.get("contributors")}
+            row.update(r.get("metrics") or {})
+            if r.get("epsilon") is not None:
+                row["epsilon"] = r["epsilon"]
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def plot(self):
+        """Loss and accuracy per round of a finished training job (matplotlib)."""
+        import matplotlib
+
+        if not os.environ.get("DISPLAY") and "ipykernel" not in __import__("sys").modules:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        h = self.history()
+        fig, ax = plt.subplots(figsize=(6, 3))
+        if "loss" in h:
+            ax.plot(h["round"], h["loss"], label="held-out loss")
+        if "accuracy" in h:
+            ax.plot(h["round"], h["accuracy"], label="held-out accuracy")
+        ax.set_xlabel("round")
+        ax.set_title(f"job {self.id}")
+        ax.legend()
+        return fig
+
+    def _repr_html_(self) -> str:
+        import html
+
+        s = self._status
+        report = s.get("progress") if isinstance(s.get("progress"), dict) else None
+        latest = f", round {report['round'] + 1}" if report and isinstance(report.get("round"), int) else ""
+        return f"<p>veil job <code>{html.escape(self.id)}</code>: {html.escape(s.get('state', ''))}{latest} {html.escape(s.get('detail', ''))}</p>"
+
     def model(self) -> "Model":
         """The trained model of a finished training job."""
         self.wait()
@@ -330,6 +369,42 @@ class Model:
         return state
 
 
+class Answer(pd.DataFrame):
+    """A result table: a DataFrame whose display ends with a line on what it covers (its
+    parties and privacy); ``attrs`` holds the details."""
+
+    @property
+    def _constructor(self):
+        return Answer
+
+    def coverage_note(self) -> str:
+        """One line on what the answer covers: its parties, and its privacy when it has one."""
+        coverage = self.attrs.get("coverage") or []
+        contributors = self.attrs.get("contributors") or []
+        parts = []
+        if coverage:
+            parts.append(f"covers {len(contributors)} of the {len(coverage)} parties serving the dataset ({', '.join(map(str, contributors))})")
+            missing = [p for p in coverage if p.get("outcome") != "contributed"]
+            for p in missing:
+                why = f"refused by rule {p['rule']}" if p.get("rule") else p.get("outcome", "")
+                parts.append(f"{p.get('name')}: {why}")
+        privacy = self.attrs.get("privacy")
+        if privacy:
+            parts.append(f"differentially private: ρ = {privacy.get('rho')}, ε = {privacy.get('epsilon', float('nan')):.3g} at δ = {privacy.get('delta')}")
+        return "; ".join(parts)
+
+    def __repr__(self) -> str:
+        note = self.coverage_note()
+        return super().__repr__() + (f"\n{note}" if note else "")
+
+    def _repr_html_(self) -> str:
+        import html
+
+        table = super()._repr_html_() or ""
+        note = self.coverage_note()
+        return table + (f"<p><small>{html.escape(note)}</small></p>" if note else "")
+
+
 def table_frame(result: Mapping[str, Any]) -> pd.DataFrame:
     """A result table as a DataFrame: one column per heading, then ``<heading> ±95%`` for
     values with a noise interval and ``<heading> withheld`` for values withheld (fewer
@@ -337,7 +412,7 @@ def table_frame(result: Mapping[str, Any]) -> pd.DataFrame:
     ``contributors`` and ``notes``."""
     headers = list(result.get("headers", []))
     rows = result.get("rows", [])
-    frame = pd.DataFrame([list(r) for r in rows], columns=headers)
+    frame = Answer([list(r) for r in rows], columns=headers)
     ci95 = result.get("ci95")
     if ci95:
         for j, h in enumerate(headers):
