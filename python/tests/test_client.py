@@ -199,3 +199,20 @@ def test_the_example_notebook_runs_end_to_end(analyst):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not any(o.get("output_type") == "error" for o in outputs)
     assert any("image/png" in o.get("data", {}) for o in outputs), "the training plot"
+
+
+def test_to_torch_gives_the_same_scores(client):
+    torch = pytest.importorskip("torch")
+    job = client.train(train_spec(3))
+    model = job.model()
+    state = model.to_torch()
+    net = torch.nn.Module()
+    net.layers = torch.nn.Sequential(*[torch.nn.Linear(l["weights"].shape[0], l["weights"].shape[1]).double()
+                                       for l in model.layers])
+    net.load_state_dict(state)
+    rows = pd.read_csv(DATA / "hospital_a.csv")
+    std = model.file["standardizer"]
+    x = (rows[FEATURES].to_numpy() - std["mean"]) / std["scale"]
+    p = torch.sigmoid(net.layers(torch.tensor(x))).detach().numpy()[:, 0]
+    veil_p = model.predict(rows).iloc[:, -1].to_numpy()
+    assert abs(p - veil_p).max() < 1e-5
