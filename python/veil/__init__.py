@@ -273,24 +273,53 @@ class Job:
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def plot(self):
-        """Loss and accuracy per round of a finished training job (matplotlib)."""
+    def follow(self, plot: bool = True, timeout: float = 3600.0) -> pd.DataFrame:
+        """Follows a training job to its end with a live progress bar and, in a notebook, a
+        loss and accuracy plot redrawn as the rounds arrive; returns its history. Ctrl-C
+        cancels the job."""
+        handle = None
+        if plot:
+            try:
+                from IPython import get_ipython
+                from IPython.display import display
+
+                if get_ipython() is not None:
+                    handle = display(self._figure(pd.DataFrame()), display_id=True)
+            except ModuleNotFoundError:
+                handle = None
+        rows = []
+        for report in self.rounds(timeout=timeout):
+            row = {"round": report.get("round"), "contributors": report.get("contributors")}
+            row.update(report.get("metrics") or {})
+            rows.append(row)
+            if handle is not None:
+                handle.update(self._figure(pd.DataFrame(rows)))
+        history = self.history()
+        if handle is not None:
+            handle.update(self._figure(history))
+        return history
+
+    def _figure(self, history: pd.DataFrame):
         import matplotlib
 
-        if not os.environ.get("DISPLAY") and "ipykernel" not in __import__("sys").modules:
+        if "ipykernel" not in __import__("sys").modules:
             matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        h = self.history()
         fig, ax = plt.subplots(figsize=(6, 3))
-        if "loss" in h:
-            ax.plot(h["round"], h["loss"], label="held-out loss")
-        if "accuracy" in h:
-            ax.plot(h["round"], h["accuracy"], label="held-out accuracy")
+        for column, label in (("loss", "held-out loss"), ("accuracy", "held-out accuracy")):
+            if column in history:
+                ax.plot(history["round"], history[column], label=label)
         ax.set_xlabel("round")
         ax.set_title(f"job {self.id}")
-        ax.legend()
+        if len(history):
+            ax.legend()
+        plt.close(fig)
         return fig
+
+    def plot(self):
+        """Loss and accuracy per round of a finished training job (matplotlib)."""
+        return self._figure(self.history())
 
     def _repr_html_(self) -> str:
         import html
