@@ -216,3 +216,9 @@ def test_to_torch_gives_the_same_scores(client):
     p = torch.sigmoid(net.layers(torch.tensor(x))).detach().numpy()[:, 0]
     veil_p = model.predict(rows).iloc[:, -1].to_numpy()
     assert abs(p - veil_p).max() < 1e-5
+
+
+def test_a_job_file_is_read_as_veil_submit_reads_it(client):
+    job = client.train(REPO / "examples" / "jobs" / "train-cells.toml")
+    history = job.follow(plot=False)
+    assert len(history) == 30 and history["accuracy"].iloc[-1] > 0.85

@@ -93,8 +93,15 @@ class Client:
 
     def submit(self, spec: Union[str, os.PathLike, Mapping[str, Any]], require_all: bool = False) -> "Job":
         """Plans, signs and submits a job: a specification as a dict, TOML or JSON text, or
-        the path of a file holding one."""
-        return Job(self, json.loads(_call(self._native.submit, _spec_text(spec), require_all)))
+        the path of a file holding one (a trainer program it names is inlined, as ``veil
+        submit`` does)."""
+        if isinstance(spec, Mapping):
+            status = _call(self._native.submit, json.dumps(spec), require_all)
+        elif _is_path(spec):
+            status = _call(self._native.submit_file, os.fspath(spec), require_all)
+        else:
+            status = _call(self._native.submit, os.fspath(spec), require_all)
+        return Job(self, json.loads(status))
 
     def query(
         self,
@@ -149,33 +156,11 @@ class Client:
         return spent
 
 
-def _spec_text(spec: Union[str, os.PathLike, Mapping[str, Any]]) -> str:
-    if isinstance(spec, Mapping):
-        return json.dumps(spec)
-    text = os.fspath(spec)
-    looks_like_path = "\n" not in text and not text.lstrip().startswith("{") and "=" not in text
-    if looks_like_path:
-        path = Path(text)
-        body = path.read_text()
-        return _inline_trainer(body, path)
-    return text
-
-
-def _inline_trainer(body: str, path: Path) -> str:
-    """A job file naming its trainer program (``[trainer] program = "…"``) with the program's
-    source in its place, as ``veil submit`` does."""
-    if "program" not in body:
-        return body
-    try:
-        import tomllib  # Python 3.11+
-    except ModuleNotFoundError:  # pragma: no cover
-        return body
-    spec = tomllib.loads(body) if not body.lstrip().startswith("{") else json.loads(body)
-    trainer = spec.get("trainer")
-    if isinstance(trainer, dict) and "program" in trainer:
-        trainer["source"] = (path.parent / trainer.pop("program")).read_text()
-        return json.dumps(spec)
-    return body
+def _is_path(spec: Union[str, os.PathLike]) -> bool:
+    """Whether a specification given as a string names a file rather than holding the text."""
+    if isinstance(spec, os.PathLike):
+        return True
+    return "\n" not in spec and not spec.lstrip().startswith("{") and "=" not in spec
 
 
 class Job:

@@ -101,6 +101,14 @@ impl Client {
         Ok(status_json(&status))
     }
 
+    /// Reads a job file (its trainer program, if it names one, inlined as `veil submit`
+    /// does), then plans, signs and submits it; returns its status as JSON.
+    #[pyo3(signature = (path, require_all = false))]
+    fn submit_file(&self, path: PathBuf, require_all: bool) -> PyResult<String> {
+        let spec = veil_cli::jobfile::read(&path).map_err(|e| error(format!("{e:#}")))?;
+        self.submit(&spec, require_all)
+    }
+
     /// A job's status now, as JSON.
     fn status(&self, job_id: &str) -> PyResult<String> {
         let mut jobs = self.jobs.clone();
