@@ -49,27 +49,38 @@ def consortium(tmp_path_factory):
                 'bounds = { mean_radius = [0.0, 50.0] }\ndomains = { target = ["0", "1"] }\n'
                 '[datasets.policy]\npurposes = ["research"]\n'
             )
-    processes = [subprocess.Popen([VEIL, "coordinator", "--config", str(root / "coordinator" / "coordinator.toml")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    for h in HOSPITALS:
-        processes.append(subprocess.Popen([VEIL, "party", "--config", str(root / "parties" / h / "party.toml")],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    operator = root / "consumers" / "operator" / "consumer.toml"
-    deadline = time.monotonic() + 30
-    while True:
-        out = subprocess.run([VEIL, "parties", "--json", "--config", str(operator)], capture_output=True, text=True)
-        if out.stdout.count('"connected":true') >= len(HOSPITALS):
-            break
-        assert time.monotonic() < deadline, f"the parties did not connect: {out.stderr}"
-        time.sleep(0.2)
-    yield root
-    for p in processes:
-        p.send_signal(signal.SIGTERM)
-    for p in processes:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    logs = root / "logs"
+    logs.mkdir()
+    processes = []
+
+    def start(name, *args):
+        log = open(logs / f"{name}.log", "w")
+        processes.append(subprocess.Popen([VEIL, *args], stdout=log, stderr=subprocess.STDOUT,
+                                          env={**os.environ, "RUST_LOG": "warn"}))
+
+    try:
+        start("coordinator", "coordinator", "--config", str(root / "coordinator" / "coordinator.toml"))
+        for h in HOSPITALS:
+            start(h, "party", "--config", str(root / "parties" / h / "party.toml"))
+        operator = root / "consumers" / "operator" / "consumer.toml"
+        deadline = time.monotonic() + 30
+        while True:
+            out = subprocess.run([VEIL, "parties", "--json", "--config", str(operator)],
+                                 capture_output=True, text=True, timeout=30)
+            if out.stdout.count('"connected":true') >= len(HOSPITALS):
+                break
+            assert time.monotonic() < deadline, f"the parties did not connect: {out.stderr}"
+            time.sleep(0.2)
+        yield root
+    finally:
+        for p in processes:
+            p.send_signal(signal.SIGTERM)
+        for p in processes:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 @pytest.fixture(scope="session")
@@ -187,13 +198,13 @@ def test_an_answer_says_what_it_covers_when_shown(client):
     assert "covers 3 of the 3 parties" in repr(df)
 
 
-def test_the_example_notebook_runs_end_to_end(analyst):
+def test_the_example_notebook_runs_end_to_end(analyst, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = REPO / "examples" / "notebooks" / "hospitals.ipynb"
     nb = nbformat.read(notebook, as_version=4)
-    os.environ["VEIL_CONSUMER"] = str(analyst)
-    os.environ["VEIL_EXAMPLES"] = str(REPO / "examples")
+    monkeypatch.setenv("VEIL_CONSUMER", str(analyst))
+    monkeypatch.setenv("VEIL_EXAMPLES", str(REPO / "examples"))
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(notebook.parent)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
@@ -222,3 +233,19 @@ def test_a_job_file_is_read_as_veil_submit_reads_it(client):
     job = client.train(REPO / "examples" / "jobs" / "train-cells.toml")
     history = job.follow(plot=False)
     assert len(history) == 30 and history["accuracy"].iloc[-1] > 0.85
+
+
+def test_every_round_is_yielded_once_in_order_however_slowly_it_is_followed(client):
+    job = client.train(train_spec(12))
+    seen = []
+    for report in job.rounds(progress=False):
+        seen.append(report["round"])
+        time.sleep(0.05)  # slower than the rounds: the polling misses some
+    assert seen == list(range(12))
+
+
+def test_a_malformed_table_is_a_veil_error():
+    with pytest.raises(veil.VeilError, match="malformed table"):
+        veil.table_frame({"headers": ["a", "b"], "rows": [[1]]})
+    with pytest.raises(veil.VeilError, match="malformed"):
+        veil.Model({"parameters": "not numbers", "layers": [{"weights_at": 0}]})

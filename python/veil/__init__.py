@@ -9,7 +9,7 @@ so they behave exactly as the ``veil`` command does::
     df = c.query("SELECT carrier, COUNT(*) FROM flights GROUP BY carrier", rho=0.5)
     df.attrs["privacy"], df.attrs["contributors"]  # what the answer covers
     job = c.train("examples/jobs/train-cells.toml")
-    for r in job.rounds(): ...
+    history = job.follow()                         # progress bar, live plot in a notebook
     model = job.model()
     model.predict(rows)
 """
@@ -21,47 +21,61 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
 
 from . import _native
 
-__all__ = ["connect", "Answer", "Client", "Job", "Model", "VeilError"]
+__all__ = ["connect", "Answer", "Client", "Job", "Model", "Plot", "VeilError", "table_frame"]
+
+Spec = Union[str, os.PathLike, Mapping[str, Any]]
 
 
 class VeilError(Exception):
-    """An error veil reports. ``rule`` names the policy rule of a refusal, when there is one."""
+    """An error veil reports, with the message ``veil`` prints. ``rule`` names the policy rule
+    of a refusal, when there is one."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, rule: Optional[str] = None):
         super().__init__(message)
         found = re.search(r"refused by rule ([a-z0-9-]+)", message)
-        self.rule: Optional[str] = found.group(1) if found else None
+        self.rule: Optional[str] = rule or (found.group(1) if found else None)
 
 
-def _call(f, *args, **kwargs):
+def _call(f, *args):
     try:
-        return f(*args, **kwargs)
+        return f(*args)
     except _native.VeilError as e:
         raise VeilError(str(e)) from None
 
 
-def connect(config: Union[str, os.PathLike], plaintext: bool = False) -> "Client":
+def _parse(text: str, what: str) -> Any:
+    """JSON from the coordinator; anything else is a ``VeilError`` naming what it was."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise VeilError(f"the coordinator sent {what} that is not JSON: {e}") from None
+
+
+def _object(value: Any, what: str) -> Dict[str, Any]:
+    if not isinstance(value, dict):
+        raise VeilError(f"the coordinator sent {what} that is not a JSON object")
+    return value
+
+
+def connect(config: Union[str, os.PathLike], dangerous_plaintext: bool = False) -> "Client":
     """Connects as the consumer a ``consumer.toml`` describes (mutual TLS, its signing key)."""
-    return Client(config, plaintext=plaintext)
-
-
-_FINAL = {"succeeded", "failed", "cancelled"}
+    return Client(config, dangerous_plaintext=dangerous_plaintext)
 
 
 class Client:
     """A consumer's connection to the consortium's coordinator."""
 
-    def __init__(self, config: Union[str, os.PathLike], plaintext: bool = False):
-        self._native = _call(_native.Client, os.fspath(config), plaintext)
+    def __init__(self, config: Union[str, os.PathLike], dangerous_plaintext: bool = False):
+        self._native = _call(_native.Client, os.fspath(config), dangerous_plaintext)
 
     @property
     def name(self) -> str:
@@ -73,25 +87,23 @@ class Client:
         domain, and the parties serving the dataset."""
         rows = []
         for text in _call(self._native.datasets):
-            d = json.loads(text)
-            for c in d.get("columns", []):
-                bounds = c.get("bounds")
+            d = _object(_parse(text, "a catalog entry"), "a catalog entry")
+            for c in d.get("columns") or []:
+                bounds = c.get("bounds") if isinstance(c, dict) else None
                 rows.append(
                     {
-                        "dataset": d["name"],
-                        "column": c["name"],
-                        "type": c["type"],
+                        "dataset": d.get("name"),
+                        "column": c.get("name") if isinstance(c, dict) else None,
+                        "type": c.get("type") if isinstance(c, dict) else None,
                         "min": bounds[0] if bounds else None,
                         "max": bounds[1] if bounds else None,
-                        "domain": c.get("domain"),
-                        "parties": list(d.get("parties", [])),
+                        "domain": c.get("domain") if isinstance(c, dict) else None,
+                        "parties": list(d.get("parties") or []),
                     }
                 )
-        return pd.DataFrame(
-            rows, columns=["dataset", "column", "type", "min", "max", "domain", "parties"]
-        )
+        return pd.DataFrame(rows, columns=["dataset", "column", "type", "min", "max", "domain", "parties"])
 
-    def submit(self, spec: Union[str, os.PathLike, Mapping[str, Any]], require_all: bool = False) -> "Job":
+    def submit(self, spec: Spec, require_all: bool = False) -> "Job":
         """Plans, signs and submits a job: a specification as a dict, TOML or JSON text, or
         the path of a file holding one (a trainer program it names is inlined, as ``veil
         submit`` does)."""
@@ -101,7 +113,7 @@ class Client:
             status = _call(self._native.submit_file, os.fspath(spec), require_all)
         else:
             status = _call(self._native.submit, os.fspath(spec), require_all)
-        return Job(self, json.loads(status))
+        return Job(self, _object(_parse(status, "a job status"), "a job status"))
 
     def query(
         self,
@@ -112,10 +124,11 @@ class Client:
         min_parties: Optional[int] = None,
         require_all: bool = False,
         timeout: float = 600.0,
-    ) -> pd.DataFrame:
-        """Runs a SQL query and returns its table. Noise intervals (``<column> ±95%``) and
-        withheld values (``<column> withheld``) are columns; ``df.attrs`` holds ``privacy``,
-        ``coverage``, ``contributors`` and ``notes``."""
+    ) -> "Answer":
+        """Runs a SQL query and returns its table as an :class:`Answer`: noise intervals are
+        ``<column> ±95%`` columns, a grouped table's suppressed groups are flagged in its
+        ``suppressed`` column, and ``attrs`` holds ``privacy``, ``coverage``,
+        ``contributors``, ``notes``, ``approximate`` and ``histograms``."""
         request: Dict[str, Any] = {"sql": sql}
         if rho is not None:
             request["privacy"] = {"rho": rho}
@@ -129,38 +142,41 @@ class Client:
         job.wait(timeout=timeout)
         return table_frame(job.result())
 
-    def train(self, spec: Union[str, os.PathLike, Mapping[str, Any]], require_all: bool = False) -> "Job":
+    def train(self, spec: Spec, require_all: bool = False) -> "Job":
         """Submits a training job (a dict, TOML text, or a file's path); follow it with
-        ``rounds()`` and fetch the model with ``model()``."""
+        :meth:`Job.follow` or :meth:`Job.rounds`, and fetch the model with :meth:`Job.model`."""
         return self.submit(spec, require_all=require_all)
 
     def jobs(self) -> pd.DataFrame:
         """The consumer's jobs, newest last."""
-        rows = [json.loads(s) for s in _call(self._native.jobs)]
+        rows = [_object(_parse(s, "a job status"), "a job status") for s in _call(self._native.jobs)]
         frame = pd.DataFrame(rows, columns=["job_id", "dataset", "state", "detail", "created_unix_ms"])
         return frame.sort_values("created_unix_ms", kind="stable").reset_index(drop=True)
 
     def cancel(self, job_id: str) -> Dict[str, Any]:
         """Asks the coordinator to cancel a job; returns its status."""
-        return json.loads(_call(self._native.cancel, job_id))
+        return _object(_parse(_call(self._native.cancel, job_id), "a job status"), "a job status")
 
     def receipts(self) -> List[Dict[str, Any]]:
         """The release receipts of the consumer's jobs: what was released, from whom, at what ρ."""
-        return [json.loads(r) for r in _call(self._native.receipts)]
+        return [_object(_parse(r, "a receipt"), "a receipt") for r in _call(self._native.receipts)]
 
     def budget(self) -> pd.DataFrame:
-        """The zCDP ρ the consumer's released answers charged, per dataset (from its receipts)."""
-        rows = [{"dataset": r["dataset"], "rho": float(r.get("rho", 0.0))} for r in self.receipts()]
+        """The zCDP ρ this consumer's released answers charged, per dataset, from its receipts."""
+        rows = [
+            {"dataset": r.get("dataset"), "rho": float(r.get("rho") or 0.0)}
+            for r in self.receipts()
+            if r.get("consumer") == self.name
+        ]
         frame = pd.DataFrame(rows, columns=["dataset", "rho"])
-        spent = frame.groupby("dataset", as_index=False).agg(rho=("rho", "sum"), releases=("rho", "size"))
-        return spent
+        return frame.groupby("dataset", as_index=False).agg(rho=("rho", "sum"), releases=("rho", "size"))
 
 
 def _is_path(spec: Union[str, os.PathLike]) -> bool:
-    """Whether a specification given as a string names a file rather than holding the text."""
+    """Whether a specification names a file rather than holding the text."""
     if isinstance(spec, os.PathLike):
         return True
-    return "\n" not in spec and not spec.lstrip().startswith("{") and "=" not in spec
+    return "\n" not in spec and not spec.lstrip().startswith("{") and Path(spec).is_file()
 
 
 class Job:
@@ -168,16 +184,42 @@ class Job:
 
     def __init__(self, client: Client, status: Dict[str, Any]):
         self._client = client
-        self.id: str = status["job_id"]
+        self.id: str = str(status.get("job_id"))
         self._status = status
+        self._fetched: Optional[Tuple[Dict[str, Any], Dict[str, Any]]] = None
 
     def __repr__(self) -> str:
         return f"<veil.Job {self.id} {self._status.get('state')}>"
 
+    def _repr_html_(self) -> str:
+        import html
+
+        s = self._status
+        report = s.get("progress") if isinstance(s.get("progress"), dict) else None
+        latest = f", round {report['round'] + 1}" if report and isinstance(report.get("round"), int) else ""
+        return (
+            f"<p>veil job <code>{html.escape(self.id)}</code>: {html.escape(str(s.get('state', '')))}"
+            f"{latest} {html.escape(str(s.get('detail', '')))}</p>"
+        )
+
     def status(self) -> Dict[str, Any]:
         """The job's status now: state, detail, latest progress and who it covers."""
-        self._status = json.loads(_call(self._client._native.status, self.id))
+        self._status = _object(_parse(_call(self._client._native.status, self.id), "a job status"), "a job status")
         return self._status
+
+    def _ended(self, s: Dict[str, Any]) -> Dict[str, Any]:
+        """The final status ``s``, or ``VeilError`` unless the job succeeded: the refusal's
+        rule from who it covers."""
+        if s.get("state") == "succeeded":
+            return s
+        rules = [p.get("rule") for p in s.get("coverage") or [] if isinstance(p, dict) and p.get("rule")]
+        raise VeilError(f"job {self.id} {s.get('state')}: {s.get('detail')}", rule=rules[0] if rules else None)
+
+    def _interrupted(self) -> None:
+        try:
+            self.cancel()
+        except VeilError:
+            pass
 
     def wait(self, timeout: float = 600.0, poll: float = 0.05) -> Dict[str, Any]:
         """Waits for the job to end; raises ``VeilError`` unless it succeeded. Ctrl-C cancels
@@ -186,34 +228,42 @@ class Job:
         try:
             while True:
                 s = self.status()
-                if s["state"] in _FINAL:
-                    break
+                if s.get("final"):
+                    return self._ended(s)
                 if time.monotonic() > deadline:
-                    raise VeilError(f"job {self.id} is still {s['state']} after {timeout} s")
+                    raise VeilError(f"job {self.id} is still {s.get('state')} after {timeout} s")
                 time.sleep(poll)
         except KeyboardInterrupt:
-            self.cancel()
+            self._interrupted()
             raise
-        if s["state"] != "succeeded":
-            raise VeilError(f"job {self.id} {s['state']}: {s['detail']}")
-        return s
 
     def cancel(self) -> Dict[str, Any]:
         """Asks the coordinator to cancel the job."""
         return self._client.cancel(self.id)
 
+    def _fetch(self) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        # Fetched once: each fetch counts against the consumer's quota and is audited.
+        if self._fetched is None:
+            view, answer = _call(self._client._native.result, self.id)
+            self._fetched = (
+                _object(_parse(view, "a result"), "a result"),
+                _object(_parse(answer, "an answer"), "an answer"),
+            )
+        return self._fetched
+
     def result(self) -> Dict[str, Any]:
         """The finished job's result, as ``veil query --json`` gives it."""
-        return json.loads(_call(self._client._native.result, self.id))
+        return self._fetch()[0]
 
     def answer(self) -> Dict[str, Any]:
         """The finished job's answer (a training job's rounds and model)."""
-        return json.loads(_call(self._client._native.answer, self.id))
+        return self._fetch()[1]
 
     def rounds(self, timeout: float = 3600.0, progress: bool = True) -> Iterator[Dict[str, Any]]:
-        """A training job's round reports, each once, as they arrive; then the job's end
-        (``VeilError`` unless it succeeded). Shows a progress bar when ``tqdm`` is installed
-        and ``progress`` is set. Ctrl-C cancels the job."""
+        """A training job's round reports, each once and in order, as they arrive; then the
+        job's end (``VeilError`` unless it succeeded). A report the polling missed comes from
+        the answer at the end. Shows a progress bar when ``tqdm`` is installed and
+        ``progress`` is set. Ctrl-C cancels the job."""
         seen = -1
         bar = _progress_bar(progress)
         deadline = time.monotonic() + timeout
@@ -221,47 +271,51 @@ class Job:
             while True:
                 s = self.status()
                 report = s.get("progress")
-                if isinstance(report, dict) and isinstance(report.get("round"), int) and report["round"] > seen:
-                    # Reports in between (rounds are faster than polling) come from the answer at
-                    # the end; the live one is yielded now.
+                if isinstance(report, dict) and report.get("round") == seen + 1:
+                    seen += 1
+                    if bar is not None:
+                        bar.update(1)
+                    yield report
+                if s.get("final"):
+                    break
+                if time.monotonic() > deadline:
+                    raise VeilError(f"job {self.id} is still {s.get('state')} after {timeout} s")
+                time.sleep(0.02)
+            self._ended(s)
+            reports = [r for r in self.answer().get("rounds") or [] if isinstance(r, dict) and isinstance(r.get("round"), int)]
+            for report in sorted(reports, key=lambda r: r["round"]):
+                if report["round"] > seen:
                     seen = report["round"]
                     if bar is not None:
                         bar.update(1)
                     yield report
-                if s["state"] in _FINAL:
-                    break
-                if time.monotonic() > deadline:
-                    raise VeilError(f"job {self.id} is still {s['state']} after {timeout} s")
-                time.sleep(0.02)
         except KeyboardInterrupt:
-            self.cancel()
+            self._interrupted()
             raise
         finally:
             if bar is not None:
                 bar.close()
-        if s["state"] != "succeeded":
-            raise VeilError(f"job {self.id} {s['state']}: {s['detail']}")
-        for report in self.answer().get("rounds", []):
-            if isinstance(report, dict) and report.get("round", -1) > seen:
-                seen = report["round"]
-                yield report
 
     def history(self) -> pd.DataFrame:
-        """A finished training job's rounds: one row per round, with its contributors and
-        the held-out metrics of the model the round started from (and ε under DP)."""
+        """A finished training job's rounds: one row per round, with its contributors and the
+        held-out metrics of the model the round started from (and ε under DP)."""
         rows = []
-        for r in self.answer().get("rounds", []):
+        for r in self.answer().get("rounds") or []:
+            if not isinstance(r, dict):
+                continue
             row = {"round": r.get("round"), "contributors": r.get("contributors")}
-            row.update(r.get("metrics") or {})
+            metrics = r.get("metrics")
+            if isinstance(metrics, dict):
+                row.update(metrics)
             if r.get("epsilon") is not None:
                 row["epsilon"] = r["epsilon"]
             rows.append(row)
         return pd.DataFrame(rows)
 
     def follow(self, plot: bool = True, timeout: float = 3600.0) -> pd.DataFrame:
-        """Follows a training job to its end with a live progress bar and, in a notebook, a
-        loss and accuracy plot redrawn as the rounds arrive; returns its history. Ctrl-C
-        cancels the job."""
+        """Follows a training job to its end with a progress bar and, in a notebook, a loss
+        and accuracy plot redrawn as the rounds arrive; returns its history. Ctrl-C cancels
+        the job."""
         handle = None
         if plot:
             try:
@@ -269,58 +323,74 @@ class Job:
                 from IPython.display import display
 
                 if get_ipython() is not None:
-                    handle = display(self._figure(pd.DataFrame()), display_id=True)
+                    handle = display(_figure(self.id, pd.DataFrame()), display_id=True)
             except ModuleNotFoundError:
                 handle = None
         rows = []
-        for report in self.rounds(timeout=timeout):
-            row = {"round": report.get("round"), "contributors": report.get("contributors")}
-            row.update(report.get("metrics") or {})
-            rows.append(row)
-            if handle is not None:
-                handle.update(self._figure(pd.DataFrame(rows)))
+        try:
+            for report in self.rounds(timeout=timeout):
+                row = {"round": report.get("round"), "contributors": report.get("contributors")}
+                if isinstance(report.get("metrics"), dict):
+                    row.update(report["metrics"])
+                rows.append(row)
+                if handle is not None:
+                    handle.update(_figure(self.id, pd.DataFrame(rows)))
+        except KeyboardInterrupt:
+            self._interrupted()
+            raise
         history = self.history()
         if handle is not None:
-            handle.update(self._figure(history))
+            handle.update(_figure(self.id, history))
         return history
 
-    def _figure(self, history: pd.DataFrame):
-        import matplotlib
+    def plot(self) -> "Plot":
+        """Loss and accuracy per round of a finished training job (a :class:`Plot`)."""
+        return _figure(self.id, self.history())
 
-        if "ipykernel" not in __import__("sys").modules:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 3))
-        for column, label in (("loss", "held-out loss"), ("accuracy", "held-out accuracy")):
-            if column in history:
-                ax.plot(history["round"], history[column], label=label)
-        ax.set_xlabel("round")
-        ax.set_title(f"job {self.id}")
-        if len(history):
-            ax.legend()
-        plt.close(fig)
-        return fig
-
-    def plot(self):
-        """Loss and accuracy per round of a finished training job (matplotlib)."""
-        return self._figure(self.history())
-
-    def _repr_html_(self) -> str:
-        import html
-
-        s = self._status
-        report = s.get("progress") if isinstance(s.get("progress"), dict) else None
-        latest = f", round {report['round'] + 1}" if report and isinstance(report.get("round"), int) else ""
-        return f"<p>veil job <code>{html.escape(self.id)}</code>: {html.escape(s.get('state', ''))}{latest} {html.escape(s.get('detail', ''))}</p>"
-
-    def model(self) -> "Model":
-        """The trained model of a finished training job."""
-        self.wait()
-        answer = self.answer()
-        if "model" not in answer:
+    def model(self, timeout: float = 600.0) -> "Model":
+        """The trained model of a training job, once it has ended (waits up to ``timeout``)."""
+        self.wait(timeout=timeout)
+        model = self.answer().get("model")
+        if not isinstance(model, dict):
             raise VeilError(f"job {self.id} released no model")
-        return Model(answer["model"])
+        return Model(model)
+
+
+class Plot:
+    """A matplotlib figure (``.figure``) that shows itself as an image in a notebook, drawn
+    without pyplot so that no backend is chosen or changed."""
+
+    def __init__(self, figure):
+        self.figure = figure
+
+    def _repr_png_(self) -> bytes:
+        from io import BytesIO
+
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        out = BytesIO()
+        FigureCanvasAgg(self.figure).print_png(out)
+        return out.getvalue()
+
+    def savefig(self, *args, **kwargs) -> None:
+        """Saves the figure, as ``matplotlib.figure.Figure.savefig``."""
+        self.figure.savefig(*args, **kwargs)
+
+
+def _figure(title: str, history: pd.DataFrame) -> Plot:
+    """Loss and accuracy per round."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
+    for column, label in (("loss", "held-out loss"), ("accuracy", "held-out accuracy")):
+        if column in history:
+            ax.plot(history["round"], history[column], label=label)
+    ax.set_xlabel("round")
+    ax.set_title(f"job {title}")
+    if len(history):
+        ax.legend()
+    return Plot(fig)
 
 
 def _progress_bar(wanted: bool):
@@ -333,21 +403,24 @@ def _progress_bar(wanted: bool):
     return tqdm(unit="round")
 
 
-@dataclass
 class Model:
     """A trained model as its file holds it: parameters, preprocessing and provenance."""
 
-    file: Dict[str, Any]
-    layers: List[Dict[str, np.ndarray]] = field(init=False)
+    def __init__(self, file: Dict[str, Any]):
+        self.file = file
+        try:
+            parameters = np.asarray(file["parameters"], dtype=np.float64)
+            self.layers: List[Dict[str, Any]] = []
+            for layer in file.get("layers") or []:
+                at, n_in, n_out = layer["weights_at"], layer["inputs"], layer["outputs"]
+                weights = parameters[at : at + n_in * n_out].reshape(n_in, n_out)
+                biases = parameters[layer["biases_at"] : layer["biases_at"] + n_out]
+                self.layers.append({"weights": weights, "biases": biases, "activation": layer.get("activation")})
+        except (KeyError, TypeError, ValueError) as e:
+            raise VeilError(f"the model file is malformed: {e!r}") from None
 
-    def __post_init__(self):
-        parameters = np.asarray(self.file["parameters"], dtype=np.float64)
-        self.layers = []
-        for layer in self.file.get("layers", []):
-            at, n_in, n_out = layer["weights_at"], layer["inputs"], layer["outputs"]
-            weights = parameters[at : at + n_in * n_out].reshape(n_in, n_out)
-            biases = parameters[layer["biases_at"] : layer["biases_at"] + n_out]
-            self.layers.append({"weights": weights, "biases": biases, "activation": layer.get("activation")})
+    def __repr__(self) -> str:
+        return f"<veil.Model {len(self.features)} inputs, {len(self.parameters)} parameters>"
 
     @property
     def parameters(self) -> np.ndarray:
@@ -361,19 +434,23 @@ class Model:
 
     def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Scores rows of the raw columns locally, through the model's own encoding and
-        standardisation: the numbers ``veil predict`` gives."""
+        standardisation: the numbers ``veil predict`` gives (its code), indexed as ``rows``."""
         with tempfile.TemporaryDirectory() as d:
             model_path, rows_path = Path(d, "model.json"), Path(d, "rows.csv")
             model_path.write_text(json.dumps(self.file))
             rows.to_csv(rows_path, index=False)
             text = _call(_native.predict, str(model_path), str(rows_path))
-        from io import StringIO
-
-        return pd.read_csv(StringIO(text))
+        scored = pd.read_csv(StringIO(text))
+        scored.index = rows.index
+        return scored
 
     def to_torch(self) -> Dict[str, Any]:
-        """A ``state_dict`` for the equivalent ``torch.nn.Sequential`` of ``nn.Linear`` layers
-        (``layers.{i}.weight`` as outputs × inputs, ``layers.{i}.bias``)."""
+        """The dense layers' weights as a ``state_dict``, named as ``veil result
+        --safetensors`` names them: ``layers.{i}.weight`` (outputs × inputs) and
+        ``layers.{i}.bias`` for layer ``i``. Load it into a module holding ``self.layers =
+        nn.ModuleList([nn.Linear(...), ...])`` that applies ReLU between layers; the inputs
+        are standardised with ``file["standardizer"]`` first, and the output is a logit
+        (sigmoid for logistic regression, softmax for the others)."""
         import torch
 
         state = {}
@@ -393,18 +470,23 @@ class Answer(pd.DataFrame):
 
     def coverage_note(self) -> str:
         """One line on what the answer covers: its parties, and its privacy when it has one."""
-        coverage = self.attrs.get("coverage") or []
+        coverage = [p for p in self.attrs.get("coverage") or [] if isinstance(p, dict)]
         contributors = self.attrs.get("contributors") or []
         parts = []
         if coverage:
-            parts.append(f"covers {len(contributors)} of the {len(coverage)} parties serving the dataset ({', '.join(map(str, contributors))})")
-            missing = [p for p in coverage if p.get("outcome") != "contributed"]
-            for p in missing:
-                why = f"refused by rule {p['rule']}" if p.get("rule") else p.get("outcome", "")
-                parts.append(f"{p.get('name')}: {why}")
+            parts.append(
+                f"covers {len(contributors)} of the {len(coverage)} parties serving the dataset"
+                f" ({', '.join(map(str, contributors))})"
+            )
+            for p in coverage:
+                if p.get("outcome") != "contributed":
+                    why = f"refused by rule {p['rule']}" if p.get("rule") else str(p.get("outcome", ""))
+                    parts.append(f"{p.get('name')}: {why}")
         privacy = self.attrs.get("privacy")
-        if privacy:
-            parts.append(f"differentially private: ρ = {privacy.get('rho')}, ε = {privacy.get('epsilon', float('nan')):.3g} at δ = {privacy.get('delta')}")
+        if isinstance(privacy, dict):
+            epsilon = privacy.get("epsilon")
+            eps = f"{epsilon:.3g}" if isinstance(epsilon, (int, float)) else "?"
+            parts.append(f"differentially private: ρ = {privacy.get('rho')}, ε = {eps} at δ = {privacy.get('delta')}")
         return "; ".join(parts)
 
     def __repr__(self) -> str:
@@ -419,27 +501,31 @@ class Answer(pd.DataFrame):
         return table + (f"<p><small>{html.escape(note)}</small></p>" if note else "")
 
 
-def table_frame(result: Mapping[str, Any]) -> pd.DataFrame:
-    """A result table as a DataFrame: one column per heading, then ``<heading> ±95%`` for
-    values with a noise interval and ``<heading> withheld`` for values withheld (fewer
-    contributors than the k threshold); attributes ``privacy``, ``coverage``,
-    ``contributors`` and ``notes``."""
-    headers = list(result.get("headers", []))
-    rows = result.get("rows", [])
-    frame = Answer([list(r) for r in rows], columns=headers)
-    ci95 = result.get("ci95")
-    if ci95:
-        for j, h in enumerate(headers):
-            column = [r[j] if j < len(r) else None for r in ci95]
-            if any(v is not None for v in column):
-                frame[f"{h} ±95%"] = column
-    for j, h in enumerate(headers):
-        withheld = [row[j] is None for row in rows]
-        if any(withheld):
-            frame[f"{h} withheld"] = withheld
-    coverage = result.get("coverage", [])
+def table_frame(result: Mapping[str, Any]) -> Answer:
+    """A result table (``veil query --json``) as an :class:`Answer`: one column per heading,
+    then ``<heading> ±95%`` for values with a noise interval; attributes ``privacy``,
+    ``coverage``, ``contributors``, ``notes``, ``approximate`` and ``histograms``."""
+    try:
+        headers = [str(h) for h in result.get("headers") or []]
+        rows = [list(r) for r in result.get("rows") or []]
+        if any(len(r) != len(headers) for r in rows):
+            raise ValueError("a row's length differs from the headings'")
+        frame = Answer(rows, columns=headers)
+        ci95 = result.get("ci95")
+        if ci95:
+            if len(ci95) != len(rows) or any(not isinstance(r, list) or len(r) != len(headers) for r in ci95):
+                raise ValueError("the intervals do not match the rows")
+            for j, h in enumerate(headers):
+                column = [r[j] for r in ci95]
+                if any(v is not None for v in column):
+                    frame[f"{h} ±95%"] = column
+    except (TypeError, ValueError, AttributeError) as e:
+        raise VeilError(f"the coordinator sent a malformed table: {e}") from None
+    coverage = [p for p in result.get("coverage") or [] if isinstance(p, dict)]
     frame.attrs["privacy"] = result.get("privacy")
     frame.attrs["coverage"] = coverage
     frame.attrs["contributors"] = [p.get("name") for p in coverage if p.get("outcome") == "contributed"]
-    frame.attrs["notes"] = result.get("notes", [])
+    frame.attrs["notes"] = result.get("notes") or []
+    frame.attrs["approximate"] = result.get("approximate") or []
+    frame.attrs["histograms"] = result.get("histograms") or []
     return frame

@@ -282,7 +282,7 @@ impl ProcessCluster {
         }
         let consumer = |name: &str| layout.root.join("consumers").join(name).join("consumer.toml");
         let mut admin =
-            AdminClient::new(crate::client::channel(&consumer("operator"), false).await?);
+            AdminClient::new(veil_cli::consumer::channel(&consumer("operator"), false).await?);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let list = admin.list_parties(ListPartiesRequest {}).await?.into_inner().parties;
@@ -294,8 +294,8 @@ impl ProcessCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let jobs = JobsClient::new(crate::client::channel(&consumer("analyst"), false).await?);
-        let signer = crate::client::signer(&consumer("analyst"))?;
+        let jobs = JobsClient::new(veil_cli::consumer::channel(&consumer("analyst"), false).await?);
+        let signer = veil_cli::consumer::signer(&consumer("analyst"))?;
         Ok(Self { jobs, signer, inbound, stop: Some(stop), children, _dir: dir })
     }
 

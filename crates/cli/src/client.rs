@@ -7,9 +7,8 @@ use anyhow::{Context, Result, bail};
 use tonic::transport::Channel;
 use veil_analytics::Answer;
 use veil_analytics::sql::{HistogramOutput, Table};
+use veil_cli::consumer::{channel, signer, status_error};
 use veil_cli::views::{coverage_json, outcome_name, query_json, with_coverage};
-use veil_proto::client::ConsumerFile;
-use veil_proto::submission::Signer;
 use veil_proto::v1::JobState;
 use veil_proto::v1::admin_client::AdminClient;
 use veil_proto::v1::jobs_client::JobsClient;
@@ -17,62 +16,6 @@ use veil_proto::v1::{
     CatalogRequest, JobRef, JobResult, JobStatus, ListJobsRequest, ListPartiesRequest, Outcome,
     PartyOutcome,
 };
-
-/// Connects as the consumer described by `config`.
-pub(crate) async fn channel(config: &Path, plaintext: bool) -> Result<Channel> {
-    let file = ConsumerFile::load(config)?;
-    let tls = if plaintext { None } else { Some(file.tls()?) };
-    let url = if plaintext {
-        file.coordinator.replacen("https://", "http://", 1)
-    } else {
-        file.coordinator.clone()
-    };
-    veil_proto::client::connect(&url, tls.as_ref()).await.map_err(anyhow::Error::msg)
-}
-
-/// The key that signs the consumer's jobs.
-pub(crate) fn signer(config: &Path) -> Result<Signer> {
-    Ok(ConsumerFile::load(config)?.signer(veil_analytics::Job::plan_check)?)
-}
-
-fn status_error(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}{}", code_name(s.code()), s.message(), hint(&s))
-}
-
-/// What a transport failure most likely means, for the two a consumer meets: a coordinator
-/// whose TLS handshake refused this certificate (it ends the connection, which the client
-/// reports as cancelled), and a client and coordinator that disagree on TLS.
-fn hint(s: &tonic::Status) -> &'static str {
-    let m = s.message().to_ascii_lowercase();
-    if m.contains("h2 protocol error") || m.contains("invalid http version") {
-        "\n  hint: the coordinator and this client disagree on TLS: a plain-text client against \
-         a TLS coordinator (or the reverse). Use the https:// address from consumer.toml, and \
-         --dangerous-plaintext only against a coordinator started with it"
-    } else if s.code() == tonic::Code::Cancelled
-        || m.contains("operation was canceled")
-        || m.contains("transport error")
-        || m.contains("handshake")
-        || m.contains("certificate")
-    {
-        "\n  hint: the coordinator ended the connection during or right after the TLS handshake: \
-         check that the certificate in consumer.toml was issued by this consortium's CA (veil \
-         init) and that the coordinator address is this consortium's"
-    } else {
-        ""
-    }
-}
-
-fn code_name(c: tonic::Code) -> &'static str {
-    match c {
-        tonic::Code::InvalidArgument => "invalid request",
-        tonic::Code::NotFound => "not found",
-        tonic::Code::PermissionDenied => "permission denied",
-        tonic::Code::Unauthenticated => "not authenticated",
-        tonic::Code::FailedPrecondition => "not possible now",
-        tonic::Code::Unavailable => "coordinator unavailable",
-        _ => "error",
-    }
-}
 
 fn time(ms: i64) -> String {
     let secs = ms / 1000;
@@ -90,9 +33,7 @@ pub(crate) async fn submit(
     plaintext: bool,
     require_all: bool,
 ) -> Result<()> {
-    let spec = std::fs::read_to_string(spec_path)
-        .with_context(|| format!("cannot read {}", spec_path.display()))?;
-    let spec = veil_cli::jobfile::inline_trainer(&spec, spec_path)?;
+    let spec = veil_cli::jobfile::read(spec_path)?;
     // Check it here first, for a message that names the file.
     veil_analytics::Job::parse(&spec).with_context(|| format!("{}", spec_path.display()))?;
     let signer = signer(config)?;

@@ -159,7 +159,7 @@ pub(crate) async fn receipts(config: &Path, json: bool) -> Result<()> {
     let receipts: Vec<Receipt> = if PartyFile::load(config).is_ok() {
         open_party_store(config)?.1.receipts()?
     } else {
-        let mut jobs = JobsClient::new(crate::client::channel(config, false).await?);
+        let mut jobs = JobsClient::new(veil_cli::consumer::channel(config, false).await?);
         let list = jobs
             .receipts(ListJobsRequest {})
             .await
@@ -202,7 +202,7 @@ pub(crate) async fn export(config: &Path) -> Result<()> {
     let entries: Vec<Entry> = if PartyFile::load(config).is_ok() {
         open_party_store(config)?.1.audit_log()?
     } else {
-        let mut admin = AdminClient::new(crate::client::channel(config, false).await?);
+        let mut admin = AdminClient::new(veil_cli::consumer::channel(config, false).await?);
         let log = admin
             .audit_log(AuditLogRequest {})
             .await

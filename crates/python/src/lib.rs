@@ -5,15 +5,19 @@
 //! `veil` package turns into DataFrames and NumPy arrays.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use tonic::transport::Channel;
-use veil_proto::client::ConsumerFile;
 use veil_proto::submission::Signer;
 use veil_proto::v1::jobs_client::JobsClient;
-use veil_proto::v1::{CatalogRequest, JobRef, JobStatus, ListJobsRequest};
+use veil_proto::v1::{CatalogRequest, JobRef, JobState, JobStatus, ListJobsRequest};
+
+/// The longest one call to the coordinator may take: a coordinator that accepts the
+/// connection and then says nothing does not hang the caller.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 create_exception!(
     _native,
@@ -26,8 +30,9 @@ fn error(e: impl std::fmt::Display) -> PyErr {
     VeilError::new_err(e.to_string())
 }
 
+/// The sentence `veil` prints for a gRPC status (its kind, the message, a hint).
 fn status_error(s: tonic::Status) -> PyErr {
-    VeilError::new_err(s.message().to_string())
+    VeilError::new_err(veil_cli::consumer::status_error(s).to_string())
 }
 
 /// A consumer's connection to the coordinator.
@@ -38,7 +43,8 @@ struct Client {
     signer: Signer,
 }
 
-/// A job's status as JSON: its id, state, detail, latest progress and who it covers.
+/// A job's status as JSON: its id, state (and whether it is final), detail, latest progress
+/// and who it covers.
 fn status_json(s: &JobStatus) -> String {
     let progress = serde_json::from_str::<serde_json::Value>(&s.progress_json)
         .unwrap_or(serde_json::Value::Null);
@@ -47,6 +53,7 @@ fn status_json(s: &JobStatus) -> String {
         "consumer": s.consumer,
         "dataset": s.dataset,
         "state": s.state().name(),
+        "final": matches!(s.state(), JobState::Succeeded | JobState::Failed | JobState::Cancelled),
         "detail": s.detail,
         "progress": progress,
         "coverage": veil_cli::views::coverage_json(&s.coverage),
@@ -55,24 +62,42 @@ fn status_json(s: &JobStatus) -> String {
     .to_string()
 }
 
+impl Client {
+    /// Runs one call to the coordinator, for at most [`CALL_TIMEOUT`].
+    fn call<T>(
+        &self,
+        future: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ) -> PyResult<T> {
+        // The timer is made inside the runtime, which owns it.
+        match self.runtime.block_on(async { tokio::time::timeout(CALL_TIMEOUT, future).await }) {
+            Ok(result) => result.map_err(status_error),
+            Err(_) => Err(error(format!(
+                "the coordinator did not answer within {} s",
+                CALL_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    fn job(&self, job_id: &str) -> JobRef {
+        JobRef { job_id: job_id.to_string() }
+    }
+}
+
 #[pymethods]
 impl Client {
-    /// Connects as the consumer `config` (a `consumer.toml`) describes.
+    /// Connects as the consumer `config` (a `consumer.toml`) describes, as `veil` does.
     #[new]
-    #[pyo3(signature = (config, plaintext = false))]
-    fn new(config: PathBuf, plaintext: bool) -> PyResult<Self> {
-        let file = ConsumerFile::load(&config).map_err(error)?;
-        let signer = file.signer(veil_analytics::Job::plan_check).map_err(error)?;
-        let tls = if plaintext { None } else { Some(file.tls().map_err(error)?) };
-        let url = if plaintext {
-            file.coordinator.replacen("https://", "http://", 1)
-        } else {
-            file.coordinator.clone()
-        };
+    #[pyo3(signature = (config, dangerous_plaintext = false))]
+    fn new(config: PathBuf, dangerous_plaintext: bool) -> PyResult<Self> {
+        let signer = veil_cli::consumer::signer(&config).map_err(|e| error(format!("{e:#}")))?;
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(error)?;
+        let connect = veil_cli::consumer::channel(&config, dangerous_plaintext);
         let channel =
-            runtime.block_on(veil_proto::client::connect(&url, tls.as_ref())).map_err(error)?;
+            match runtime.block_on(async { tokio::time::timeout(CALL_TIMEOUT, connect).await }) {
+                Ok(channel) => channel.map_err(|e| error(format!("{e:#}")))?,
+                Err(_) => return Err(error("the coordinator did not answer the connection")),
+            };
         Ok(Self { runtime, jobs: JobsClient::new(channel), signer })
     }
 
@@ -85,8 +110,7 @@ impl Client {
     /// What the connected parties serve: one JSON object per dataset.
     fn datasets(&self) -> PyResult<Vec<String>> {
         let mut jobs = self.jobs.clone();
-        let list = self.runtime.block_on(jobs.catalog(CatalogRequest {})).map_err(status_error)?;
-        Ok(list.into_inner().datasets_json)
+        Ok(self.call(jobs.catalog(CatalogRequest {}))?.into_inner().datasets_json)
     }
 
     /// Plans, signs and submits a job (TOML or JSON text); returns its status as JSON.
@@ -94,10 +118,7 @@ impl Client {
     fn submit(&self, spec: &str, require_all: bool) -> PyResult<String> {
         veil_analytics::Job::parse(spec).map_err(error)?;
         let mut jobs = self.jobs.clone();
-        let status = self
-            .runtime
-            .block_on(self.signer.submit_with(&mut jobs, spec, require_all))
-            .map_err(status_error)?;
+        let status = self.call(self.signer.submit_with(&mut jobs, spec, require_all))?;
         Ok(status_json(&status))
     }
 
@@ -112,58 +133,44 @@ impl Client {
     /// A job's status now, as JSON.
     fn status(&self, job_id: &str) -> PyResult<String> {
         let mut jobs = self.jobs.clone();
-        let s = self
-            .runtime
-            .block_on(jobs.get(JobRef { job_id: job_id.to_string() }))
-            .map_err(status_error)?;
-        Ok(status_json(&s.into_inner()))
+        Ok(status_json(&self.call(jobs.get(self.job(job_id)))?.into_inner()))
     }
 
-    /// A finished job's result as `veil query --json` gives it: the table (or the answer)
-    /// with its privacy block and who it covers.
-    fn result(&self, job_id: &str) -> PyResult<String> {
+    /// A finished job's result, fetched once (each fetch counts against the consumer's
+    /// quota), as two JSON texts: `veil query --json`'s view (the table, or the answer, with
+    /// its privacy block and who it covers), and the answer alone with who it covers (a
+    /// training job's rounds and model).
+    fn result(&self, job_id: &str) -> PyResult<(String, String)> {
         let mut jobs = self.jobs.clone();
-        let r = self
-            .runtime
-            .block_on(jobs.result(JobRef { job_id: job_id.to_string() }))
-            .map_err(status_error)?;
-        Ok(veil_cli::views::query_json(&r.into_inner()))
-    }
-
-    /// The job's answer alone, as JSON (a training job's rounds and model, say).
-    fn answer(&self, job_id: &str) -> PyResult<String> {
-        let mut jobs = self.jobs.clone();
-        let r = self
-            .runtime
-            .block_on(jobs.result(JobRef { job_id: job_id.to_string() }))
-            .map_err(status_error)?
-            .into_inner();
-        Ok(veil_cli::views::with_coverage(&r.answer_json, &r.coverage))
+        let r = self.call(jobs.result(self.job(job_id)))?.into_inner();
+        Ok((
+            veil_cli::views::query_json(&r),
+            veil_cli::views::with_coverage(&r.answer_json, &r.coverage),
+        ))
     }
 
     /// The consumer's jobs (every job for an administrator): one status per element.
     fn jobs(&self) -> PyResult<Vec<String>> {
         let mut jobs = self.jobs.clone();
-        let list = self.runtime.block_on(jobs.list(ListJobsRequest {})).map_err(status_error)?;
-        Ok(list.into_inner().jobs.iter().map(status_json).collect())
+        Ok(self
+            .call(jobs.list(ListJobsRequest {}))?
+            .into_inner()
+            .jobs
+            .iter()
+            .map(status_json)
+            .collect())
     }
 
     /// Asks the coordinator to cancel a job; returns its status as JSON.
     fn cancel(&self, job_id: &str) -> PyResult<String> {
         let mut jobs = self.jobs.clone();
-        let s = self
-            .runtime
-            .block_on(jobs.cancel(JobRef { job_id: job_id.to_string() }))
-            .map_err(status_error)?;
-        Ok(status_json(&s.into_inner()))
+        Ok(status_json(&self.call(jobs.cancel(self.job(job_id)))?.into_inner()))
     }
 
     /// The release receipts of the consumer's jobs: one JSON receipt per element.
     fn receipts(&self) -> PyResult<Vec<String>> {
         let mut jobs = self.jobs.clone();
-        let list =
-            self.runtime.block_on(jobs.receipts(ListJobsRequest {})).map_err(status_error)?;
-        Ok(list.into_inner().receipts_json)
+        Ok(self.call(jobs.receipts(ListJobsRequest {}))?.into_inner().receipts_json)
     }
 }
 
