@@ -30,6 +30,17 @@ struct Cli {
     command: Command,
 }
 
+/// The options of the consumer's listing commands.
+#[derive(clap::Args)]
+struct Listing {
+    #[arg(long, short, env = "VEIL_CONSUMER")]
+    config: PathBuf,
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    dangerous_plaintext: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a joint computation over the bundled sample data on loopback and compare it with
@@ -159,23 +170,9 @@ enum Command {
     },
     /// What the connected parties serve: each dataset's columns, types, declared bounds and
     /// domains, and the parties serving it.
-    Datasets {
-        #[arg(long, short, env = "VEIL_CONSUMER")]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
-        #[arg(long)]
-        dangerous_plaintext: bool,
-    },
+    Datasets(Listing),
     /// List your jobs (all jobs for an administrator).
-    Jobs {
-        #[arg(long, short, env = "VEIL_CONSUMER")]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
-        #[arg(long)]
-        dangerous_plaintext: bool,
-    },
+    Jobs(Listing),
     /// Fetch a job's result.
     Result {
         /// The job id.
@@ -202,14 +199,7 @@ enum Command {
         dangerous_plaintext: bool,
     },
     /// List the parties and whether they are connected (administrators).
-    Parties {
-        #[arg(long, short, env = "VEIL_CONSUMER")]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
-        #[arg(long)]
-        dangerous_plaintext: bool,
-    },
+    Parties(Listing),
     /// Propose column tags for a CSV file (counts and reasons, never values).
     Catalog {
         #[command(subcommand)]
@@ -469,11 +459,11 @@ async fn run(cli: Cli) -> Result<()> {
             logging("warn");
             client::psi(&config, &client, &server, options, json, dangerous_plaintext).await
         }
-        Command::Datasets { config, json, dangerous_plaintext } => {
+        Command::Datasets(Listing { config, json, dangerous_plaintext }) => {
             logging("warn");
             client::datasets(&config, json, dangerous_plaintext).await
         }
-        Command::Jobs { config, json, dangerous_plaintext } => {
+        Command::Jobs(Listing { config, json, dangerous_plaintext }) => {
             logging("warn");
             client::jobs(&config, json, dangerous_plaintext).await
         }
@@ -486,7 +476,7 @@ async fn run(cli: Cli) -> Result<()> {
             logging("warn");
             client::cancel(&config, &id, dangerous_plaintext).await
         }
-        Command::Parties { config, json, dangerous_plaintext } => {
+        Command::Parties(Listing { config, json, dangerous_plaintext }) => {
             logging("warn");
             client::parties(&config, json, dangerous_plaintext).await
         }
