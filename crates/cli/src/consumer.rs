@@ -65,3 +65,21 @@ fn code_name(c: tonic::Code) -> &'static str {
         _ => "error",
     }
 }
+
+/// The chain joined with ": " like `{:#}`, except that a cause an error already ends with (an
+/// error type whose message includes its source) is not repeated.
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if !previous.ends_with(&message) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&message);
+        }
+        previous = message;
+    }
+    line
+}

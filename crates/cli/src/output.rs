@@ -45,25 +45,7 @@ pub(crate) fn is_broken_pipe(error: &anyhow::Error) -> bool {
 
 /// Prints the error and its causes on one line, `error: outer: inner`, without a backtrace.
 pub(crate) fn report(error: &anyhow::Error) {
-    let _ = writeln!(std::io::stderr().lock(), "error: {}", one_line(error));
-}
-
-/// The chain joined with ": " like `{:#}`, except that a cause an error already ends with (an
-/// error type whose message includes its source) is not repeated.
-fn one_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    let mut previous = String::new();
-    for cause in error.chain() {
-        let message = cause.to_string();
-        if !previous.ends_with(&message) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&message);
-        }
-        previous = message;
-    }
-    line
+    let _ = writeln!(std::io::stderr().lock(), "error: {}", veil_cli::consumer::one_line(error));
 }
 
 /// Whether log lines may be coloured: only on a terminal, and not when `NO_COLOR` is set to a
@@ -97,9 +79,9 @@ mod tests {
     fn causes_are_joined_once() {
         let io = || std::io::Error::new(ErrorKind::NotFound, "gone");
         let e = anyhow::Error::new(Wrapping(io())).context("loading");
-        assert_eq!(one_line(&e), "loading: cannot read a.toml: gone");
+        assert_eq!(veil_cli::consumer::one_line(&e), "loading: cannot read a.toml: gone");
         let e = anyhow::Error::new(io()).context("reading b").context("loading");
-        assert_eq!(one_line(&e), format!("{e:#}"));
+        assert_eq!(veil_cli::consumer::one_line(&e), format!("{e:#}"));
         let pipe = anyhow::Error::new(std::io::Error::from(ErrorKind::BrokenPipe)).context("x");
         assert!(is_broken_pipe(&pipe));
         assert!(!is_broken_pipe(&e));

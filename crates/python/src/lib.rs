@@ -89,13 +89,14 @@ impl Client {
     #[new]
     #[pyo3(signature = (config, dangerous_plaintext = false))]
     fn new(config: PathBuf, dangerous_plaintext: bool) -> PyResult<Self> {
-        let signer = veil_cli::consumer::signer(&config).map_err(|e| error(format!("{e:#}")))?;
+        let signer = veil_cli::consumer::signer(&config)
+            .map_err(|e| error(veil_cli::consumer::one_line(&e)))?;
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(error)?;
         let connect = veil_cli::consumer::channel(&config, dangerous_plaintext);
         let channel =
             match runtime.block_on(async { tokio::time::timeout(CALL_TIMEOUT, connect).await }) {
-                Ok(channel) => channel.map_err(|e| error(format!("{e:#}")))?,
+                Ok(channel) => channel.map_err(|e| error(veil_cli::consumer::one_line(&e)))?,
                 Err(_) => return Err(error("the coordinator did not answer the connection")),
             };
         Ok(Self { runtime, jobs: JobsClient::new(channel), signer })
@@ -126,7 +127,8 @@ impl Client {
     /// does), then plans, signs and submits it; returns its status as JSON.
     #[pyo3(signature = (path, require_all = false))]
     fn submit_file(&self, path: PathBuf, require_all: bool) -> PyResult<String> {
-        let spec = veil_cli::jobfile::read(&path).map_err(|e| error(format!("{e:#}")))?;
+        let spec =
+            veil_cli::jobfile::read(&path).map_err(|e| error(veil_cli::consumer::one_line(&e)))?;
         self.submit(&spec, require_all)
     }
 
@@ -179,7 +181,8 @@ impl Client {
 #[pyfunction]
 fn predict(model: PathBuf, rows: PathBuf) -> PyResult<String> {
     let mut out = Vec::new();
-    veil_cli::predict::predict(&model, &rows, &mut out).map_err(|e| error(format!("{e:#}")))?;
+    veil_cli::predict::predict(&model, &rows, &mut out)
+        .map_err(|e| error(veil_cli::consumer::one_line(&e)))?;
     String::from_utf8(out).map_err(error)
 }
 
